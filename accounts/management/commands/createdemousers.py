@@ -1,0 +1,45 @@
+"""Creates (or resets) a demo admin and a demo user for local development."""
+
+import json
+from argparse import ArgumentParser
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+
+def credentials(value: str) -> tuple[str, str]:
+    username, sep, password = value.partition(":")
+    if not sep or not username or not password:
+        raise CommandError(f"expected USERNAME:PASSWORD, got {value!r}")
+    return username, password
+
+
+class Command(BaseCommand):
+    help = "Create a demo admin and a demo user (development only: refuses when DEBUG is off)."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--admin", default="admin:admin-broker")
+        parser.add_argument("--user", default="alice:alice-broker")
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.DEBUG:
+            raise CommandError("demo users are for development; DEBUG is off")
+        users = get_user_model()
+        made = []
+        for value, staff in ((options["admin"], True), (options["user"], False)):
+            username, password = credentials(value)
+            user, _ = users.objects.get_or_create(username=username)
+            user.is_staff = user.is_superuser = staff
+            user.set_password(password)
+            user.save()
+            made.append({"username": username, "password": password, "admin": staff})
+        if options["json"]:
+            self.stdout.write(json.dumps({"users": made}))
+        else:
+            for u in made:
+                self.stdout.write(
+                    f"{'admin' if u['admin'] else 'user'}: {u['username']} / {u['password']}"
+                )

@@ -1,0 +1,5 @@
+"""The OAuth authorization broker."""
+
+from .celery import app as celery_app
+
+__all__ = ("celery_app",)

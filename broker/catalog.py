@@ -1,0 +1,200 @@
+"""The provider catalog: what each kind of provider app speaks, as data.
+
+Flows, the refresh engine and revocation read these entries instead of branching on kind
+names, so a new provider that behaves like an existing kind needs no code. Endpoint
+templates may use `{base_url}` (Data Center apps); every endpoint can be overridden per app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+Protocol = Literal["oauth2", "oauth1"]
+TokenEncoding = Literal["json", "form", "query"]
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    name: str
+    label: str
+    protocol: Protocol
+    endpoints: Mapping[str, str]
+    requires_base_url: bool = False
+    # OAuth 2.0 token requests: Atlassian Cloud wants a JSON body, Data Center the query string.
+    token_encoding: TokenEncoding = "form"
+    scope_separator: str = " "
+    extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+    pkce: bool = False
+    # Data Center rejects a refresh without the redirect_uri used for the code.
+    refresh_sends_redirect_uri: bool = False
+    rotating_refresh_tokens: bool = False
+    # Used when a token response has no expires_in.
+    default_access_token_seconds: int = 3600
+    refresh_token_inactivity_days: int | None = None
+    refresh_token_absolute_days: int | None = None
+    # How to read the identity document: our name -> candidate keys in the response.
+    identity_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Where a user revokes access themselves when the provider has no revocation endpoint.
+    user_revoke_path: str = ""
+    signature_methods: tuple[str, ...] = ()
+
+    @property
+    def revocable_upstream(self) -> bool:
+        return "revoke" in self.endpoints
+
+
+GENERIC_IDENTITY = MappingProxyType(
+    {
+        "id": ("sub", "id", "account_id", "user_id", "key"),
+        "name": ("name", "displayName", "display_name", "login", "username", "nickname"),
+        "email": ("email", "emailAddress", "mail"),
+    }
+)
+JIRA_MYSELF_IDENTITY = MappingProxyType(
+    {
+        "id": ("key", "accountId", "name"),
+        "name": ("displayName", "name"),
+        "email": ("emailAddress",),
+    }
+)
+
+DC_OAUTH2 = {
+    "authorize": "{base_url}/rest/oauth2/latest/authorize",
+    "token": "{base_url}/rest/oauth2/latest/token",
+}
+DC_OAUTH1 = {
+    "request_token": "{base_url}/plugins/servlet/oauth/request-token",
+    "authorize": "{base_url}/plugins/servlet/oauth/authorize",
+    "access_token": "{base_url}/plugins/servlet/oauth/access-token",
+    "identity": "{base_url}/rest/api/2/myself",
+}
+
+
+def _data_center_oauth2(name: str, label: str, identity: str) -> ProviderKind:
+    return ProviderKind(
+        name=name,
+        label=label,
+        protocol="oauth2",
+        endpoints=MappingProxyType({**DC_OAUTH2, "identity": identity}),
+        requires_base_url=True,
+        token_encoding="query",
+        pkce=True,
+        refresh_sends_redirect_uri=True,
+        rotating_refresh_tokens=True,
+        refresh_token_inactivity_days=90,
+        identity_fields=JIRA_MYSELF_IDENTITY,
+    )
+
+
+def _data_center_oauth1(name: str, label: str, identity: str) -> ProviderKind:
+    return ProviderKind(
+        name=name,
+        label=label,
+        protocol="oauth1",
+        endpoints=MappingProxyType({**DC_OAUTH1, "identity": identity}),
+        requires_base_url=True,
+        identity_fields=JIRA_MYSELF_IDENTITY,
+        user_revoke_path="/plugins/servlet/oauth/users/access-tokens",
+        signature_methods=("RSA-SHA1", "HMAC-SHA1"),
+    )
+
+
+KINDS: Mapping[str, ProviderKind] = MappingProxyType(
+    {
+        kind.name: kind
+        for kind in (
+            ProviderKind(
+                name="atlassian",
+                label="Atlassian Cloud (Jira, Confluence)",
+                protocol="oauth2",
+                endpoints=MappingProxyType(
+                    {
+                        "authorize": "https://auth.atlassian.com/authorize",
+                        "token": "https://auth.atlassian.com/oauth/token",
+                        "identity": "https://api.atlassian.com/me",
+                        "resources": "https://api.atlassian.com/oauth/token/accessible-resources",
+                    }
+                ),
+                token_encoding="json",
+                extra_authorize_params=MappingProxyType(
+                    {"audience": "api.atlassian.com", "prompt": "consent"}
+                ),
+                # PKCE is not documented for Atlassian Cloud; the client secret is always sent.
+                pkce=False,
+                rotating_refresh_tokens=True,
+                refresh_token_inactivity_days=90,
+                refresh_token_absolute_days=365,
+                identity_fields=MappingProxyType(
+                    {"id": ("account_id",), "name": ("name", "nickname"), "email": ("email",)}
+                ),
+                user_revoke_path="https://id.atlassian.com/manage-profile/apps",
+            ),
+            _data_center_oauth2(
+                "jira-dc-oauth2", "Jira Data Center (OAuth 2.0)", "{base_url}/rest/api/2/myself"
+            ),
+            _data_center_oauth2(
+                "confluence-dc-oauth2",
+                "Confluence Data Center (OAuth 2.0)",
+                "{base_url}/rest/api/user/current",
+            ),
+            _data_center_oauth1(
+                "jira-dc-oauth1", "Jira Data Center (OAuth 1.0a)", "{base_url}/rest/api/2/myself"
+            ),
+            _data_center_oauth1(
+                "confluence-dc-oauth1",
+                "Confluence Data Center (OAuth 1.0a)",
+                "{base_url}/rest/api/user/current",
+            ),
+            ProviderKind(
+                name="oauth2",
+                label="Any OAuth 2.0 provider",
+                protocol="oauth2",
+                endpoints=MappingProxyType({}),
+                pkce=True,
+                identity_fields=GENERIC_IDENTITY,
+            ),
+            ProviderKind(
+                name="oauth1",
+                label="Any OAuth 1.0a provider",
+                protocol="oauth1",
+                endpoints=MappingProxyType({}),
+                identity_fields=GENERIC_IDENTITY,
+                signature_methods=("RSA-SHA1", "HMAC-SHA1"),
+            ),
+        )
+    }
+)
+
+# The endpoints each protocol needs before an app can be used.
+REQUIRED_ENDPOINTS: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
+    {
+        "oauth2": ("authorize", "token"),
+        "oauth1": ("request_token", "authorize", "access_token"),
+    }
+)
+ENDPOINT_NAMES: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
+    {
+        "oauth2": ("authorize", "token", "identity", "resources", "revoke", "issuer"),
+        "oauth1": ("request_token", "authorize", "access_token", "identity"),
+    }
+)
+
+
+def get_kind(name: str) -> ProviderKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown provider kind {name!r}; known: {', '.join(KINDS)}") from None
+
+
+def resolve_endpoints(
+    kind: ProviderKind, base_url: str, overrides: Mapping[str, str]
+) -> dict[str, str]:
+    """The kind's endpoint templates filled with the app's base URL, then its overrides."""
+    base = base_url.rstrip("/")
+    resolved = {name: template.format(base_url=base) for name, template in kind.endpoints.items()}
+    resolved.update({name: url for name, url in overrides.items() if url})
+    return resolved

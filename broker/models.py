@@ -1,0 +1,333 @@
+"""The broker's data: provider apps, grants, services and their rules, audit, pending consents.
+
+Every token, secret and private key lives in a sealed column (broker.sealed_fields); rows
+that hold one get a UUID primary key made in Python, so the ciphertext can be bound to the
+row before the first save.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from broker.catalog import KINDS, ProviderKind, get_kind, resolve_endpoints
+from broker.sealed_fields import SealedFieldsModel, sealed_column
+
+PENDING_AUTHORIZATION_LIFETIME = timedelta(minutes=10)
+
+
+class ProviderApp(SealedFieldsModel):
+    """One registered OAuth client (or OAuth 1.0a consumer) at one provider."""
+
+    SEALED_FIELDS = ("client_secret", "private_key")
+
+    class SignatureMethod(models.TextChoices):
+        RSA_SHA1 = "RSA-SHA1"
+        HMAC_SHA1 = "HMAC-SHA1"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=32, choices=[(k.name, k.label) for k in KINDS.values()])
+    name = models.CharField(max_length=200)
+    client_id = models.CharField("client ID / consumer key", max_length=255, blank=True, default="")
+    client_secret_sealed = sealed_column()
+    private_key_sealed = sealed_column()
+    signature_method = models.CharField(
+        max_length=16, choices=SignatureMethod.choices, blank=True, default=""
+    )
+    base_url = models.URLField(blank=True, default="")
+    endpoints = models.JSONField(default=dict, blank=True, help_text="Overrides of the kind's URLs")
+    scopes = models.JSONField(default=list, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+    @property
+    def catalog_entry(self) -> ProviderKind:
+        return get_kind(self.kind)
+
+    @property
+    def protocol(self) -> str:
+        return self.catalog_entry.protocol
+
+    def endpoint_urls(self) -> dict[str, str]:
+        return resolve_endpoints(self.catalog_entry, self.base_url, self.endpoints)
+
+    def endpoint(self, name: str) -> str | None:
+        return self.endpoint_urls().get(name)
+
+
+class Grant(SealedFieldsModel):
+    """One user's consent at one provider account, and the tokens it yields."""
+
+    SEALED_FIELDS = ("access_token", "refresh_token", "token_secret")
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        RECONNECT_REQUIRED = "reconnect_required"
+        REVOKED = "revoked"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="grants"
+    )
+    provider_app = models.ForeignKey(ProviderApp, on_delete=models.PROTECT, related_name="grants")
+    external_account_id = models.CharField(max_length=255)
+    account_name = models.CharField(max_length=255, blank=True, default="")
+    account_email = models.CharField(max_length=255, blank=True, default="")
+    scopes = models.JSONField(default=list, blank=True)
+    # Atlassian sites: [{"id": cloud id, "url": ..., "name": ..., "scopes": [...]}]
+    resources = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=32, choices=Status.choices, default=Status.ACTIVE)
+
+    access_token_sealed = sealed_column()
+    refresh_token_sealed = sealed_column()
+    token_secret_sealed = sealed_column()
+    access_expires_at = models.DateTimeField(null=True, blank=True)
+    refresh_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the refresh token lapses if unused"
+    )
+    refresh_absolute_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the refresh token lapses regardless of use"
+    )
+    # Bumped by every write of new tokens; a writer that read an older value lost a race.
+    token_version = models.PositiveIntegerField(default=0)
+
+    next_refresh_at = models.DateTimeField(null=True, blank=True)
+    refresh_enqueued_at = models.DateTimeField(null=True, blank=True)
+    last_refreshed_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_by = models.ForeignKey(
+        "ServiceClient", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    failure_count = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+
+    consented_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "provider_app", "external_account_id"],
+                condition=~Q(status="revoked"),
+                name="one_live_grant_per_account",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_refresh_at"], name="grant_due_refresh_idx"),
+            models.Index(fields=["provider_app", "status"], name="grant_app_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_name or self.external_account_id} @ {self.provider_app.slug}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+    def access_token_valid_for(self, seconds: float) -> bool:
+        """True when the stored access token exists and stays valid at least `seconds` more."""
+        if not self.has_secret("access_token"):
+            return False
+        if self.access_expires_at is None:  # OAuth 1.0a tokens, or providers without expiry
+            return True
+        return self.access_expires_at - timezone.now() >= timedelta(seconds=seconds)
+
+
+class ServiceClient(SealedFieldsModel):
+    """An internal service that fetches tokens over the API."""
+
+    SEALED_FIELDS = ("webhook_secret",)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    enabled = models.BooleanField(default=True)
+    # Secrets are stored only as a keyed digest plus their last characters, for recognition.
+    secret_digest = models.CharField(max_length=128, blank=True, default="")
+    secret_last4 = models.CharField(max_length=4, blank=True, default="")
+    secret_created_at = models.DateTimeField(null=True, blank=True)
+    previous_secret_digest = models.CharField(max_length=128, blank=True, default="")
+    previous_secret_valid_until = models.DateTimeField(null=True, blank=True)
+    # Bumped when the service is disabled or a secret is rotated out; broker tokens carry it.
+    credentials_generation = models.PositiveIntegerField(default=1)
+    webhook_url = models.URLField(blank=True, default="")
+    webhook_secret_sealed = sealed_column()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.client_id})"
+
+
+class ServiceKey(models.Model):
+    """A public key or X.509 certificate a service signs private_key_jwt assertions with."""
+
+    service = models.ForeignKey(ServiceClient, on_delete=models.CASCADE, related_name="keys")
+    kid = models.CharField(max_length=128, help_text="RFC 7638 JWK thumbprint")
+    x5t_s256 = models.CharField(max_length=128, blank=True, default="")
+    public_key_pem = models.TextField()
+    certificate_pem = models.TextField(blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["service", "kid"], name="one_key_per_thumbprint")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service.client_id} key {self.kid[:12]}"
+
+
+class AccessRule(models.Model):
+    """What one service may get: tokens of one provider app, some scopes, some users."""
+
+    service = models.ForeignKey(ServiceClient, on_delete=models.CASCADE, related_name="rules")
+    provider_app = models.ForeignKey(ProviderApp, on_delete=models.CASCADE, related_name="rules")
+    scopes = models.JSONField(
+        default=list, blank=True, help_text="Scopes the service may receive; empty: the app's"
+    )
+    users_group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.CASCADE, help_text="Empty: all users"
+    )
+    can_sign = models.BooleanField(default=False, help_text="May sign OAuth 1.0a requests")
+    can_create_connect_links = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "provider_app", "users_group"], name="one_rule_per_app_and_group"
+            )
+        ]
+
+    def __str__(self) -> str:
+        who = f"group {self.users_group}" if self.users_group_id else "all users"
+        return f"{self.service.client_id} -> {self.provider_app.slug} ({who})"
+
+    def allowed_scopes(self) -> list[str]:
+        return list(self.scopes or self.provider_app.scopes)
+
+
+class AuditEvent(models.Model):
+    """Append-only record of what happened. Holds identifiers, never a token or secret.
+
+    References are plain values rather than foreign keys so that events outlive the rows
+    they describe.
+    """
+
+    class ActorType(models.TextChoices):
+        USER = "user"
+        SERVICE = "service"
+        ADMIN = "admin"
+        SYSTEM = "system"
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success"
+        DENIED = "denied"
+        FAILURE = "failure"
+
+    at = models.DateTimeField(default=timezone.now)
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices)
+    actor = models.CharField(max_length=255, blank=True, default="")
+    action = models.CharField(max_length=64)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SUCCESS)
+    grant_id = models.UUIDField(null=True, blank=True)
+    subject_user = models.CharField(max_length=150, blank=True, default="")
+    provider = models.CharField(max_length=64, blank=True, default="")
+    service = models.CharField(max_length=64, blank=True, default="")
+    scopes = models.JSONField(default=list, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [
+            models.Index(fields=["at"], name="audit_at_idx"),
+            models.Index(fields=["grant_id", "at"], name="audit_grant_idx"),
+            models.Index(fields=["subject_user", "at"], name="audit_user_idx"),
+            models.Index(fields=["service", "at"], name="audit_service_idx"),
+            models.Index(fields=["action", "at"], name="audit_action_idx"),
+        ]
+
+    def __str__(self) -> str:
+        when = f"{self.at:%Y-%m-%d %H:%M:%S}"
+        return f"{when} {self.actor_type}:{self.actor} {self.action} {self.outcome}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise ValueError("audit events are append-only")
+        super().save(*args, **kwargs)
+
+
+def default_pending_expiry() -> Any:
+    return timezone.now() + PENDING_AUTHORIZATION_LIFETIME
+
+
+class PendingAuthorization(SealedFieldsModel):
+    """Server-side state of one consent in progress: single use, bound to a user and session."""
+
+    SEALED_FIELDS = ("code_verifier", "request_token_secret")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    state = models.CharField(max_length=128, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # A digest of the session key: the callback must arrive in the session that started it.
+    session_digest = models.CharField(max_length=128)
+    provider_app = models.ForeignKey(ProviderApp, on_delete=models.CASCADE, related_name="+")
+    scopes = models.JSONField(default=list, blank=True)
+    return_to = models.CharField(max_length=2000, blank=True, default="")
+    redirect_uri = models.CharField(max_length=2000, blank=True, default="")
+    code_verifier_sealed = sealed_column()
+    # OAuth 1.0a: the request token travels in URLs anyway, so it is a plain lookup key.
+    request_token = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    request_token_secret_sealed = sealed_column()
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(default=default_pending_expiry)
+    consumed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], name="pending_expiry_idx")]
+
+    def __str__(self) -> str:
+        return f"pending consent for {self.provider_app.slug}"
+
+
+class ConnectLink(models.Model):
+    """A single-use link a service made to send one user through consent and back."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    token_digest = models.CharField(max_length=128, unique=True)
+    service = models.ForeignKey(ServiceClient, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    provider_app = models.ForeignKey(ProviderApp, on_delete=models.CASCADE, related_name="+")
+    scopes = models.JSONField(default=list, blank=True)
+    return_to = models.CharField(max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"connect link for {self.user} at {self.provider_app.slug}"

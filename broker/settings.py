@@ -1,0 +1,186 @@
+"""Settings for the broker, read from the environment (django-environ).
+
+With DEBUG off every secret must be given and HTTPS is enforced; with DEBUG on, development
+defaults apply. Any secret NAME may instead be read from the file named by NAME_FILE.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from broker.crypto import KeyRing, KeyRingError
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(environ.Env().str("BROKER_DATA_DIR", default=str(BASE_DIR / "data")))
+
+env = environ.Env()
+DEBUG = env.bool("DEBUG", default=False)
+
+
+def secret(name: str, dev_default: str | None = None) -> str:
+    """A secret from NAME, or from the file named by NAME_FILE; required unless DEBUG."""
+    value = env.str(name, default="")
+    path = env.str(f"{name}_FILE", default="")
+    if not value and path:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+    if value:
+        return value
+    if DEBUG and dev_default is not None:
+        return dev_default
+    raise ImproperlyConfigured(f"{name} is not set (required when DEBUG is off)")
+
+
+def dev_encryption_keys() -> str:
+    """In development, a key kept in the data dir so that stored tokens survive restarts."""
+    path = DATA_DIR / "dev-encryption.key"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(KeyRing.generate_entry("dev1") + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = secret(
+    "SECRET_KEY", dev_default="dev-only-insecure-secret-key-do-not-use-in-production"
+)
+try:
+    ENCRYPTION_KEYRING = KeyRing.parse(
+        secret("BROKER_ENCRYPTION_KEYS", dev_default=dev_encryption_keys() if DEBUG else None)
+    )
+except KeyRingError as exc:
+    raise ImproperlyConfigured(f"BROKER_ENCRYPTION_KEYS: {exc}") from exc
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
+BROKER_PUBLIC_URL = env.str("BROKER_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
+BROKER_PROVIDERS_FILE = env.str("BROKER_PROVIDERS_FILE", default="")
+BROKER_ALLOW_HTTP = env.bool("BROKER_ALLOW_HTTP", default=False)
+# Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
+BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "accounts",
+    "broker",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "broker.security_headers.ContentSecurityPolicyMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "broker.urls"
+WSGI_APPLICATION = "broker.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'broker.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions and WAL let the web, worker and beat processes share one file
+    # without "database is locked" errors; the test database is a file for the same reason.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-broker.sqlite3")}
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "broker",
+    }
+}
+
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/connections/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Security headers. HTTPS is enforced outside development unless explicitly allowed for
+# loopback testing.
+ENFORCE_HTTPS = not DEBUG and not BROKER_ALLOW_HTTP
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = ENFORCE_HTTPS
+SESSION_COOKIE_SECURE = ENFORCE_HTTPS
+CSRF_COOKIE_SECURE = ENFORCE_HTTPS
+SECURE_HSTS_SECONDS = 31536000 if ENFORCE_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = ENFORCE_HTTPS
+SECURE_HSTS_PRELOAD = ENFORCE_HTTPS
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[BROKER_PUBLIC_URL])
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+
+# Celery: JSON only, one task at a time per worker process, acknowledged after it ran so a
+# killed worker's task is delivered again. The visibility timeout must outlast the refresh
+# lock (see broker.refresh) so a slow task is not handed to a second worker meanwhile.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}

@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from broker import connections
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/connections/", permanent=False)),
+    path("accounts/", include("accounts.urls")),
+    path("connections/", connections.my_connections, name="connections"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,19 @@
+"""Test settings: production settings, with fixed test secrets and loopback HTTP allowed."""
+
+import os
+
+os.environ.setdefault("DEBUG", "0")
+os.environ.setdefault("BROKER_ALLOW_HTTP", "1")
+os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
+# Two keys: "test2" encrypts, "test1" still decrypts (tests rotate between them).
+os.environ.setdefault(
+    "BROKER_ENCRYPTION_KEYS",
+    "test2:N2QwYjE4ZDQ5MjQ3ZWFkZjQ1YTQ2NzIyZmQ1OGNiM2U=,"
+    "test1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+)
+os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
+
+from broker.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

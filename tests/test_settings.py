@@ -1,0 +1,80 @@
+"""Start-up: with DEBUG off, a missing or malformed secret stops the process with one clear line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD_KEY = "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+# The test run's own settings travel in the environment; a start-up test begins without them.
+OURS = ("SECRET_KEY", "BROKER_ENCRYPTION_KEYS", "BROKER_ALLOW_HTTP", "DEBUG", "ALLOWED_HOSTS")
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in OURS}
+
+
+def start(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env={**clean_env(), "DJANGO_SETTINGS_MODULE": "broker.settings", "DEBUG": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BROKER_ENCRYPTION_KEYS": GOOD_KEY}, "SECRET_KEY is not set"),
+        ({"SECRET_KEY": "x" * 60}, "BROKER_ENCRYPTION_KEYS is not set"),
+        (
+            {"SECRET_KEY": "x" * 60, "BROKER_ENCRYPTION_KEYS": "k1:short"},
+            "BROKER_ENCRYPTION_KEYS: key 'k1'",
+        ),
+        (
+            {"SECRET_KEY_FILE": "/nonexistent/secret", "BROKER_ENCRYPTION_KEYS": GOOD_KEY},
+            "SECRET_KEY_FILE: cannot read",
+        ),
+    ],
+)
+def test_a_missing_or_malformed_secret_stops_start_up(env, message):
+    result = start(**env)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "ImproperlyConfigured" in result.stderr
+
+
+def test_production_settings_pass_the_deploy_check(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 30 + "Q9!x" * 10)
+    result = start(
+        SECRET_KEY_FILE=str(secret_file),
+        BROKER_ENCRYPTION_KEYS=GOOD_KEY,
+        ALLOWED_HOSTS="broker.example.com",
+        BROKER_PUBLIC_URL="https://broker.example.com",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_development_defaults_need_no_secrets(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={
+            **clean_env(),
+            "DJANGO_SETTINGS_MODULE": "broker.settings",
+            "DEBUG": "1",
+            "BROKER_DATA_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "dev-encryption.key").exists()
