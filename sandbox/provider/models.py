@@ -84,11 +84,11 @@ class OAuth1Nonce(models.Model):
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [
+        constraints = (
             models.UniqueConstraint(
                 fields=["consumer_key", "timestamp", "nonce"], name="oauth1_nonce_once"
-            )
-        ]
+            ),
+        )
 
     def __str__(self) -> str:
         return self.nonce

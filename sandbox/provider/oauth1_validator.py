@@ -204,7 +204,7 @@ class SandboxOAuth1Validator(RequestValidator):
 
     def validate_realms(
         self, client_key: str, token: str, request: Request, uri=None, realms=None
-    ) -> bool:  # noqa: ANN001
+    ) -> bool:
         return True
 
     def verify_realms(self, token: str, realms: list[str], request: Request) -> bool:

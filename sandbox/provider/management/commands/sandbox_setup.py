@@ -77,7 +77,7 @@ def ensure_private_key(path: Path) -> rsa.RSAPrivateKey:
             handle.write(pem)
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{path} is not an RSA private key")
+        raise TypeError(f"{path} is not an RSA private key")
     return key
 
 
