@@ -145,6 +145,9 @@ OAUTH2_PROVIDER = {
     "ROTATE_REFRESH_TOKEN": True,
     "REFRESH_TOKEN_REUSE_PROTECTION": True,
     "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
+    # The issuer identifier (RFC 8414/9207). Atlassian sends no `iss` on the callback, so
+    # neither does the sandbox (COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS stays off).
+    "OIDC_ISS_ENDPOINT": SANDBOX_PUBLIC_URL,
     "PKCE_REQUIRED": False,
     "ALLOWED_REDIRECT_URI_SCHEMES": ["http", "https"],
     "ALLOWED_SCHEMES": ["http", "https"],

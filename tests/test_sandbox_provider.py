@@ -1,6 +1,9 @@
 """The sandbox provider, driven over real HTTP with requests and Authlib's clients."""
 
 import base64
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -723,3 +726,43 @@ def test_basic_auth_header_is_accepted_for_the_token_endpoint(
         timeout=TIMEOUT,
     )
     assert response.status_code == 200, response.text
+
+
+def test_stale_timestamp_is_refused(sandbox: SandboxServer, apps: dict) -> None:
+    app = apps["sandbox-jira-hmac"]
+    auth = OAuth1Auth(
+        app["consumer_key"],
+        app["consumer_secret"],
+        redirect_uri=OAUTH1_CALLBACK,
+        signature_method=SIGNATURE_HMAC_SHA1,
+    )
+    url = f"{sandbox.url}/plugins/servlet/oauth/request-token"
+    prepared = requests.Request("POST", url, auth=auth).prepare()
+    header = prepared.headers["Authorization"]
+    stale = str(int(time.time()) - 3600)
+    fresh = header.split('oauth_timestamp="')[1].split('"')[0]
+    prepared.headers["Authorization"] = header.replace(fresh, stale)
+    with requests.Session() as http:
+        assert oauth_problem(http.send(prepared)) == "timestamp_refused"
+
+
+def test_switches_404_unless_enabled(sandbox: SandboxServer) -> None:
+    # Same database, a fresh process without SANDBOX_TEST_SWITCHES.
+    env = {k: v for k, v in os.environ.items() if k != "SANDBOX_TEST_SWITCHES"}
+    env["SANDBOX_DATABASE_URL"] = (
+        f"sqlite:///{sandbox.providers_file.parent / 'sandbox.sqlite3'}"
+    )
+    code = (
+        "from django.test import Client;"
+        "print(Client(HTTP_HOST='localhost').get('/_sandbox/counters').status_code)"
+    )
+    manage = Path(__file__).resolve().parent.parent / "sandbox" / "manage.py"
+    result = subprocess.run(
+        [sys.executable, str(manage), "shell", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "404"

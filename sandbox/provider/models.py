@@ -3,7 +3,7 @@
 OAuth 2.0 state lives in django-oauth-toolkit's own models.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -53,7 +53,7 @@ class OAuth1RequestToken(models.Model):
         )
 
 
-def oauth1_access_token_expiry() -> "timezone.datetime":
+def oauth1_access_token_expiry() -> datetime:
     return timezone.now() + timedelta(seconds=OAUTH1_ACCESS_TOKEN_SECONDS)
 
 
