@@ -766,3 +766,30 @@ def test_switches_404_unless_enabled(sandbox: SandboxServer) -> None:
         check=True,
     )
     assert result.stdout.strip().splitlines()[-1] == "404"
+
+
+def test_racing_refreshes_with_one_token_let_only_one_win(
+    sandbox: SandboxServer, apps: dict
+) -> None:
+    token = cloud_tokens(sandbox, apps, "bob")
+    sandbox.faults(mode="slow", delay=0.5)
+    results: list[requests.Response] = []
+
+    def refresh() -> None:
+        results.append(
+            json_token_request(
+                sandbox,
+                apps["sandbox"],
+                grant_type="refresh_token",
+                refresh_token=token["refresh_token"],
+            )
+        )
+
+    threads = [threading.Thread(target=refresh) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.status_code for r in results) == [200, 400]
+    loser = next(r for r in results if r.status_code == 400)
+    assert loser.json()["error"] == "invalid_grant"

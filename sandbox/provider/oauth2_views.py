@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
@@ -44,7 +45,12 @@ def token(request: HttpRequest) -> HttpResponse:
         failure = fault_response(fault)
         if failure is not None:
             return failure
-    return dot_token_view(request)
+    # One transaction around validation and rotation: on SQLite (IMMEDIATE mode) it holds
+    # the write lock throughout, so two refreshes racing with the same token are handled
+    # one after the other and the loser is a reuse (invalid_grant), as at Atlassian after
+    # its grace period. Without it, django-oauth-toolkit hands both callers the same pair.
+    with transaction.atomic():
+        return dot_token_view(request)
 
 
 @csrf_exempt
