@@ -42,9 +42,7 @@ def database_config(url: str) -> dict:
     return config
 
 
-SECRET_KEY = env_str(
-    "SANDBOX_SECRET_KEY", "sandbox-dev-only-secret-key-not-for-production"
-)
+SECRET_KEY = env_str("SANDBOX_SECRET_KEY", "sandbox-dev-only-secret-key-not-for-production")
 DEBUG = True
 ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
 
@@ -91,9 +89,7 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": database_config(
-        env_str("SANDBOX_DATABASE_URL", "") or default_database_url()
-    )
+    "default": database_config(env_str("SANDBOX_DATABASE_URL", "") or default_database_url())
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -16,9 +16,7 @@ urlpatterns = [
         auth_views.LoginView.as_view(template_name="sandbox/login.html"),
         name="login",
     ),
-    path(
-        "accounts/logout/", auth_views.LogoutView.as_view(next_page="/"), name="logout"
-    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/"), name="logout"),
     # OAuth 2.0: Atlassian Cloud paths ...
     path("oauth/authorize", authorize, name="authorize"),
     path("oauth/token", oauth2_views.token, name="token"),

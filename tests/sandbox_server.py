@@ -132,9 +132,7 @@ def wait_until_up(server: SandboxServer) -> None:
     )
 
 
-def start_sandbox(
-    data_dir: Path, broker_url: str, access_token_seconds: int = 2
-) -> SandboxServer:
+def start_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int = 2) -> SandboxServer:
     """Migrate a fresh per-run database, register the broker, and serve on a free port."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,7 @@ from authlib.oauth1 import SIGNATURE_HMAC_SHA1, SIGNATURE_RSA_SHA1
 
 try:
     from tests.sandbox_server import SandboxServer, start_sandbox
-except (
-    ImportError
-):  # tests/ is not a package on this branch yet: pytest put it on sys.path
+except ImportError:  # tests/ is not a package on this branch yet: pytest put it on sys.path
     from sandbox_server import SandboxServer, start_sandbox
 
 pytestmark = pytest.mark.sandbox
@@ -43,9 +41,7 @@ def read_toml(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
-    server = start_sandbox(
-        tmp_path_factory.mktemp("sandbox"), BROKER_URL, access_token_seconds=2
-    )
+    server = start_sandbox(tmp_path_factory.mktemp("sandbox"), BROKER_URL, access_token_seconds=2)
     yield server
     server.stop()
 
@@ -150,9 +146,7 @@ def authorization_code(
     return params["code"], verifier
 
 
-def json_token_request(
-    sandbox: SandboxServer, app: dict, **params: str
-) -> requests.Response:
+def json_token_request(sandbox: SandboxServer, app: dict, **params: str) -> requests.Response:
     body = {
         "client_id": app["client_id"],
         "client_secret": app["client_secret"],
@@ -230,9 +224,7 @@ def test_code_flow_with_json_body_then_identity_and_sites(
     }
     assert token["refresh_token"]
 
-    me = requests.get(
-        app["endpoints"]["identity"], headers=bearer(token["access_token"])
-    )
+    me = requests.get(app["endpoints"]["identity"], headers=bearer(token["access_token"]))
     assert me.status_code == 200
     assert me.json() == {
         **me.json(),
@@ -241,9 +233,7 @@ def test_code_flow_with_json_body_then_identity_and_sites(
         "name": "Alice Anders",
         "nickname": "alice",
     }
-    sites = requests.get(
-        app["endpoints"]["resources"], headers=bearer(token["access_token"])
-    )
+    sites = requests.get(app["endpoints"]["resources"], headers=bearer(token["access_token"]))
     assert sites.status_code == 200
     assert [site["name"] for site in sites.json()] == ["Acme Jira", "Globex Confluence"]
     assert sites.json()[0]["url"] == f"{sandbox.url}/sites/acme"
@@ -277,9 +267,7 @@ def test_data_center_code_flow_with_query_string_and_pkce(
         "code": code,
         "redirect_uri": redirect_uri,
     }
-    wrong = requests.post(
-        token_url, params={**params, "code_verifier": "x" * 50}, timeout=TIMEOUT
-    )
+    wrong = requests.post(token_url, params={**params, "code_verifier": "x" * 50}, timeout=TIMEOUT)
     assert wrong.status_code == 400
     assert wrong.json()["error"] == "invalid_grant"
 
@@ -343,9 +331,7 @@ def test_authorize_sends_anonymous_users_to_the_sandbox_login(
     assert response.headers["Location"].startswith("/accounts/login/?next=")
 
 
-def test_refresh_rotates_and_reuse_kills_the_family(
-    sandbox: SandboxServer, apps: dict
-) -> None:
+def test_refresh_rotates_and_reuse_kills_the_family(sandbox: SandboxServer, apps: dict) -> None:
     app = apps["sandbox-generic"]
     code, _ = authorization_code(sandbox, app, "sandbox-generic")
     client = OAuth2Session(
@@ -355,14 +341,10 @@ def test_refresh_rotates_and_reuse_kills_the_family(
     )
     # Authlib: form body, client_secret_basic.
     first = client.fetch_token(app["endpoints"]["token"], code=code)
-    second = client.refresh_token(
-        app["endpoints"]["token"], refresh_token=first["refresh_token"]
-    )
+    second = client.refresh_token(app["endpoints"]["token"], refresh_token=first["refresh_token"])
     assert second["refresh_token"] != first["refresh_token"]
     assert second["access_token"] != first["access_token"]
-    assert requests.get(
-        app["endpoints"]["identity"], headers=bearer(second["access_token"])
-    ).ok
+    assert requests.get(app["endpoints"]["identity"], headers=bearer(second["access_token"])).ok
 
     reuse = json_token_request(
         sandbox, app, grant_type="refresh_token", refresh_token=first["refresh_token"]
@@ -385,9 +367,7 @@ def test_access_tokens_expire(sandbox: SandboxServer, apps: dict) -> None:
     assert response.json()["code"] == 401
 
 
-def test_revocation_endpoint_revokes_the_refresh_token(
-    sandbox: SandboxServer, apps: dict
-) -> None:
+def test_revocation_endpoint_revokes_the_refresh_token(sandbox: SandboxServer, apps: dict) -> None:
     app = apps["sandbox"]
     token = cloud_tokens(sandbox, apps)
     response = requests.post(
@@ -407,9 +387,7 @@ def test_revocation_endpoint_revokes_the_refresh_token(
 
 def test_wrong_client_secret_is_rejected(sandbox: SandboxServer, apps: dict) -> None:
     app = {**apps["sandbox"], "client_secret": "wrong"}
-    response = json_token_request(
-        sandbox, app, grant_type="refresh_token", refresh_token="x"
-    )
+    response = json_token_request(sandbox, app, grant_type="refresh_token", refresh_token="x")
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
 
@@ -417,18 +395,14 @@ def test_wrong_client_secret_is_rejected(sandbox: SandboxServer, apps: dict) -> 
 def test_resources_reject_missing_and_bogus_tokens(sandbox: SandboxServer) -> None:
     for path in ("/me", "/oauth/token/accessible-resources"):
         assert requests.get(f"{sandbox.url}{path}", timeout=TIMEOUT).status_code == 401
-        bogus = requests.get(
-            f"{sandbox.url}{path}", headers=bearer("nope"), timeout=TIMEOUT
-        )
+        bogus = requests.get(f"{sandbox.url}{path}", headers=bearer("nope"), timeout=TIMEOUT)
         assert bogus.status_code == 401
 
 
 # -- OAuth 1.0a --------------------------------------------------------------------------
 
 
-def oauth1_session(
-    sandbox: SandboxServer, apps: dict, slug: str, **kwargs: str
-) -> OAuth1Session:
+def oauth1_session(sandbox: SandboxServer, apps: dict, slug: str, **kwargs: str) -> OAuth1Session:
     app = apps[slug]
     if app["signature_method"] == "RSA-SHA1":
         key = Path(app["private_key"].removeprefix("file:")).read_text()
@@ -454,9 +428,7 @@ def oauth1_dance(
     """The three legs; returns a session holding the access token."""
     base = apps[slug]["base_url"]
     client = oauth1_session(sandbox, apps, slug)
-    request_token = client.fetch_request_token(
-        f"{base}/plugins/servlet/oauth/request-token"
-    )
+    request_token = client.fetch_request_token(f"{base}/plugins/servlet/oauth/request-token")
     assert request_token["oauth_callback_confirmed"] == "true"
     url = client.create_authorization_url(f"{base}/plugins/servlet/oauth/authorize")
     location = submit_consent(signed_in_browser(sandbox, username), url, "allow")
@@ -470,9 +442,7 @@ def oauth1_dance(
 
 
 @pytest.mark.parametrize("slug", ["sandbox-jira", "sandbox-jira-hmac"])
-def test_oauth1_three_legged_flow(
-    sandbox: SandboxServer, apps: dict, slug: str
-) -> None:
+def test_oauth1_three_legged_flow(sandbox: SandboxServer, apps: dict, slug: str) -> None:
     client = oauth1_dance(sandbox, apps, slug)
     myself = client.get(f"{sandbox.url}/rest/api/2/myself")
     assert myself.status_code == 200, myself.text
@@ -492,17 +462,13 @@ def jira(sandbox: SandboxServer, apps: dict) -> OAuth1Session:
 
 
 def test_signed_get_with_query(sandbox: SandboxServer, jira: OAuth1Session) -> None:
-    response = jira.get(
-        f"{sandbox.url}/rest/api/2/echo", params={"jql": "project = ACME", "n": 2}
-    )
+    response = jira.get(f"{sandbox.url}/rest/api/2/echo", params={"jql": "project = ACME", "n": 2})
     assert response.status_code == 200, response.text
     assert response.json()["query"] == {"jql": "project = ACME", "n": "2"}
     assert response.json()["user"] == "alice"
 
 
-def test_signed_post_with_form_and_put_delete(
-    sandbox: SandboxServer, jira: OAuth1Session
-) -> None:
+def test_signed_post_with_form_and_put_delete(sandbox: SandboxServer, jira: OAuth1Session) -> None:
     url = f"{sandbox.url}/rest/api/2/echo"
     posted = jira.post(url, data={"summary": "Hello & welcome", "n": "1"})
     assert posted.status_code == 200, posted.text
@@ -520,9 +486,7 @@ def test_signed_post_with_form_and_put_delete(
 
 
 def test_signed_post_with_json(sandbox: SandboxServer, jira: OAuth1Session) -> None:
-    response = jira.post(
-        f"{sandbox.url}/rest/api/2/echo", json={"fields": {"summary": "Hi"}}
-    )
+    response = jira.post(f"{sandbox.url}/rest/api/2/echo", json={"fields": {"summary": "Hi"}})
     assert response.status_code == 200, response.text
     assert response.json()["json"] == {"fields": {"summary": "Hi"}}
     assert response.json()["form"] == {}
@@ -539,9 +503,7 @@ def oauth_problem(response: requests.Response) -> str:
     return parse_qs(response.text)["oauth_problem"][0]
 
 
-def test_tampered_requests_are_rejected(
-    sandbox: SandboxServer, jira: OAuth1Session
-) -> None:
+def test_tampered_requests_are_rejected(sandbox: SandboxServer, jira: OAuth1Session) -> None:
     url = f"{sandbox.url}/rest/api/2/echo"
     with requests.Session() as http:
         tampered_url = signed(jira, "GET", url, params={"n": "1"})
@@ -586,9 +548,7 @@ def test_unknown_consumer_and_revoked_token(sandbox: SandboxServer, apps: dict) 
     assert oauth_problem(response) == "consumer_key_unknown"
 
 
-def test_oauth1_deny_returns_denied_verifier(
-    sandbox: SandboxServer, apps: dict
-) -> None:
+def test_oauth1_deny_returns_denied_verifier(sandbox: SandboxServer, apps: dict) -> None:
     base = apps["sandbox-jira"]["base_url"]
     client = oauth1_session(sandbox, apps, "sandbox-jira")
     client.fetch_request_token(f"{base}/plugins/servlet/oauth/request-token")
@@ -604,27 +564,19 @@ def test_oauth1_deny_returns_denied_verifier(
 # -- test switches -------------------------------------------------------------------
 
 
-def test_faults_ratelimit_and_error_then_clear(
-    sandbox: SandboxServer, apps: dict
-) -> None:
+def test_faults_ratelimit_and_error_then_clear(sandbox: SandboxServer, apps: dict) -> None:
     app = apps["sandbox"]
     sandbox.reset_counters()
     sandbox.faults(mode="ratelimit", retry_after=7, times=1)
-    limited = json_token_request(
-        sandbox, app, grant_type="refresh_token", refresh_token="x"
-    )
+    limited = json_token_request(sandbox, app, grant_type="refresh_token", refresh_token="x")
     assert limited.status_code == 429
     assert limited.headers["Retry-After"] == "7"
-    after = json_token_request(
-        sandbox, app, grant_type="refresh_token", refresh_token="x"
-    )
+    after = json_token_request(sandbox, app, grant_type="refresh_token", refresh_token="x")
     assert after.status_code == 400  # fault used up: handled normally
 
     sandbox.faults(mode="error500")
     for path in ("/oauth/token", "/rest/oauth2/latest/token"):
-        failed = requests.post(
-            f"{sandbox.url}{path}", data={"grant_type": "refresh_token"}
-        )
+        failed = requests.post(f"{sandbox.url}{path}", data={"grant_type": "refresh_token"})
         assert failed.status_code == 500
         assert failed.json() == {"error": "server_error"}
     sandbox.faults(mode="none")
@@ -637,9 +589,7 @@ def test_slow_fault_lets_callers_overlap(sandbox: SandboxServer, apps: dict) -> 
     results: list[int] = []
 
     def call() -> None:
-        response = json_token_request(
-            sandbox, app, grant_type="refresh_token", refresh_token="x"
-        )
+        response = json_token_request(sandbox, app, grant_type="refresh_token", refresh_token="x")
         results.append(response.status_code)
 
     started = time.monotonic()
@@ -653,9 +603,7 @@ def test_slow_fault_lets_callers_overlap(sandbox: SandboxServer, apps: dict) -> 
     assert 1.0 <= elapsed < 2.5
 
 
-def test_counters_count_code_and_refresh_grants(
-    sandbox: SandboxServer, apps: dict
-) -> None:
+def test_counters_count_code_and_refresh_grants(sandbox: SandboxServer, apps: dict) -> None:
     sandbox.reset_counters()
     token = cloud_tokens(sandbox, apps, "bob")
     json_token_request(
@@ -671,9 +619,7 @@ def test_counters_count_code_and_refresh_grants(
     assert sandbox.counters()["token"] == {"authorization_code": 0, "refresh_token": 0}
 
 
-def test_revoke_user_kills_oauth2_and_oauth1_tokens(
-    sandbox: SandboxServer, apps: dict
-) -> None:
+def test_revoke_user_kills_oauth2_and_oauth1_tokens(sandbox: SandboxServer, apps: dict) -> None:
     token = cloud_tokens(sandbox, apps, "bob")
     jira = oauth1_dance(sandbox, apps, "sandbox-jira-hmac", "bob")
     live = sandbox.tokens("bob")
@@ -688,10 +634,7 @@ def test_revoke_user_kills_oauth2_and_oauth1_tokens(
         "oauth1_access_tokens": 0,
     }
     assert (
-        requests.get(
-            f"{sandbox.url}/me", headers=bearer(token["access_token"])
-        ).status_code
-        == 401
+        requests.get(f"{sandbox.url}/me", headers=bearer(token["access_token"])).status_code == 401
     )
     refresh = json_token_request(
         sandbox,
@@ -700,9 +643,7 @@ def test_revoke_user_kills_oauth2_and_oauth1_tokens(
         refresh_token=token["refresh_token"],
     )
     assert refresh.json()["error"] == "invalid_grant"
-    assert (
-        oauth_problem(jira.get(f"{sandbox.url}/rest/api/2/myself")) == "token_rejected"
-    )
+    assert oauth_problem(jira.get(f"{sandbox.url}/rest/api/2/myself")) == "token_rejected"
 
 
 def test_cookie_names_do_not_clash_with_the_broker(sandbox: SandboxServer) -> None:
@@ -716,9 +657,7 @@ def test_basic_auth_header_is_accepted_for_the_token_endpoint(
 ) -> None:
     app = apps["sandbox"]
     token = cloud_tokens(sandbox, apps)
-    credentials = base64.b64encode(
-        f"{app['client_id']}:{app['client_secret']}".encode()
-    )
+    credentials = base64.b64encode(f"{app['client_id']}:{app['client_secret']}".encode())
     response = requests.post(
         f"{sandbox.url}/oauth/token",
         data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
@@ -749,9 +688,7 @@ def test_stale_timestamp_is_refused(sandbox: SandboxServer, apps: dict) -> None:
 def test_switches_404_unless_enabled(sandbox: SandboxServer) -> None:
     # Same database, a fresh process without SANDBOX_TEST_SWITCHES.
     env = {k: v for k, v in os.environ.items() if k != "SANDBOX_TEST_SWITCHES"}
-    env["SANDBOX_DATABASE_URL"] = (
-        f"sqlite:///{sandbox.providers_file.parent / 'sandbox.sqlite3'}"
-    )
+    env["SANDBOX_DATABASE_URL"] = f"sqlite:///{sandbox.providers_file.parent / 'sandbox.sqlite3'}"
     code = (
         "from django.test import Client;"
         "print(Client(HTTP_HOST='localhost').get('/_sandbox/counters').status_code)"

@@ -48,9 +48,7 @@ class OAuth1RequestToken(models.Model):
 
     @property
     def is_expired(self) -> bool:
-        return self.created < timezone.now() - timedelta(
-            seconds=OAUTH1_REQUEST_TOKEN_SECONDS
-        )
+        return self.created < timezone.now() - timedelta(seconds=OAUTH1_REQUEST_TOKEN_SECONDS)
 
 
 def oauth1_access_token_expiry() -> datetime:
@@ -107,9 +105,7 @@ class TokenEndpointFault(models.Model):
     Stored in the database so every thread and process of the sandbox sees it.
     """
 
-    mode = models.CharField(
-        max_length=20, choices=FaultMode.choices, default=FaultMode.NONE
-    )
+    mode = models.CharField(max_length=20, choices=FaultMode.choices, default=FaultMode.NONE)
     delay = models.FloatField(default=0)
     retry_after = models.IntegerField(default=1)
     # None: until cleared; otherwise how many more token requests it affects.

@@ -45,9 +45,7 @@ def dummy_rsa_public_key() -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return (
         key.public_key()
-        .public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
 
@@ -149,15 +147,11 @@ class SandboxOAuth1Validator(RequestValidator):
             return dummy_rsa_public_key()
         return consumer.rsa_public_key
 
-    def get_request_token_secret(
-        self, client_key: str, token: str, request: Request
-    ) -> str:
+    def get_request_token_secret(self, client_key: str, token: str, request: Request) -> str:
         found = self.request_token(client_key, token)
         return found.secret if found else DUMMY
 
-    def get_access_token_secret(
-        self, client_key: str, token: str, request: Request
-    ) -> str:
+    def get_access_token_secret(self, client_key: str, token: str, request: Request) -> str:
         found = self.access_token(client_key, token)
         return found.secret if found else DUMMY
 
@@ -210,15 +204,11 @@ class SandboxOAuth1Validator(RequestValidator):
     def verify_realms(self, token: str, realms: list[str], request: Request) -> bool:
         return True
 
-    def validate_redirect_uri(
-        self, client_key: str, redirect_uri: str, request: Request
-    ) -> bool:
+    def validate_redirect_uri(self, client_key: str, redirect_uri: str, request: Request) -> bool:
         # Jira accepts any callback from a registered consumer ("oob" included).
         return True
 
-    def validate_request_token(
-        self, client_key: str, token: str, request: Request
-    ) -> bool:
+    def validate_request_token(self, client_key: str, token: str, request: Request) -> bool:
         found = self.request_token(client_key, token)
         if found is None:
             return self.fail("token_rejected")
@@ -234,20 +224,14 @@ class SandboxOAuth1Validator(RequestValidator):
         self, client_key: str, token: str, verifier: str, request: Request
     ) -> bool:
         found = self.request_token(client_key, token)
-        if (
-            found is None
-            or found.user is None
-            or found.verifier == OAUTH1_DENIED_VERIFIER
-        ):
+        if found is None or found.user is None or found.verifier == OAUTH1_DENIED_VERIFIER:
             return self.fail("permission_denied")
         if verifier != found.verifier:
             return self.fail("permission_denied")
         request.user = found.user
         return True
 
-    def validate_access_token(
-        self, client_key: str, token: str, request: Request
-    ) -> bool:
+    def validate_access_token(self, client_key: str, token: str, request: Request) -> bool:
         found = self.access_token(client_key, token)
         if found is None or found.revoked is not None:
             return self.fail("token_rejected")
@@ -287,6 +271,4 @@ class SandboxOAuth1Validator(RequestValidator):
         self, client_key: str, request_token: str, request: Request
     ) -> None:
         # delete() with its row count: the verifier can be exchanged once only.
-        OAuth1RequestToken.objects.filter(
-            consumer__key=client_key, token=request_token
-        ).delete()
+        OAuth1RequestToken.objects.filter(consumer__key=client_key, token=request_token).delete()

@@ -62,9 +62,7 @@ def oauth_problem(problem: str, status: int = 401) -> HttpResponse:
         content_type=FORM_CONTENT_TYPE,
     )
     if status == 401:
-        response["WWW-Authenticate"] = (
-            f'OAuth realm="sandbox", oauth_problem="{problem}"'
-        )
+        response["WWW-Authenticate"] = f'OAuth realm="sandbox", oauth_problem="{problem}"'
     return response
 
 
@@ -95,9 +93,7 @@ def token_endpoint_response(
 def request_token(request: HttpRequest) -> HttpResponse:
     """RFC 5849 2.1 temporary credentials."""
     validator = SandboxOAuth1Validator()
-    headers, body, status = RequestTokenEndpoint(
-        validator
-    ).create_request_token_response(
+    headers, body, status = RequestTokenEndpoint(validator).create_request_token_response(
         signed_uri(request),
         request.method,
         signed_body(request),
@@ -141,15 +137,13 @@ def authorize(request: HttpRequest) -> HttpResponse:
     if pending is None or pending.is_expired:
         return render(request, "sandbox/oauth1_error.html", status=400)
     if request.method == "GET":
-        return render(
-            request, "sandbox/oauth1_authorize.html", {"consumer": pending.consumer}
-        )
+        return render(request, "sandbox/oauth1_authorize.html", {"consumer": pending.consumer})
     if "allow" not in request.POST:
         return deny(pending)
     validator = SandboxOAuth1Validator(user=request.user)
-    headers, _body, status = AuthorizationEndpoint(
-        validator
-    ).create_authorization_response(signed_uri(request), "GET", "", {}, realms=[])
+    headers, _body, status = AuthorizationEndpoint(validator).create_authorization_response(
+        signed_uri(request), "GET", "", {}, realms=[]
+    )
     if status == 302:
         return HttpResponseRedirect(headers["Location"])
     # An "oob" callback: Jira shows the verifier for the user to copy.
@@ -175,9 +169,7 @@ def verify_oauth1(request: HttpRequest) -> tuple[Request | None, HttpResponse | 
     """Check an OAuth 1.0a signed resource request: (oauthlib request, or a 401)."""
     validator = SandboxOAuth1Validator()
     try:
-        valid, oauth_request = ResourceEndpoint(
-            validator
-        ).validate_protected_resource_request(
+        valid, oauth_request = ResourceEndpoint(validator).validate_protected_resource_request(
             signed_uri(request),
             request.method,
             signed_body(request),
@@ -190,9 +182,7 @@ def verify_oauth1(request: HttpRequest) -> tuple[Request | None, HttpResponse | 
     return None, oauth_problem(resource_problem(validator, oauth_request))
 
 
-def resource_problem(
-    validator: SandboxOAuth1Validator, oauth_request: Request | None
-) -> str:
+def resource_problem(validator: SandboxOAuth1Validator, oauth_request: Request | None) -> str:
     """Why a resource request failed; oauthlib returns only False for several causes."""
     if oauth_request is None or not oauth_request.signature:
         return "parameter_absent"
@@ -201,10 +191,7 @@ def resource_problem(
     if not oauth_request.resource_owner_key:
         return "token_rejected"
     timestamp = oauth_request.timestamp or ""
-    if (
-        not timestamp.isdigit()
-        or abs(time.time() - int(timestamp)) > TIMESTAMP_LIFETIME
-    ):
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > TIMESTAMP_LIFETIME:
         return "timestamp_refused"
     if oauth_request.signature_method not in validator.allowed_signature_methods:
         return "signature_method_rejected"

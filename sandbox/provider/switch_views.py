@@ -24,9 +24,7 @@ def switch(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 
 
 def bad_request(message: str) -> JsonResponse:
-    return JsonResponse(
-        {"error": "invalid_request", "error_description": message}, status=400
-    )
+    return JsonResponse({"error": "invalid_request", "error_description": message}, status=400)
 
 
 def json_object(request: HttpRequest) -> dict | None:
@@ -53,9 +51,7 @@ def faults(request: HttpRequest) -> JsonResponse:
     except (TypeError, ValueError):
         return bad_request("delay must be a number, retry_after and times integers")
     switches.set_fault(mode, delay, retry_after, times)
-    return JsonResponse(
-        {"mode": mode, "delay": delay, "retry_after": retry_after, "times": times}
-    )
+    return JsonResponse({"mode": mode, "delay": delay, "retry_after": retry_after, "times": times})
 
 
 @switch
@@ -77,9 +73,7 @@ def revoke_user(request: HttpRequest) -> JsonResponse:
     data = json_object(request) or {}
     username = str(data.get("username", ""))
     if not switches.revoke_user_tokens(username):
-        return JsonResponse(
-            {"error": "not_found", "error_description": "no such user"}, status=404
-        )
+        return JsonResponse({"error": "not_found", "error_description": "no such user"}, status=404)
     return JsonResponse({"revoked": username, **switches.live_token_counts(username)})
 
 

@@ -58,9 +58,7 @@ def claim_fault() -> Fault | None:
 def increment(name: str) -> None:
     if Counter.objects.filter(name=name).update(value=F("value") + 1) == 0:
         with transaction.atomic():
-            counter, created = Counter.objects.get_or_create(
-                name=name, defaults={"value": 1}
-            )
+            counter, created = Counter.objects.get_or_create(name=name, defaults={"value": 1})
             if not created:
                 Counter.objects.filter(pk=counter.pk).update(value=F("value") + 1)
 
@@ -88,9 +86,7 @@ def revoke_user_tokens(username: str) -> bool:
     if user is None:
         return False
     with transaction.atomic():
-        for refresh_token in RefreshToken.objects.filter(
-            user=user, revoked__isnull=True
-        ):
+        for refresh_token in RefreshToken.objects.filter(user=user, revoked__isnull=True):
             refresh_token.revoke()
         AccessToken.objects.filter(user=user).delete()
         OAuth1AccessToken.objects.filter(user=user, revoked__isnull=True).update(

@@ -84,9 +84,7 @@ def ensure_private_key(path: Path) -> rsa.RSAPrivateKey:
 def public_pem(key: rsa.RSAPrivateKey) -> str:
     return (
         key.public_key()
-        .public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
 
@@ -204,16 +202,10 @@ class Command(BaseCommand):
     help = "Create demo users and provider apps; write the broker's providers TOML."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--broker-url", required=True, help="the broker's public URL"
-        )
-        parser.add_argument(
-            "--out", required=True, help="where to write the providers TOML"
-        )
+        parser.add_argument("--broker-url", required=True, help="the broker's public URL")
+        parser.add_argument("--out", required=True, help="where to write the providers TOML")
 
-    def handle(
-        self, *args: object, broker_url: str, out: str, **options: object
-    ) -> None:
+    def handle(self, *args: object, broker_url: str, out: str, **options: object) -> None:
         broker_url = broker_url.rstrip("/")
         out_path = Path(out).resolve()
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,6 +218,4 @@ class Command(BaseCommand):
             ensure_oauth1_consumers(private_key)
         out_path.write_text(providers_toml(private_key_path))
         users = ", ".join(f"{name}/{password}" for name, password, _, _ in DEMO_USERS)
-        self.stdout.write(
-            f"sandbox ready: demo users {users}; providers file {out_path}"
-        )
+        self.stdout.write(f"sandbox ready: demo users {users}; providers file {out_path}")
