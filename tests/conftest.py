@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+
 import pytest
+import requests
 from django.conf import settings
+from django.core.management import call_command
+
+# The broker under test listens on 127.0.0.1 and the sandbox on localhost, so a browser
+# keeps their cookies apart as it would for two real sites.
+os.environ.setdefault("DJANGO_LIVE_TEST_SERVER_ADDRESS", "127.0.0.1")
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+HTTP_TIMEOUT = 10
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,3 +43,69 @@ def owner(django_user_model):
 @pytest.fixture
 def outsider(django_user_model):
     return django_user_model.objects.create_user("mallory", "mallory@example.com", "mallory-broker")
+
+
+@pytest.fixture(scope="session")
+def sandbox(live_server, tmp_path_factory):
+    """The sandbox provider, registered with the live broker's callback URLs."""
+    from tests.sandbox_server import start_sandbox
+
+    server = start_sandbox(tmp_path_factory.mktemp("sandbox"), live_server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sandbox_apps(sandbox, live_server, transactional_db, settings):
+    """The sandbox's provider apps loaded into the broker, whose public URL is the live
+    server's (so redirect URIs match what the sandbox registered)."""
+    from broker.models import ProviderApp
+
+    settings.BROKER_PUBLIC_URL = live_server.url
+    call_command("loadproviders", str(sandbox.providers_file), stdout=open(os.devnull, "w"))
+    yield {app.slug: app for app in ProviderApp.objects.all()}
+    sandbox.faults(mode="none")
+
+
+@pytest.fixture
+def broker_login(live_server) -> Callable[[str, str], requests.Session]:
+    """Signs in to the live broker over HTTP; returns the session (a browser's cookie jar)."""
+
+    def login(username: str, password: str) -> requests.Session:
+        session = requests.Session()
+        session.get(f"{live_server.url}/accounts/login/", timeout=HTTP_TIMEOUT)
+        response = session.post(
+            f"{live_server.url}/accounts/login/",
+            data={
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            },
+            allow_redirects=False,
+            timeout=HTTP_TIMEOUT,
+        )
+        assert response.status_code == 302, response.text
+        return session
+
+    return login
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    """Debian's headless Chromium through Playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    context = browser.new_context()
+    context.set_default_timeout(15_000)
+    yield context.new_page()
+    context.close()
