@@ -71,17 +71,24 @@ def matching_grants(criteria: dict[str, Any]) -> QuerySet[Grant]:
     raise CriteriaError(f"unknown criteria {criteria!r}")
 
 
-def create_job(criteria: dict[str, Any], *, reason: str, requested_by: str) -> RevocationJob:
-    """Validates and stores a job (not yet run); the total is counted now for progress."""
+def create_job(
+    criteria: dict[str, Any],
+    *,
+    reason: str,
+    requested_by: str,
+    job: RevocationJob | None = None,
+) -> RevocationJob:
+    """Validates and stores a job (not yet run); the total is counted now for progress.
+    `job` is an unsaved instance to fill (the admin's add form), else a new one is made."""
     criteria = validate_criteria(criteria)
     if not reason.strip():
         raise CriteriaError("a reason is required")
-    job = RevocationJob.objects.create(
-        criteria=criteria,
-        reason=reason.strip()[:500],
-        requested_by=requested_by,
-        total=matching_grants(criteria).count(),
-    )
+    job = job or RevocationJob()
+    job.criteria = criteria
+    job.reason = reason.strip()[:500]
+    job.requested_by = requested_by
+    job.total = matching_grants(criteria).count()
+    job.save()
     audit.record(
         "grants.bulk_revoke_requested",
         actor_type=audit.ActorType.ADMIN,
