@@ -63,6 +63,13 @@ BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Webhook targets must be public addresses unless they fall in one of these networks
+# (CIDR, comma-separated), e.g. an internal service's subnet.
+BROKER_WEBHOOK_ALLOWED_NETWORKS = env.list("BROKER_WEBHOOK_ALLOWED_NETWORKS", default=[])
+# /metrics: a Bearer token and/or client networks; every one configured must match, and
+# with neither set the endpoint answers 403.
+BROKER_METRICS_TOKEN = env.str("BROKER_METRICS_TOKEN", default="")
+BROKER_METRICS_ALLOWED_NETWORKS = env.list("BROKER_METRICS_ALLOWED_NETWORKS", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -177,6 +184,17 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+# Task modules besides broker.tasks (each concern keeps its tasks beside its logic).
+CELERY_IMPORTS = ["broker.revocation", "broker.bulk_revocation", "broker.notifications"]
+# Keep the Django LOGGING configuration (JSON, redaction) in workers too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Email to users (reconnect needed, revoked by an admin): EMAIL_URL, e.g.
+# smtp+tls://user:password@mail.example:587; the console in development.
+vars().update(
+    env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
+)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
