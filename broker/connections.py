@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.requests import AuthenticatedRequest
 from broker import consent
 from broker.models import Grant, ProviderApp
+from broker.revocation import revoke_grant
 from broker.token_store import needs_reconnect_soon
 
 
@@ -69,9 +70,6 @@ def disconnect(request: AuthenticatedRequest, grant_id: uuid.UUID) -> HttpRespon
     the provider has a revocation endpoint, there too (RFC 7009, in the background)."""
     grant = users_live_grant(request, grant_id)
     if request.method == "POST":
-        # Imported here: revocation (and its Celery task) is only needed on this path.
-        from broker.revocation import revoke_grant
-
         revoke_grant(
             grant.id,
             actor_type="user",

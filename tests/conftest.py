@@ -95,6 +95,9 @@ def browser() -> Iterator:
     """Debian's headless Chromium through Playwright (never a downloaded browser)."""
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API keeps an asyncio loop on the test thread; the test's own ORM
+    # calls are still plain synchronous code, which Django's guard cannot tell.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
