@@ -205,7 +205,8 @@ def issuer_problem(app: ProviderApp, iss: str | None) -> str | None:
 def callback(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     """RFC 6749 4.1.2: the provider sends the browser back here with `code` and `state`
     (or `error`)."""
-    app = get_object_or_404(ProviderApp, slug=slug)
+    # A disabled app connects nobody, not even a consent that began before it was disabled.
+    app = get_object_or_404(ProviderApp, slug=slug, enabled=True)
     state = request.GET.get("state", "")
     pending = consume(state) if state else None
     if pending is None:

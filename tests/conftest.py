@@ -90,20 +90,29 @@ def broker_login(live_server) -> Callable[[str, str], requests.Session]:
     return login
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
-    """Debian's headless Chromium through Playwright (never a downloaded browser)."""
+    """Debian's headless Chromium through Playwright (never a downloaded browser). Module
+    scope: Playwright's loop and the flag below end with the browser tests' module."""
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an asyncio loop on the test thread; the test's own ORM
-    # calls are still plain synchronous code, which Django's guard cannot tell.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
+    # calls are still plain synchronous code, which Django's guard cannot tell. The flag
+    # must not outlive these tests (manage.py check --deploy warns about it).
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+            )
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
