@@ -3,6 +3,7 @@ token encoding, and every attack on the callback, each checked for what did NOT 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -372,3 +373,14 @@ def test_callback_requires_sign_in(alice, live_server, broker_login):
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert not Grant.objects.exists()
     assert PendingAuthorization.objects.get().consumed_at is None
+
+
+def test_two_simultaneous_callbacks_with_one_state_connect_once(alice, live_server, sandbox):
+    url = callback_url(alice, live_server.url, "sandbox")
+    exchanged = codes_exchanged(sandbox)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        statuses = sorted(pool.map(lambda _: visit(alice, url).status_code, range(2)))
+    assert statuses == [302, 400]
+    assert Grant.objects.count() == 1
+    assert codes_exchanged(sandbox) == exchanged + 1
+    assert actions().count("grant.connected") == 1
