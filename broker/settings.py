@@ -10,6 +10,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from broker.crypto import KeyRing, KeyRingError
+from broker.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(environ.Env().str("BROKER_DATA_DIR", default=str(BASE_DIR / "data")))
@@ -83,6 +84,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "broker.logging_config.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "broker.security_headers.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -197,10 +199,9 @@ vars().update(
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-}
+# LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+try:
+    LOGGING = logging_settings(LOG_LEVEL, LOG_FORMAT)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from exc

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from broker import connections, oauth2_flow
+from broker import connections, health, metrics, oauth2_flow
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/connections/", permanent=False)),
@@ -12,4 +12,7 @@ urlpatterns = [
     path("connect/<slug:slug>", connections.connect, name="connect"),
     path("oauth/callback/<slug:slug>", oauth2_flow.callback, name="oauth2-callback"),
     path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]
