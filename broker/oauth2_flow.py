@@ -28,6 +28,7 @@ from accounts.requests import AuthenticatedRequest
 from broker import audit
 from broker.consent import problem_page, session_digest
 from broker.models import Grant, PendingAuthorization, ProviderApp
+from broker.notifications import notify
 from broker.provider_account import Account, AccountLookupError, look_up_account
 from broker.return_urls import safe_return_url
 from broker.security_headers import no_referrer
@@ -403,4 +404,5 @@ def write_grant(
         grant.save(update_fields=sorted(set(fields)))
     else:
         grant.save(force_insert=True)
+        notify("grant.created", grant)
     return grant, reconnected

@@ -384,3 +384,22 @@ def test_two_simultaneous_callbacks_with_one_state_connect_once(alice, live_serv
     assert Grant.objects.count() == 1
     assert codes_exchanged(sandbox) == exchanged + 1
     assert actions().count("grant.connected") == 1
+
+
+def test_a_new_grant_is_announced_to_subscribed_services_once(alice, live_server):
+    from broker.models import AccessRule, ServiceClient, WebhookDelivery
+    from broker.service_secrets import new_webhook_secret
+
+    service = ServiceClient.objects.create(
+        client_id="svc-hooks", name="Hooks", webhook_url="https://hooks.example/broker"
+    )
+    new_webhook_secret(service)
+    AccessRule.objects.create(service=service, provider_app=ProviderApp.objects.get(slug="sandbox"))
+
+    visit(alice, callback_url(alice, live_server.url, "sandbox"))
+    delivery = WebhookDelivery.objects.get(service=service)
+    assert delivery.event == "grant.created"
+    assert delivery.grant_id == Grant.objects.get().id
+
+    visit(alice, callback_url(alice, live_server.url, "sandbox"))  # a reconnect is no new grant
+    assert WebhookDelivery.objects.filter(event="grant.created").count() == 1
