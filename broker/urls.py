@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from broker import connections
+from broker import connections, oauth1_flow
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/connections/", permanent=False)),
     path("accounts/", include("accounts.urls")),
     path("connections/", connections.my_connections, name="connections"),
     path("admin/", admin.site.urls),
+    path("oauth1/connect/<slug:slug>", oauth1_flow.connect, name="oauth1-connect"),
+    path("oauth1/callback/<slug:slug>", oauth1_flow.callback, name="oauth1-callback"),
 ]
