@@ -58,6 +58,8 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if 
 BROKER_PUBLIC_URL = env.str("BROKER_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
 BROKER_PROVIDERS_FILE = env.str("BROKER_PROVIDERS_FILE", default="")
 BROKER_ALLOW_HTTP = env.bool("BROKER_ALLOW_HTTP", default=False)
+# Seconds to wait for a provider (token, identity, revocation endpoints).
+BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
