@@ -534,7 +534,8 @@ def oauth1_app_or_404(slug: str) -> ProviderApp:
     return app
 
 
-@no_referrer
+# Not `no_referrer`: with that policy browsers send `Origin: null` on the form's POST, which
+# Django's CSRF check rejects. The connect URLs carry nothing secret.
 @login_required
 @require_http_methods(["GET", "POST"])
 def connect(request: AuthenticatedRequest, slug: str) -> HttpResponse:

@@ -305,3 +305,11 @@ def test_an_access_token_error_stores_nothing(alice, sandbox_providers, live_ser
     assert not Grant.objects.exists()
     failed = AuditEvent.objects.get(action="grant.consent_failed")
     assert failed.detail["step"] == "access_token"
+
+
+def test_the_callback_returns_to_the_pendings_return_to(alice, live_server):
+    callback = callback_for(alice, live_server.url, "sandbox-jira")
+    PendingAuthorization.objects.update(return_to="/connections/?connected=sandbox-jira")
+    response = get(alice, callback)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/connections/?connected=sandbox-jira"
