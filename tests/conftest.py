@@ -10,6 +10,7 @@ import pytest
 import requests
 from django.conf import settings
 from django.core.management import call_command
+from django.db import connections
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -87,6 +88,24 @@ def broker_session(base_url: str, username: str, password: str) -> requests.Sess
     return session
 
 
+@pytest.fixture
+def broker_login(live_server):
+    """Signs users in to the live broker: `broker_login("alice", "alice-broker")`.
+
+    The sessions are closed afterwards: a kept-alive connection would keep a server thread,
+    and its database connection, open past the test database's teardown (PostgreSQL).
+    """
+    sessions: list[requests.Session] = []
+
+    def login(username: str, password: str) -> requests.Session:
+        sessions.append(broker_session(live_server.url, username, password))
+        return sessions[-1]
+
+    yield login
+    for session in sessions:
+        session.close()
+
+
 def sandbox_consent(authorize_url: str, username: str, button: str) -> str:
     """In a fresh provider-side session: sign in to the sandbox, press Allow or Deny, and
     return where the sandbox redirects (the broker's callback URL)."""
@@ -142,3 +161,7 @@ def browser_page(monkeypatch):
         yield context.new_page()
         context.close()
         browser.close()
+        # While Playwright's loop runs, Django keeps the test's ORM connection in a separate
+        # per-context slot that its teardown does not close (PostgreSQL then cannot drop the
+        # test database): close it here, in that context.
+        connections.close_all()

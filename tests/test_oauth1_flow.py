@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.utils import timezone
 
 from broker.models import AuditEvent, Grant, PendingAuthorization, ProviderApp
-from tests.conftest import HTTP_TIMEOUT, broker_session, sandbox_consent
+from tests.conftest import HTTP_TIMEOUT, sandbox_consent
 
 pytestmark = pytest.mark.sandbox
 
@@ -63,13 +63,13 @@ def snapshot() -> list[tuple]:
 
 
 @pytest.fixture
-def alice(owner, sandbox_providers, live_server):
-    return broker_session(live_server.url, "alice", "alice-broker")
+def alice(owner, sandbox_providers, broker_login):
+    return broker_login("alice", "alice-broker")
 
 
 @pytest.fixture
-def mallory(outsider, sandbox_providers, live_server):
-    return broker_session(live_server.url, "mallory", "mallory-broker")
+def mallory(outsider, sandbox_providers, broker_login):
+    return broker_login("mallory", "mallory-broker")
 
 
 @pytest.mark.parametrize("slug", ["sandbox-jira", "sandbox-jira-hmac"])
@@ -162,9 +162,11 @@ def test_it_rejects_a_callback_with_another_users_request_token(alice, mallory, 
     assert Grant.objects.get().user.username == "alice"
 
 
-def test_it_rejects_a_callback_in_another_session_of_the_same_user(alice, live_server):
+def test_it_rejects_a_callback_in_another_session_of_the_same_user(
+    alice, broker_login, live_server
+):
     callback = callback_for(alice, live_server.url, "sandbox-jira")
-    other_browser = broker_session(live_server.url, "alice", "alice-broker")
+    other_browser = broker_login("alice", "alice-broker")
     before = snapshot()
     assert get(other_browser, callback).status_code == 400
     assert snapshot() == before
@@ -218,7 +220,8 @@ def test_it_rejects_an_expired_pending_authorization(alice, live_server):
 def test_it_rejects_a_callback_from_a_signed_out_browser(alice, live_server):
     callback = callback_for(alice, live_server.url, "sandbox-jira")
     before = snapshot()
-    response = requests.get(callback, allow_redirects=False, timeout=HTTP_TIMEOUT)
+    with requests.Session() as signed_out:
+        response = signed_out.get(callback, allow_redirects=False, timeout=HTTP_TIMEOUT)
     assert response.status_code == 400
     assert snapshot() == before
 

@@ -18,7 +18,7 @@ from broker.oauth1_signing import (
     URLNotAllowed,
     sign_request,
 )
-from tests.conftest import HTTP_TIMEOUT, broker_session
+from tests.conftest import HTTP_TIMEOUT
 from tests.test_oauth1_flow import connect
 
 FORM = "application/x-www-form-urlencoded"
@@ -154,8 +154,8 @@ class TestRefusals:
 
 
 @pytest.fixture(params=["sandbox-jira", "sandbox-jira-hmac"])
-def jira_grant(request, owner, sandbox_providers, live_server):
-    browser = broker_session(live_server.url, "alice", "alice-broker")
+def jira_grant(request, owner, sandbox_providers, broker_login, live_server):
+    browser = broker_login("alice", "alice-broker")
     assert connect(browser, live_server.url, request.param).status_code == 302
     return Grant.objects.get()
 
