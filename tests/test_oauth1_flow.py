@@ -270,10 +270,13 @@ def reconfigure(slug: str, **changes) -> None:
     ],
 )
 def test_provider_errors_end_on_a_page_that_says_what_to_fix(
-    alice, live_server, changes, problem, says
+    alice, live_server, caplog, changes, problem, says
 ):
     reconfigure("sandbox-jira", **changes)
-    response = start_connect(alice, live_server.url, "sandbox-jira")
+    with caplog.at_level("DEBUG"):
+        response = start_connect(alice, live_server.url, "sandbox-jira")
+    assert problem in caplog.text
+    assert "PRIVATE KEY" not in caplog.text and "not-the-key" not in caplog.text
     assert response.status_code == 502
     assert says in response.text
     assert f'data-problem="{problem}"' in response.text
