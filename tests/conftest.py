@@ -31,6 +31,28 @@ def outsider(django_user_model):
     return django_user_model.objects.create_user("mallory", "mallory@example.com", "mallory-broker")
 
 
+@pytest.fixture
+def local_server():
+    from tests.local_http import start_local_server
+
+    server = start_local_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def eager_celery(settings):
+    """Runs tasks in-process when enqueued (after the commit, like a worker would).
+
+    Exceptions are not propagated: an eager retry raises Retry after running the retry, as a
+    worker would log it; tests check outcomes (rows, requests received) instead."""
+    from broker.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
 # -- the sandbox provider and signed-in HTTP sessions ------------------------------------------
 # The broker's live server listens on 127.0.0.1 and the sandbox on localhost, so that their
 # cookies never mix in one browser.
