@@ -53,8 +53,8 @@ def begin(
     callback and then to `return_to` if `broker.return_urls.safe_return_url` accepts it.
     `scopes` may narrow the app's scopes, never widen them (OAuth 2.0 only)."""
     if app.protocol == "oauth1":
-        # Imported here so that this module does not depend on the OAuth 1.0a flow's.
-        from broker import oauth1_flow  # type: ignore[attr-defined,unused-ignore]
+        # Imported here: the flows import this module (session binding, problem page).
+        from broker import oauth1_flow
 
         response: HttpResponse = oauth1_flow.begin_consent(request, app, return_to=return_to)
         return response

@@ -8,7 +8,7 @@ and the provider timeout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import requests
@@ -80,21 +80,27 @@ def sites(document: Any) -> list[dict[str, Any]]:
     ]
 
 
-def look_up_account(app: ProviderApp, access_token: str) -> Account:
-    identity_url = app.endpoint("identity")
-    if not identity_url:
-        raise AccountLookupError(f"app {app.slug} has no identity endpoint", transient=False)
-    document = get_json(identity_url, access_token)
+def identity_from(app: ProviderApp, document: Any) -> Account:
+    """Reads an identity document with the catalog's field names (first non-empty wins)."""
     if not isinstance(document, dict):
         raise AccountLookupError("the identity document is not a JSON object", transient=False)
     fields = app.catalog_entry.identity_fields
     external_id = first_value(document, fields.get("id", ()))
     if not external_id:
         raise AccountLookupError("the identity document has no account id", transient=False)
-    resources_url = app.endpoint("resources")
     return Account(
-        external_id=external_id,
-        name=first_value(document, fields.get("name", ())),
-        email=first_value(document, fields.get("email", ())),
-        resources=sites(get_json(resources_url, access_token)) if resources_url else [],
+        external_id=external_id[:255],
+        name=first_value(document, fields.get("name", ()))[:255],
+        email=first_value(document, fields.get("email", ()))[:255],
     )
+
+
+def look_up_account(app: ProviderApp, access_token: str) -> Account:
+    identity_url = app.endpoint("identity")
+    if not identity_url:
+        raise AccountLookupError(f"app {app.slug} has no identity endpoint", transient=False)
+    account = identity_from(app, get_json(identity_url, access_token))
+    resources_url = app.endpoint("resources")
+    if resources_url:
+        account = replace(account, resources=sites(get_json(resources_url, access_token)))
+    return account

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from broker import connections, health, metrics, oauth2_flow
+from broker import connections, health, metrics, oauth1_flow, oauth2_flow
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/connections/", permanent=False)),
@@ -15,4 +15,5 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    path("oauth1/callback/<slug:slug>", oauth1_flow.callback, name="oauth1-callback"),
 ]

@@ -9,6 +9,7 @@ import pytest
 import requests
 from django.conf import settings
 from django.core.management import call_command
+from django.db import connections
 
 # The broker under test listens on 127.0.0.1 and the sandbox on localhost, so a browser
 # keeps their cookies apart as it would for two real sites.
@@ -68,11 +69,23 @@ def sandbox_apps(sandbox, live_server, transactional_db, settings):
 
 
 @pytest.fixture
-def broker_login(live_server) -> Callable[[str, str], requests.Session]:
-    """Signs in to the live broker over HTTP; returns the session (a browser's cookie jar)."""
+def sandbox_providers(sandbox_apps, sandbox):
+    """The sandbox (its test switches), with its provider apps loaded into the broker."""
+    return sandbox
+
+
+@pytest.fixture
+def broker_login(live_server) -> Iterator[Callable[[str, str], requests.Session]]:
+    """Signs in to the live broker over HTTP; returns the session (a browser's cookie jar).
+
+    The sessions are closed afterwards: a kept-alive connection would keep a server thread,
+    and its database connection, open past the test database's teardown (PostgreSQL).
+    """
+    sessions: list[requests.Session] = []
 
     def login(username: str, password: str) -> requests.Session:
         session = requests.Session()
+        sessions.append(session)
         session.get(f"{live_server.url}/accounts/login/", timeout=HTTP_TIMEOUT)
         response = session.post(
             f"{live_server.url}/accounts/login/",
@@ -87,7 +100,9 @@ def broker_login(live_server) -> Callable[[str, str], requests.Session]:
         assert response.status_code == 302, response.text
         return session
 
-    return login
+    yield login
+    for session in sessions:
+        session.close()
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +136,15 @@ def page(browser) -> Iterator:
     context.set_default_timeout(15_000)
     yield context.new_page()
     context.close()
+    # While Playwright's loop runs, Django keeps the test's ORM connection in a separate
+    # per-context slot that its teardown does not close (PostgreSQL then cannot drop the
+    # test database): close it here, in that context.
+    connections.close_all()
+
+
+@pytest.fixture
+def browser_page(page):
+    return page
 
 
 @pytest.fixture

@@ -81,3 +81,12 @@ def callback_url(
 
 def visit(session: requests.Session, url: str) -> requests.Response:
     return session.get(url, allow_redirects=False, timeout=TIMEOUT)
+
+
+def sandbox_consent(authorize_url: str, username: str, button: str) -> str:
+    """In a fresh provider-side session: sign in to the sandbox as `username`, press Allow or
+    Deny, and return where the sandbox redirects (the broker's callback URL)."""
+    parts = urlsplit(authorize_url)
+    session = requests.Session()
+    sign_in_to_sandbox(session, f"{parts.scheme}://{parts.netloc}", username)
+    return answer_consent(session, authorize_url, button)
