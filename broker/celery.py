@@ -9,3 +9,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broker.settings")
 app = Celery("broker")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Tasks that live beside their concern rather than in a tasks module.
+app.autodiscover_tasks(related_name="audit")

@@ -174,7 +174,16 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # The internal API buffers its audit events in Redis (broker.audit.record_soon).
+    "flush-audit-buffer": {"task": "broker.audit.flush_buffer", "schedule": 5.0},
+}
+
+# Internal API (broker.api): broker token lifetime, per-service requests per minute (0: no
+# limit), and identity providers whose app tokens services may authenticate with.
+BROKER_API_TOKEN_SECONDS = env.int("BROKER_API_TOKEN_SECONDS", default=300)
+BROKER_API_RATE_LIMIT = env.int("BROKER_API_RATE_LIMIT", default=6000)
+BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
