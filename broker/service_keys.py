@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from joserfc.jwk import JWKRegistry, OctKey
+from joserfc.jwk import JWKRegistry, Key, OctKey
 
 from broker.models import ServiceClient, ServiceKey
 
@@ -57,9 +57,24 @@ def _pem(key: PublicKeyTypes) -> str:
     ).decode()
 
 
+def key_type(key: PublicKeyTypes) -> str:
+    """The JWK `kty` of a public key (RFC 7518 6.1, RFC 8037 2)."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "EC"
+    return "OKP"
+
+
+def public_jwk(public_key_pem: str) -> Key:
+    """The registered key as a joserfc key, ready to verify signatures."""
+    key = serialization.load_pem_public_key(public_key_pem.encode())
+    return JWKRegistry.import_key(public_key_pem, key_type(key))
+
+
 def thumbprint(public_key_pem: str) -> str:
     """RFC 7638 thumbprint (SHA-256, base64url) of a public key."""
-    return JWKRegistry.import_key(public_key_pem).thumbprint()
+    return public_jwk(public_key_pem).thumbprint()
 
 
 def parse_public_key(text: str) -> ParsedKey:

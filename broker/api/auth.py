@@ -89,6 +89,7 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
             service=token.client_id,
             request=request,
             reason="rate_limited",
+            status=429,
             path=request.path,
         )
         raise ApiError(
@@ -106,6 +107,7 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
             service=token.client_id,
             request=request,
             reason="insufficient_scope",
+            status=403,
             required_scope=scope,
             path=request.path,
         )

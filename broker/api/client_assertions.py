@@ -19,12 +19,11 @@ from typing import Any
 from django.conf import settings
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import JWKRegistry
 from joserfc.jws import extract_compact
 
 from broker.models import ServiceClient, ServiceKey
 from broker.redis_client import KEY_PREFIX, get_redis
-from broker.service_keys import certificate_current
+from broker.service_keys import certificate_current, public_jwk
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")
@@ -82,9 +81,7 @@ def verify(service: ServiceClient, assertion: str) -> ServiceKey:
         raise AssertionRejected(f"algorithm {header.get('alg')!r} is not accepted")
     key = _find_key(service, header)
     try:
-        token = jwt.decode(
-            assertion, JWKRegistry.import_key(key.public_key_pem), algorithms=list(ALGORITHMS)
-        )
+        token = jwt.decode(assertion, public_jwk(key.public_key_pem), algorithms=list(ALGORITHMS))
     except JoseError as exc:
         raise AssertionRejected(f"signature: {exc.error}") from exc
     claims = token.claims
