@@ -52,6 +52,8 @@ class Field:
         return schema
 
     def check(self, value: Any) -> Any:
+        if self.type is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON Schema: 17.0 is an integer
         ok = isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
         if ok and self.type is list:
             ok = all(isinstance(item, str) and 0 < len(item) <= 200 for item in value)
@@ -131,7 +133,7 @@ def parse_json_body(request: HttpRequest, fields: tuple[Field, ...]) -> dict[str
             raise invalid_request(f"unknown field {name!r}")
     for field in fields:
         if field.name in body:
-            field.check(body[field.name])
+            body[field.name] = field.check(body[field.name])
         elif field.required:
             raise invalid_request(f"field {field.name!r} is required")
     return body
