@@ -8,6 +8,7 @@ answers exactly as if it did not exist.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -24,11 +25,47 @@ class Permission:
     can_create_connect_links: bool
 
 
+@dataclass(frozen=True)
+class _Rule:
+    scopes: tuple[str, ...]
+    users_group_id: int | None
+    can_sign: bool
+    can_create_connect_links: bool
+
+
+# Rules change rarely and are read on every token request: each process keeps a service's
+# rules for one app for RULE_CACHE_SECONDS, so a changed or removed rule takes effect within
+# that time on every process (the hot path then makes a single database query).
+RULE_CACHE_SECONDS = 2.0
+_rule_cache: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, list[_Rule]]] = {}
+
+
+def _rules(service_id: uuid.UUID, app_id: uuid.UUID) -> list[_Rule]:
+    key = (service_id, app_id)
+    cached = _rule_cache.get(key)
+    now = time.monotonic()
+    if cached and cached[0] > now:
+        return cached[1]
+    rules = [
+        _Rule(tuple(r.scopes or ()), r.users_group_id, r.can_sign, r.can_create_connect_links)
+        for r in AccessRule.objects.filter(service_id=service_id, provider_app_id=app_id)
+    ]
+    if len(_rule_cache) > 10_000:  # bounded: many services x apps
+        _rule_cache.clear()
+    _rule_cache[key] = (now + RULE_CACHE_SECONDS, rules)
+    return rules
+
+
+def forget_cached_rules() -> None:
+    """Drops this process's rule cache (tests; after bulk rule edits in a shell)."""
+    _rule_cache.clear()
+
+
 def permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permission | None:
     """What `service_id` may do with `user`'s grants of `app`; None when nothing."""
     if not app.enabled:
         return None
-    rules = list(AccessRule.objects.filter(service_id=service_id, provider_app_id=app.pk))
+    rules = _rules(service_id, app.pk)
     group_ids = {r.users_group_id for r in rules if r.users_group_id is not None}
     member_of: set[int] = set()
     if group_ids:

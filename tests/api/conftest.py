@@ -15,6 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from broker import audit, service_secrets
+from broker.api import rules
 from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
 from broker.redis_client import get_redis
 
@@ -26,6 +27,7 @@ ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_acc
 def empty_audit_buffer() -> None:
     """Buffered events of an earlier test must not land in this test's database."""
     get_redis().delete(audit.BUFFER_KEY, audit.FLUSH_LOCK_KEY)
+    rules.forget_cached_rules()
 
 
 def audit_events(**filters: Any) -> list[AuditEvent]:

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from broker.api import rules
 from broker.api.views import capped_min_ttl
 from broker.models import Grant
 from tests.api.conftest import audit_events, make_grant
@@ -67,8 +68,8 @@ def test_it_records_last_use_cheaply(api, grant, rule, bearer, django_assert_max
     grant.refresh_from_db()
     assert grant.last_used_by_id == rule.service_id and grant.last_used_at is not None
     first_use = grant.last_used_at
-    # A second call within the minute reads (grant, rules) and writes nothing.
-    with django_assert_max_num_queries(2):
+    # A second call within the minute reads the grant (rules are cached) and writes nothing.
+    with django_assert_max_num_queries(1):
         assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
     grant.refresh_from_db()
     assert grant.last_used_at == first_use
@@ -210,3 +211,12 @@ def test_a_narrowed_broker_token_reaches_only_its_api_scopes(api, grant, rule, b
     refused = post(api, {"grant": str(grant.pk)}, headers)
     assert refused.status_code == 403 and refused.json()["error"] == "insufficient_scope"
     assert "access_token" not in refused.json()
+
+
+def test_a_removed_rule_stops_access_once_the_rule_cache_lapses(api, grant, rule, bearer):
+    headers = bearer()
+    assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
+    rule.delete()
+    rules.forget_cached_rules()  # what RULE_CACHE_SECONDS (2 s) of waiting does
+    refused = post(api, {"grant": str(grant.pk)}, headers)
+    assert refused.status_code == 404 and "access_token" not in refused.json()
