@@ -158,8 +158,14 @@ def _basic_credentials(request: HttpRequest) -> tuple[str, str] | None:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
+def _lookup(client_id: str) -> ServiceClient | None:
+    if not client_id or "\x00" in client_id or len(client_id) > 64:
+        return None
+    return ServiceClient.objects.filter(client_id=client_id).first()
+
+
 def _service(client_id: str, method: str) -> ServiceClient:
-    service = ServiceClient.objects.filter(client_id=client_id).first()
+    service = _lookup(client_id)
     if service is None:
         raise ClientAuthFailed("unknown client", client_id, method)
     if not service.enabled:
@@ -168,7 +174,7 @@ def _service(client_id: str, method: str) -> ServiceClient:
 
 
 def _by_secret(client_id: str, secret: str, method: str) -> AuthenticatedClient:
-    service = ServiceClient.objects.filter(client_id=client_id).first()
+    service = _lookup(client_id)
     # A digest is computed for unknown clients too, so timing does not reveal client ids.
     matched = service_secrets.matched_secret(service or ServiceClient(), secret)
     if service is None:

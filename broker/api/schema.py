@@ -18,6 +18,8 @@ from django.http import HttpRequest
 from broker.api.errors import ApiError, invalid_request
 from broker.api.tokens import API_SCOPES
 
+# Strings never contain NUL: PostgreSQL cannot store or compare it.
+NO_NUL = "^[^\\x00]*$"
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list of strings"}
 JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}
 
@@ -36,7 +38,7 @@ class Field:
         if self.type is list:
             schema: dict[str, Any] = {
                 "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                "items": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_NUL},
                 "maxItems": 100,
             }
         else:
@@ -44,6 +46,7 @@ class Field:
         if self.type is str:
             schema["maxLength"] = self.max_length
             schema["minLength"] = 1
+            schema["pattern"] = NO_NUL
         if self.format:
             schema["format"] = self.format
         if self.minimum is not None:
@@ -56,11 +59,16 @@ class Field:
             value = int(value)  # JSON Schema: 17.0 is an integer
         ok = isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
         if ok and self.type is list:
-            ok = all(isinstance(item, str) and 0 < len(item) <= 200 for item in value)
+            ok = all(
+                isinstance(item, str) and 0 < len(item) <= 200 and "\x00" not in item
+                for item in value
+            )
             ok = ok and len(value) <= 100
         if not ok:
             raise invalid_request(f"field {self.name!r} must be {TYPE_NAMES[self.type]}")
         if self.type is str:
+            if "\x00" in value:  # databases (PostgreSQL) cannot store or compare NUL
+                raise invalid_request(f"field {self.name!r} must not contain NUL characters")
             if not value or len(value) > self.max_length:
                 raise invalid_request(
                     f"field {self.name!r} must be 1 to {self.max_length} characters long"
@@ -196,7 +204,8 @@ def _json_body(fields: tuple[Field, ...], *, one_grant: bool = False) -> dict[st
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of /api/v1/, served at /api/v1/openapi.json."""
     token_url = f"{settings.BROKER_PUBLIC_URL}/api/v1/oauth/token"
-    string = {"type": "string"}
+    string: dict[str, Any] = {"type": "string"}
+    text = {"type": "string", "pattern": NO_NUL}
     grant_schema = {
         "type": "object",
         "required": ["id", "user", "provider", "status", "account", "scopes", "resources"],
@@ -241,16 +250,16 @@ def openapi_document() -> dict[str, Any]:
                                             "type": "string",
                                             "enum": ["client_credentials"],
                                         },
-                                        "scope": {"type": "string"},
-                                        "client_id": string,
-                                        "client_secret": string,
+                                        "scope": text,
+                                        "client_id": text,
+                                        "client_secret": text,
                                         "client_assertion_type": {
                                             "type": "string",
                                             "enum": [
                                                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
                                             ],
                                         },
-                                        "client_assertion": string,
+                                        "client_assertion": text,
                                     },
                                 }
                             }

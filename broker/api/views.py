@@ -85,6 +85,8 @@ def _form(request: HttpRequest) -> dict[str, str]:
     for name, values in params.lists():
         if len(values) > 1:
             raise invalid_request(f"parameter {name!r} is repeated")
+        if "\x00" in values[0]:
+            raise invalid_request(f"parameter {name!r} must not contain NUL characters")
         if values[0] != "":  # RFC 6749 3.1: a parameter without a value is omitted
             form[name] = values[0]
     return form
@@ -218,6 +220,8 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
             raise invalid_request(f"unknown query parameter {name!r}")
         if len(values) > 1:
             raise invalid_request(f"query parameter {name!r} is repeated")
+        if "\x00" in values[0]:
+            raise invalid_request(f"query parameter {name!r} must not contain NUL characters")
     grants = rules.visible_grants(request.broker_token.service_id).select_related(
         "user", "provider_app"
     )
