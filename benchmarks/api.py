@@ -91,9 +91,9 @@ def create_fixtures() -> tuple[str, str, str]:
     from accounts.models import User
     from broker import service_secrets
     from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
-    from broker.redis_client import get_redis
+    from broker.redis_connection import redis_client
 
-    get_redis().flushdb()  # DB 12 belongs to this benchmark
+    redis_client().flushdb()  # DB 12 belongs to this benchmark
     Grant.objects.all().delete()
     AccessRule.objects.all().delete()
     ServiceClient.objects.all().delete()

@@ -19,12 +19,12 @@ from typing import Any
 import redis
 from celery import shared_task
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import DataError, IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
 from broker.models import AuditEvent
-from broker.redis_client import KEY_PREFIX, get_redis
+from broker.redis_connection import KEY_PREFIX, redis_client
 
 ActorType = AuditEvent.ActorType
 Outcome = AuditEvent.Outcome
@@ -43,6 +43,21 @@ def client_ip(request: HttpRequest | None) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
+def _text(value: str, limit: int) -> str:
+    """What a text column can hold on every database: no NUL (PostgreSQL), within its length."""
+    return value.replace("\x00", "\\x00")[:limit]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 def _fields(
     action: str,
     actor_type: str,
@@ -56,19 +71,21 @@ def _fields(
     request: HttpRequest | None,
     detail: dict[str, Any],
 ) -> dict[str, Any]:
+    # Callers may pass what a client sent (a claimed client id, a username): keep every
+    # value storable, so one odd event cannot block the buffer's bulk insert.
     return {
         "at": timezone.now(),
-        "action": action,
+        "action": _text(action, 64),
         "actor_type": actor_type,
-        "actor": actor,
+        "actor": _text(actor, 255),
         "outcome": outcome,
         "grant_id": grant_id,
-        "subject_user": subject_user,
-        "provider": provider,
-        "service": service,
-        "scopes": list(scopes),
+        "subject_user": _text(subject_user, 150),
+        "provider": _text(provider, 64),
+        "service": _text(service, 64),
+        "scopes": _clean(list(scopes)),
         "client_ip": client_ip(request),
-        "detail": detail,
+        "detail": _clean(detail),
     }
 
 
@@ -132,7 +149,7 @@ def record_soon(
         detail,
     )
     try:
-        get_redis().rpush(BUFFER_KEY, json.dumps(fields, cls=DjangoJSONEncoder))
+        redis_client().rpush(BUFFER_KEY, json.dumps(fields, cls=DjangoJSONEncoder))
     except redis.RedisError:
         log.warning("audit buffer unavailable; writing %s directly", action)
         AuditEvent.objects.create(**fields)
@@ -144,9 +161,26 @@ def _from_buffer(raw: bytes | str) -> AuditEvent:
     return AuditEvent(at=at, **fields)
 
 
+def _insert(events: list[AuditEvent]) -> None:
+    """Bulk insert; if the batch fails on a bad row, row by row so only that row is lost
+    (and logged), instead of the whole buffer being stuck behind it."""
+    try:
+        with transaction.atomic():
+            AuditEvent.objects.bulk_create(events)
+        return
+    except (DataError, IntegrityError):  # a bad row; a database that is down raises others
+        log.exception("audit batch insert failed; inserting events one by one")
+    for event in events:
+        try:
+            with transaction.atomic():
+                event.save()
+        except (DataError, IntegrityError):
+            log.exception("audit event %s could not be stored", event.action)
+
+
 def flush_buffer(batch: int = FLUSH_BATCH) -> int:
     """Moves buffered events into the database; returns how many. One flusher at a time."""
-    client = get_redis()
+    client = redis_client()
     if not client.set(FLUSH_LOCK_KEY, "1", nx=True, ex=60):
         return 0
     written = 0
@@ -155,8 +189,7 @@ def flush_buffer(batch: int = FLUSH_BATCH) -> int:
             raw_events = client.lrange(BUFFER_KEY, 0, batch - 1)
             if not raw_events:
                 break
-            with transaction.atomic():
-                AuditEvent.objects.bulk_create([_from_buffer(raw) for raw in raw_events])
+            _insert([_from_buffer(raw) for raw in raw_events])
             # Producers only append at the tail, so the head we read is still the head.
             client.ltrim(BUFFER_KEY, len(raw_events), -1)
             written += len(raw_events)

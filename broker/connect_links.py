@@ -36,6 +36,8 @@ def digest(token: str) -> str:
 
 
 def _origin(url: str) -> str | None:
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        return None  # a URL with spaces or control characters is not one we redirect to
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -10,6 +10,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from broker.crypto import KeyRing, KeyRingError
+from broker.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(environ.Env().str("BROKER_DATA_DIR", default=str(BASE_DIR / "data")))
@@ -58,9 +59,18 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if 
 BROKER_PUBLIC_URL = env.str("BROKER_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
 BROKER_PROVIDERS_FILE = env.str("BROKER_PROVIDERS_FILE", default="")
 BROKER_ALLOW_HTTP = env.bool("BROKER_ALLOW_HTTP", default=False)
+# Seconds to wait for a provider (token, identity, revocation endpoints).
+BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Webhook targets must be public addresses unless they fall in one of these networks
+# (CIDR, comma-separated), e.g. an internal service's subnet.
+BROKER_WEBHOOK_ALLOWED_NETWORKS = env.list("BROKER_WEBHOOK_ALLOWED_NETWORKS", default=[])
+# /metrics: a Bearer token and/or client networks; every one configured must match, and
+# with neither set the endpoint answers 403.
+BROKER_METRICS_TOKEN = env.str("BROKER_METRICS_TOKEN", default="")
+BROKER_METRICS_ALLOWED_NETWORKS = env.list("BROKER_METRICS_ALLOWED_NETWORKS", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -74,6 +84,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "broker.logging_config.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "broker.security_headers.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -178,6 +189,22 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # The internal API buffers its audit events in Redis (broker.audit.record_soon).
     "flush-audit-buffer": {"task": "broker.audit.flush_buffer", "schedule": 5.0},
 }
+# Task modules besides broker.tasks (each concern keeps its tasks beside its logic).
+CELERY_IMPORTS = [
+    "broker.revocation",
+    "broker.bulk_revocation",
+    "broker.notifications",
+    "broker.audit",
+]
+# Keep the Django LOGGING configuration (JSON, redaction) in workers too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Email to users (reconnect needed, revoked by an admin): EMAIL_URL, e.g.
+# smtp+tls://user:password@mail.example:587; the console in development.
+vars().update(
+    env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
+)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
 
 # Internal API (broker.api): broker token lifetime, per-service requests per minute (0: no
 # limit), and identity providers whose app tokens services may authenticate with.
@@ -186,10 +213,9 @@ BROKER_API_RATE_LIMIT = env.int("BROKER_API_RATE_LIMIT", default=6000)
 BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-}
+# LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+try:
+    LOGGING = logging_settings(LOG_LEVEL, LOG_FORMAT)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from exc

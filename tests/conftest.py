@@ -22,3 +22,25 @@ def owner(django_user_model):
 @pytest.fixture
 def outsider(django_user_model):
     return django_user_model.objects.create_user("mallory", "mallory@example.com", "mallory-broker")
+
+
+@pytest.fixture
+def local_server():
+    from tests.local_http import start_local_server
+
+    server = start_local_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def eager_celery(settings):
+    """Runs tasks in-process when enqueued (after the commit, like a worker would).
+
+    Exceptions are not propagated: an eager retry raises Retry after running the retry, as a
+    worker would log it; tests check outcomes (rows, requests received) instead."""
+    from broker.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False

@@ -20,7 +20,7 @@ from broker import audit, service_secrets
 from broker.api import client_assertions, federation, ratelimit, tokens
 from broker.api.errors import ApiError
 from broker.models import ServiceClient
-from broker.redis_client import get_redis
+from broker.redis_connection import redis_client
 
 BEARER_CHALLENGE = 'Bearer realm="broker"'
 BASIC_CHALLENGE = 'Basic realm="broker"'
@@ -74,7 +74,7 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
         token = tokens.parse(value.strip())
     except tokens.InvalidToken as exc:
         raise _token_failure(request, str(exc)) from None
-    pipe = get_redis().pipeline(transaction=False)
+    pipe = redis_client().pipeline(transaction=False)
     pipe.get(tokens.generation_key(token.service_id))
     ratelimit.queue_count(pipe, token.client_id)
     cached, count, _ = pipe.execute()

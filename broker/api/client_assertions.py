@@ -22,7 +22,7 @@ from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
 from broker.models import ServiceClient, ServiceKey
-from broker.redis_client import KEY_PREFIX, get_redis
+from broker.redis_connection import KEY_PREFIX, redis_client
 from broker.service_keys import certificate_current, public_jwk
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -115,5 +115,5 @@ def _use_jti_once(service: ServiceClient, jti: str, seconds: int) -> None:
     """RFC 7523 3 (7): a jti is accepted once; remembered until the assertion has expired."""
     digest = hashlib.sha256(jti.encode()).hexdigest()
     key = f"{KEY_PREFIX}jti:{service.pk}:{digest}"
-    if not get_redis().set(key, "1", nx=True, ex=max(1, seconds)):
+    if not redis_client().set(key, "1", nx=True, ex=max(1, seconds)):
         raise AssertionRejected("jti was already used (replay)")

@@ -12,7 +12,7 @@ import time
 from django.conf import settings
 from redis.client import Pipeline
 
-from broker.redis_client import KEY_PREFIX
+from broker.redis_connection import KEY_PREFIX
 
 WINDOW = 60
 

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db.models import F
 
 from broker.models import ServiceClient
-from broker.redis_client import KEY_PREFIX, get_redis
+from broker.redis_connection import KEY_PREFIX, redis_client
 
 PREFIX = "bkt_"
 GENERATION_TTL = 5  # seconds a cached credentials generation is trusted
@@ -127,7 +127,7 @@ def load_generation(service_id: uuid.UUID) -> bytes:
     value = (
         str(found["credentials_generation"]).encode() if found and found["enabled"] else DISABLED
     )
-    get_redis().set(generation_key(service_id), value, ex=GENERATION_TTL)
+    redis_client().set(generation_key(service_id), value, ex=GENERATION_TTL)
     return value
 
 
@@ -138,7 +138,7 @@ def is_current(token: BrokerToken, cached: bytes | None) -> bool:
 
 
 def forget_generation(service_id: uuid.UUID | str) -> None:
-    get_redis().delete(generation_key(service_id))
+    redis_client().delete(generation_key(service_id))
 
 
 def retire_issued_tokens(service: ServiceClient) -> None:

@@ -28,11 +28,12 @@ from broker.api.schema import (
     ACCESS_TOKEN_FIELDS,
     CONNECT_LINK_FIELDS,
     SIGN_FIELDS,
+    matchable,
     openapi_document,
     parse_json_body,
 )
 from broker.models import Grant, ProviderApp
-from broker.redis_client import get_redis
+from broker.redis_connection import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ def _form(request: HttpRequest) -> dict[str, str]:
     for name, values in params.lists():
         if len(values) > 1:
             raise invalid_request(f"parameter {name!r} is repeated")
-        if "\x00" in values[0]:
-            raise invalid_request(f"parameter {name!r} must not contain NUL characters")
         if values[0] != "":  # RFC 6749 3.1: a parameter without a value is omitted
             form[name] = values[0]
     return form
@@ -130,7 +129,7 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
         client = authenticate_client(request, form)
         client_id = client.service.client_id
         scopes = _granted_api_scopes(client.service.pk, form.get("scope"))
-        pipe = get_redis().pipeline(transaction=False)
+        pipe = redis_client().pipeline(transaction=False)
         ratelimit.queue_count(pipe, client_id)
         count, _ = pipe.execute()
         if ratelimit.exceeded(count):
@@ -220,11 +219,11 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
             raise invalid_request(f"unknown query parameter {name!r}")
         if len(values) > 1:
             raise invalid_request(f"query parameter {name!r} is repeated")
-        if "\x00" in values[0]:
-            raise invalid_request(f"query parameter {name!r} must not contain NUL characters")
     grants = rules.visible_grants(request.broker_token.service_id).select_related(
         "user", "provider_app"
     )
+    if not matchable(*(request.GET.get(name, "") for name in ("user", "provider"))):
+        grants = grants.none()
     if user := request.GET.get("user"):
         grants = grants.filter(user__username=user)
     if provider := request.GET.get("provider"):
@@ -263,6 +262,9 @@ def _find_grant(request: ServiceRequest, body: dict[str, Any]) -> tuple[Grant, r
         # one database round trip, and building its SQL is a good part of its cost.
         grant = next(iter(grants.filter(pk=body["grant"]).order_by()[:1]), None)
         wanted: dict[str, Any] = {"grant_id": body["grant"]}
+    elif "user" in body and "provider" in body and not matchable(body["user"], body["provider"]):
+        grant = None
+        wanted = {"subject_user": repr(body["user"]), "provider": repr(body["provider"])}
     elif "user" in body and "provider" in body:
         # Several accounts at one provider: the active one connected last.
         grant = (
@@ -495,6 +497,8 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
     """A single-use, expiring link that sends one user through consent, then to return_to."""
     body = parse_json_body(request, CONNECT_LINK_FIELDS)
     wanted: dict[str, Any] = {"subject_user": body["user"], "provider": body["provider"]}
+    if not matchable(body["user"], body["provider"]):
+        raise not_visible(subject_user=repr(body["user"]), provider=repr(body["provider"]))
     user = User.objects.filter(username=body["user"], is_active=True).first()
     app = ProviderApp.objects.filter(slug=body["provider"]).first()
     if user is None or app is None:

@@ -17,7 +17,7 @@ from django.utils import timezone
 from broker import audit, service_secrets
 from broker.api import rules
 from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
-from broker.redis_client import get_redis
+from broker.redis_connection import redis_client
 
 TOKEN_URL = "/api/v1/oauth/token"
 ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_access"]
@@ -26,7 +26,7 @@ ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_acc
 @pytest.fixture(autouse=True)
 def empty_audit_buffer() -> None:
     """Buffered events of an earlier test must not land in this test's database."""
-    get_redis().delete(audit.BUFFER_KEY, audit.FLUSH_LOCK_KEY)
+    redis_client().delete(audit.BUFFER_KEY, audit.FLUSH_LOCK_KEY)
     rules.forget_cached_rules()
 
 

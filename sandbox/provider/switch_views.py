@@ -1,0 +1,83 @@
+"""`/_sandbox/` JSON endpoints for tests; they 404 unless SANDBOX_TEST_SWITCHES=1."""
+
+import json
+from collections.abc import Callable
+from functools import wraps
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from sandbox.provider import switches
+from sandbox.provider.models import FaultMode
+
+
+def switch(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if not settings.SANDBOX_TEST_SWITCHES:
+            raise Http404("test switches are off")
+        return view(request, *args, **kwargs)
+
+    return csrf_exempt(wrapper)
+
+
+def bad_request(message: str) -> JsonResponse:
+    return JsonResponse({"error": "invalid_request", "error_description": message}, status=400)
+
+
+def json_object(request: HttpRequest) -> dict | None:
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@switch
+@require_POST
+def faults(request: HttpRequest) -> JsonResponse:
+    data = json_object(request)
+    if data is None:
+        return bad_request("body must be a JSON object")
+    mode = data.get("mode", FaultMode.NONE)
+    if mode not in FaultMode.values:
+        return bad_request(f"mode must be one of {FaultMode.values}")
+    try:
+        delay = float(data.get("delay") or 0)
+        retry_after = int(data.get("retry_after") or 1)
+        times = None if data.get("times") is None else int(data["times"])
+    except (TypeError, ValueError):
+        return bad_request("delay must be a number, retry_after and times integers")
+    switches.set_fault(mode, delay, retry_after, times)
+    return JsonResponse({"mode": mode, "delay": delay, "retry_after": retry_after, "times": times})
+
+
+@switch
+@require_GET
+def counters(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(switches.counter_values())
+
+
+@switch
+@require_POST
+def reset_counters(request: HttpRequest) -> JsonResponse:
+    switches.reset_counters()
+    return JsonResponse(switches.counter_values())
+
+
+@switch
+@require_POST
+def revoke_user(request: HttpRequest) -> JsonResponse:
+    data = json_object(request) or {}
+    username = str(data.get("username", ""))
+    if not switches.revoke_user_tokens(username):
+        return JsonResponse({"error": "not_found", "error_description": "no such user"}, status=404)
+    return JsonResponse({"revoked": username, **switches.live_token_counts(username)})
+
+
+@switch
+@require_GET
+def tokens(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(switches.live_token_counts(request.GET.get("username", "")))

@@ -1,0 +1,110 @@
+"""Test switches: injected token-endpoint faults, request counters, upstream revocation.
+
+All state is in the database so every thread and process of the sandbox shares it.
+"""
+
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from oauth2_provider.models import AccessToken, RefreshToken
+
+from sandbox.provider.models import (
+    Counter,
+    FaultMode,
+    OAuth1AccessToken,
+    TokenEndpointFault,
+)
+
+FAULT_ROW = 1
+
+
+@dataclass(frozen=True)
+class Fault:
+    mode: str
+    delay: float
+    retry_after: int
+
+
+def set_fault(mode: str, delay: float, retry_after: int, times: int | None) -> None:
+    TokenEndpointFault.objects.update_or_create(
+        pk=FAULT_ROW,
+        defaults={
+            "mode": mode,
+            "delay": delay,
+            "retry_after": retry_after,
+            "remaining": times,
+        },
+    )
+
+
+def claim_fault() -> Fault | None:
+    """The fault to apply to this token request, if any; uses up one of its `times`."""
+    state = TokenEndpointFault.objects.filter(pk=FAULT_ROW).first()
+    if state is None or state.mode == FaultMode.NONE:
+        return None
+    if state.remaining is not None:
+        # A conditional UPDATE, so concurrent requests never use more than `times`.
+        claimed = TokenEndpointFault.objects.filter(
+            pk=FAULT_ROW, mode=state.mode, remaining__gt=0
+        ).update(remaining=F("remaining") - 1)
+        if claimed != 1:
+            return None
+    return Fault(mode=state.mode, delay=state.delay, retry_after=state.retry_after)
+
+
+def increment(name: str) -> None:
+    if Counter.objects.filter(name=name).update(value=F("value") + 1) == 0:
+        with transaction.atomic():
+            counter, created = Counter.objects.get_or_create(name=name, defaults={"value": 1})
+            if not created:
+                Counter.objects.filter(pk=counter.pk).update(value=F("value") + 1)
+
+
+def counter_values() -> dict:
+    values = dict(Counter.objects.values_list("name", "value"))
+    token = {"authorization_code": 0, "refresh_token": 0}
+    for name, value in values.items():
+        if name.startswith("token:"):
+            token[name.removeprefix("token:")] = value
+    return {
+        "token": token,
+        "revoke": values.get("revoke", 0),
+        "oauth1_access_token": values.get("oauth1_access_token", 0),
+    }
+
+
+def reset_counters() -> None:
+    Counter.objects.all().delete()
+
+
+def revoke_user_tokens(username: str) -> bool:
+    """Revoke everything the user granted, as if they removed the apps at the provider."""
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        return False
+    with transaction.atomic():
+        for refresh_token in RefreshToken.objects.filter(user=user, revoked__isnull=True):
+            refresh_token.revoke()
+        AccessToken.objects.filter(user=user).delete()
+        OAuth1AccessToken.objects.filter(user=user, revoked__isnull=True).update(
+            revoked=timezone.now()
+        )
+    return True
+
+
+def live_token_counts(username: str) -> dict[str, int]:
+    now = timezone.now()
+    return {
+        "oauth2_access_tokens": AccessToken.objects.filter(
+            user__username=username, expires__gt=now
+        ).count(),
+        "oauth2_refresh_tokens": RefreshToken.objects.filter(
+            user__username=username, revoked__isnull=True
+        ).count(),
+        "oauth1_access_tokens": OAuth1AccessToken.objects.filter(
+            user__username=username, revoked__isnull=True, expires__gt=now
+        ).count(),
+    }

@@ -1,0 +1,46 @@
+"""URLs of the sandbox provider: Atlassian Cloud and Jira Data Center paths."""
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+from oauth2_provider.views import AuthorizationView
+
+from sandbox.provider import jira_views, oauth1_views, oauth2_views, pages, switch_views
+
+authorize = AuthorizationView.as_view()
+
+urlpatterns = [
+    path("", pages.home, name="home"),
+    path("avatar.png", pages.avatar, name="avatar"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(template_name="sandbox/login.html"),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/"), name="logout"),
+    # OAuth 2.0: Atlassian Cloud paths ...
+    path("oauth/authorize", authorize, name="authorize"),
+    path("oauth/token", oauth2_views.token, name="token"),
+    path("oauth/revoke", oauth2_views.revoke, name="revoke"),
+    path("oauth/token/accessible-resources", oauth2_views.accessible_resources),
+    path("me", oauth2_views.me, name="me"),
+    # ... and Jira Data Center's.
+    path("rest/oauth2/latest/authorize", authorize, name="dc-authorize"),
+    path("rest/oauth2/latest/token", oauth2_views.token, name="dc-token"),
+    # OAuth 1.0a: Jira Data Center application links.
+    path("plugins/servlet/oauth/request-token", oauth1_views.request_token),
+    path(
+        "plugins/servlet/oauth/authorize",
+        oauth1_views.authorize,
+        name="oauth1-authorize",
+    ),
+    path("plugins/servlet/oauth/access-token", oauth1_views.access_token),
+    # Jira REST resources (OAuth 1.0a or bearer).
+    path("rest/api/2/myself", jira_views.myself),
+    path("rest/api/2/echo", jira_views.echo),
+    # Test switches (404 unless SANDBOX_TEST_SWITCHES=1).
+    path("_sandbox/faults", switch_views.faults),
+    path("_sandbox/counters", switch_views.counters),
+    path("_sandbox/counters/reset", switch_views.reset_counters),
+    path("_sandbox/revoke-user", switch_views.revoke_user),
+    path("_sandbox/tokens", switch_views.tokens),
+]

@@ -1,0 +1,170 @@
+"""Start the sandbox provider in a subprocess for tests (no pytest, no Django imports).
+
+server = start_sandbox(tmp_path, broker_url="http://localhost:8000")
+... server.url, server.providers_file, server.faults(mode="ratelimit", times=1) ...
+server.stop()
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MANAGE = PROJECT_ROOT / "sandbox" / "manage.py"
+START_TIMEOUT_SECONDS = 30
+REQUEST_TIMEOUT_SECONDS = 10
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class SandboxServer:
+    url: str
+    providers_file: Path
+    process: subprocess.Popen
+    log_file: Path
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def _post(self, path: str, payload: dict | None = None) -> dict:
+        response = self.session.post(
+            f"{self.url}{path}", json=payload or {}, timeout=REQUEST_TIMEOUT_SECONDS
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def _get(self, path: str, **params: str) -> dict:
+        response = self.session.get(
+            f"{self.url}{path}", params=params, timeout=REQUEST_TIMEOUT_SECONDS
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def faults(
+        self,
+        mode: str = "none",
+        delay: float = 0,
+        retry_after: int = 1,
+        times: int | None = None,
+    ) -> dict:
+        """Inject a token-endpoint fault: none, error500, slow or ratelimit."""
+        payload = {
+            "mode": mode,
+            "delay": delay,
+            "retry_after": retry_after,
+            "times": times,
+        }
+        return self._post("/_sandbox/faults", payload)
+
+    def counters(self) -> dict[str, Any]:
+        return self._get("/_sandbox/counters")
+
+    def reset_counters(self) -> dict[str, Any]:
+        return self._post("/_sandbox/counters/reset")
+
+    def revoke_user(self, username: str) -> dict[str, Any]:
+        return self._post("/_sandbox/revoke-user", {"username": username})
+
+    def tokens(self, username: str) -> dict[str, int]:
+        return self._get("/_sandbox/tokens", username=username)
+
+    def stop(self) -> None:
+        self.session.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def sandbox_env(data_dir: Path, port: int, access_token_seconds: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "sandbox.settings",
+            "SANDBOX_DATABASE_URL": f"sqlite:///{data_dir / 'sandbox.sqlite3'}",
+            "SANDBOX_PUBLIC_URL": f"http://localhost:{port}",
+            "SANDBOX_ACCESS_TOKEN_SECONDS": str(access_token_seconds),
+            "SANDBOX_TEST_SWITCHES": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def run_manage(args: list[str], env: dict[str, str], log_file: Path) -> None:
+    with log_file.open("ab") as log:
+        subprocess.run(
+            [sys.executable, str(MANAGE), *args],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+
+
+def wait_until_up(server: SandboxServer) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"sandbox exited early; see {server.log_file}")
+        try:
+            requests.get(f"{server.url}/_sandbox/counters", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(
+        f"sandbox did not answer within {START_TIMEOUT_SECONDS}s; see {server.log_file}"
+    )
+
+
+def start_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int = 2) -> SandboxServer:
+    """Migrate a fresh per-run database, register the broker, and serve on a free port."""
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = sandbox_env(data_dir, port, access_token_seconds)
+    log_file = data_dir / "sandbox.log"
+    providers_file = data_dir / "providers.toml"
+    run_manage(["migrate", "--no-input", "-v", "0"], env, log_file)
+    run_manage(
+        ["sandbox_setup", "--broker-url", broker_url, "--out", str(providers_file)],
+        env,
+        log_file,
+    )
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(MANAGE),
+                "runserver",
+                f"127.0.0.1:{port}",
+                "--noreload",
+            ],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = SandboxServer(
+        url=f"http://localhost:{port}",
+        providers_file=providers_file,
+        process=process,
+        log_file=log_file,
+    )
+    wait_until_up(server)
+    return server
