@@ -65,7 +65,10 @@ def other_app(db) -> ProviderApp:
 
 @pytest.fixture
 def jira_dc(db) -> ProviderApp:
-    return ProviderApp.objects.create(
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    app = ProviderApp(
         slug="jira-acme",
         kind="jira-dc-oauth1",
         name="Jira (Acme)",
@@ -73,6 +76,15 @@ def jira_dc(db) -> ProviderApp:
         base_url="https://jira.acme.example",
         signature_method="RSA-SHA1",
     )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    app.seal("private_key", pem)
+    app.save()
+    return app
 
 
 def make_grant(user, app: ProviderApp, **fields: Any) -> Grant:
