@@ -369,6 +369,8 @@ def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     try:
         return refresh.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
+    except Grant.DoesNotExist:
+        raise not_visible(**concerning) from None
     except refresh.ReconnectRequired:
         raise ApiError(
             409,

@@ -103,3 +103,72 @@ def test_a_service_gets_a_signed_header_and_calls_myself(api, sandbox, apps, own
     )
     assert myself.status_code == 200, myself.text
     assert myself.json()["name"] == "alice"
+
+
+@pytest.fixture
+def sandbox_grant(sandbox, apps, owner, key_service) -> Grant:
+    """A sandbox grant, readable by the key service, whose access token has run out."""
+    pytest.importorskip("broker.refresh")  # the refresh engine's branch; runs once merged
+    from django.utils import timezone
+
+    app = ProviderApp.objects.get(slug="sandbox")
+    code, _ = authorization_code(sandbox, apps["sandbox"], "sandbox")
+    response = exchange_code(app, code=code, redirect_uri=f"{BROKER_URL}/oauth/callback/sandbox")
+    grant = Grant(user=owner, provider_app=app, external_account_id="alice-sandbox")
+    apply_token_response(grant, response, refreshed=False)
+    grant.access_expires_at = timezone.now()  # as if its hour had passed
+    grant.save()
+    call_command("addaccessrule", key_service[0], "--provider", "sandbox", stdout=StringIO())
+    return grant
+
+
+def access_token(api, key_service, **body):
+    return api.post(
+        "/api/v1/access-token",
+        {"user": "alice", "provider": "sandbox", **body},
+        content_type="application/json",
+        **broker_token(api, key_service),
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_token_is_refreshed_once_and_works(api, sandbox, sandbox_grant, key_service):
+    stale = sandbox_grant.unseal("access_token")
+    sandbox.reset_counters()
+    response = access_token(api, key_service, min_ttl=60)
+    assert response.status_code == 200, response.content
+    fresh = response.json()["access_token"]
+    assert fresh != stale and response.json()["expires_in"] >= 60
+    assert sandbox.counters()["token"]["refresh_token"] == 1
+    me = requests.get(f"{sandbox.url}/me", headers={"Authorization": f"Bearer {fresh}"}, timeout=10)
+    assert me.status_code == 200
+    # Served from the store now: no second refresh.
+    assert access_token(api, key_service).json()["access_token"] == fresh
+    assert sandbox.counters()["token"]["refresh_token"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_force_refresh_returns_a_token_from_a_new_refresh(api, sandbox, sandbox_grant, key_service):
+    first = access_token(api, key_service).json()["access_token"]
+    forced = access_token(api, key_service, force_refresh=True)
+    assert forced.status_code == 200 and forced.json()["access_token"] != first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_grant_dead_at_the_provider_is_409(api, sandbox, sandbox_grant, key_service):
+    sandbox.revoke_user("alice")
+    response = access_token(api, key_service)
+    assert response.status_code == 409 and response.json()["error"] == "reconnect_required"
+    assert "access_token" not in response.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_provider_is_503_with_retry_after(api, sandbox, sandbox_grant, key_service):
+    sandbox.faults(mode="error500")
+    try:
+        response = access_token(api, key_service)
+    finally:
+        sandbox.faults(mode="none")
+    assert response.status_code == 503 and int(response["Retry-After"]) >= 1
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert "access_token" not in response.json()
