@@ -87,14 +87,19 @@ def _call(api, endpoint, scenario, headers, grants) -> Any:
     return api.get("/api/v1/grants", {"user": "alice"}, **headers)
 
 
-@pytest.mark.parametrize("endpoint", ENDPOINTS)
-@pytest.mark.parametrize("scenario", SCENARIOS)
+CASES = [
+    (scenario, endpoint)
+    for scenario in SCENARIOS
+    for endpoint in ENDPOINTS
+    if EXPECTED[endpoint][SCENARIOS.index(scenario)] is not None  # listing takes no scopes
+]
+
+
+@pytest.mark.parametrize(("scenario", "endpoint"), CASES)
 def test_authorization_matrix(
     api, endpoint, scenario, owner, atlassian, jira_dc, other_app, group, settings
 ):
     expected = EXPECTED[endpoint][SCENARIOS.index(scenario)]
-    if expected is None:
-        pytest.skip("listing grants takes no scopes")
     if endpoint == "sign" and scenario == "allowed":
         pytest.importorskip("broker.oauth1_signing")
     grants = {"atlassian": make_grant(owner, atlassian), "jira": make_grant(owner, jira_dc)}
