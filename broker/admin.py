@@ -9,14 +9,11 @@ only; actions declare the permission they need, so an auditor sees none that cha
 
 from __future__ import annotations
 
-import base64
 import csv
-import hashlib
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from django import forms
@@ -29,7 +26,6 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
-from joserfc import jwk
 
 from broker import audit, bulk_revocation, service_secrets
 from broker.models import (
@@ -44,6 +40,7 @@ from broker.models import (
     WebhookDelivery,
 )
 from broker.revocation import revoke_grant
+from broker.service_keys import ServiceKeyError, parse_certificate, parse_public_key
 
 admin.site.site_header = "OAuth broker administration"
 admin.site.site_title = "OAuth broker admin"
@@ -329,26 +326,6 @@ class GrantAdmin(AuditedAdmin):
 # ---------------------------------------------------------------- service clients
 
 
-def key_fields_from_pem(public_pem: str, certificate_pem: str) -> tuple[str, str, str]:
-    """(public key PEM, RFC 7638 thumbprint, x5t#S256) from a public key or a certificate."""
-    x5t = ""
-    if certificate_pem:
-        cert = x509.load_pem_x509_certificate(certificate_pem.encode())
-        public_pem = (
-            cert.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
-        )
-        der = cert.public_bytes(serialization.Encoding.DER)
-        x5t = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
-    key = jwk.import_key(public_pem.encode())
-    if key.is_private:
-        raise ValueError("a private key was given; register the public key only")
-    return public_pem, key.thumbprint(), x5t
-
-
 class ServiceKeyForm(forms.ModelForm):
     class Meta:
         model = ServiceKey
@@ -365,12 +342,17 @@ class ServiceKeyForm(forms.ModelForm):
         if not public_pem and not certificate_pem:
             raise forms.ValidationError("give a public key or a certificate")
         try:
-            public_pem, kid, x5t = key_fields_from_pem(public_pem, certificate_pem)
-        except Exception:
-            raise forms.ValidationError("not a PEM public key or X.509 certificate") from None
-        data["public_key_pem"] = public_pem
-        self.instance.kid = kid
-        self.instance.x5t_s256 = x5t
+            parsed = (
+                parse_certificate(certificate_pem)
+                if certificate_pem
+                else parse_public_key(public_pem)
+            )
+        except ServiceKeyError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        data["public_key_pem"] = parsed.public_key_pem
+        data["certificate_pem"] = parsed.certificate_pem
+        self.instance.kid = parsed.kid
+        self.instance.x5t_s256 = parsed.x5t_s256
         return data
 
 

@@ -1,4 +1,6 @@
-"""Redis clients for health checks and metrics: short timeouts, so a dead Redis answers fast."""
+"""Redis clients for health checks, metrics and the internal API's hot path (broker token
+checks, rate limits, replay caches, the audit buffer): short timeouts, so a dead Redis
+answers fast."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import redis
 from django.conf import settings
 
 TIMEOUT_SECONDS = 0.5
+# Prefix of the broker's own keys (the Django cache adds its own).
+KEY_PREFIX = "broker:"
 
 
 @lru_cache(maxsize=8)

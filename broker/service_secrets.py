@@ -16,6 +16,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from broker.api.tokens import forget_generation
 from broker.models import ServiceClient
 
 SECRET_PREFIX = "bks_"
@@ -61,22 +62,33 @@ def rotate_secret(service: ServiceClient, grace: timedelta) -> str:
             "updated_at",
         ]
     )
+    # Broker tokens check the generation through a short Redis cache: drop it so tokens of
+    # a secret rotated out die now rather than within its TTL.
+    forget_generation(service.pk)
     return new_secret(service)
 
 
 def verify_secret(service: ServiceClient, presented: str) -> bool:
     """True for the current secret, or the previous one until its grace period ends."""
+    return matched_secret(service, presented) is not None
+
+
+def matched_secret(service: ServiceClient, presented: str) -> str | None:
+    """Which secret `presented` is: "current", "previous" (within its grace), or None.
+
+    Both constant-time comparisons always run, so timing does not tell which was close."""
     presented_digest = digest(presented)
-    current = bool(service.secret_digest) and hmac.compare_digest(
-        presented_digest, service.secret_digest
-    )
-    previous = (
-        bool(service.previous_secret_digest)
-        and service.previous_secret_valid_until is not None
+    current = hmac.compare_digest(presented_digest, service.secret_digest or "-")
+    previous = hmac.compare_digest(presented_digest, service.previous_secret_digest or "-")
+    in_grace = (
+        service.previous_secret_valid_until is not None
         and service.previous_secret_valid_until > timezone.now()
-        and hmac.compare_digest(presented_digest, service.previous_secret_digest)
     )
-    return current or previous
+    if current and service.secret_digest:
+        return "current"
+    if previous and service.previous_secret_digest and in_grace:
+        return "previous"
+    return None
 
 
 def new_webhook_secret(service: ServiceClient) -> str:

@@ -185,9 +185,17 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # The internal API buffers its audit events in Redis (broker.audit.record_soon).
+    "flush-audit-buffer": {"task": "broker.audit.flush_buffer", "schedule": 5.0},
+}
 # Task modules besides broker.tasks (each concern keeps its tasks beside its logic).
-CELERY_IMPORTS = ["broker.revocation", "broker.bulk_revocation", "broker.notifications"]
+CELERY_IMPORTS = [
+    "broker.revocation",
+    "broker.bulk_revocation",
+    "broker.notifications",
+    "broker.audit",
+]
 # Keep the Django LOGGING configuration (JSON, redaction) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -197,6 +205,12 @@ vars().update(
     env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
 )
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
+
+# Internal API (broker.api): broker token lifetime, per-service requests per minute (0: no
+# limit), and identity providers whose app tokens services may authenticate with.
+BROKER_API_TOKEN_SECONDS = env.int("BROKER_API_TOKEN_SECONDS", default=300)
+BROKER_API_RATE_LIMIT = env.int("BROKER_API_RATE_LIMIT", default=6000)
+BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from broker import connections, health, metrics, oauth1_flow, oauth2_flow
+from broker import connect_links, connections, health, metrics, oauth1_flow, oauth2_flow
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/connections/", permanent=False)),
@@ -16,4 +16,6 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
     path("oauth1/callback/<slug:slug>", oauth1_flow.callback, name="oauth1-callback"),
+    path("api/", include("broker.api.urls")),
+    path("connect-links/<str:token>", connect_links.follow, name="connect-link"),
 ]

@@ -435,3 +435,58 @@ def test_a_bulk_revocation_is_started_from_the_admin(client, superuser, data, ea
         {"by": "user", "value": "nobody-x", "reason": "x"},
     )
     assert unknown.status_code == 200 and not RevocationJob.objects.filter(reason="x").exists()
+
+
+@pytest.mark.django_db
+def test_a_key_added_in_the_admin_is_named_by_its_thumbprint(client, superuser, data):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from broker.models import ServiceKey
+    from broker.service_keys import thumbprint
+
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    client.force_login(superuser)
+    service = data["service"]
+    response = client.post(
+        reverse("admin:broker_serviceclient_change", args=[service.pk]),
+        {
+            "client_id": service.client_id,
+            "name": service.name,
+            "enabled": "on",
+            "webhook_url": "",
+            "rules-TOTAL_FORMS": "0",
+            "rules-INITIAL_FORMS": "0",
+            "keys-TOTAL_FORMS": "2",
+            "keys-INITIAL_FORMS": "0",
+            "keys-0-public_key_pem": pem,
+            "keys-0-enabled": "on",
+            "keys-1-public_key_pem": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----",
+        },
+    )
+    assert response.status_code == 200  # the private key is refused, so nothing is saved
+    assert "register the public key only" in response.content.decode()
+    assert not ServiceKey.objects.filter(service=service).exists()
+    accepted = client.post(
+        reverse("admin:broker_serviceclient_change", args=[service.pk]),
+        {
+            "client_id": service.client_id,
+            "name": service.name,
+            "enabled": "on",
+            "webhook_url": "",
+            "rules-TOTAL_FORMS": "0",
+            "rules-INITIAL_FORMS": "0",
+            "keys-TOTAL_FORMS": "1",
+            "keys-INITIAL_FORMS": "0",
+            "keys-0-public_key_pem": pem,
+            "keys-0-enabled": "on",
+        },
+    )
+    assert accepted.status_code == 302, accepted.content.decode()[:2000]
+    key = ServiceKey.objects.get(service=service)
+    assert key.kid == thumbprint(pem)

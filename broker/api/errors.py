@@ -1,0 +1,52 @@
+"""JSON errors of the internal API: `{"error": code, "error_description": text}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import JsonResponse
+
+
+class ApiError(Exception):
+    """Raised anywhere below a view; the view's wrapper turns it into the JSON error."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        headers: dict[str, str] | None = None,
+        **audit: Any,
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.headers = headers or {}
+        # What the refusal concerned (grant_id, subject_user, provider, scopes): for the audit.
+        self.audit = audit
+
+    def response(self) -> JsonResponse:
+        return error_response(self.status, self.error, self.description, self.headers)
+
+
+def error_response(
+    status: int, error: str, description: str, headers: dict[str, str] | None = None
+) -> JsonResponse:
+    response = JsonResponse({"error": error, "error_description": description}, status=status)
+    response["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+# One body for "does not exist" and "exists but this service may not see it" (never reveal).
+NOT_FOUND_DESCRIPTION = "no such grant, user or provider visible to this service"
+
+
+def not_visible(**audit: Any) -> ApiError:
+    return ApiError(404, "not_found", NOT_FOUND_DESCRIPTION, **audit)
+
+
+def invalid_request(description: str) -> ApiError:
+    return ApiError(400, "invalid_request", description)

@@ -1,0 +1,135 @@
+"""Services that authenticate with an app token from a trusted identity provider.
+
+Many services already hold an Azure AD (Entra) app token; instead of a broker secret or key
+they may send it as the `client_assertion` (the pattern of Entra's federated credentials).
+Trust is configured, per issuer, in BROKER_TRUSTED_ISSUERS (JSON list):
+
+    [{"issuer": "https://login.microsoftonline.com/<tid>/v2.0",
+      "jwks_uri": "https://login.microsoftonline.com/<tid>/discovery/v2.0/keys",
+      "audience": "api://oauth-broker", "tenant": "<tid>", "required_role": "Broker.Client",
+      "applications": {"<calling app id>": "<broker client id>"}}]
+
+(`jwks_file` may replace `jwks_uri`.) The token must be signed by a key of that JWKS and
+carry that `iss`, `aud`, `tid`, `idtyp=app`, a mapped `azp`/`appid` and the required role;
+Entra issues app tokens with no roles at all, so the explicit application map is required.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from django.conf import settings
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from broker.api.client_assertions import AssertionRejected, unverified_parts
+
+ALGORITHMS = ("RS256", "PS256", "ES256")
+JWKS_CACHE_SECONDS = 600
+HTTP_TIMEOUT = 5
+LEEWAY = 60
+
+_jwks_cache: dict[str, tuple[float, KeySet]] = {}
+
+
+class FederatedTokenRejected(Exception):
+    """The identity provider's token does not authenticate a service."""
+
+
+def trusted_issuers() -> list[dict[str, Any]]:
+    return list(getattr(settings, "BROKER_TRUSTED_ISSUERS", []) or [])
+
+
+def _issuer_config(issuer: object) -> dict[str, Any] | None:
+    for entry in trusted_issuers():
+        if entry.get("issuer") == issuer:
+            return entry
+    return None
+
+
+def is_federated(assertion: str) -> bool:
+    """True when the (unverified) assertion claims a trusted external issuer."""
+    if not trusted_issuers():
+        return False
+    try:
+        _, claims = unverified_parts(assertion)
+    except AssertionRejected:
+        return False
+    return _issuer_config(claims.get("iss")) is not None
+
+
+def _load_jwks(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("jwks_file"):
+        data: dict[str, Any] = json.loads(Path(config["jwks_file"]).read_text())
+        return data
+    response = requests.get(config["jwks_uri"], timeout=HTTP_TIMEOUT)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _key_set(config: dict[str, Any], *, reload: bool = False) -> KeySet:
+    issuer = config["issuer"]
+    cached = _jwks_cache.get(issuer)
+    if cached and not reload and cached[0] > time.monotonic():
+        return cached[1]
+    try:
+        key_set = KeySet.import_key_set(_load_jwks(config))  # type: ignore[arg-type]
+    except (OSError, ValueError, requests.RequestException, JoseError) as exc:
+        raise FederatedTokenRejected(f"cannot load the issuer's keys: {exc}") from None
+    _jwks_cache[issuer] = (time.monotonic() + JWKS_CACHE_SECONDS, key_set)
+    return key_set
+
+
+def _decode(token: str, config: dict[str, Any]) -> dict[str, Any]:
+    header, _ = unverified_parts(token)
+    if header.get("alg") not in ALGORITHMS:
+        raise FederatedTokenRejected(f"algorithm {header.get('alg')!r} is not accepted")
+    key_set = _key_set(config)
+    if header.get("kid") and not any(k.kid == header["kid"] for k in key_set.keys):
+        key_set = _key_set(config, reload=True)  # the issuer may have rotated its keys
+    try:
+        claims: dict[str, Any] = jwt.decode(token, key_set, algorithms=list(ALGORITHMS)).claims
+    except (JoseError, ValueError) as exc:
+        raise FederatedTokenRejected(f"signature: {exc}") from None
+    return claims
+
+
+def verify(token: str) -> str:
+    """Validates an app token from a trusted issuer; returns the broker client id it maps to."""
+    try:
+        _, unverified = unverified_parts(token)
+    except AssertionRejected as exc:
+        raise FederatedTokenRejected(str(exc)) from None
+    config = _issuer_config(unverified.get("iss"))
+    if config is None:
+        raise FederatedTokenRejected("issuer not trusted")
+    claims = _decode(token, config)
+    registry = jwt.JWTClaimsRegistry(
+        leeway=LEEWAY,
+        iss={"essential": True, "value": config["issuer"]},
+        aud={"essential": True, "value": config["audience"]},
+        exp={"essential": True},
+    )
+    try:
+        registry.validate(claims)
+    except JoseError as exc:
+        raise FederatedTokenRejected(f"claims: {exc.error} {exc.description or ''}") from None
+    if config.get("tenant") and claims.get("tid") != config["tenant"]:
+        raise FederatedTokenRejected("wrong tenant")
+    if claims.get("idtyp") != "app":
+        raise FederatedTokenRejected("not an app token (idtyp must be app)")
+    application = claims.get("azp") or claims.get("appid")
+    mapped = config.get("applications", {}).get(application)
+    if not isinstance(mapped, str):
+        raise FederatedTokenRejected("application not mapped to a service")
+    role = config.get("required_role")
+    roles = claims.get("roles")
+    if role and (not isinstance(roles, list) or role not in roles):
+        raise FederatedTokenRejected("the required role is missing")
+    return mapped

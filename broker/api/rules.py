@@ -1,0 +1,100 @@
+"""Access rules: what a service may reach. Nothing by default.
+
+A rule names one provider app and grants, for all users or the members of one group:
+the scopes the service may receive, and whether it may sign OAuth 1.0a requests and create
+connect links. Several matching rules add up. A grant no rule covers is invisible: the API
+answers exactly as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from django.db.models import Exists, OuterRef, Q, QuerySet
+
+from accounts.models import User
+from broker.models import AccessRule, Grant, ProviderApp
+
+
+@dataclass(frozen=True)
+class Permission:
+    scopes: frozenset[str]
+    can_sign: bool
+    can_create_connect_links: bool
+
+
+@dataclass(frozen=True)
+class _Rule:
+    scopes: tuple[str, ...]
+    users_group_id: int | None
+    can_sign: bool
+    can_create_connect_links: bool
+
+
+# Rules change rarely and are read on every token request: each process keeps a service's
+# rules for one app for RULE_CACHE_SECONDS, so a changed or removed rule takes effect within
+# that time on every process (the hot path then makes a single database query).
+RULE_CACHE_SECONDS = 2.0
+_rule_cache: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, list[_Rule]]] = {}
+
+
+def _rules(service_id: uuid.UUID, app_id: uuid.UUID) -> list[_Rule]:
+    key = (service_id, app_id)
+    cached = _rule_cache.get(key)
+    now = time.monotonic()
+    if cached and cached[0] > now:
+        return cached[1]
+    rules = [
+        _Rule(tuple(r.scopes or ()), r.users_group_id, r.can_sign, r.can_create_connect_links)
+        for r in AccessRule.objects.filter(service_id=service_id, provider_app_id=app_id)
+    ]
+    if len(_rule_cache) > 10_000:  # bounded: many services x apps
+        _rule_cache.clear()
+    _rule_cache[key] = (now + RULE_CACHE_SECONDS, rules)
+    return rules
+
+
+def forget_cached_rules() -> None:
+    """Drops this process's rule cache (tests; after bulk rule edits in a shell)."""
+    _rule_cache.clear()
+
+
+def permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permission | None:
+    """What `service_id` may do with `user`'s grants of `app`; None when nothing."""
+    if not app.enabled:
+        return None
+    rules = _rules(service_id, app.pk)
+    group_ids = {r.users_group_id for r in rules if r.users_group_id is not None}
+    member_of: set[int] = set()
+    if group_ids:
+        member_of = set(user.groups.filter(id__in=group_ids).values_list("id", flat=True))
+    matching = [r for r in rules if r.users_group_id is None or r.users_group_id in member_of]
+    if not matching:
+        return None
+    scopes: set[str] = set()
+    for rule in matching:
+        scopes.update(rule.scopes or app.scopes)
+    return Permission(
+        scopes=frozenset(scopes),
+        can_sign=any(r.can_sign for r in matching),
+        can_create_connect_links=any(r.can_create_connect_links for r in matching),
+    )
+
+
+def visible_grants(service_id: uuid.UUID) -> QuerySet[Grant]:
+    """Every grant some rule of the service covers (enabled apps only), in one query."""
+    covering_rule = AccessRule.objects.filter(
+        service_id=service_id, provider_app=OuterRef("provider_app")
+    ).filter(Q(users_group__isnull=True) | Q(users_group__user=OuterRef("user")))
+    return Grant.objects.filter(Exists(covering_rule), provider_app__enabled=True)
+
+
+def service_capabilities(service_id: uuid.UUID) -> tuple[bool, bool]:
+    """(any rule may sign, any rule may create connect links): decides the API scopes."""
+    rules = AccessRule.objects.filter(service_id=service_id)
+    return (
+        rules.filter(can_sign=True).exists(),
+        rules.filter(can_create_connect_links=True).exists(),
+    )

@@ -1,0 +1,473 @@
+"""Request validation for the internal API, and the OpenAPI 3.1 document built from the same
+field lists, so the document cannot drift from what the views accept.
+
+Bodies are JSON objects; an unknown field or a value of the wrong type is a 400
+`invalid_request` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+
+from broker.api.errors import ApiError, invalid_request
+from broker.api.tokens import API_SCOPES
+
+TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list of strings"}
+JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: type
+    description: str
+    required: bool = False
+    format: str = ""
+    minimum: int | None = None
+    max_length: int = 2000
+
+    def json_schema(self) -> dict[str, Any]:
+        if self.type is list:
+            schema: dict[str, Any] = {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                "maxItems": 100,
+            }
+        else:
+            schema = {"type": JSON_TYPES[self.type]}
+        if self.type is str:
+            schema["maxLength"] = self.max_length
+            schema["minLength"] = 1
+        if self.format:
+            schema["format"] = self.format
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        schema["description"] = self.description
+        return schema
+
+    def check(self, value: Any) -> Any:
+        if self.type is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON Schema: 17.0 is an integer
+        ok = isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
+        if ok and self.type is list:
+            ok = all(isinstance(item, str) and 0 < len(item) <= 200 for item in value)
+            ok = ok and len(value) <= 100
+        if not ok:
+            raise invalid_request(f"field {self.name!r} must be {TYPE_NAMES[self.type]}")
+        if self.type is str:
+            if not value or len(value) > self.max_length:
+                raise invalid_request(
+                    f"field {self.name!r} must be 1 to {self.max_length} characters long"
+                )
+            if self.format == "uuid":
+                try:
+                    uuid.UUID(value)
+                except ValueError:
+                    raise invalid_request(f"field {self.name!r} must be a UUID") from None
+        if self.minimum is not None and value < self.minimum:
+            raise invalid_request(f"field {self.name!r} must be at least {self.minimum}")
+        return value
+
+
+GRANT = Field("grant", str, "Grant id (use either grant, or user and provider)", format="uuid")
+USER = Field("user", str, "The broker account's username", max_length=150)
+PROVIDER = Field("provider", str, "Provider app slug", max_length=64)
+SCOPES = Field("scopes", list, "Scopes the service needs; must be within its access rule")
+
+ACCESS_TOKEN_FIELDS = (
+    GRANT,
+    USER,
+    PROVIDER,
+    SCOPES,
+    Field(
+        "min_ttl",
+        int,
+        "Seconds the returned token must stay valid (default 60; capped to the provider's "
+        "token lifetime minus a margin)",
+        minimum=0,
+    ),
+    Field("force_refresh", bool, "Return a token from a refresh completed after this request"),
+)
+SIGN_FIELDS = (
+    GRANT,
+    USER,
+    PROVIDER,
+    Field("method", str, "HTTP method of the request to sign", required=True, max_length=16),
+    Field("url", str, "Full URL of the request, with its query string", required=True),
+    Field("body", str, "Form-encoded body, when the request has one", max_length=100_000),
+    Field("content_type", str, "Content type of the body", max_length=200),
+)
+CONNECT_LINK_FIELDS = (
+    Field("user", str, "The broker account's username", required=True, max_length=150),
+    Field("provider", str, "Provider app slug", required=True, max_length=64),
+    SCOPES,
+    Field(
+        "return_to",
+        str,
+        "Where the user lands afterwards; its origin must be allow-listed",
+        required=True,
+    ),
+)
+
+
+def matchable(*values: str) -> bool:
+    """False when a value holds NUL: no username, slug or id does, and PostgreSQL refuses to
+    compare it, so such a lookup finds nothing without asking the database."""
+    return not any("\x00" in value for value in values)
+
+
+def parse_json_body(request: HttpRequest, fields: tuple[Field, ...]) -> dict[str, Any]:
+    """The request's JSON object, checked against `fields`; raises ApiError 400."""
+    content_type = request.content_type or ""
+    if content_type != "application/json":
+        raise ApiError(415, "invalid_request", "the body must be application/json")
+    try:
+        body = json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_request("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise invalid_request("the body must be a JSON object")
+    known = {f.name: f for f in fields}
+    for name in body:
+        if name not in known:
+            raise invalid_request(f"unknown field {name!r}")
+    for field in fields:
+        if field.name in body:
+            body[field.name] = field.check(body[field.name])
+        elif field.required:
+            raise invalid_request(f"field {field.name!r} is required")
+    return body
+
+
+def request_body_schema(fields: tuple[Field, ...], *, one_grant: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {f.name: f.json_schema() for f in fields},
+    }
+    required = [f.name for f in fields if f.required]
+    if required:
+        schema["required"] = required
+    if one_grant:
+        schema["oneOf"] = [
+            {
+                "required": ["grant"],
+                "not": {"anyOf": [{"required": ["user"]}, {"required": ["provider"]}]},
+            },
+            {"required": ["user", "provider"], "not": {"required": ["grant"]}},
+        ]
+    return schema
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _ok(description: str, ref: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
+
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}
+
+
+def _bearer_errors() -> dict[str, Any]:
+    return {
+        "401": _error("Missing, invalid, expired or retired broker token (`invalid_token`)"),
+        "403": _error("The broker token lacks the API scope (`insufficient_scope`)"),
+        "429": {**_error("Rate limit of this service exceeded"), "headers": RETRY_AFTER},
+    }
+
+
+def _json_body(fields: tuple[Field, ...], *, one_grant: bool = False) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": request_body_schema(fields, one_grant=one_grant)}
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of /api/v1/, served at /api/v1/openapi.json."""
+    token_url = f"{settings.BROKER_PUBLIC_URL}/api/v1/oauth/token"
+    string: dict[str, Any] = {"type": "string"}
+    text = string
+    grant_schema = {
+        "type": "object",
+        "required": ["id", "user", "provider", "status", "account", "scopes", "resources"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "user": string,
+            "provider": string,
+            "status": {"type": "string", "enum": ["active", "reconnect_required", "revoked"]},
+            "account": {"$ref": "#/components/schemas/Account"},
+            "scopes": {"type": "array", "items": string},
+            "resources": {"type": "array", "items": {"type": "object"}},
+            "access_expires_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "OAuth broker internal API",
+            "version": "1.0.0",
+            "description": (
+                "Services authenticate at /api/v1/oauth/token (client credentials) and call "
+                "the other endpoints with `Authorization: Bearer <broker token>`."
+            ),
+        },
+        "servers": [{"url": settings.BROKER_PUBLIC_URL}],
+        "paths": {
+            "/api/v1/oauth/token": {
+                "post": {
+                    "operationId": "token",
+                    "summary": "Client credentials grant (RFC 6749 4.4) for services",
+                    "security": [{"clientSecretBasic": []}, {}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["grant_type"],
+                                    "properties": {
+                                        "grant_type": {
+                                            "type": "string",
+                                            "enum": ["client_credentials"],
+                                        },
+                                        "scope": text,
+                                        "client_id": text,
+                                        "client_secret": text,
+                                        "client_assertion_type": {
+                                            "type": "string",
+                                            "enum": [
+                                                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                                            ],
+                                        },
+                                        "client_assertion": text,
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _ok("A broker token", "TokenResponse"),
+                        "400": _error("invalid_request, unsupported_grant_type, invalid_scope"),
+                        "401": _error("invalid_client"),
+                        "405": _error("Method not allowed"),
+                        "415": _error("The body must be form-encoded"),
+                        "429": {**_error("Rate limit exceeded"), "headers": RETRY_AFTER},
+                    },
+                }
+            },
+            "/api/v1/grants": {
+                "get": {
+                    "operationId": "listGrants",
+                    "summary": "Grants this service may see (never tokens)",
+                    "security": [{"brokerToken": ["grants:read"]}],
+                    "parameters": [
+                        {
+                            "name": "user",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 150},
+                        },
+                        {
+                            "name": "provider",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 64},
+                        },
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["active", "reconnect_required", "revoked"],
+                            },
+                        },
+                    ],
+                    "responses": {
+                        "200": _ok("Visible grants", "GrantList"),
+                        "400": _error("Unknown query parameter or bad value"),
+                        **_bearer_errors(),
+                    },
+                }
+            },
+            "/api/v1/access-token": {
+                "post": {
+                    "operationId": "accessToken",
+                    "summary": "A valid access token for a user's OAuth 2.0 grant",
+                    "security": [{"brokerToken": ["tokens:read"]}],
+                    "requestBody": _json_body(ACCESS_TOKEN_FIELDS, one_grant=True),
+                    "responses": {
+                        "200": _ok("The token", "AccessToken"),
+                        "400": _error("invalid_request (names the field)"),
+                        **_bearer_errors(),
+                        "403": _error("Denied by the access rules; names missing scopes"),
+                        "404": _error("No such grant visible to this service"),
+                        "409": _error("reconnect_required: the user must connect again"),
+                        "415": _error("The body must be application/json"),
+                        "503": {
+                            **_error("temporarily_unavailable: the provider is failing"),
+                            "headers": RETRY_AFTER,
+                        },
+                    },
+                }
+            },
+            "/api/v1/sign": {
+                "post": {
+                    "operationId": "sign",
+                    "summary": "A signed OAuth 1.0a Authorization header for one request",
+                    "security": [{"brokerToken": ["requests:sign"]}],
+                    "requestBody": _json_body(SIGN_FIELDS, one_grant=True),
+                    "responses": {
+                        "200": _ok("The header value", "Signature"),
+                        "400": _error("invalid_request (names the field)"),
+                        **_bearer_errors(),
+                        "403": _error("No rule lets this service sign for this grant"),
+                        "404": _error("No such grant visible to this service"),
+                        "409": _error("reconnect_required"),
+                        "415": _error("The body must be application/json"),
+                    },
+                }
+            },
+            "/api/v1/connect-links": {
+                "post": {
+                    "operationId": "createConnectLink",
+                    "summary": "A single-use link that sends a user through consent",
+                    "security": [{"brokerToken": ["connect-links:create"]}],
+                    "requestBody": _json_body(CONNECT_LINK_FIELDS),
+                    "responses": {
+                        "201": _ok("The link", "ConnectLink"),
+                        "400": _error("invalid_request (names the field; return_to not allowed)"),
+                        **_bearer_errors(),
+                        "403": _error("No rule lets this service create links for this user"),
+                        "404": _error("No such user or provider visible to this service"),
+                        "415": _error("The body must be application/json"),
+                    },
+                }
+            },
+            "/api/v1/ping": {
+                "get": {
+                    "operationId": "ping",
+                    "summary": "Checks a broker token (same authentication as every endpoint)",
+                    "security": [{"brokerToken": []}],
+                    "responses": {
+                        "200": _ok("Who the token belongs to", "Ping"),
+                        **_bearer_errors(),
+                    },
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "brokerToken": {
+                    "type": "oauth2",
+                    "description": "Broker token from the client credentials grant",
+                    "flows": {
+                        "clientCredentials": {
+                            "tokenUrl": token_url,
+                            "scopes": {scope: scope for scope in API_SCOPES},
+                        }
+                    },
+                },
+                "clientSecretBasic": {"type": "http", "scheme": "basic"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "error_description"],
+                    "properties": {"error": string, "error_description": string},
+                },
+                "TokenResponse": {
+                    "type": "object",
+                    "required": ["access_token", "token_type", "expires_in", "scope"],
+                    "properties": {
+                        "access_token": string,
+                        "token_type": {"type": "string", "enum": ["Bearer"]},
+                        "expires_in": {"type": "integer"},
+                        "scope": string,
+                    },
+                },
+                "Account": {
+                    "type": "object",
+                    "required": ["id", "name", "email"],
+                    "properties": {"id": string, "name": string, "email": string},
+                },
+                "Grant": grant_schema,
+                "GrantList": {
+                    "type": "object",
+                    "required": ["grants"],
+                    "properties": {
+                        "grants": {"type": "array", "items": {"$ref": "#/components/schemas/Grant"}}
+                    },
+                },
+                "AccessToken": {
+                    "type": "object",
+                    "required": [
+                        "access_token",
+                        "token_type",
+                        "expires_at",
+                        "expires_in",
+                        "scopes",
+                        "grant",
+                        "account",
+                        "resources",
+                    ],
+                    "properties": {
+                        "access_token": string,
+                        "token_type": string,
+                        "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                        "expires_in": {"type": ["integer", "null"]},
+                        "scopes": {"type": "array", "items": string},
+                        "grant": {"type": "string", "format": "uuid"},
+                        "account": {"$ref": "#/components/schemas/Account"},
+                        "resources": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                "Signature": {
+                    "type": "object",
+                    "required": ["authorization"],
+                    "properties": {"authorization": string},
+                },
+                "ConnectLink": {
+                    "type": "object",
+                    "required": ["url", "expires_at"],
+                    "properties": {
+                        "url": string,
+                        "expires_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Ping": {
+                    "type": "object",
+                    "required": ["service", "scopes"],
+                    "properties": {"service": string, "scopes": {"type": "array", "items": string}},
+                },
+            },
+        },
+    }

@@ -1,0 +1,159 @@
+"""Broker tokens: the short-lived bearer tokens services get from /api/v1/oauth/token.
+
+A token is self-contained and HMAC-signed, so checking it needs no database query:
+`bkt_<base64url(JSON claims)>.<base64url(HMAC-SHA256)>` with the claims
+`sid` (service pk), `cid` (client id), `gen` (the service's credentials generation),
+`scp` (API scopes) and `exp`. A token dies before its expiry when the service's
+credentials generation moves on (service disabled, secret rotated out): the current
+generation is cached in Redis for a few seconds, and the code that bumps it deletes the
+cached value, so a dead service is refused at once (or within GENERATION_TTL at worst).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db.models import F
+
+from broker.models import ServiceClient
+from broker.redis_connection import KEY_PREFIX, redis_client
+
+PREFIX = "bkt_"
+GENERATION_TTL = 5  # seconds a cached credentials generation is trusted
+DISABLED = b"disabled"
+
+# What a broker token may be used for. A service asks for a subset at the token endpoint;
+# the access rules still decide which grants each of these reaches.
+API_SCOPES = ("grants:read", "tokens:read", "requests:sign", "connect-links:create")
+
+
+class InvalidToken(Exception):
+    """The bearer token is malformed, forged, expired or from retired credentials."""
+
+
+@dataclass(frozen=True)
+class BrokerToken:
+    service_id: uuid.UUID
+    client_id: str
+    generation: int
+    scopes: tuple[str, ...]
+    expires_at: int
+
+
+def _signing_key() -> bytes:
+    return hmac.new(
+        settings.SECRET_KEY.encode(), b"broker api token signing v1", hashlib.sha256
+    ).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def lifetime_seconds() -> int:
+    return int(getattr(settings, "BROKER_API_TOKEN_SECONDS", 300))
+
+
+def issue(
+    service: ServiceClient, scopes: tuple[str, ...], *, not_after: float | None = None
+) -> tuple[str, int]:
+    """A new broker token for `service` and its expiry in seconds from now.
+
+    `not_after` caps the expiry (a token obtained with a secret in its grace period must
+    not outlive the grace).
+    """
+    now = time.time()
+    expires = now + lifetime_seconds()
+    if not_after is not None:
+        expires = min(expires, not_after)
+    claims = {
+        "sid": str(service.pk),
+        "cid": service.client_id,
+        "gen": service.credentials_generation,
+        "scp": " ".join(scopes),
+        "exp": int(expires),
+    }
+    body = PREFIX + _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signature = hmac.new(_signing_key(), body.encode(), hashlib.sha256).digest()
+    return f"{body}.{_b64(signature)}", max(0, int(expires - now))
+
+
+def parse(token: str) -> BrokerToken:
+    """Checks signature and expiry (not the generation: see `current_generation`)."""
+    body, dot, signature = token.rpartition(".")
+    if not dot or not body.startswith(PREFIX):
+        raise InvalidToken("malformed token")
+    expected = hmac.new(_signing_key(), body.encode(), hashlib.sha256).digest()
+    try:
+        presented = _unb64(signature)
+        if not hmac.compare_digest(expected, presented):
+            raise InvalidToken("bad signature")
+        claims: dict[str, Any] = json.loads(_unb64(body[len(PREFIX) :]))
+        parsed = BrokerToken(
+            service_id=uuid.UUID(claims["sid"]),
+            client_id=str(claims["cid"]),
+            generation=int(claims["gen"]),
+            scopes=tuple(str(claims["scp"]).split()),
+            expires_at=int(claims["exp"]),
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise InvalidToken("malformed token") from exc
+    if parsed.expires_at <= time.time():
+        raise InvalidToken("token expired")
+    return parsed
+
+
+def generation_key(service_id: uuid.UUID | str) -> str:
+    return f"{KEY_PREFIX}svcgen:{service_id}"
+
+
+def load_generation(service_id: uuid.UUID) -> bytes:
+    """Reads the generation from the database and caches it briefly; DISABLED if unusable."""
+    row = ServiceClient.objects.filter(pk=service_id).values("enabled", "credentials_generation")
+    found = row.first()
+    value = (
+        str(found["credentials_generation"]).encode() if found and found["enabled"] else DISABLED
+    )
+    redis_client().set(generation_key(service_id), value, ex=GENERATION_TTL)
+    return value
+
+
+def is_current(token: BrokerToken, cached: bytes | None) -> bool:
+    """True when the token's generation is the service's current one (cached or loaded)."""
+    value = cached if cached is not None else load_generation(token.service_id)
+    return value != DISABLED and value == str(token.generation).encode()
+
+
+def forget_generation(service_id: uuid.UUID | str) -> None:
+    redis_client().delete(generation_key(service_id))
+
+
+def retire_issued_tokens(service: ServiceClient) -> None:
+    """Kills every broker token issued so far to `service` (disable, secret rotated out)."""
+    ServiceClient.objects.filter(pk=service.pk).update(
+        credentials_generation=F("credentials_generation") + 1
+    )
+    service.refresh_from_db(fields=["credentials_generation"])
+    forget_generation(service.pk)
+
+
+def disable_service(service: ServiceClient) -> None:
+    """Disables the service and kills its broker tokens within the same moment."""
+    ServiceClient.objects.filter(pk=service.pk).update(
+        enabled=False, credentials_generation=F("credentials_generation") + 1
+    )
+    service.refresh_from_db(fields=["enabled", "credentials_generation"])
+    forget_generation(service.pk)

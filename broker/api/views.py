@@ -1,0 +1,546 @@
+"""Endpoints of the internal API (/api/v1/). Views validate and orchestrate; the rules,
+tokens and refresh logic live in their own modules."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import Case, IntegerField, Value, When
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_post_parameters
+
+from accounts.models import User
+from broker import audit, connect_links
+from broker.api import grant_lookup, ratelimit, rules, tokens
+from broker.api.auth import (
+    BASIC_CHALLENGE,
+    ClientAuthFailed,
+    ServiceRequest,
+    authenticate_client,
+)
+from broker.api.decorators import api_view
+from broker.api.errors import ApiError, error_response, invalid_request, not_visible
+from broker.api.schema import (
+    ACCESS_TOKEN_FIELDS,
+    CONNECT_LINK_FIELDS,
+    SIGN_FIELDS,
+    matchable,
+    openapi_document,
+    parse_json_body,
+)
+from broker.models import Grant, ProviderApp
+from broker.redis_connection import redis_client
+from broker.return_urls import safe_return_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIN_TTL = 60
+MAX_MIN_TTL_MARGIN = 30
+# How stale last_used_at may get before a request writes it again (keeps the hot path
+# free of writes when one service calls often).
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+GRANT_LIST_LIMIT = 1000
+
+
+def _no_store(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "no-store"
+    response["Pragma"] = "no-cache"
+    return response
+
+
+# --- /api/v1/oauth/token ---------------------------------------------------------------
+
+
+def _form(request: HttpRequest) -> dict[str, str]:
+    """The token request's parameters (RFC 6749 3.2: form-encoded, no repeats)."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise invalid_request("the body must be application/x-www-form-urlencoded")
+    if request.GET:
+        raise invalid_request("parameters belong in the body, not the query string")
+    params: QueryDict = request.POST
+    form: dict[str, str] = {}
+    for name, values in params.lists():
+        if len(values) > 1:
+            raise invalid_request(f"parameter {name!r} is repeated")
+        if values[0] != "":  # RFC 6749 3.1: a parameter without a value is omitted
+            form[name] = values[0]
+    return form
+
+
+def _granted_api_scopes(service_id: Any, requested: str | None) -> tuple[str, ...]:
+    can_sign, can_link = rules.service_capabilities(service_id)
+    allowed = [
+        s
+        for s in tokens.API_SCOPES
+        if (s != "requests:sign" or can_sign) and (s != "connect-links:create" or can_link)
+    ]
+    if requested is None:
+        return tuple(allowed)
+    wanted = requested.split()
+    unknown = [s for s in wanted if s not in allowed]
+    if unknown or not wanted:
+        raise ApiError(
+            400,
+            "invalid_scope",
+            f"scopes not available to this client: {' '.join(unknown) or '(empty)'}; "
+            f"available: {' '.join(allowed)}",
+        )
+    return tuple(s for s in allowed if s in wanted)
+
+
+@csrf_exempt
+@sensitive_post_parameters("client_secret", "client_assertion")
+def token_endpoint(request: HttpRequest) -> HttpResponse:
+    """Client credentials grant (RFC 6749 4.4); errors per RFC 6749 5.2."""
+    if request.method != "POST":
+        return error_response(405, "invalid_request", "use POST", {"Allow": "POST"})
+    client_id = ""
+    try:
+        form = _form(request)
+        grant_type = form.get("grant_type")
+        if grant_type is None:
+            raise invalid_request("grant_type is required")
+        if grant_type != "client_credentials":
+            raise ApiError(400, "unsupported_grant_type", "only client_credentials is supported")
+        client = authenticate_client(request, form)
+        client_id = client.service.client_id
+        scopes = _granted_api_scopes(client.service.pk, form.get("scope"))
+        pipe = redis_client().pipeline(transaction=False)
+        ratelimit.queue_count(pipe, client_id)
+        count, _ = pipe.execute()
+        if ratelimit.exceeded(count):
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many requests from this client; retry later",
+                {"Retry-After": str(ratelimit.retry_after())},
+            )
+    except ClientAuthFailed as exc:
+        audit.record_soon(
+            "service.auth_failed",
+            actor_type=audit.ActorType.SERVICE,
+            actor=exc.client_id,
+            outcome=audit.Outcome.DENIED,
+            service=exc.client_id,
+            request=request,
+            reason=exc.reason,
+            method=exc.method,
+        )
+        return _no_store(
+            error_response(
+                401,
+                "invalid_client",
+                "client authentication failed",
+                {"WWW-Authenticate": BASIC_CHALLENGE},
+            )
+        )
+    except ApiError as exc:
+        audit.record_soon(
+            "service.auth_failed",
+            actor_type=audit.ActorType.SERVICE,
+            actor=client_id,
+            outcome=audit.Outcome.DENIED,
+            service=client_id,
+            request=request,
+            reason=exc.error,
+            description=exc.description,
+        )
+        return _no_store(exc.response())
+    access_token, expires_in = tokens.issue(client.service, scopes, not_after=client.not_after)
+    audit.record_soon(
+        "service.authenticated",
+        actor_type=audit.ActorType.SERVICE,
+        actor=client_id,
+        service=client_id,
+        request=request,
+        method=client.method,
+        api_scopes=list(scopes),
+        expires_in=expires_in,
+    )
+    return _no_store(
+        JsonResponse(
+            {
+                "access_token": access_token,
+                "token_type": "Bearer",
+                "expires_in": expires_in,
+                "scope": " ".join(scopes),
+            }
+        )
+    )
+
+
+# --- grants ----------------------------------------------------------------------------
+
+
+def _account(grant: Grant) -> dict[str, str]:
+    return {
+        "id": grant.external_account_id,
+        "name": grant.account_name,
+        "email": grant.account_email,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@api_view("GET", scope="grants:read", denied="token.denied")
+def list_grants(request: ServiceRequest) -> HttpResponse:
+    """The grants this service may see, never their tokens."""
+    allowed = {"user", "provider", "status"}
+    for name, values in request.GET.lists():
+        if name not in allowed:
+            raise invalid_request(f"unknown query parameter {name!r}")
+        if len(values) > 1:
+            raise invalid_request(f"query parameter {name!r} is repeated")
+    grants = rules.visible_grants(request.broker_token.service_id).select_related(
+        "user", "provider_app"
+    )
+    if not matchable(*(request.GET.get(name, "") for name in ("user", "provider"))):
+        grants = grants.none()
+    if user := request.GET.get("user"):
+        grants = grants.filter(user__username=user)
+    if provider := request.GET.get("provider"):
+        grants = grants.filter(provider_app__slug=provider)
+    if "status" in request.GET:
+        status = request.GET["status"]
+        if status not in Grant.Status.values:
+            raise invalid_request(
+                f"query parameter 'status' must be one of {', '.join(Grant.Status.values)}"
+            )
+        grants = grants.filter(status=status)
+    body = [
+        {
+            "id": str(grant.pk),
+            "user": grant.user.username,
+            "provider": grant.provider_app.slug,
+            "status": grant.status,
+            "account": _account(grant),
+            "scopes": grant.scopes,
+            "resources": grant.resources,
+            "access_expires_at": _iso(grant.access_expires_at),
+            "last_used_at": _iso(grant.last_used_at),
+        }
+        for grant in grants.order_by("created_at")[:GRANT_LIST_LIMIT]
+    ]
+    return _no_store(JsonResponse({"grants": body}))
+
+
+def _find_grant(request: ServiceRequest, body: dict[str, Any]) -> tuple[Grant, rules.Permission]:
+    """The grant named by `grant` or by `user` + `provider`, if this service may see it."""
+    grants = Grant.objects.select_related("provider_app", "user").only(*grant_lookup.COLUMNS)
+    if "grant" in body:
+        if "user" in body or "provider" in body:
+            raise invalid_request("give either 'grant', or 'user' and 'provider'")
+        grant = grant_lookup.grant_by_id(body["grant"])
+        wanted: dict[str, Any] = {"grant_id": body["grant"]}
+    elif "user" in body and "provider" in body and not matchable(body["user"], body["provider"]):
+        grant = None
+        wanted = {"subject_user": repr(body["user"]), "provider": repr(body["provider"])}
+    elif "user" in body and "provider" in body:
+        # Several accounts at one provider: the active one connected last.
+        grant = (
+            grants.filter(user__username=body["user"], provider_app__slug=body["provider"])
+            .exclude(status=Grant.Status.REVOKED)
+            .order_by(
+                Case(When(status="active", then=Value(0)), default=1, output_field=IntegerField()),
+                "-consented_at",
+            )
+            .first()
+        )
+        wanted = {"subject_user": body["user"], "provider": body["provider"]}
+    else:
+        raise invalid_request("give either 'grant', or 'user' and 'provider'")
+    if grant is None:
+        raise not_visible(**wanted)
+    concerning: dict[str, Any] = {
+        "grant_id": grant.pk,
+        "subject_user": grant.user.username,
+        "provider": grant.provider_app.slug,
+    }
+    permission = rules.permission(request.broker_token.service_id, grant.provider_app, grant.user)
+    if permission is None:
+        raise not_visible(**concerning)
+    return grant, permission
+
+
+def _checked_scopes(
+    grant: Grant, permission: rules.Permission, requested: list[str] | None
+) -> list[str]:
+    """The scopes the service gets: its request, which must lie inside rule and grant."""
+    concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
+    if requested is None:
+        return sorted(set(grant.scopes) & permission.scopes)
+    beyond_rule = sorted(set(requested) - permission.scopes)
+    if beyond_rule:
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"this service's access rules do not allow the scopes: {' '.join(beyond_rule)}",
+            scopes=requested,
+            **concerning,
+        )
+    beyond_grant = sorted(set(requested) - set(grant.scopes))
+    if beyond_grant:
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"the user's grant lacks the scopes: {' '.join(beyond_grant)} "
+            "(the user must connect again with them, e.g. through a connect link)",
+            scopes=requested,
+            **concerning,
+        )
+    return sorted(set(requested))
+
+
+def _require_live(grant: Grant) -> None:
+    if grant.status != Grant.Status.ACTIVE:
+        description = (
+            "the grant was revoked; the user must connect again"
+            if grant.status == Grant.Status.REVOKED
+            else "the grant is no longer valid at the provider; the user must connect again"
+        )
+        raise ApiError(
+            409,
+            "reconnect_required",
+            description,
+            grant_id=grant.pk,
+            provider=grant.provider_app.slug,
+        )
+
+
+def capped_min_ttl(requested: int, grant: Grant) -> int:
+    """min_ttl is capped to the provider's token lifetime minus a small margin, otherwise a
+    provider with short-lived tokens would be asked for a refresh on every request."""
+    lifetime = float(grant.provider_app.catalog_entry.default_access_token_seconds)
+    started = grant.last_refreshed_at or grant.consented_at
+    if grant.access_expires_at and started and grant.access_expires_at > started:
+        lifetime = (grant.access_expires_at - started).total_seconds()
+    margin = min(MAX_MIN_TTL_MARGIN, lifetime / 2)
+    return max(0, min(requested, int(lifetime - margin)))
+
+
+def _note_use(grant: Grant, service_id: Any) -> None:
+    """last_used_at/by, written only when it says something new (cheap on the hot path)."""
+    now = timezone.now()
+    if (
+        grant.last_used_by_id == service_id
+        and grant.last_used_at is not None
+        and now - grant.last_used_at < LAST_USED_RESOLUTION
+    ):
+        return
+    Grant.objects.filter(pk=grant.pk).update(last_used_at=now, last_used_by_id=service_id)
+
+
+def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
+    """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight."""
+    if not force_refresh and grant.access_token_valid_for(min_ttl):
+        return grant
+    import broker.refresh as refresh  # the refresh engine (single flight)
+
+    concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
+    try:
+        return refresh.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
+    except Grant.DoesNotExist:
+        raise not_visible(**concerning) from None
+    except refresh.ReconnectRequired:
+        raise ApiError(
+            409,
+            "reconnect_required",
+            "the grant is no longer valid at the provider; the user must connect again",
+            **concerning,
+        ) from None
+    except refresh.ProviderUnavailable as exc:
+        retry_after = max(1, int(exc.retry_after))
+        raise ApiError(
+            503,
+            "temporarily_unavailable",
+            "the provider is failing and no valid token is left; retry later",
+            {"Retry-After": str(retry_after)},
+            **concerning,
+        ) from None
+
+
+@api_view("POST", scope="tokens:read", denied="token.denied")
+def access_token(request: ServiceRequest) -> HttpResponse:
+    """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
+    body = parse_json_body(request, ACCESS_TOKEN_FIELDS)
+    grant, permission = _find_grant(request, body)
+    scopes = _checked_scopes(grant, permission, body.get("scopes"))
+    if grant.provider_app.protocol != "oauth2":
+        raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
+    _require_live(grant)
+    min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
+    grant = _fresh(grant, min_ttl, body.get("force_refresh", False))
+    token = grant.unseal("access_token") if grant.status == Grant.Status.ACTIVE else None
+    if not token:
+        _require_live(grant)
+        raise ApiError(
+            503,
+            "temporarily_unavailable",
+            "no valid token is available right now; retry later",
+            {"Retry-After": "5"},
+            grant_id=grant.pk,
+        )
+    service = request.broker_token
+    _note_use(grant, service.service_id)
+    expires_at = grant.access_expires_at
+    audit.record_soon(
+        "token.issued",
+        actor_type=audit.ActorType.SERVICE,
+        actor=service.client_id,
+        service=service.client_id,
+        grant_id=grant.pk,
+        subject_user=grant.user.username,
+        provider=grant.provider_app.slug,
+        scopes=scopes,
+        request=request,
+        min_ttl=min_ttl,
+        force_refresh=body.get("force_refresh", False),
+    )
+    return _no_store(
+        JsonResponse(
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_at": _iso(expires_at),
+                "expires_in": (
+                    max(0, int((expires_at - timezone.now()).total_seconds()))
+                    if expires_at
+                    else None
+                ),
+                "scopes": scopes,
+                "grant": str(grant.pk),
+                "account": _account(grant),
+                "resources": grant.resources,
+            }
+        )
+    )
+
+
+@api_view("POST", scope="requests:sign", denied="token.denied")
+def sign(request: ServiceRequest) -> HttpResponse:
+    """The OAuth 1.0a Authorization header for exactly one request (RFC 5849 3)."""
+    body = parse_json_body(request, SIGN_FIELDS)
+    grant, permission = _find_grant(request, body)
+    concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
+    if not permission.can_sign:
+        raise ApiError(
+            403,
+            "access_denied",
+            f"no access rule lets this service sign requests for {grant.provider_app.slug!r}",
+            **concerning,
+        )
+    if grant.provider_app.protocol != "oauth1":
+        raise invalid_request("this is an OAuth 2.0 grant: use /api/v1/access-token")
+    _require_live(grant)
+    import broker.oauth1_signing as oauth1_signing
+
+    try:
+        header = oauth1_signing.sign_request(
+            grant,
+            method=body["method"],
+            url=body["url"],
+            body=body.get("body"),
+            content_type=body.get("content_type"),
+        )
+    except oauth1_signing.GrantNotActive as exc:
+        raise ApiError(409, "reconnect_required", str(exc), **concerning) from None
+    except oauth1_signing.SigningError as exc:
+        raise ApiError(400, "invalid_request", str(exc), **concerning) from None
+    service = request.broker_token
+    _note_use(grant, service.service_id)
+    audit.record_soon(
+        "request.signed",
+        actor_type=audit.ActorType.SERVICE,
+        actor=service.client_id,
+        service=service.client_id,
+        grant_id=grant.pk,
+        subject_user=grant.user.username,
+        provider=grant.provider_app.slug,
+        request=request,
+        method=body["method"].upper(),
+        # The path only: query strings can carry secrets of their own.
+        path=body["url"].split("?", 1)[0],
+    )
+    return _no_store(JsonResponse({"authorization": header}))
+
+
+@api_view("POST", scope="connect-links:create", denied="connect_link.denied")
+def create_connect_link(request: ServiceRequest) -> HttpResponse:
+    """A single-use, expiring link that sends one user through consent, then to return_to."""
+    body = parse_json_body(request, CONNECT_LINK_FIELDS)
+    wanted: dict[str, Any] = {"subject_user": body["user"], "provider": body["provider"]}
+    if not matchable(body["user"], body["provider"]):
+        raise not_visible(subject_user=repr(body["user"]), provider=repr(body["provider"]))
+    user = User.objects.filter(username=body["user"], is_active=True).first()
+    app = ProviderApp.objects.filter(slug=body["provider"]).first()
+    if user is None or app is None:
+        raise not_visible(**wanted)
+    permission = rules.permission(request.broker_token.service_id, app, user)
+    if permission is None:
+        raise not_visible(**wanted)
+    if not permission.can_create_connect_links:
+        raise ApiError(
+            403,
+            "access_denied",
+            f"no access rule lets this service create connect links for {app.slug!r}",
+            **wanted,
+        )
+    requested = body.get("scopes")
+    if requested is not None:
+        beyond = sorted(set(requested) - permission.scopes)
+        if beyond:
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                f"this service's access rules do not allow the scopes: {' '.join(beyond)}",
+                scopes=requested,
+                **wanted,
+            )
+    if not safe_return_url(body["return_to"]):
+        raise invalid_request("field 'return_to' must be on an allow-listed origin")
+    service = request.broker_token
+    url, link = connect_links.create(
+        service_id=service.service_id,
+        user=user,
+        app=app,
+        scopes=sorted(set(requested)) if requested is not None else [],
+        return_to=body["return_to"],
+    )
+    audit.record_soon(
+        "connect_link.created",
+        actor_type=audit.ActorType.SERVICE,
+        actor=service.client_id,
+        service=service.client_id,
+        subject_user=user.username,
+        provider=app.slug,
+        scopes=link.scopes,
+        request=request,
+        link=str(link.pk),
+    )
+    response = JsonResponse({"url": url, "expires_at": _iso(link.expires_at)}, status=201)
+    return _no_store(response)
+
+
+@api_view("GET")
+def ping(request: ServiceRequest) -> HttpResponse:
+    """Checks a broker token; the same wrapper as every endpoint (the benchmark baseline)."""
+    token = request.broker_token
+    return _no_store(JsonResponse({"service": token.client_id, "scopes": list(token.scopes)}))
+
+
+@api_view("GET", authenticated=False)
+def openapi(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(openapi_document())
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return error_response(404, "not_found", "no such API endpoint")

@@ -1,0 +1,174 @@
+"""Fixtures for the internal API tests: provider apps, grants, services, broker tokens."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+from django.utils import timezone
+
+from broker import audit, service_secrets
+from broker.api import rules
+from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
+from broker.redis_connection import redis_client
+
+TOKEN_URL = "/api/v1/oauth/token"
+ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_access"]
+
+
+@pytest.fixture(autouse=True)
+def empty_audit_buffer() -> None:
+    """Buffered events of an earlier test must not land in this test's database."""
+    redis_client().delete(audit.BUFFER_KEY, audit.FLUSH_LOCK_KEY)
+    rules.forget_cached_rules()
+
+
+def audit_events(**filters: Any) -> list[AuditEvent]:
+    audit.flush_buffer()
+    return list(AuditEvent.objects.filter(**filters).order_by("at", "id"))
+
+
+@pytest.fixture
+def api() -> Client:
+    return Client()
+
+
+@pytest.fixture
+def atlassian(db) -> ProviderApp:
+    return ProviderApp.objects.create(
+        slug="atlassian",
+        kind="atlassian",
+        name="Atlassian",
+        client_id="abc",
+        scopes=ATLASSIAN_SCOPES,
+    )
+
+
+@pytest.fixture
+def other_app(db) -> ProviderApp:
+    return ProviderApp.objects.create(
+        slug="gitlab",
+        kind="oauth2",
+        name="GitLab",
+        client_id="gl",
+        scopes=["api"],
+        endpoints={"authorize": "https://gitlab.example/oauth/authorize"},
+    )
+
+
+@pytest.fixture
+def jira_dc(db) -> ProviderApp:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    app = ProviderApp(
+        slug="jira-acme",
+        kind="jira-dc-oauth1",
+        name="Jira (Acme)",
+        client_id="broker",
+        base_url="https://jira.acme.example",
+        signature_method="RSA-SHA1",
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    app.seal("private_key", pem)
+    app.save()
+    return app
+
+
+def make_grant(user, app: ProviderApp, **fields: Any) -> Grant:
+    """A grant row as the OAuth flow would leave it, with sealed tokens."""
+    values: dict[str, Any] = {
+        "external_account_id": f"acct-{user.username}-{app.slug}",
+        "account_name": user.username.title(),
+        "account_email": f"{user.username}@example.com",
+        "scopes": list(app.scopes),
+        "resources": [{"id": "cloud-1", "url": "https://acme.atlassian.net", "name": "acme"}],
+        "access_expires_at": timezone.now() + timedelta(hours=1),
+        **fields,
+    }
+    grant = Grant(user=user, provider_app=app, **values)
+    grant.seal("access_token", f"at-{secrets.token_hex(8)}")
+    grant.seal("refresh_token", f"rt-{secrets.token_hex(8)}")
+    if app.protocol == "oauth1":
+        grant.seal("token_secret", f"ts-{secrets.token_hex(8)}")
+    grant.save()
+    return grant
+
+
+@pytest.fixture
+def grant(owner, atlassian) -> Grant:
+    return make_grant(owner, atlassian)
+
+
+def make_service(name: str = "reporting") -> tuple[ServiceClient, str]:
+    service = ServiceClient.objects.create(
+        client_id=f"{name}-{secrets.token_hex(4)}", name=name.title()
+    )
+    return service, service_secrets.new_secret(service)
+
+
+def basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+def post_form(api: Client, form: dict[str, str], **headers: Any) -> Any:
+    """A token request as RFC 6749 wants it: application/x-www-form-urlencoded."""
+    return api.post(
+        TOKEN_URL, urlencode(form), content_type="application/x-www-form-urlencoded", **headers
+    )
+
+
+def fetch_token(api: Client, service: ServiceClient, secret: str, **form: str) -> dict[str, Any]:
+    response = post_form(
+        api,
+        {"grant_type": "client_credentials", **form},
+        HTTP_AUTHORIZATION=basic(service.client_id, secret),
+    )
+    assert response.status_code == 200, response.content
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@pytest.fixture
+def service_with_secret(db) -> tuple[ServiceClient, str]:
+    return make_service()
+
+
+@pytest.fixture
+def rule(service_with_secret, atlassian) -> AccessRule:
+    service, _ = service_with_secret
+    return AccessRule.objects.create(
+        service=service,
+        provider_app=atlassian,
+        scopes=["read:me", "read:jira-work"],
+        can_create_connect_links=True,
+    )
+
+
+@pytest.fixture
+def bearer(api, service_with_secret) -> Callable[..., dict[str, str]]:
+    """Headers with a fresh broker token of the service (after its rules exist)."""
+
+    def headers(**form: str) -> dict[str, str]:
+        service, secret = service_with_secret
+        token = fetch_token(api, service, secret, **form)["access_token"]
+        return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+    return headers
+
+
+@pytest.fixture
+def group(db) -> Group:
+    return Group.objects.create(name="engineering")

@@ -1,0 +1,222 @@
+"""POST /api/v1/access-token, GET /api/v1/grants, validation and JSON errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from broker.api import rules
+from broker.api.views import capped_min_ttl
+from broker.models import Grant
+from tests.api.conftest import audit_events, make_grant
+
+pytestmark = pytest.mark.django_db
+
+
+def post(api, body, headers, path="/api/v1/access-token"):
+    return api.post(path, body, content_type="application/json", **headers)
+
+
+def test_it_returns_the_stored_token_when_it_lasts_min_ttl(api, grant, rule, bearer):
+    response = post(api, {"grant": str(grant.pk)}, bearer())
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "no-store"
+    body = response.json()
+    assert set(body) == {
+        "access_token",
+        "token_type",
+        "expires_at",
+        "expires_in",
+        "scopes",
+        "grant",
+        "account",
+        "resources",
+    }
+    assert body["access_token"] == grant.unseal("access_token")
+    assert body["token_type"] == "Bearer"
+    assert body["expires_at"].endswith("Z")
+    assert 3500 < body["expires_in"] <= 3600
+    # The rule allows read:me and read:jira-work; the grant has more.
+    assert body["scopes"] == ["read:jira-work", "read:me"]
+    assert body["grant"] == str(grant.pk)
+    assert body["account"] == {
+        "id": "acct-alice-atlassian",
+        "name": "Alice",
+        "email": "alice@example.com",
+    }
+    assert body["resources"][0]["id"] == "cloud-1"
+    [event] = audit_events(action="token.issued")
+    assert event.grant_id == grant.pk and event.service == rule.service.client_id
+    assert event.subject_user == "alice" and event.scopes == ["read:jira-work", "read:me"]
+    assert event.client_ip == "127.0.0.1"
+    assert body["access_token"] not in str(event.detail)
+
+
+def test_it_finds_the_grant_by_user_and_provider(api, grant, rule, bearer):
+    response = post(
+        api, {"user": "alice", "provider": "atlassian", "scopes": ["read:me"]}, bearer()
+    )
+    assert response.status_code == 200
+    assert response.json()["grant"] == str(grant.pk) and response.json()["scopes"] == ["read:me"]
+
+
+def test_it_records_last_use_cheaply(api, grant, rule, bearer, django_assert_max_num_queries):
+    headers = bearer()
+    post(api, {"grant": str(grant.pk)}, headers)
+    grant.refresh_from_db()
+    assert grant.last_used_by_id == rule.service_id and grant.last_used_at is not None
+    first_use = grant.last_used_at
+    # A second call within the minute reads the grant (rules are cached) and writes nothing.
+    with django_assert_max_num_queries(1):
+        assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
+    grant.refresh_from_db()
+    assert grant.last_used_at == first_use
+
+
+def test_a_scope_the_grant_lacks_is_a_403_naming_it(api, owner, atlassian, rule, bearer):
+    narrow = make_grant(owner, atlassian, scopes=["read:me"])
+    response = post(
+        api, {"grant": str(narrow.pk), "scopes": ["read:me", "read:jira-work"]}, bearer()
+    )
+    assert response.status_code == 403
+    assert response.json()["error"] == "insufficient_scope"
+    assert "read:jira-work" in response.json()["error_description"]
+    assert "access_token" not in response.json()
+    [event] = audit_events(action="token.denied")
+    assert event.grant_id == narrow.pk and event.scopes == ["read:me", "read:jira-work"]
+
+
+def test_a_scope_beyond_the_rule_is_a_403_naming_it(api, grant, rule, bearer):
+    response = post(api, {"grant": str(grant.pk), "scopes": ["write:jira-work"]}, bearer())
+    assert response.status_code == 403
+    assert "write:jira-work" in response.json()["error_description"]
+
+
+@pytest.mark.parametrize("status", ["reconnect_required", "revoked"])
+def test_a_dead_grant_is_409_reconnect_required(api, grant, rule, bearer, status):
+    Grant.objects.filter(pk=grant.pk).update(status=status)
+    response = post(api, {"grant": str(grant.pk)}, bearer())
+    assert response.status_code == 409
+    assert response.json()["error"] == "reconnect_required"
+    assert "access_token" not in response.json()
+    [event] = audit_events(action="token.denied")
+    assert event.detail["status"] == 409
+
+
+def test_an_oauth1_grant_is_sent_to_sign(api, owner, jira_dc, service_with_secret, bearer):
+    from broker.models import AccessRule
+
+    AccessRule.objects.create(service=service_with_secret[0], provider_app=jira_dc, can_sign=True)
+    oauth1 = make_grant(owner, jira_dc, access_expires_at=None)
+    response = post(api, {"grant": str(oauth1.pk)}, bearer())
+    assert response.status_code == 400 and "/api/v1/sign" in response.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"grant": "x", "colour": "red"}, "colour"),
+        ({"grant": 5}, "grant"),
+        ({"grant": "not-a-uuid"}, "grant"),
+        ({"user": "alice", "provider": "atlassian", "min_ttl": "60"}, "min_ttl"),
+        ({"user": "alice", "provider": "atlassian", "min_ttl": True}, "min_ttl"),
+        ({"user": "alice", "provider": "atlassian", "min_ttl": -1}, "min_ttl"),
+        ({"user": "alice", "provider": "atlassian", "force_refresh": "yes"}, "force_refresh"),
+        ({"user": "alice", "provider": "atlassian", "scopes": "read:me"}, "scopes"),
+        ({"user": "alice", "provider": "atlassian", "scopes": [1]}, "scopes"),
+        ({"user": "alice"}, "grant"),
+    ],
+)
+def test_unknown_fields_and_wrong_types_are_400_naming_the_field(api, rule, bearer, body, field):
+    response = post(api, body, bearer())
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+    assert repr(field) in response.json()["error_description"]
+
+
+def test_bodies_that_are_not_json_objects_are_refused(api, rule, bearer):
+    headers = bearer()
+    assert post(api, [], headers).status_code == 400
+    bad = api.post("/api/v1/access-token", "{", content_type="application/json", **headers)
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
+    form = api.post("/api/v1/access-token", "grant=x", content_type="text/plain", **headers)
+    assert form.status_code == 415
+
+
+def test_errors_under_api_are_json(api, rule, bearer):
+    missing = api.get("/api/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert api.get("/api/elsewhere").json()["error"] == "not_found"
+    wrong_method = api.get("/api/v1/access-token", **bearer())
+    assert wrong_method.status_code == 405 and wrong_method["Allow"] == "POST"
+    assert set(wrong_method.json()) == {"error", "error_description"}
+    unauthenticated = api.post("/api/v1/access-token", {}, content_type="application/json")
+    assert unauthenticated.status_code == 401 and unauthenticated["WWW-Authenticate"].startswith(
+        "Bearer"
+    )
+
+
+def test_server_errors_are_json_and_say_nothing_inside(api, grant, rule, bearer, monkeypatch):
+    from broker.api import views
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("database password is hunter2")
+
+    monkeypatch.setattr(views, "_note_use", explode)
+    response = post(api, {"grant": str(grant.pk)}, bearer())
+    assert response.status_code == 500
+    assert response.json()["error"] == "server_error" and "hunter2" not in response.content.decode()
+
+
+def test_min_ttl_is_capped_to_the_token_lifetime_minus_a_margin(owner, atlassian):
+    now = timezone.now()
+    hour = make_grant(
+        owner, atlassian, consented_at=now, access_expires_at=now + timedelta(hours=1)
+    )
+    short = make_grant(
+        owner,
+        atlassian,
+        external_account_id="other",
+        last_refreshed_at=now,
+        access_expires_at=now + timedelta(seconds=2),
+    )
+    assert capped_min_ttl(60, hour) == 60
+    assert capped_min_ttl(10_000, hour) == 3570
+    assert capped_min_ttl(60, short) == 1
+
+
+def test_grants_list_filters_and_never_shows_tokens(api, owner, outsider, atlassian, rule, bearer):
+    mine = make_grant(owner, atlassian)
+    theirs = make_grant(outsider, atlassian)
+    Grant.objects.filter(pk=theirs.pk).update(status="reconnect_required")
+    headers = bearer()
+    everything = api.get("/api/v1/grants", **headers)
+    assert everything.status_code == 200
+    assert {g["id"] for g in everything.json()["grants"]} == {str(mine.pk), str(theirs.pk)}
+    assert mine.unseal("access_token") not in everything.content.decode()
+    assert mine.unseal("refresh_token") not in everything.content.decode()
+    by_status = api.get("/api/v1/grants", {"status": "reconnect_required"}, **headers).json()
+    assert [g["id"] for g in by_status["grants"]] == [str(theirs.pk)]
+    by_user = api.get("/api/v1/grants", {"user": "alice", "provider": "atlassian"}, **headers)
+    assert [g["id"] for g in by_user.json()["grants"]] == [str(mine.pk)]
+    assert api.get("/api/v1/grants", {"status": "weird"}, **headers).status_code == 400
+    assert api.get("/api/v1/grants", {"colour": "red"}, **headers).status_code == 400
+
+
+def test_a_narrowed_broker_token_reaches_only_its_api_scopes(api, grant, rule, bearer):
+    headers = bearer(scope="grants:read")
+    assert api.get("/api/v1/grants", **headers).status_code == 200
+    refused = post(api, {"grant": str(grant.pk)}, headers)
+    assert refused.status_code == 403 and refused.json()["error"] == "insufficient_scope"
+    assert "access_token" not in refused.json()
+
+
+def test_a_removed_rule_stops_access_once_the_rule_cache_lapses(api, grant, rule, bearer):
+    headers = bearer()
+    assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
+    rule.delete()
+    rules.forget_cached_rules()  # what RULE_CACHE_SECONDS (2 s) of waiting does
+    refused = post(api, {"grant": str(grant.pk)}, headers)
+    assert refused.status_code == 404 and "access_token" not in refused.json()

@@ -1,0 +1,195 @@
+"""Every endpoint against every way a service can be refused, and the one way it is not.
+
+Each refusal is checked for what did not happen (no token, header or link came back, no
+grant listed) and for the audit event it left.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from broker.api import tokens
+from broker.models import AccessRule, ConnectLink
+from tests.api.conftest import audit_events, fetch_token, make_grant, make_service
+
+pytestmark = pytest.mark.django_db
+
+SCENARIOS = [
+    "no_rule",
+    "rule_for_another_provider",
+    "scope_outside_rule",
+    "user_outside_group",
+    "disabled_service",
+    "expired_broker_token",
+    "allowed",
+]
+ENDPOINTS = ["access-token", "sign", "connect-links", "grants"]
+
+EXPECTED = {
+    "access-token": [404, 404, 403, 404, 401, 401, 200],
+    "sign": [404, 404, 403, 404, 401, 401, 200],
+    "connect-links": [404, 404, 403, 404, 401, 401, 201],
+    "grants": [200, 200, None, 200, 401, 401, 200],
+}
+SECRETS_IN_SUCCESS = {
+    "access-token": "access_token",
+    "sign": "authorization",
+    "connect-links": "url",
+}
+
+
+def _rules(scenario, service, atlassian, jira_dc, other_app, group) -> None:
+    if scenario == "no_rule":
+        return
+    if scenario == "rule_for_another_provider":
+        AccessRule.objects.create(
+            service=service,
+            provider_app=other_app,
+            can_sign=True,
+            can_create_connect_links=True,
+        )
+        return
+    restricted = scenario == "scope_outside_rule"
+    users_group = group if scenario == "user_outside_group" else None
+    AccessRule.objects.create(
+        service=service,
+        provider_app=atlassian,
+        scopes=["read:me", "read:jira-work"],
+        users_group=users_group,
+        can_create_connect_links=True,
+    )
+    AccessRule.objects.create(
+        service=service, provider_app=jira_dc, users_group=users_group, can_sign=not restricted
+    )
+
+
+def _call(api, endpoint, scenario, headers, grants) -> Any:
+    wide = scenario == "scope_outside_rule"
+    if endpoint == "access-token":
+        body: dict[str, Any] = {"user": "alice", "provider": "atlassian"}
+        body["scopes"] = ["read:me", "write:jira-work"] if wide else ["read:me"]
+        return api.post("/api/v1/access-token", body, content_type="application/json", **headers)
+    if endpoint == "sign":
+        body = {
+            "grant": str(grants["jira"].pk),
+            "method": "GET",
+            "url": "https://jira.acme.example/rest/api/2/myself",
+        }
+        return api.post("/api/v1/sign", body, content_type="application/json", **headers)
+    if endpoint == "connect-links":
+        body = {"user": "alice", "provider": "atlassian", "return_to": "http://localhost:8000/x"}
+        if wide:
+            body["scopes"] = ["write:jira-work"]
+        return api.post("/api/v1/connect-links", body, content_type="application/json", **headers)
+    return api.get("/api/v1/grants", {"user": "alice"}, **headers)
+
+
+CASES = [
+    (scenario, endpoint)
+    for scenario in SCENARIOS
+    for endpoint in ENDPOINTS
+    if EXPECTED[endpoint][SCENARIOS.index(scenario)] is not None  # listing takes no scopes
+]
+
+
+@pytest.mark.parametrize(("scenario", "endpoint"), CASES)
+def test_authorization_matrix(
+    api, endpoint, scenario, owner, atlassian, jira_dc, other_app, group, settings
+):
+    expected = EXPECTED[endpoint][SCENARIOS.index(scenario)]
+    if endpoint == "sign" and scenario == "allowed":
+        pytest.importorskip("broker.oauth1_signing")
+    grants = {"atlassian": make_grant(owner, atlassian), "jira": make_grant(owner, jira_dc)}
+    service, secret = make_service()
+    _rules(scenario, service, atlassian, jira_dc, other_app, group)
+    if scenario == "expired_broker_token":
+        token, _ = tokens.issue(service, tokens.API_SCOPES, not_after=time.time() - 1)
+    else:
+        token = fetch_token(api, service, secret)["access_token"]
+    if scenario == "disabled_service":
+        tokens.disable_service(service)
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+    if endpoint in ("sign", "connect-links") and scenario in ("no_rule", "user_outside_group"):
+        # Without the capability the broker token lacks the API scope: ask with a token
+        # minted as if it had it, to reach the rule check itself.
+        token, _ = tokens.issue(service, tokens.API_SCOPES)
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+    response = _call(api, endpoint, scenario, headers, grants)
+
+    assert response.status_code == expected, response.content
+    body = response.json()
+    if endpoint == "grants":
+        listed = [g["id"] for g in body.get("grants", [])]
+        if scenario == "allowed":
+            assert sorted(listed) == sorted(str(g.pk) for g in grants.values())
+            assert "access_token" not in response.content.decode()
+        else:
+            assert listed == []
+        if expected == 401:
+            assert audit_events(action="service.auth_failed", outcome="denied")
+        return
+    secret_field = SECRETS_IN_SUCCESS[endpoint]
+    if scenario == "allowed":
+        assert body[secret_field]
+        return
+    assert secret_field not in body and set(body) == {"error", "error_description"}
+    assert response["Cache-Control"] == "no-store"
+    if endpoint == "connect-links":
+        assert not ConnectLink.objects.exists()
+    if expected == 401:
+        assert audit_events(action="service.auth_failed", outcome="denied")
+    else:
+        denied_action = "connect_link.denied" if endpoint == "connect-links" else "token.denied"
+        [event] = audit_events(action=denied_action, service=service.client_id)
+        assert event.outcome == "denied" and event.detail["status"] == expected
+    assert not audit_events(action__in=["token.issued", "request.signed"])
+
+
+def test_an_invisible_grant_looks_exactly_like_a_missing_one(api, owner, atlassian, other_app):
+    visible_to_nobody = make_grant(owner, other_app)
+    service, secret = make_service()
+    AccessRule.objects.create(service=service, provider_app=atlassian)
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
+    hidden = api.post(
+        "/api/v1/access-token",
+        {"grant": str(visible_to_nobody.pk)},
+        content_type="application/json",
+        **headers,
+    )
+    missing = api.post(
+        "/api/v1/access-token",
+        {"grant": "00000000-0000-4000-8000-000000000000"},
+        content_type="application/json",
+        **headers,
+    )
+    unknown_user = api.post(
+        "/api/v1/access-token",
+        {"user": "nobody", "provider": "gitlab"},
+        content_type="application/json",
+        **headers,
+    )
+    assert hidden.status_code == missing.status_code == unknown_user.status_code == 404
+    assert hidden.content == missing.content == unknown_user.content
+    assert hidden.headers == missing.headers
+
+
+def test_a_group_rule_covers_members_only(api, owner, outsider, atlassian, group):
+    owner.groups.add(group)
+    mine, theirs = make_grant(owner, atlassian), make_grant(outsider, atlassian)
+    service, secret = make_service()
+    AccessRule.objects.create(service=service, provider_app=atlassian, users_group=group)
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
+    listed = api.get("/api/v1/grants", **headers).json()["grants"]
+    assert [g["id"] for g in listed] == [str(mine.pk)]
+    for grant, status in ((mine, 200), (theirs, 404)):
+        response = api.post(
+            "/api/v1/access-token",
+            {"grant": str(grant.pk)},
+            content_type="application/json",
+            **headers,
+        )
+        assert response.status_code == status

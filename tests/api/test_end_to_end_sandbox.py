@@ -1,0 +1,174 @@
+"""End to end against the sandbox provider over real HTTP: a service authenticates with
+private_key_jwt, gets a user's token from the broker and calls the provider with it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from io import StringIO
+
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+from django.core.management import call_command
+
+from broker.models import Grant, ProviderApp
+from broker.token_endpoint import exchange_code
+from broker.token_store import apply_token_response
+from tests.api.test_private_key_jwt import assertion, claims_for, public_pem, request_token
+from tests.sandbox_server import SandboxServer, start_sandbox
+from tests.test_sandbox_provider import BROKER_URL, authorization_code, oauth1_dance, read_toml
+
+pytestmark = [pytest.mark.django_db, pytest.mark.sandbox]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
+    server = start_sandbox(tmp_path_factory.mktemp("sandbox"), BROKER_URL, access_token_seconds=600)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def apps(sandbox: SandboxServer, db) -> dict:
+    call_command("loadproviders", str(sandbox.providers_file), stdout=StringIO())
+    return read_toml(sandbox.providers_file)["apps"]
+
+
+@pytest.fixture
+def key_service(tmp_path):
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "service.pem"
+    path.write_text(public_pem(private))
+    out = StringIO()
+    call_command("createserviceclient", "E2E", "--public-key", str(path), "--json", stdout=out)
+    created = json.loads(out.getvalue())
+    return created["client_id"], created["kid"], private
+
+
+def broker_token(api, key_service) -> dict[str, str]:
+    client_id, kid, private = key_service
+    response = request_token(api, assertion(private, {"kid": kid}, claims_for(client_id), "PS256"))
+    assert response.status_code == 200, response.content
+    return {"HTTP_AUTHORIZATION": f"Bearer {response.json()['access_token']}"}
+
+
+def test_a_service_gets_a_sandbox_token_and_calls_me(api, sandbox, apps, owner, key_service):
+    app = ProviderApp.objects.get(slug="sandbox")
+    code, _ = authorization_code(sandbox, apps["sandbox"], "sandbox")
+    response = exchange_code(app, code=code, redirect_uri=f"{BROKER_URL}/oauth/callback/sandbox")
+    grant = Grant(user=owner, provider_app=app, external_account_id="alice-sandbox")
+    apply_token_response(grant, response, refreshed=False)
+    grant.save()
+    call_command("addaccessrule", key_service[0], "--provider", "sandbox", stdout=StringIO())
+
+    body = api.post(
+        "/api/v1/access-token",
+        {"user": "alice", "provider": "sandbox", "min_ttl": 60},
+        content_type="application/json",
+        **broker_token(api, key_service),
+    ).json()
+
+    me = requests.get(
+        f"{sandbox.url}/me", headers={"Authorization": f"Bearer {body['access_token']}"}, timeout=10
+    )
+    assert me.status_code == 200, me.text
+    assert me.json()["name"] == "Alice Anders"
+    assert body["grant"] == str(grant.pk) and body["expires_in"] > 60
+
+
+def test_a_service_gets_a_signed_header_and_calls_myself(api, sandbox, apps, owner, key_service):
+    pytest.importorskip("broker.oauth1_signing")  # the OAuth 1.0a branch; runs once merged
+    app = ProviderApp.objects.get(slug="sandbox-jira")
+    session = oauth1_dance(sandbox, apps, "sandbox-jira")
+    grant = Grant(user=owner, provider_app=app, external_account_id="alice-jira")
+    grant.seal("access_token", session.token["oauth_token"])
+    grant.seal("token_secret", session.token["oauth_token_secret"])
+    grant.save()
+    call_command(
+        "addaccessrule", key_service[0], "--provider", "sandbox-jira", "--sign", stdout=StringIO()
+    )
+    url = f"{apps['sandbox-jira']['base_url']}/rest/api/2/myself"
+
+    signed = api.post(
+        "/api/v1/sign",
+        {"user": "alice", "provider": "sandbox-jira", "method": "GET", "url": url},
+        content_type="application/json",
+        **broker_token(api, key_service),
+    )
+    assert signed.status_code == 200, signed.content
+
+    myself = requests.get(
+        url, headers={"Authorization": signed.json()["authorization"]}, timeout=10
+    )
+    assert myself.status_code == 200, myself.text
+    assert myself.json()["name"] == "alice"
+
+
+@pytest.fixture
+def sandbox_grant(sandbox, apps, owner, key_service) -> Grant:
+    """A sandbox grant, readable by the key service, whose access token has run out."""
+    pytest.importorskip("broker.refresh")  # the refresh engine's branch; runs once merged
+    from django.utils import timezone
+
+    app = ProviderApp.objects.get(slug="sandbox")
+    code, _ = authorization_code(sandbox, apps["sandbox"], "sandbox")
+    response = exchange_code(app, code=code, redirect_uri=f"{BROKER_URL}/oauth/callback/sandbox")
+    grant = Grant(user=owner, provider_app=app, external_account_id="alice-sandbox")
+    apply_token_response(grant, response, refreshed=False)
+    grant.access_expires_at = timezone.now()  # as if its hour had passed
+    grant.save()
+    call_command("addaccessrule", key_service[0], "--provider", "sandbox", stdout=StringIO())
+    return grant
+
+
+def access_token(api, key_service, **body):
+    return api.post(
+        "/api/v1/access-token",
+        {"user": "alice", "provider": "sandbox", **body},
+        content_type="application/json",
+        **broker_token(api, key_service),
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_token_is_refreshed_once_and_works(api, sandbox, sandbox_grant, key_service):
+    stale = sandbox_grant.unseal("access_token")
+    sandbox.reset_counters()
+    response = access_token(api, key_service, min_ttl=60)
+    assert response.status_code == 200, response.content
+    fresh = response.json()["access_token"]
+    assert fresh != stale and response.json()["expires_in"] >= 60
+    assert sandbox.counters()["token"]["refresh_token"] == 1
+    me = requests.get(f"{sandbox.url}/me", headers={"Authorization": f"Bearer {fresh}"}, timeout=10)
+    assert me.status_code == 200
+    # Served from the store now: no second refresh.
+    assert access_token(api, key_service).json()["access_token"] == fresh
+    assert sandbox.counters()["token"]["refresh_token"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_force_refresh_returns_a_token_from_a_new_refresh(api, sandbox, sandbox_grant, key_service):
+    first = access_token(api, key_service).json()["access_token"]
+    forced = access_token(api, key_service, force_refresh=True)
+    assert forced.status_code == 200 and forced.json()["access_token"] != first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_grant_dead_at_the_provider_is_409(api, sandbox, sandbox_grant, key_service):
+    sandbox.revoke_user("alice")
+    response = access_token(api, key_service)
+    assert response.status_code == 409 and response.json()["error"] == "reconnect_required"
+    assert "access_token" not in response.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_provider_is_503_with_retry_after(api, sandbox, sandbox_grant, key_service):
+    sandbox.faults(mode="error500")
+    try:
+        response = access_token(api, key_service)
+    finally:
+        sandbox.faults(mode="none")
+    assert response.status_code == 503 and int(response["Retry-After"]) >= 1
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert "access_token" not in response.json()
