@@ -63,6 +63,17 @@ BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Refresh engine (broker.refresh): grants claimed per beat query and per beat run, how long
+# a claim lasts before the beat takes the grant again, retry backoff (seconds).
+BROKER_REFRESH_BATCH_SIZE = env.int("BROKER_REFRESH_BATCH_SIZE", default=500)
+BROKER_REFRESH_MAX_BATCHES = env.int("BROKER_REFRESH_MAX_BATCHES", default=20)
+BROKER_REFRESH_CLAIM_TIMEOUT = env.float("BROKER_REFRESH_CLAIM_TIMEOUT", default=300.0)
+BROKER_REFRESH_BACKOFF_BASE = env.float("BROKER_REFRESH_BACKOFF_BASE", default=5.0)
+BROKER_REFRESH_BACKOFF_MAX = env.float("BROKER_REFRESH_BACKOFF_MAX", default=300.0)
+BROKER_REFRESH_TASK_MAX_RETRIES = env.int("BROKER_REFRESH_TASK_MAX_RETRIES", default=5)
+BROKER_REFRESH_TASK_MAX_COUNTDOWN = env.float("BROKER_REFRESH_TASK_MAX_COUNTDOWN", default=120.0)
+# Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.lock_timeout).
+BROKER_REFRESH_LOCK_TIMEOUT = env.float("BROKER_REFRESH_LOCK_TIMEOUT", default=0.0) or None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -176,7 +187,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "claim-due-refreshes": {
+        "task": "broker.tasks.enqueue_due_refreshes",
+        "schedule": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0),
+        # A run that waited longer than its period is superseded by the next one.
+        "options": {"expires": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0)},
+    },
+}
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
