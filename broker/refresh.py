@@ -287,6 +287,16 @@ def read_rescue(grant_id: Any) -> Rescue | None:
     )
 
 
+def rescue_pending(grant_id: Any) -> bool:
+    """Whether a rescued response waits for this grant. With Redis away there can be no
+    refresh anyway; the stored token is then served while valid."""
+    try:
+        return bool(redis_client().exists(RESCUE_KEY.format(grant_id=grant_id)))
+    except redis.RedisError as exc:
+        log.warning("grant %s: cannot check for a rescue (%s)", grant_id, type(exc).__name__)
+        return False
+
+
 def drop_rescue(grant_id: Any) -> None:
     redis_client().delete(RESCUE_KEY.format(grant_id=grant_id))
 
@@ -410,13 +420,15 @@ def record_failure(
     still_current = Grant.objects.filter(
         pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
     )
-    still_current.update(
+    counted = still_current.update(
         failure_count=F("failure_count") + 1,
         last_error=describe(exc),
         next_refresh_at=next_attempt + claim_timeout() if keep_claim else next_attempt,
         refresh_enqueued_at=now if keep_claim else None,
         updated_at=now,
     )
+    if not counted:  # the grant changed meanwhile (refreshed, revoked): nothing to report
+        return delay, False
     if reason == "client_misconfigured":
         # Admins must fix the provider app; users are not sent back through consent.
         log.error(
@@ -513,7 +525,11 @@ def single_flight(
         try:
             grant = apply_rescue(grant)
         except DatabaseError:
-            return RefreshOutcome(Result.DATABASE_UNAVAILABLE, retry_after=1), grant
+            # A response is waiting in Redis: nothing stored may be served or sent upstream.
+            return RefreshOutcome(Result.DATABASE_UNAVAILABLE, retry_after=1), None
+        except redis.RedisError as exc:
+            log.warning("grant %s: rescue not readable (%s)", grant_id, type(exc).__name__)
+            return RefreshOutcome(Result.BUSY, retry_after=1), grant
         if not grant.is_active:
             return RefreshOutcome(Result.GONE), grant
         if not needs_refresh(grant):
@@ -528,6 +544,8 @@ def single_flight(
             return RefreshOutcome(Result.RECONNECT_REQUIRED), load_or_none(grant_id)
         require_no_outer_transaction()
         outcome = call_upstream(grant, task_may_retry=task_may_retry)
+        if outcome.result == Result.DATABASE_UNAVAILABLE:
+            return outcome, None  # the database is away; the response waits in Redis
         return outcome, load_or_none(grant_id)
 
 
@@ -566,10 +584,12 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
         raise ReconnectRequired(f"grant is {grant.status}")
     # A rescued response means the stored access token was already replaced upstream
     # (Data Center revokes it on refresh): never serve it past a rescue.
-    if read_rescue(grant.pk) is None and satisfied(grant):
+    if not rescue_pending(grant.pk) and satisfied(grant):
         return grant
 
     outcome, current = single_flight(grant_id, needs_refresh=lambda g: not satisfied(g))
+    if outcome.result == Result.DATABASE_UNAVAILABLE:
+        raise ProviderUnavailable("the refreshed token is not stored yet", retry_after=1)
     if current is None:
         raise Grant.DoesNotExist(f"grant {grant_id} is gone")
     if not current.is_active:

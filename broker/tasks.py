@@ -10,8 +10,10 @@ import logging
 
 from celery import Task, shared_task
 from django.conf import settings
+from django.db import DatabaseError
+from redis.exceptions import RedisError
 
-from broker.refresh import Result, claim_due_grants, refresh_grant_now
+from broker.refresh import Result, backoff_seconds, claim_due_grants, refresh_grant_now
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,12 @@ def enqueue_due_refreshes() -> int:
 def refresh_grant(self: Task, grant_id: str) -> str:
     """Refreshes one claimed grant; retries itself with backoff on transient failures."""
     retries_left = max(0, (self.max_retries or 0) - self.request.retries)
-    outcome = refresh_grant_now(grant_id, retries_left=retries_left)
+    try:
+        outcome = refresh_grant_now(grant_id, retries_left=retries_left)
+    except (DatabaseError, RedisError) as exc:
+        # Nothing was sent upstream, or its answer waits in the Redis rescue. Without
+        # retries left, the claim times out and the beat takes the grant again.
+        raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries + 1)) from exc
     if outcome.task_retry_in is not None:
         raise self.retry(countdown=outcome.task_retry_in)
     if outcome.result not in (Result.REFRESHED, Result.NOT_NEEDED, Result.GONE):

@@ -365,3 +365,26 @@ def test_a_rescued_response_only_opens_for_its_own_grant(sandbox_apps, owner):
     assert client.get(f"broker:refresh-rescue:{second.pk}") is None
     assert refresh.read_rescue(first.pk).response.refresh_token == "rt"
     refresh.drop_rescue(first.pk)
+
+
+def test_a_pending_rescue_is_applied_before_the_stored_token_is_served(sandbox, grant, monkeypatch):
+    real_persist = refresh.persist_refresh
+    calls = []
+
+    def database_away_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("database is locked")
+        return real_persist(*args, **kwargs)
+
+    monkeypatch.setattr(refresh, "persist_refresh", database_away_once)
+    with pytest.raises(ProviderUnavailable):
+        ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+    rescue = refresh.read_rescue(grant.pk)
+    # The stored access token still looks valid, but the provider replaced it: the
+    # rescued one is served instead, with no second call upstream.
+    before = refresh_count(sandbox)
+    served = ensure_fresh(grant.pk, min_ttl=0)
+    assert served.unseal("access_token") == rescue.response.access_token
+    assert served.unseal("access_token") != grant.unseal("access_token")
+    assert refresh_count(sandbox) == before
