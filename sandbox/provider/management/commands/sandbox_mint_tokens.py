@@ -36,7 +36,7 @@ class Command(BaseCommand):
         scope = str(options["scope"])
         minted = []
         with transaction.atomic():
-            for _ in range(int(options["count"])):  # type: ignore[call-overload]
+            for _ in range(int(str(options["count"]))):
                 access_value, refresh_value = generate_token(), generate_token()
                 access = AccessToken(
                     user=user,
