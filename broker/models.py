@@ -339,3 +339,87 @@ class ConnectLink(models.Model):
 
     def __str__(self) -> str:
         return f"connect link for {self.user} at {self.provider_app.slug}"
+
+
+class RevocationJob(models.Model):
+    """A bulk revocation (offboarding, incident): its criteria and visible progress.
+
+    Processing is resumable: a re-run selects the grants that still match and are not yet
+    revoked, so a killed worker's job finishes without revoking anything twice.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # One of {"user": username}, {"provider": app slug}, {"service": client id}, {"all": true}.
+    criteria = models.JSONField()
+    reason = models.CharField(max_length=500)
+    requested_by = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    total = models.PositiveIntegerField(null=True, blank=True)
+    done = models.PositiveIntegerField(default=0, help_text="Grants this job revoked")
+    failed = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        what = ", ".join(f"{k}={v}" for k, v in self.criteria.items())
+        return f"revoke {what} ({self.status})"
+
+
+class WebhookDelivery(models.Model):
+    """One event sent (or to be sent) to one service's webhook URL; attempts hang off it.
+
+    The body is fixed when the event happens, so every retry sends the same bytes; only the
+    timestamp and signature change per attempt.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    service = models.ForeignKey(ServiceClient, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=64)
+    grant_id = models.UUIDField(null=True, blank=True)
+    url = models.URLField(max_length=2000)
+    body = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempt_count = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} -> {self.service.client_id} ({self.status})"
+
+
+class WebhookAttempt(models.Model):
+    """One HTTP attempt of a delivery: what came back, never what was sent."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    at = models.DateTimeField(default=timezone.now)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.status_code or self.error}"

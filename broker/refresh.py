@@ -68,6 +68,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,9 +83,11 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from broker import audit
+from broker import audit, metrics
 from broker.crypto import DecryptionError
-from broker.models import Grant, ProviderApp
+from broker.models import Grant
+from broker.notifications import notify
+from broker.oauth2_flow import redirect_uri_for
 from broker.sealed_fields import keyring
 from broker.token_endpoint import (
     ClientMisconfigured,
@@ -174,11 +177,6 @@ def backoff_seconds(failures: int, retry_after: float | None = None) -> int:
     ceiling = min(cap, base * 2 ** max(0, failures - 1))
     delay = ceiling / 2 + random.random() * ceiling / 2
     return max(1, math.ceil(max(delay, retry_after or 0)))
-
-
-def callback_url(app: ProviderApp) -> str:
-    """The redirect URI the code was issued for (Data Center wants it again on refresh)."""
-    return f"{settings.BROKER_PUBLIC_URL}/oauth/callback/{app.slug}"
 
 
 # -- Redis: lock and rescue --------------------------------------------------------------
@@ -359,8 +357,12 @@ def describe(exc: TokenEndpointError) -> str:
 
 def announce(event: str, grant: Grant, **detail: Any) -> None:
     """The single call site for what admins, users and services are told about a grant
-    (`grant.refresh_failed`, `grant.reconnect_required`). Called after the state change is
-    committed. Writes the audit event; the notification call belongs here as well."""
+    (`grant.refresh_failed`, `grant.reconnect_required`), called after the state change is
+    committed: the audit event, and the webhooks / user email of broker.notifications.
+    Transient provider trouble is audited only: an outage would otherwise send every
+    subscriber one webhook per grant and retry."""
+    if detail.get("reason") != "provider_unavailable":
+        notify(event, grant, **detail)
     audit.record(
         event,
         actor_type=audit.ActorType.SYSTEM,
@@ -393,6 +395,7 @@ def mark_reconnect_required(grant: Grant, *, seen_version: int, error: str, reas
             updated_at=now,
         )
     if written:
+        grant.status = Grant.Status.RECONNECT_REQUIRED
         log.info("grant %s needs reconnecting (%s)", grant.pk, reason)
         announce("grant.reconnect_required", grant, reason=reason, error=error[:200])
     return written == 1
@@ -462,14 +465,35 @@ def apply_rescue(grant: Grant) -> Grant:
     return load(grant.pk)
 
 
+# broker_refreshes_total{outcome} labels (see broker.metrics).
+METRIC_OUTCOMES = {
+    Result.REFRESHED: "success",
+    Result.NOT_NEEDED: "superseded",
+    Result.RECONNECT_REQUIRED: "dead",
+    Result.PROVIDER_FAILED: "provider_unavailable",
+    Result.CLIENT_MISCONFIGURED: "client_misconfigured",
+    Result.DATABASE_UNAVAILABLE: "database_unavailable",
+}
+
+
 def call_upstream(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
-    """One refresh at the provider, under the lock, and the write of whatever came back."""
+    """One refresh at the provider, under the lock, and the write of whatever came back;
+    counted in the metrics afterwards."""
+    started = time.monotonic()
+    outcome = refresh_and_store(grant, task_may_retry=task_may_retry)
+    metrics.count_refresh(
+        METRIC_OUTCOMES.get(outcome.result, str(outcome.result)), time.monotonic() - started
+    )
+    return outcome
+
+
+def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
     seen_version = grant.token_version
     app = grant.provider_app
     refresh_token = grant.unseal("refresh_token") or ""
     try:
         response = refresh_upstream(
-            app, refresh_token=refresh_token, redirect_uri=callback_url(app)
+            app, refresh_token=refresh_token, redirect_uri=redirect_uri_for(app)
         )
     except GrantRejected as exc:
         mark_reconnect_required(

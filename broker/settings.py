@@ -10,6 +10,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from broker.crypto import KeyRing, KeyRingError
+from broker.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(environ.Env().str("BROKER_DATA_DIR", default=str(BASE_DIR / "data")))
@@ -74,6 +75,13 @@ BROKER_REFRESH_TASK_MAX_RETRIES = env.int("BROKER_REFRESH_TASK_MAX_RETRIES", def
 BROKER_REFRESH_TASK_MAX_COUNTDOWN = env.float("BROKER_REFRESH_TASK_MAX_COUNTDOWN", default=120.0)
 # Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.lock_timeout).
 BROKER_REFRESH_LOCK_TIMEOUT = env.float("BROKER_REFRESH_LOCK_TIMEOUT", default=0.0) or None
+# Webhook targets must be public addresses unless they fall in one of these networks
+# (CIDR, comma-separated), e.g. an internal service's subnet.
+BROKER_WEBHOOK_ALLOWED_NETWORKS = env.list("BROKER_WEBHOOK_ALLOWED_NETWORKS", default=[])
+# /metrics: a Bearer token and/or client networks; every one configured must match, and
+# with neither set the endpoint answers 403.
+BROKER_METRICS_TOKEN = env.str("BROKER_METRICS_TOKEN", default="")
+BROKER_METRICS_ALLOWED_NETWORKS = env.list("BROKER_METRICS_ALLOWED_NETWORKS", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -87,6 +95,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "broker.logging_config.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "broker.security_headers.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -195,12 +204,22 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "options": {"expires": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0)},
     },
 }
+# Task modules besides broker.tasks (each concern keeps its tasks beside its logic).
+CELERY_IMPORTS = ["broker.revocation", "broker.bulk_revocation", "broker.notifications"]
+# Keep the Django LOGGING configuration (JSON, redaction) in workers too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Email to users (reconnect needed, revoked by an admin): EMAIL_URL, e.g.
+# smtp+tls://user:password@mail.example:587; the console in development.
+vars().update(
+    env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
+)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-}
+# LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+try:
+    LOGGING = logging_settings(LOG_LEVEL, LOG_FORMAT)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from exc

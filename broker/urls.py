@@ -2,11 +2,18 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from broker import connections
+from broker import connections, health, metrics, oauth1_flow, oauth2_flow
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/connections/", permanent=False)),
     path("accounts/", include("accounts.urls")),
     path("connections/", connections.my_connections, name="connections"),
+    path("connections/<uuid:grant_id>/disconnect", connections.disconnect, name="disconnect"),
+    path("connect/<slug:slug>", connections.connect, name="connect"),
+    path("oauth/callback/<slug:slug>", oauth2_flow.callback, name="oauth2-callback"),
     path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
+    path("oauth1/callback/<slug:slug>", oauth1_flow.callback, name="oauth1-callback"),
 ]

@@ -37,7 +37,13 @@ def run(*args: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, *args], cwd=ROOT, env=env, check=True)
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # `kill` or a supervisor's stop ends the children too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     DATA.mkdir(exist_ok=True)
     env = {
         **os.environ,

@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+
 import pytest
+import requests
 from django.conf import settings
+from django.core.management import call_command
+from django.db import connections
+
+# The broker under test listens on 127.0.0.1 and the sandbox on localhost, so a browser
+# keeps their cookies apart as it would for two real sites.
+os.environ.setdefault("DJANGO_LIVE_TEST_SERVER_ADDRESS", "127.0.0.1")
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+HTTP_TIMEOUT = 10
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,41 +46,157 @@ def outsider(django_user_model):
     return django_user_model.objects.create_user("mallory", "mallory@example.com", "mallory-broker")
 
 
-def _start_sandbox(data_dir, broker_url: str, settings_module: str | None = None):
+@pytest.fixture(scope="session")
+def sandbox(live_server, tmp_path_factory):
+    """The sandbox provider, registered with the live broker's callback URLs."""
+    from tests.sandbox_server import start_sandbox
+
+    server = start_sandbox(tmp_path_factory.mktemp("sandbox"), live_server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sandbox_apps(sandbox, live_server, transactional_db, settings):
+    """The sandbox's provider apps loaded into the broker, whose public URL is the live
+    server's (so redirect URIs match what the sandbox registered)."""
+    from broker.models import ProviderApp
+
+    settings.BROKER_PUBLIC_URL = live_server.url
+    call_command("loadproviders", str(sandbox.providers_file), stdout=open(os.devnull, "w"))
+    yield {app.slug: app for app in ProviderApp.objects.all()}
+    sandbox.faults(mode="none")
+
+
+@pytest.fixture
+def sandbox_providers(sandbox_apps, sandbox):
+    """The sandbox (its test switches), with its provider apps loaded into the broker."""
+    return sandbox
+
+
+@pytest.fixture
+def broker_login(live_server) -> Iterator[Callable[[str, str], requests.Session]]:
+    """Signs in to the live broker over HTTP; returns the session (a browser's cookie jar).
+
+    The sessions are closed afterwards: a kept-alive connection would keep a server thread,
+    and its database connection, open past the test database's teardown (PostgreSQL).
+    """
+    sessions: list[requests.Session] = []
+
+    def login(username: str, password: str) -> requests.Session:
+        session = requests.Session()
+        sessions.append(session)
+        session.get(f"{live_server.url}/accounts/login/", timeout=HTTP_TIMEOUT)
+        response = session.post(
+            f"{live_server.url}/accounts/login/",
+            data={
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            },
+            allow_redirects=False,
+            timeout=HTTP_TIMEOUT,
+        )
+        assert response.status_code == 302, response.text
+        return session
+
+    yield login
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Debian's headless Chromium through Playwright (never a downloaded browser). Module
+    scope: Playwright's loop and the flag below end with the browser tests' module."""
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an asyncio loop on the test thread; the test's own ORM
+    # calls are still plain synchronous code, which Django's guard cannot tell. The flag
+    # must not outlive these tests (manage.py check --deploy warns about it).
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+            )
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    context = browser.new_context()
+    context.set_default_timeout(15_000)
+    yield context.new_page()
+    context.close()
+    # While Playwright's loop runs, Django keeps the test's ORM connection in a separate
+    # per-context slot that its teardown does not close (PostgreSQL then cannot drop the
+    # test database): close it here, in that context.
+    connections.close_all()
+
+
+@pytest.fixture
+def browser_page(page):
+    return page
+
+
+@pytest.fixture
+def local_server():
+    from tests.local_http import start_local_server
+
+    server = start_local_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def eager_celery(settings):
+    """Runs tasks in-process when enqueued (after the commit, like a worker would).
+
+    Exceptions are not propagated: an eager retry raises Retry after running the retry, as a
+    worker would log it; tests check outcomes (rows, requests received) instead."""
+    from broker.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture(scope="session")
+def sandbox_with_reuse_window(live_server, tmp_path_factory):
+    """The sandbox with Atlassian's ten-minute reuse window for consumed refresh tokens
+    (tests/sandbox_reuse_window_settings.py), for failures where the broker cannot know
+    whether the provider processed a refresh. Same registration as `sandbox`."""
     from tests import sandbox_server
 
-    if settings_module is None:
-        server = sandbox_server.start_sandbox(data_dir, broker_url)
-    else:
-        plain_env = sandbox_server.sandbox_env
+    plain_env = sandbox_server.sandbox_env
 
-        def env_with_settings(*args):
-            return {**plain_env(*args), "DJANGO_SETTINGS_MODULE": settings_module}
+    def env_with_reuse_window(*args):
+        settings_module = "tests.sandbox_reuse_window_settings"
+        return {**plain_env(*args), "DJANGO_SETTINGS_MODULE": settings_module}
 
-        sandbox_server.sandbox_env = env_with_settings
-        try:
-            server = sandbox_server.start_sandbox(data_dir, broker_url)
-        finally:
-            sandbox_server.sandbox_env = plain_env
-    server.broker_url = broker_url
-    return server
-
-
-@pytest.fixture(scope="session")
-def sandbox(tmp_path_factory, live_server):
-    """The sandbox provider (strict: a superseded refresh token kills the token family)."""
-    server = _start_sandbox(tmp_path_factory.mktemp("sandbox"), live_server.url)
+    sandbox_server.sandbox_env = env_with_reuse_window
+    try:
+        server = sandbox_server.start_sandbox(
+            tmp_path_factory.mktemp("sandbox-reuse"), live_server.url
+        )
+    finally:
+        sandbox_server.sandbox_env = plain_env
     yield server
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def sandbox_with_reuse_window(tmp_path_factory, live_server):
-    """The sandbox with Atlassian's ten-minute reuse window for consumed refresh tokens."""
-    server = _start_sandbox(
-        tmp_path_factory.mktemp("sandbox-reuse"),
-        live_server.url,
-        settings_module="tests.sandbox_reuse_window_settings",
-    )
-    yield server
-    server.stop()
+@pytest.fixture
+def reuse_window_apps(sandbox_with_reuse_window, live_server, transactional_db, settings):
+    """Like `sandbox_apps`, for the sandbox with the reuse window."""
+    settings.BROKER_PUBLIC_URL = live_server.url
+    call_command("loadproviders", str(sandbox_with_reuse_window.providers_file), verbosity=0)
+    yield sandbox_with_reuse_window
+    sandbox_with_reuse_window.faults(mode="none")

@@ -15,10 +15,10 @@ from urllib.parse import parse_qs, urlparse
 
 import requests
 from authlib.integrations.requests_client import OAuth2Session
-from django.core.management import call_command
 from django.db import connection
 
 from broker.models import Grant, ProviderApp
+from broker.oauth2_flow import redirect_uri_for
 from broker.token_endpoint import exchange_code
 from broker.token_store import apply_token_response
 
@@ -26,10 +26,6 @@ TIMEOUT = 10
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HIDDEN_INPUT = re.compile(r"<input[^>]*>", re.I)
 ATTRIBUTE = re.compile(r'(\w[\w-]*)="([^"]*)"')
-
-
-def load_sandbox_apps(sandbox) -> None:
-    call_command("loadproviders", str(sandbox.providers_file), verbosity=0)
 
 
 def signed_in_browser(sandbox, username: str) -> requests.Session:
@@ -75,10 +71,11 @@ def authorization_code(sandbox, app: ProviderApp, redirect_uri: str, username: s
 
 
 def connect_grant(sandbox, user, *, slug: str = "sandbox", username: str = "alice") -> Grant:
-    """A grant holding real tokens the sandbox issued to `username` (the sandbox fixtures
-    record the broker URL its apps were registered with as `broker_url`)."""
+    """A grant holding real tokens the sandbox issued to `username` (its apps must be
+    loaded, with BROKER_PUBLIC_URL set to the URL they were registered with: the
+    `sandbox_apps` / `reuse_window_apps` fixtures)."""
     app = ProviderApp.objects.get(slug=slug)
-    redirect_uri = f"{sandbox.broker_url}/oauth/callback/{slug}"
+    redirect_uri = redirect_uri_for(app)
     code = authorization_code(sandbox, app, redirect_uri, username)
     response = exchange_code(app, code=code, redirect_uri=redirect_uri)
     grant = Grant(
@@ -125,6 +122,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "DATABASE_URL": database_url(),
             "REDIS_URL": settings.REDIS_URL,
+            "BROKER_PUBLIC_URL": settings.BROKER_PUBLIC_URL,
             "PYTHONUNBUFFERED": "1",
             **extra,
         }

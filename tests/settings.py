@@ -17,3 +17,6 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 from broker.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Test receivers (webhooks, fake providers) listen on loopback.
+BROKER_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]

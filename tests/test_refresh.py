@@ -12,7 +12,14 @@ from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from broker import refresh
-from broker.models import AuditEvent, Grant, ProviderApp
+from broker.models import (
+    AccessRule,
+    AuditEvent,
+    Grant,
+    ProviderApp,
+    ServiceClient,
+    WebhookDelivery,
+)
 from broker.refresh import (
     ProviderUnavailable,
     ReconnectRequired,
@@ -23,7 +30,6 @@ from broker.refresh import (
 from tests.sandbox_grants import (
     connect_grant,
     identity_works,
-    load_sandbox_apps,
     refresh_count,
 )
 
@@ -31,15 +37,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sandbox]
 
 
 @pytest.fixture
-def sandbox_apps(sandbox):
-    load_sandbox_apps(sandbox)
-    yield sandbox
-    sandbox.faults(mode="none")
-
-
-@pytest.fixture
-def grant(sandbox_apps, owner):
-    return connect_grant(sandbox_apps, owner)
+def grant(sandbox, sandbox_apps, owner):
+    return connect_grant(sandbox, owner)
 
 
 def wait_until_expired(grant: Grant) -> None:
@@ -166,6 +165,7 @@ def test_the_reconnect_soon_flag_is_visible_on_the_grant(grant):
 
 
 def test_a_500_is_retried_while_the_current_token_is_still_served(sandbox, grant):
+    subscribed_service(grant.provider_app)
     claim(grant)
     sandbox.faults(mode="error500", times=1)
     outcome = refresh_grant_now(grant.pk, retries_left=3)
@@ -187,6 +187,7 @@ def test_a_500_is_retried_while_the_current_token_is_still_served(sandbox, grant
     assert (healed.failure_count, healed.last_error, healed.status) == (0, "", "active")
     event = AuditEvent.objects.get(grant_id=grant.pk, action="grant.refresh_failed")
     assert event.detail["reason"] == "provider_unavailable"
+    assert not WebhookDelivery.objects.exists()  # transient trouble is not broadcast
 
 
 def test_a_500_without_a_valid_token_left_is_provider_unavailable_not_reconnect(sandbox, grant):
@@ -223,12 +224,11 @@ def test_force_refresh_with_the_provider_failing_is_provider_unavailable(sandbox
 
 
 def test_a_refresh_slower_than_the_timeout_is_retried_not_reconnect(
-    sandbox_with_reuse_window, owner, settings
+    reuse_window_apps, owner, settings
 ):
     """The provider may have processed a request the broker gave up on: the retry reuses
     the refresh token inside Atlassian's reuse window and the grant lives on."""
-    sandbox = sandbox_with_reuse_window
-    load_sandbox_apps(sandbox)
+    sandbox = reuse_window_apps
     grant = connect_grant(sandbox, owner)
     settings.BROKER_PROVIDER_TIMEOUT = 1
     claim(grant)
@@ -247,7 +247,16 @@ def test_a_refresh_slower_than_the_timeout_is_retried_not_reconnect(
     assert identity_works(sandbox, fresh.unseal("access_token"))
 
 
+def subscribed_service(app: ProviderApp) -> ServiceClient:
+    service = ServiceClient(client_id="svc", name="Svc", webhook_url="https://svc.example/hook")
+    service.seal("webhook_secret", "whsec")
+    service.save()
+    AccessRule.objects.create(service=service, provider_app=app)
+    return service
+
+
 def test_an_upstream_revoke_makes_the_grant_reconnect_required_in_one_cycle(sandbox, grant):
+    service = subscribed_service(grant.provider_app)
     sandbox.revoke_user("alice")
     claim(grant)
     assert refresh_grant_now(grant.pk, retries_left=3).result == Result.RECONNECT_REQUIRED
@@ -258,6 +267,10 @@ def test_an_upstream_revoke_makes_the_grant_reconnect_required_in_one_cycle(sand
     assert dead.last_error.startswith("invalid_grant")
     event = AuditEvent.objects.get(grant_id=grant.pk, action="grant.reconnect_required")
     assert event.outcome == "failure" and event.subject_user == "alice"
+    # Subscribed services are told (broker.notifications), once.
+    delivery = WebhookDelivery.objects.get(service=service, grant_id=grant.pk)
+    assert delivery.event == "grant.reconnect_required"
+    assert '"status":"reconnect_required"' in delivery.body
     with pytest.raises(ReconnectRequired):
         ensure_fresh(grant.pk, min_ttl=0)
     # Nothing more goes upstream for a dead grant.
@@ -269,6 +282,7 @@ def test_an_upstream_revoke_makes_the_grant_reconnect_required_in_one_cycle(sand
 
 def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, caplog):
     app = ProviderApp.objects.get(slug="sandbox")
+    service = subscribed_service(app)
     real_secret = app.unseal("client_secret")
     app.seal("client_secret", "wrong-secret")
     app.save()
@@ -284,6 +298,7 @@ def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, cap
     event = AuditEvent.objects.get(grant_id=grant.pk, action="grant.refresh_failed")
     assert event.detail["reason"] == "client_misconfigured"
     assert event.detail["error"].startswith("invalid_client")
+    assert WebhookDelivery.objects.get(service=service).event == "grant.refresh_failed"
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("rejected the client of app sandbox" in line for line in errors)
     for secret in ("wrong-secret", real_secret, grant.unseal("refresh_token")):
@@ -350,11 +365,11 @@ def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, 
     assert identity_works(sandbox, again.unseal("access_token"))
 
 
-def test_a_rescued_response_only_opens_for_its_own_grant(sandbox_apps, owner):
+def test_a_rescued_response_only_opens_for_its_own_grant(sandbox, sandbox_apps, owner):
     from broker.token_endpoint import TokenResponse
 
-    first = connect_grant(sandbox_apps, owner)
-    second = connect_grant(sandbox_apps, owner, username="bob")
+    first = connect_grant(sandbox, owner)
+    second = connect_grant(sandbox, owner, username="bob")
     response = TokenResponse("at", "rt", 2, None, "Bearer")
     rescue = refresh.Rescue(response, based_on_version=1, received_at=timezone.now())
     assert refresh.stash_rescue(first.pk, rescue)

@@ -17,7 +17,6 @@ from tests.sandbox_grants import (
     PROJECT_ROOT,
     connect_grant,
     digest,
-    load_sandbox_apps,
     refresh_count,
     subprocess_env,
 )
@@ -29,8 +28,7 @@ THREADS_PER_PROCESS = 5
 LOCAL_THREADS = 10  # 8 x 5 + 10 = 50 callers
 
 
-def test_fifty_concurrent_callers_share_one_upstream_refresh(sandbox, owner):
-    load_sandbox_apps(sandbox)
+def test_fifty_concurrent_callers_share_one_upstream_refresh(sandbox, sandbox_apps, owner):
     grant = connect_grant(sandbox, owner)
     contenders = [
         subprocess.Popen(

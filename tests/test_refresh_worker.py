@@ -21,7 +21,6 @@ from tests.sandbox_grants import (
     PROJECT_ROOT,
     connect_grant,
     identity_works,
-    load_sandbox_apps,
     refresh_count,
     subprocess_env,
 )
@@ -30,7 +29,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sandbox, pyte
 
 
 def start_worker(log_file: Path, **env: str) -> subprocess.Popen:
-    """One solo-pool worker: the upstream call runs in the process we may kill."""
+    """One solo-pool worker: the upstream call runs in the process we may kill. Tasks other
+    tests queued (notification emails) are dropped first."""
+    refresh.redis_client().delete("celery")
     with log_file.open("ab") as log:
         worker = subprocess.Popen(
             [
@@ -85,8 +86,7 @@ def version_of(grant: Grant) -> int:
     return Grant.objects.get(pk=grant.pk).token_version
 
 
-def test_a_worker_refreshes_the_grants_the_beat_claimed(sandbox, owner, tmp_path):
-    load_sandbox_apps(sandbox)
+def test_a_worker_refreshes_the_grants_the_beat_claimed(sandbox, sandbox_apps, owner, tmp_path):
     grant = connect_grant(sandbox, owner)
     worker = start_worker(tmp_path / "worker.log")
     try:
@@ -105,10 +105,9 @@ def test_a_worker_refreshes_the_grants_the_beat_claimed(sandbox, owner, tmp_path
 
 
 def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refreshes(
-    sandbox_with_reuse_window, owner, tmp_path, settings
+    reuse_window_apps, owner, tmp_path, settings
 ):
-    sandbox = sandbox_with_reuse_window
-    load_sandbox_apps(sandbox)
+    sandbox = reuse_window_apps
     grant = connect_grant(sandbox, owner)
     settings.BROKER_REFRESH_CLAIM_TIMEOUT = 12
     worker_env = {"BROKER_PROVIDER_TIMEOUT": "5", "BROKER_REFRESH_LOCK_TIMEOUT": "8"}

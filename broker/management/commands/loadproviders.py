@@ -8,6 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from broker import providers_file
+from broker.models import ProviderApp
+from broker.oauth1_consumer import public_key_pem
 
 
 class Command(BaseCommand):
@@ -24,8 +26,26 @@ class Command(BaseCommand):
             results = providers_file.apply(providers_file.parse(options["file"]))
         except providers_file.ProvidersFileError as exc:
             raise CommandError(str(exc)) from None
+        # The public key of each OAuth 1.0a RSA-SHA1 app: what a Jira or Confluence admin
+        # pastes into the application link. It is not a secret.
+        public_keys = {
+            app.slug: pem
+            for app in ProviderApp.objects.filter(slug__in=[slug for slug, _ in results])
+            if (pem := public_key_pem(app))
+        }
         if options["json"]:
-            self.stdout.write(json.dumps({"apps": [{"slug": s, "result": r} for s, r in results]}))
+            apps = []
+            for slug, result in results:
+                entry = {"slug": slug, "result": result}
+                if slug in public_keys:
+                    entry["public_key"] = public_keys[slug]
+                apps.append(entry)
+            self.stdout.write(json.dumps({"apps": apps}))
         else:
             for slug, result in results:
                 self.stdout.write(f"{slug}: {result}")
+                if slug in public_keys:
+                    self.stdout.write(
+                        f"{slug}: public key for the application link (RSA-SHA1):\n"
+                        + public_keys[slug].rstrip("\n")
+                    )
