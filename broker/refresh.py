@@ -559,6 +559,10 @@ def single_flight(
         if not needs_refresh(grant):
             return RefreshOutcome(Result.NOT_NEEDED), grant
         if not grant.has_secret("refresh_token"):
+            if grant.access_token_valid_for(0):
+                # Nothing to refresh with, but still usable (OAuth 1.0a tokens, providers
+                # that issue no refresh token): serve it until it expires.
+                return RefreshOutcome(Result.NOT_NEEDED), grant
             mark_reconnect_required(
                 grant,
                 seen_version=grant.token_version,
@@ -586,6 +590,8 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
     Raises Grant.DoesNotExist, ReconnectRequired, or ProviderUnavailable (provider failing,
     or another refresh still busy, and no token valid for `min_ttl` is left; with
     force_refresh, whenever no fresh token could be had).
+    A grant without a refresh token (OAuth 1.0a) is returned as stored while its token is
+    valid, even with force_refresh; once expired it becomes reconnect_required.
     Must not run inside transaction.atomic (see require_no_outer_transaction).
     """
     started = timezone.now()
@@ -606,6 +612,8 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
 
     if not grant.is_active:
         raise ReconnectRequired(f"grant is {grant.status}")
+    if not grant.has_secret("refresh_token") and grant.access_token_valid_for(min_ttl):
+        return grant  # cannot be refreshed (OAuth 1.0a, no refresh token): even if forced
     # A rescued response means the stored access token was already replaced upstream
     # (Data Center revokes it on refresh): never serve it past a rescue.
     if not rescue_pending(grant.pk) and satisfied(grant):

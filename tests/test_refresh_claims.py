@@ -1,4 +1,5 @@
-"""The beat's claims: due grants only, oldest first, never the same grant twice at once."""
+"""The beat's claims (due grants only, oldest first, never the same grant twice at once),
+and grants that have nothing to refresh with."""
 
 from __future__ import annotations
 
@@ -127,3 +128,32 @@ def test_the_beat_task_enqueues_one_refresh_task_per_claimed_grant(owner, app, s
     ids = {b["headers"]["argsrepr"] for b in bodies}
     assert len(ids) == 10
     assert tasks.enqueue_due_refreshes() == 0
+
+
+def test_a_grant_without_refresh_token_is_served_while_valid_and_never_killed_by_force(owner, app):
+    grant = Grant(user=owner, provider_app=app, external_account_id="oauth1")
+    grant.seal("access_token", "oauth1-token")
+    grant.seal("token_secret", "oauth1-secret")
+    grant.save()
+    served = refresh.ensure_fresh(grant.pk, min_ttl=3600, force_refresh=True)
+    assert served.unseal("access_token") == "oauth1-token"
+    assert refresh.refresh_grant_now(grant.pk).result == refresh.Result.NOT_NEEDED
+    grant.refresh_from_db()
+    assert grant.status == Grant.Status.ACTIVE and grant.unseal("token_secret") == "oauth1-secret"
+
+
+def test_an_expired_grant_without_refresh_token_needs_reconnecting(owner, app):
+    grant = Grant(
+        user=owner,
+        provider_app=app,
+        external_account_id="no-offline-access",
+        access_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    grant.seal("access_token", "expired")
+    grant.save()
+    with pytest.raises(refresh.ReconnectRequired):
+        refresh.ensure_fresh(grant.pk, min_ttl=60)
+    grant.refresh_from_db()
+    assert grant.status == Grant.Status.RECONNECT_REQUIRED
+    assert grant.access_token_sealed == ""
+    assert grant.last_error.startswith("no_refresh_token")
