@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +42,7 @@ from broker.models import (
 )
 from broker.revocation import revoke_grant
 from broker.service_keys import ServiceKeyError, parse_certificate, parse_public_key
+from broker.tasks import refresh_grant
 
 admin.site.site_header = "OAuth broker administration"
 admin.site.site_title = "OAuth broker admin"
@@ -256,6 +258,7 @@ class GrantAdmin(AuditedAdmin):
         "user",
         "provider_app",
         "status",
+        "reconnect_soon",
         "access_expires_at",
         "last_used_at",
         "last_used_by",
@@ -267,10 +270,35 @@ class GrantAdmin(AuditedAdmin):
     # Sealed columns are not editable model fields, and are listed nowhere here.
     fields = GRANT_FIELDS
     readonly_fields = GRANT_FIELDS
-    actions = ["revoke_selected"]
+    actions = ["revoke_selected", "refresh_selected"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # grants come from consent only
+
+    @admin.display(description="reconnect soon", boolean=True)
+    def reconnect_soon(self, grant: Grant) -> bool:
+        return grant.needs_reconnect_soon
+
+    @admin.action(description="Refresh selected grants now", permissions=["change"])
+    def refresh_selected(self, request: HttpRequest, queryset: QuerySet[Grant]) -> None:
+        """Queues one refresh task per active grant that can be refreshed; the engine's
+        single flight makes this safe beside scheduled and on-demand refreshes."""
+        grant_ids = [
+            str(pk)
+            for pk in queryset.filter(status=Grant.Status.ACTIVE)
+            .exclude(refresh_token_sealed="")
+            .values_list("pk", flat=True)
+        ]
+        for grant_id in grant_ids:
+            audit.record(
+                "grant.refresh_requested",
+                actor_type=audit.ActorType.ADMIN,
+                actor=actor_name(request),
+                grant_id=grant_id,
+                request=request,
+            )
+            transaction.on_commit(partial(refresh_grant.delay, grant_id))
+        self.message_user(request, f"{len(grant_ids)} grant(s) queued for refresh.")
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # deleting would skip the upstream revocation and the audit trail

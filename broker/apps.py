@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core import checks
 from django.db.models.signals import post_migrate
 
 
@@ -7,6 +8,9 @@ class BrokerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from broker import refresh
+
+        checks.register(refresh.check_timing)
         from broker.admin_roles import sync_after_migrate
 
         # After the auth app has created this app's permissions (it connects first).

@@ -14,7 +14,6 @@ from accounts.requests import AuthenticatedRequest
 from broker import consent
 from broker.models import Grant, ProviderApp
 from broker.revocation import revoke_grant
-from broker.token_store import needs_reconnect_soon
 
 
 def user_revoke_url(grant: Grant) -> str:
@@ -34,8 +33,6 @@ def my_connections(request: AuthenticatedRequest) -> HttpResponse:
         .select_related("provider_app")
         .order_by("provider_app__name", "account_name")
     )
-    for grant in grants:
-        grant.reconnect_soon = needs_reconnect_soon(grant)  # type: ignore[attr-defined]
     apps = ProviderApp.objects.filter(enabled=True).order_by("name")
     return render(request, "connections/list.html", {"grants": grants, "apps": apps})
 

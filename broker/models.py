@@ -143,6 +143,14 @@ class Grant(SealedFieldsModel):
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
 
+    @property
+    def needs_reconnect_soon(self) -> bool:
+        """The refresh token dies regardless of use soon (Atlassian: 365 days after consent):
+        the user page, the admin and the API show this so the user reconnects in time."""
+        from broker.token_store import needs_reconnect_soon  # token_store imports this module
+
+        return needs_reconnect_soon(self)
+
     def access_token_valid_for(self, seconds: float) -> bool:
         """True when the stored access token exists and stays valid at least `seconds` more."""
         if not self.has_secret("access_token"):

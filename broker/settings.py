@@ -64,6 +64,17 @@ BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Refresh engine (broker.refresh): grants claimed per beat query and per beat run, how long
+# a claim lasts before the beat takes the grant again, retry backoff (seconds).
+BROKER_REFRESH_BATCH_SIZE = env.int("BROKER_REFRESH_BATCH_SIZE", default=500)
+BROKER_REFRESH_MAX_BATCHES = env.int("BROKER_REFRESH_MAX_BATCHES", default=20)
+BROKER_REFRESH_CLAIM_TIMEOUT = env.float("BROKER_REFRESH_CLAIM_TIMEOUT", default=300.0)
+BROKER_REFRESH_BACKOFF_BASE = env.float("BROKER_REFRESH_BACKOFF_BASE", default=5.0)
+BROKER_REFRESH_BACKOFF_MAX = env.float("BROKER_REFRESH_BACKOFF_MAX", default=300.0)
+BROKER_REFRESH_TASK_MAX_RETRIES = env.int("BROKER_REFRESH_TASK_MAX_RETRIES", default=5)
+BROKER_REFRESH_TASK_MAX_COUNTDOWN = env.float("BROKER_REFRESH_TASK_MAX_COUNTDOWN", default=120.0)
+# Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.lock_timeout).
+BROKER_REFRESH_LOCK_TIMEOUT = env.float("BROKER_REFRESH_LOCK_TIMEOUT", default=0.0) or None
 # Webhook targets must be public addresses unless they fall in one of these networks
 # (CIDR, comma-separated), e.g. an internal service's subnet.
 BROKER_WEBHOOK_ALLOWED_NETWORKS = env.list("BROKER_WEBHOOK_ALLOWED_NETWORKS", default=[])
@@ -188,6 +199,12 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # The internal API buffers its audit events in Redis (broker.audit.record_soon).
     "flush-audit-buffer": {"task": "broker.audit.flush_buffer", "schedule": 5.0},
+    "claim-due-refreshes": {
+        "task": "broker.tasks.enqueue_due_refreshes",
+        "schedule": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0),
+        # A run that waited longer than its period is superseded by the next one.
+        "options": {"expires": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0)},
+    },
 }
 # Task modules besides broker.tasks (each concern keeps its tasks beside its logic).
 CELERY_IMPORTS = [

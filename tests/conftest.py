@@ -167,3 +167,36 @@ def eager_celery(settings):
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = False
+
+
+@pytest.fixture(scope="session")
+def sandbox_with_reuse_window(live_server, tmp_path_factory):
+    """The sandbox with Atlassian's ten-minute reuse window for consumed refresh tokens
+    (tests/sandbox_reuse_window_settings.py), for failures where the broker cannot know
+    whether the provider processed a refresh. Same registration as `sandbox`."""
+    from tests import sandbox_server
+
+    plain_env = sandbox_server.sandbox_env
+
+    def env_with_reuse_window(*args):
+        settings_module = "tests.sandbox_reuse_window_settings"
+        return {**plain_env(*args), "DJANGO_SETTINGS_MODULE": settings_module}
+
+    sandbox_server.sandbox_env = env_with_reuse_window
+    try:
+        server = sandbox_server.start_sandbox(
+            tmp_path_factory.mktemp("sandbox-reuse"), live_server.url
+        )
+    finally:
+        sandbox_server.sandbox_env = plain_env
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def reuse_window_apps(sandbox_with_reuse_window, live_server, transactional_db, settings):
+    """Like `sandbox_apps`, for the sandbox with the reuse window."""
+    settings.BROKER_PUBLIC_URL = live_server.url
+    call_command("loadproviders", str(sandbox_with_reuse_window.providers_file), verbosity=0)
+    yield sandbox_with_reuse_window
+    sandbox_with_reuse_window.faults(mode="none")

@@ -227,6 +227,7 @@ def test_revoke_action_asks_for_a_reason_then_revokes(client, superuser, data, e
     "model,action,key",
     [
         ("grant", "revoke_selected", "grant"),
+        ("grant", "refresh_selected", "grant"),
         ("providerapp", "disable_apps", "app"),
         ("serviceclient", "rotate_secret", "service"),
         ("serviceclient", "disable_services", "service"),
@@ -490,3 +491,21 @@ def test_a_key_added_in_the_admin_is_named_by_its_thumbprint(client, superuser, 
     assert accepted.status_code == 302, accepted.content.decode()[:2000]
     key = ServiceKey.objects.get(service=service)
     assert key.kid == thumbprint(pem)
+
+
+@pytest.mark.django_db
+def test_refresh_now_queues_one_refresh_per_refreshable_grant(
+    client, superuser, data, django_capture_on_commit_callbacks, monkeypatch
+):
+    from broker import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.refresh_grant, "delay", queued.append)
+    grant = data["grant"]
+    client.force_login(superuser)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_action(client, "grant", "refresh_selected", [grant.pk])
+    assert response.status_code == 302
+    assert queued == [str(grant.pk)]
+    event = AuditEvent.objects.get(action="grant.refresh_requested")
+    assert (event.actor_type, event.grant_id) == ("admin", grant.pk)

@@ -206,12 +206,25 @@ def openapi_document() -> dict[str, Any]:
     text = string
     grant_schema = {
         "type": "object",
-        "required": ["id", "user", "provider", "status", "account", "scopes", "resources"],
+        "required": [
+            "id",
+            "user",
+            "provider",
+            "status",
+            "reconnect_soon",
+            "account",
+            "scopes",
+            "resources",
+        ],
         "properties": {
             "id": {"type": "string", "format": "uuid"},
             "user": string,
             "provider": string,
             "status": {"type": "string", "enum": ["active", "reconnect_required", "revoked"]},
+            "reconnect_soon": {
+                "type": "boolean",
+                "description": "the refresh token expires soon regardless of use: reconnect",
+            },
             "account": {"$ref": "#/components/schemas/Account"},
             "scopes": {"type": "array", "items": string},
             "resources": {"type": "array", "items": {"type": "object"}},

@@ -14,7 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker import audit, connect_links
+from broker import audit, connect_links, refresh
 from broker.api import grant_lookup, ratelimit, rules, tokens
 from broker.api.auth import (
     BASIC_CHALLENGE,
@@ -221,6 +221,8 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
             "user": grant.user.username,
             "provider": grant.provider_app.slug,
             "status": grant.status,
+            # The refresh token's absolute lifetime ends soon: the user must consent again.
+            "reconnect_soon": grant.needs_reconnect_soon,
             "account": _account(grant),
             "scopes": grant.scopes,
             "resources": grant.resources,
@@ -339,10 +341,16 @@ def _note_use(grant: Grant, service_id: Any) -> None:
 
 
 def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
-    """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight."""
-    if not force_refresh and grant.access_token_valid_for(min_ttl):
+    """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight.
+
+    A response rescued to Redis (its database write failed) means the stored tokens are
+    already superseded at the provider: then the engine applies it first."""
+    if (
+        not force_refresh
+        and grant.access_token_valid_for(min_ttl)
+        and not refresh.rescue_pending(grant.pk)
+    ):
         return grant
-    import broker.refresh as refresh  # the refresh engine (single flight)
 
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     try:

@@ -220,3 +220,31 @@ def test_a_removed_rule_stops_access_once_the_rule_cache_lapses(api, grant, rule
     rules.forget_cached_rules()  # what RULE_CACHE_SECONDS (2 s) of waiting does
     refused = post(api, {"grant": str(grant.pk)}, headers)
     assert refused.status_code == 404 and "access_token" not in refused.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rescued_refresh_is_applied_before_a_stored_token_is_served(api, grant, rule, bearer):
+    """The database write of a refresh failed and its response waits in Redis: the stored
+    tokens are superseded at the provider, so the valid-looking stored one is not served."""
+    from django.utils import timezone
+
+    from broker.refresh import Rescue, rescue_pending, stash_rescue
+    from broker.token_endpoint import TokenResponse
+
+    rescued = TokenResponse(
+        access_token="rescued-access",
+        refresh_token="rescued-refresh",
+        expires_in=3600,
+        scopes=None,
+        token_type="Bearer",
+    )
+    stash_rescue(
+        grant.pk,
+        Rescue(response=rescued, based_on_version=grant.token_version, received_at=timezone.now()),
+    )
+    response = post(api, {"grant": str(grant.pk)}, bearer())
+    assert response.status_code == 200
+    assert response.json()["access_token"] == "rescued-access"
+    grant.refresh_from_db()
+    assert grant.unseal("refresh_token") == "rescued-refresh"
+    assert not rescue_pending(grant.pk)

@@ -1,0 +1,203 @@
+"""Refresh throughput: N grants due at once, real Celery workers, the sandbox as provider.
+
+    REDIS_URL=redis://127.0.0.1:6379/<db> python benchmarks/refresh.py [--grants 2000]
+        [--workers 1 2] [--database-url postgres://postgres@127.0.0.1:5432/broker_bench_refresh]
+
+Starts a sandbox (1-hour access tokens), mints N real token pairs there
+(`sandbox_mint_tokens`), stores them as N grants, then for each worker count: marks all
+grants due, runs the beat's claim (`broker.tasks.enqueue_due_refreshes`), starts that many
+solo-pool `celery -A broker worker` processes and waits until every grant was refreshed.
+Prints refreshes per second, worker CPU milliseconds per refresh (utime + stime from
+/proc/<pid>/stat; the sandbox's own CPU beside it, as it shares the machine), and the
+upstream refresh calls the sandbox counted (must equal N).
+The database is recreated on each run (SQLite file data/bench-refresh.sqlite3 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def prepare_database(url: str | None) -> str:
+    if url is None:
+        path = ROOT / "data" / "bench-refresh.sqlite3"
+        path.parent.mkdir(exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return f"sqlite:///{path}"
+    import psycopg
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    with psycopg.connect(parsed._replace(path="/postgres").geturl(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url
+
+
+def start_workers(count: int, log_dir: Path) -> list[subprocess.Popen]:
+    workers = []
+    for n in range(count):
+        log = (log_dir / f"worker-{n}.log").open("wb")
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "broker",
+                    "worker",
+                    "--pool=solo",
+                    "--loglevel=WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    f"--hostname=bench-{n}-{os.getpid()}@localhost",
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    time.sleep(4)  # imports and connecting; the clock starts at the claim
+    for worker in workers:
+        if worker.poll() is not None:
+            raise SystemExit(f"a worker exited early; see {log_dir}")
+    return workers
+
+
+def stop_workers(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grants", type=int, default=2000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"  # fixed keys, HTTP allowed
+    os.environ["DATABASE_URL"] = prepare_database(args.database_url)
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
+
+    import django
+
+    django.setup()
+    import redis
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db.models import Min
+    from django.utils import timezone
+
+    from accounts.models import User
+    from broker import tasks
+    from broker.models import Grant, ProviderApp
+    from broker.token_endpoint import TokenResponse
+    from broker.token_store import apply_token_response
+    from tests.sandbox_server import MANAGE, sandbox_env, start_sandbox
+
+    call_command("migrate", verbosity=0)
+    queue = redis.Redis.from_url(settings.REDIS_URL)
+    queue.delete("celery", "unacked", "unacked_index")
+    work = Path(tempfile.mkdtemp(prefix="bench-refresh-"))
+    sandbox = start_sandbox(work, "http://localhost:8000", access_token_seconds=3600)
+    try:
+        call_command("loadproviders", str(sandbox.providers_file), verbosity=0)
+        app = ProviderApp.objects.get(slug="sandbox")
+        port = int(urlparse(sandbox.url).port or 0)
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                str(MANAGE),
+                "sandbox_mint_tokens",
+                "--client-id",
+                app.client_id,
+                "--count",
+                str(args.grants),
+                "--out",
+                str(work / "tokens.json"),
+            ],
+            env=sandbox_env(work, port, 3600),
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        user = User.objects.create_user("bench", password=None)
+        grants = []
+        for n, token in enumerate(json.loads((work / "tokens.json").read_text())):
+            grant = Grant(user=user, provider_app=app, external_account_id=f"bench-{n}")
+            response = TokenResponse(
+                token["access_token"],
+                token["refresh_token"],
+                token["expires_in"],
+                token["scope"].split(),
+                "Bearer",
+            )
+            apply_token_response(grant, response, refreshed=False)
+            grants.append(grant)
+        Grant.objects.bulk_create(grants, batch_size=500)
+        print(
+            f"{args.grants} grants with real sandbox tokens in "
+            f"{time.perf_counter() - started:.1f} s ({settings.DATABASES['default']['ENGINE']})"
+        )
+
+        for worker_count in args.workers:
+            version = Grant.objects.aggregate(v=Min("token_version"))["v"]
+            Grant.objects.update(next_refresh_at=timezone.now())
+            sandbox.reset_counters()
+            workers = start_workers(worker_count, work)
+            cpu_before = sum(cpu_seconds(w.pid) for w in workers)
+            provider_cpu_before = cpu_seconds(sandbox.process.pid)
+            clock = time.perf_counter()
+            claimed = tasks.enqueue_due_refreshes()
+            claim_seconds = time.perf_counter() - clock
+            while Grant.objects.filter(token_version__lte=version).exists():
+                time.sleep(0.2)
+                if time.perf_counter() - clock > 1800:
+                    raise SystemExit("refreshes did not finish within 30 minutes")
+            elapsed = time.perf_counter() - clock
+            cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
+            provider_cpu = cpu_seconds(sandbox.process.pid) - provider_cpu_before
+            stop_workers(workers)
+            upstream = sandbox.counters()["token"]["refresh_token"]
+            failed = Grant.objects.exclude(status="active").count()
+            print(
+                f"workers={worker_count}: claimed {claimed} in {claim_seconds * 1000:.0f} ms; "
+                f"{args.grants} refreshes in {elapsed:.1f} s = {args.grants / elapsed:.1f}/s; "
+                f"worker CPU {cpu * 1000 / args.grants:.1f} ms/refresh "
+                f"(sandbox {provider_cpu * 1000 / args.grants:.1f} ms); "
+                f"upstream refresh calls {upstream} (expected {args.grants}); "
+                f"grants not active {failed}"
+            )
+    finally:
+        sandbox.stop()
+
+
+if __name__ == "__main__":
+    main()
