@@ -25,7 +25,6 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 from authlib.common.urls import add_params_to_uri
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -34,6 +33,7 @@ from django.views.decorators.http import require_GET
 from accounts.models import User
 from broker import audit
 from broker.consent import session_digest
+from broker.consented_grants import store_consent
 from broker.models import Grant, PendingAuthorization, ProviderApp
 from broker.oauth1_consumer import ConsumerMisconfigured, consumer_auth, public_key_pem
 from broker.provider_account import Account, AccountLookupError, identity_from
@@ -351,27 +351,8 @@ def store_grant(
 
     Returns the grant and whether it already existed (a reconnect).
     """
-    try:
-        return _store_grant(user, app, identity, credentials)
-    except IntegrityError:
-        # Another consent for the same account created the row first: update that one.
-        return _store_grant(user, app, identity, credentials)
 
-
-def _store_grant(
-    user: User, app: ProviderApp, identity: Account, credentials: dict[str, str]
-) -> tuple[Grant, bool]:
-    now = timezone.now()
-    with transaction.atomic():
-        grant = (
-            Grant.objects.select_for_update()
-            .filter(user=user, provider_app=app, external_account_id=identity.external_id)
-            .exclude(status=Grant.Status.REVOKED)
-            .first()
-        )
-        existed = grant is not None
-        if grant is None:
-            grant = Grant(user=user, provider_app=app, external_account_id=identity.external_id)
+    def fill(grant: Grant) -> None:
         grant.account_name = identity.name
         grant.account_email = identity.email
         grant.scopes = list(app.scopes)
@@ -384,11 +365,8 @@ def _store_grant(
         # OAuth 1.0a tokens are not refreshed; they last until they expire or are revoked.
         grant.next_refresh_at = None
         grant.refresh_enqueued_at = None
-        grant.failure_count = 0
-        grant.last_error = ""
-        grant.consented_at = now
-        grant.save()
-    return grant, existed
+
+    return store_consent(user, app, identity.external_id, fill)
 
 
 def complete_consent(request: HttpRequest, app: ProviderApp) -> HttpResponse:

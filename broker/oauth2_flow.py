@@ -17,7 +17,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.utils import timezone
@@ -27,8 +26,8 @@ from accounts.models import User
 from accounts.requests import AuthenticatedRequest
 from broker import audit
 from broker.consent import problem_page, session_digest
+from broker.consented_grants import store_consent
 from broker.models import Grant, PendingAuthorization, ProviderApp
-from broker.notifications import notify
 from broker.provider_account import Account, AccountLookupError, look_up_account
 from broker.return_urls import safe_return_url
 from broker.security_headers import no_referrer
@@ -352,57 +351,15 @@ def store_grant(
 ) -> tuple[Grant, bool]:
     """Creates the user's grant for this account, or updates the live one in place (same
     id, active again). Returns (grant, reconnected)."""
-    try:
-        return write_grant(user, app, pending, token, account)
-    except IntegrityError:
-        # Two callbacks for the same new account raced and the other created the grant
-        # first (one_live_grant_per_account): this one now updates it.
-        return write_grant(user, app, pending, token, account)
 
+    def fill(grant: Grant) -> None:
+        grant.account_name = account.name
+        grant.account_email = account.email
+        grant.resources = account.resources
+        # What was asked for; the token response's `scope`, when sent, overrides it.
+        grant.scopes = pending.scopes
+        # A new consent starts a new refresh-token family, with its own absolute lifetime.
+        grant.refresh_absolute_expires_at = None
+        apply_token_response(grant, token, now=grant.consented_at, refreshed=False)
 
-@transaction.atomic
-def write_grant(
-    user: User,
-    app: ProviderApp,
-    pending: PendingAuthorization,
-    token: TokenResponse,
-    account: Account,
-) -> tuple[Grant, bool]:
-    now = timezone.now()
-    grant = (
-        Grant.objects.select_for_update()
-        .select_related("provider_app")
-        .filter(user=user, provider_app=app, external_account_id=account.external_id)
-        .exclude(status=Grant.Status.REVOKED)
-        .first()
-    )
-    reconnected = grant is not None
-    if grant is None:
-        grant = Grant(user=user, provider_app=app, external_account_id=account.external_id)
-    grant.account_name = account.name
-    grant.account_email = account.email
-    grant.resources = account.resources
-    # What was asked for; the token response's `scope`, when sent, overrides it.
-    grant.scopes = pending.scopes
-    grant.consented_at = now
-    # A new consent starts a new refresh-token family, with its own absolute lifetime.
-    grant.refresh_absolute_expires_at = None
-    grant.failure_count = 0
-    grant.last_error = ""
-    fields = apply_token_response(grant, token, now=now, refreshed=False)
-    if reconnected:
-        fields += [
-            "account_name",
-            "account_email",
-            "resources",
-            "scopes",
-            "consented_at",
-            "refresh_absolute_expires_at",
-            "failure_count",
-            "last_error",
-        ]
-        grant.save(update_fields=sorted(set(fields)))
-    else:
-        grant.save(force_insert=True)
-        notify("grant.created", grant)
-    return grant, reconnected
+    return store_consent(user, app, account.external_id, fill)

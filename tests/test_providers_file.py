@@ -103,3 +103,13 @@ def test_bad_input_is_named_and_nothing_is_applied(providers, mutation, message)
     assert message in str(error.value)
     assert str(providers) in str(error.value)
     assert list(ProviderApp.objects.values_list("slug", "name", "updated_at")) == before
+
+
+def test_it_reads_the_file_named_by_the_setting(providers, settings):
+    settings.BROKER_PROVIDERS_FILE = str(providers)
+    out = StringIO()
+    call_command("loadproviders", "--json", stdout=out)
+    assert {a["slug"] for a in json.loads(out.getvalue())["apps"]} == {"atlassian", "jira-acme"}
+    settings.BROKER_PROVIDERS_FILE = ""
+    with pytest.raises(CommandError, match="BROKER_PROVIDERS_FILE"):
+        call_command("loadproviders")

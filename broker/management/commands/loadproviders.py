@@ -5,6 +5,7 @@ from argparse import ArgumentParser
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from broker import providers_file
@@ -18,12 +19,19 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("file", type=Path)
+        parser.add_argument(
+            "file", type=Path, nargs="?", help="the TOML file (default: BROKER_PROVIDERS_FILE)"
+        )
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        path = options["file"] or (
+            Path(settings.BROKER_PROVIDERS_FILE) if settings.BROKER_PROVIDERS_FILE else None
+        )
+        if path is None:
+            raise CommandError("give the providers file, or set BROKER_PROVIDERS_FILE")
         try:
-            results = providers_file.apply(providers_file.parse(options["file"]))
+            results = providers_file.apply(providers_file.parse(path))
         except providers_file.ProvidersFileError as exc:
             raise CommandError(str(exc)) from None
         # The public key of each OAuth 1.0a RSA-SHA1 app: what a Jira or Confluence admin
