@@ -201,3 +201,17 @@ def flush_buffer(batch: int = FLUSH_BATCH) -> int:
 @shared_task(name="broker.audit.flush_buffer", ignore_result=True)
 def flush_buffer_task() -> int:
     return flush_buffer()
+
+
+def service_event(
+    action: str, client_id: str, *, outcome: str = Outcome.SUCCESS, **fields: Any
+) -> None:
+    """A service's request or its refusal, from the internal API's hot path (buffered)."""
+    record_soon(
+        action,
+        actor_type=ActorType.SERVICE,
+        actor=client_id,
+        service=client_id,
+        outcome=outcome,
+        **fields,
+    )

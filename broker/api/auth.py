@@ -38,12 +38,10 @@ class ServiceRequest(HttpRequest):
 def _token_failure(
     request: HttpRequest, reason: str, client_id: str = "", status: int = 401
 ) -> ApiError:
-    audit.record_soon(
+    audit.service_event(
         "service.auth_failed",
-        actor_type=audit.ActorType.SERVICE,
-        actor=client_id,
+        client_id,
         outcome=audit.Outcome.DENIED,
-        service=client_id,
         request=request,
         reason=reason,
         path=request.path,
@@ -81,12 +79,10 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
     if not tokens.is_current(token, cached):
         raise _token_failure(request, "service disabled or credentials retired", token.client_id)
     if ratelimit.exceeded(count):
-        audit.record_soon(
+        audit.service_event(
             "token.denied",
-            actor_type=audit.ActorType.SERVICE,
-            actor=token.client_id,
+            token.client_id,
             outcome=audit.Outcome.DENIED,
-            service=token.client_id,
             request=request,
             reason="rate_limited",
             status=429,
@@ -99,12 +95,10 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
             {"Retry-After": str(ratelimit.retry_after())},
         )
     if scope is not None and scope not in token.scopes:
-        audit.record_soon(
+        audit.service_event(
             "token.denied",
-            actor_type=audit.ActorType.SERVICE,
-            actor=token.client_id,
+            token.client_id,
             outcome=audit.Outcome.DENIED,
-            service=token.client_id,
             request=request,
             reason="insufficient_scope",
             status=403,

@@ -47,12 +47,10 @@ def api_view(
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 if token is not None and denied:
-                    audit.record_soon(
+                    audit.service_event(
                         denied,
-                        actor_type=audit.ActorType.SERVICE,
-                        actor=token.client_id,
+                        token.client_id,
                         outcome=audit.Outcome.DENIED,
-                        service=token.client_id,
                         request=request,
                         reason=exc.error,
                         status=exc.status,

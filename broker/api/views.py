@@ -120,12 +120,10 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
                 {"Retry-After": str(ratelimit.retry_after())},
             )
     except ClientAuthFailed as exc:
-        audit.record_soon(
+        audit.service_event(
             "service.auth_failed",
-            actor_type=audit.ActorType.SERVICE,
-            actor=exc.client_id,
+            exc.client_id,
             outcome=audit.Outcome.DENIED,
-            service=exc.client_id,
             request=request,
             reason=exc.reason,
             method=exc.method,
@@ -139,23 +137,19 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
             )
         )
     except ApiError as exc:
-        audit.record_soon(
+        audit.service_event(
             "service.auth_failed",
-            actor_type=audit.ActorType.SERVICE,
-            actor=client_id,
+            client_id,
             outcome=audit.Outcome.DENIED,
-            service=client_id,
             request=request,
             reason=exc.error,
             description=exc.description,
         )
         return _no_store(exc.response())
     access_token, expires_in = tokens.issue(client.service, scopes, not_after=client.not_after)
-    audit.record_soon(
+    audit.service_event(
         "service.authenticated",
-        actor_type=audit.ActorType.SERVICE,
-        actor=client_id,
-        service=client_id,
+        client_id,
         request=request,
         method=client.method,
         api_scopes=list(scopes),
@@ -399,11 +393,9 @@ def access_token(request: ServiceRequest) -> HttpResponse:
     service = request.broker_token
     _note_use(grant, service.service_id)
     expires_at = grant.access_expires_at
-    audit.record_soon(
+    audit.service_event(
         "token.issued",
-        actor_type=audit.ActorType.SERVICE,
-        actor=service.client_id,
-        service=service.client_id,
+        service.client_id,
         grant_id=grant.pk,
         subject_user=grant.user.username,
         provider=grant.provider_app.slug,
@@ -464,11 +456,9 @@ def sign(request: ServiceRequest) -> HttpResponse:
         raise ApiError(400, "invalid_request", str(exc), **concerning) from None
     service = request.broker_token
     _note_use(grant, service.service_id)
-    audit.record_soon(
+    audit.service_event(
         "request.signed",
-        actor_type=audit.ActorType.SERVICE,
-        actor=service.client_id,
-        service=service.client_id,
+        service.client_id,
         grant_id=grant.pk,
         subject_user=grant.user.username,
         provider=grant.provider_app.slug,
@@ -522,11 +512,9 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
         scopes=sorted(set(requested)) if requested is not None else [],
         return_to=body["return_to"],
     )
-    audit.record_soon(
+    audit.service_event(
         "connect_link.created",
-        actor_type=audit.ActorType.SERVICE,
-        actor=service.client_id,
-        service=service.client_id,
+        service.client_id,
         subject_user=user.username,
         provider=app.slug,
         scopes=link.scopes,
