@@ -29,6 +29,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from broker import audit, bulk_revocation, service_secrets
+from broker.api.tokens import disable_service
 from broker.models import (
     AccessRule,
     AuditEvent,
@@ -536,10 +537,8 @@ class ServiceClientAdmin(AuditedAdmin):
     @admin.action(description="Disable selected services", permissions=["change"])
     def disable_services(self, request: HttpRequest, queryset: QuerySet[ServiceClient]) -> None:
         for service in queryset.filter(enabled=True):
-            # The new credentials generation invalidates broker tokens already issued to it.
-            service.enabled = False
-            service.credentials_generation += 1
-            service.save(update_fields=["enabled", "credentials_generation", "updated_at"])
+            # Its broker tokens already issued stop working at once.
+            disable_service(service)
             self.log_change(request, service, [{"changed": {"fields": ["enabled"]}}])
         self.message_user(request, "Selected services disabled.")
 
