@@ -38,6 +38,8 @@ SENSITIVE_KEYS = (
     "authorization",
     "private_key",
     "assertion",
+    # OAuth state binds a consent in progress to its browser session.
+    "state",
 )
 _KEYS = "|".join(sorted(SENSITIVE_KEYS, key=len, reverse=True))
 _PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
