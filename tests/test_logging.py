@@ -97,6 +97,7 @@ def test_no_secret_appears_in_any_log_line(owner, local_server, eager_celery, cl
 
 def test_redaction_keeps_what_is_not_secret():
     assert redact("GET /connections/ 200 3ms") == "GET /connections/ 200 3ms"
-    assert redact("status_code=500 state=abc") == "status_code=500 state=abc"
+    assert redact("status_code=500 kind=atlassian") == "status_code=500 kind=atlassian"
+    assert redact("state=abc") == "state=[REDACTED]"  # binds a consent in progress
     assert redact("https://a.example/x?code=1") == "https://a.example/x?[REDACTED]"
     assert redact("https://u:p@a.example/x") == "https://a.example/x"
