@@ -8,11 +8,15 @@ signed-in user and to a digest of the session key (`session_digest`), and end fa
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from celery import shared_task
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from broker.models import ProviderApp
+from broker.models import ConnectLink, PendingAuthorization, ProviderApp
 
 SESSION_DIGEST_SALT = "broker.consent.session-binding"
 
@@ -61,3 +65,17 @@ def begin(
     from broker import oauth2_flow
 
     return oauth2_flow.begin_consent(request, app, scopes=scopes, return_to=return_to)
+
+
+# Finished or abandoned consents are kept a day (for support questions), then deleted.
+CONSENT_STATE_RETENTION = timedelta(days=1)
+
+
+@shared_task(ignore_result=True)
+def purge_expired_consent_state() -> int:
+    """Beat: deletes pending authorizations and connect links that expired over a day ago.
+    They hold no usable secret by then (single use, ten minutes), only clutter."""
+    cutoff = timezone.now() - CONSENT_STATE_RETENTION
+    pending, _ = PendingAuthorization.objects.filter(expires_at__lt=cutoff).delete()
+    links, _ = ConnectLink.objects.filter(expires_at__lt=cutoff).delete()
+    return pending + links

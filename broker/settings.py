@@ -199,6 +199,10 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # The internal API buffers its audit events in Redis (broker.audit.record_soon).
     "flush-audit-buffer": {"task": "broker.audit.flush_buffer", "schedule": 5.0},
+    "purge-expired-consent-state": {
+        "task": "broker.consent.purge_expired_consent_state",
+        "schedule": 3600.0,
+    },
     "claim-due-refreshes": {
         "task": "broker.tasks.enqueue_due_refreshes",
         "schedule": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0),
@@ -212,6 +216,7 @@ CELERY_IMPORTS = [
     "broker.bulk_revocation",
     "broker.notifications",
     "broker.audit",
+    "broker.consent",
 ]
 # Keep the Django LOGGING configuration (JSON, redaction) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

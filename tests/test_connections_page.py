@@ -147,3 +147,22 @@ def test_oauth1_disconnect_page_says_where_to_revoke_in_jira(apps, owner):
     grant = make_grant(owner, apps["jira-acme"])
     page = client_for(owner).get(f"/connections/{grant.id}/disconnect").content.decode()
     assert "https://jira.acme.example/plugins/servlet/oauth/users/access-tokens" in page
+
+
+@pytest.mark.django_db
+def test_expired_consent_state_is_purged_after_a_day(owner):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from broker.consent import purge_expired_consent_state
+    from broker.models import PendingAuthorization, ProviderApp
+
+    app = ProviderApp.objects.create(slug="purge", kind="atlassian", name="P", client_id="c")
+    now = timezone.now()
+    for state, expires in (("old", now - timedelta(days=2)), ("recent", now - timedelta(hours=1))):
+        PendingAuthorization.objects.create(
+            state=state, user=owner, session_digest="d", provider_app=app, expires_at=expires
+        )
+    assert purge_expired_consent_state() == 1
+    assert list(PendingAuthorization.objects.values_list("state", flat=True)) == ["recent"]
