@@ -100,8 +100,6 @@ def test_authorization_matrix(
     api, endpoint, scenario, owner, atlassian, jira_dc, other_app, group, settings
 ):
     expected = EXPECTED[endpoint][SCENARIOS.index(scenario)]
-    if endpoint == "sign" and scenario == "allowed":
-        pytest.importorskip("broker.oauth1_signing")
     grants = {"atlassian": make_grant(owner, atlassian), "jira": make_grant(owner, jira_dc)}
     service, secret = make_service()
     _rules(scenario, service, atlassian, jira_dc, other_app, group)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from broker.api import tokens
@@ -11,10 +9,6 @@ from broker.models import AccessRule, Grant
 from tests.api.conftest import audit_events, fetch_token, make_grant, make_service
 
 pytestmark = pytest.mark.django_db
-needs_signing = pytest.mark.skipif(
-    importlib.util.find_spec("broker.oauth1_signing") is None,
-    reason="broker.oauth1_signing comes with the OAuth 1.0a branch",
-)
 MYSELF = "https://jira.acme.example/rest/api/2/myself"
 
 
@@ -62,7 +56,6 @@ def test_a_dead_oauth1_grant_is_409(api, signer):
     assert response.status_code == 409 and response.json()["error"] == "reconnect_required"
 
 
-@needs_signing
 def test_it_signs_exactly_the_request_and_audits_without_the_query(api, signer):
     service, headers, grant = signer
     response = sign(api, headers, grant=str(grant.pk), method="get", url=MYSELF + "?secret=x")
@@ -74,7 +67,6 @@ def test_it_signs_exactly_the_request_and_audits_without_the_query(api, signer):
     assert event.detail == {"method": "GET", "path": MYSELF}
 
 
-@needs_signing
 @pytest.mark.parametrize(
     ("method", "url"),
     [
