@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,63 +14,21 @@ from django.utils import timezone
 from broker import refresh, tasks
 from broker.models import Grant
 from broker.refresh import ensure_fresh
+from tests import celery_worker
+from tests.celery_worker import stop_worker, wait_for
 from tests.sandbox_grants import (
-    PROJECT_ROOT,
     connect_grant,
     identity_works,
     refresh_count,
-    subprocess_env,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sandbox, pytest.mark.slow]
 
 
 def start_worker(log_file: Path, **env: str) -> subprocess.Popen:
-    """One solo-pool worker: the upstream call runs in the process we may kill. Tasks other
-    tests queued (notification emails) are dropped first."""
+    """Tasks other tests queued (notification emails) are dropped first."""
     refresh.redis_client().delete("celery")
-    with log_file.open("ab") as log:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "broker",
-                "worker",
-                "--pool=solo",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                f"--hostname=test-{os.getpid()}-{time.monotonic_ns()}@localhost",
-            ],
-            cwd=PROJECT_ROOT,
-            env=subprocess_env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    wait_for(lambda: b" ready." in log_file.read_bytes(), 60, f"worker start; see {log_file}")
-    return worker
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    return celery_worker.start_worker(log_file, **env)
 
 
 def wait_until_due(grant: Grant) -> None:
@@ -95,7 +50,7 @@ def test_a_worker_refreshes_the_grants_the_beat_claimed(sandbox, sandbox_apps, o
         assert tasks.enqueue_due_refreshes() == 1
         wait_for(lambda: version_of(grant) == grant.token_version + 1, 30, "the refresh")
     finally:
-        stop(worker)
+        stop_worker(worker)
     refreshed = Grant.objects.get(pk=grant.pk)
     assert refresh_count(sandbox) == before + 1
     assert refreshed.status == Grant.Status.ACTIVE
@@ -124,7 +79,7 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
     finally:
-        stop(worker)
+        stop_worker(worker)
     orphaned = Grant.objects.get(pk=grant.pk)
     assert orphaned.token_version == grant.token_version  # nothing was written
     assert orphaned.status == Grant.Status.ACTIVE
@@ -138,7 +93,7 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
         wait_for(lambda: tasks.enqueue_due_refreshes() == 1, 30, "the claim to time out")
         wait_for(lambda: version_of(grant) == grant.token_version + 1, 30, "the refresh")
     finally:
-        stop(second)
+        stop_worker(second)
     recovered = Grant.objects.get(pk=grant.pk)
     assert recovered.status == Grant.Status.ACTIVE
     assert recovered.failure_count == 0
