@@ -62,31 +62,28 @@ def consumer_auth(
     if not app.client_id:
         raise ConsumerMisconfigured(f"provider app {app.slug!r} has no consumer key")
     if uses_rsa(app):
-        private_key = app.unseal("private_key")
-        if not private_key:
-            raise ConsumerMisconfigured(f"provider app {app.slug!r} has no RSA private key")
-        return OAuth1Auth(
-            app.client_id,
-            token=token,
-            token_secret=token_secret,
-            redirect_uri=callback,
-            verifier=verifier,
-            rsa_key=private_key,
-            signature_method=SIGNATURE_RSA_SHA1,
+        method, field, what, argument = (
+            SIGNATURE_RSA_SHA1,
+            "private_key",
+            "RSA private key",
+            "rsa_key",
         )
-    if app.signature_method != SIGNATURE_HMAC_SHA1:
+    elif app.signature_method == SIGNATURE_HMAC_SHA1:
+        method, field, what = SIGNATURE_HMAC_SHA1, "client_secret", "consumer secret"
+        argument = "client_secret"
+    else:
         raise ConsumerMisconfigured(
             f"provider app {app.slug!r}: unsupported signature method {app.signature_method!r}"
         )
-    consumer_secret = app.unseal("client_secret")
-    if not consumer_secret:
-        raise ConsumerMisconfigured(f"provider app {app.slug!r} has no consumer secret")
+    key = app.unseal(field)
+    if not key:
+        raise ConsumerMisconfigured(f"provider app {app.slug!r} has no {what}")
     return OAuth1Auth(
         app.client_id,
-        client_secret=consumer_secret,
         token=token,
         token_secret=token_secret,
         redirect_uri=callback,
         verifier=verifier,
-        signature_method=SIGNATURE_HMAC_SHA1,
+        signature_method=method,
+        **{argument: key},
     )
