@@ -14,7 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker import audit, connect_links, refresh
+from broker import audit, connect_links, oauth1_signing, refresh
 from broker.api import grant_lookup, ratelimit, rules, tokens
 from broker.api.auth import (
     BASIC_CHALLENGE,
@@ -334,6 +334,21 @@ def _note_use(grant: Grant, service_id: Any) -> None:
     Grant.objects.filter(pk=grant.pk).update(last_used_at=now, last_used_by_id=service_id)
 
 
+def _served(request: ServiceRequest, grant: Grant, action: str, **detail: Any) -> None:
+    """Records that the service got a token or signature for `grant` (audit, last use)."""
+    service = request.broker_token
+    _note_use(grant, service.service_id)
+    audit.service_event(
+        action,
+        service.client_id,
+        grant_id=grant.pk,
+        subject_user=grant.user.username,
+        provider=grant.provider_app.slug,
+        request=request,
+        **detail,
+    )
+
+
 def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight.
 
@@ -390,20 +405,15 @@ def access_token(request: ServiceRequest) -> HttpResponse:
             {"Retry-After": "5"},
             grant_id=grant.pk,
         )
-    service = request.broker_token
-    _note_use(grant, service.service_id)
-    expires_at = grant.access_expires_at
-    audit.service_event(
+    _served(
+        request,
+        grant,
         "token.issued",
-        service.client_id,
-        grant_id=grant.pk,
-        subject_user=grant.user.username,
-        provider=grant.provider_app.slug,
         scopes=scopes,
-        request=request,
         min_ttl=min_ttl,
         force_refresh=body.get("force_refresh", False),
     )
+    expires_at = grant.access_expires_at
     return _no_store(
         JsonResponse(
             {
@@ -440,8 +450,6 @@ def sign(request: ServiceRequest) -> HttpResponse:
     if grant.provider_app.protocol != "oauth1":
         raise invalid_request("this is an OAuth 2.0 grant: use /api/v1/access-token")
     _require_live(grant)
-    import broker.oauth1_signing as oauth1_signing
-
     try:
         header = oauth1_signing.sign_request(
             grant,
@@ -454,15 +462,10 @@ def sign(request: ServiceRequest) -> HttpResponse:
         raise ApiError(409, "reconnect_required", str(exc), **concerning) from None
     except oauth1_signing.SigningError as exc:
         raise ApiError(400, "invalid_request", str(exc), **concerning) from None
-    service = request.broker_token
-    _note_use(grant, service.service_id)
-    audit.service_event(
+    _served(
+        request,
+        grant,
         "request.signed",
-        service.client_id,
-        grant_id=grant.pk,
-        subject_user=grant.user.username,
-        provider=grant.provider_app.slug,
-        request=request,
         method=body["method"].upper(),
         # The path only: query strings can carry secrets of their own.
         path=body["url"].split("?", 1)[0],
