@@ -193,6 +193,9 @@ def flush_buffer(batch: int = FLUSH_BATCH) -> int:
             # Producers only append at the tail, so the head we read is still the head.
             client.ltrim(BUFFER_KEY, len(raw_events), -1)
             written += len(raw_events)
+            # A long backlog (after an outage) must not outlive the lock: another flusher
+            # would read the same head and insert it twice.
+            client.expire(FLUSH_LOCK_KEY, 60)
     finally:
         client.delete(FLUSH_LOCK_KEY)
     return written
