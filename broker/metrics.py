@@ -40,8 +40,8 @@ REFRESH_SECONDS = PREFIX + "refresh_seconds"
 TOKEN_ISSUES = PREFIX + "token_issues"
 SEPARATOR = "\x1f"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
-CELERY_QUEUE = "celery"
-# Kombu's Redis transport keeps one list per priority step: "celery", "celery\x06\x163", ...
+# Kombu's Redis transport keeps one list per queue and priority step: "celery",
+# "celery\x06\x163", ...
 CELERY_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
@@ -119,7 +119,8 @@ class BrokerCollector(Collector):
         yield latency
 
         broker = redis_client(settings.CELERY_BROKER_URL)
-        depth = sum(int(broker.llen(CELERY_QUEUE + s)) for s in CELERY_PRIORITY_SUFFIXES)
+        queue = settings.CELERY_TASK_DEFAULT_QUEUE
+        depth = sum(int(broker.llen(queue + s)) for s in CELERY_PRIORITY_SUFFIXES)
         yield GaugeMetricFamily("broker_celery_queue_depth", "Tasks waiting in the queue", depth)
 
 

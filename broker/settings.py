@@ -188,6 +188,7 @@ CONTENT_SECURITY_POLICY = (
 # killed worker's task is delivered again. The visibility timeout must outlast the refresh
 # lock (see broker.refresh) so a slow task is not handed to a second worker meanwhile.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

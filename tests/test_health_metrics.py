@@ -59,7 +59,12 @@ def test_metrics_are_limited_to_the_allowed_networks(client):
 
 
 @pytest.mark.django_db
-@override_settings(BROKER_METRICS_TOKEN="t0k3n-metrics", BROKER_METRICS_ALLOWED_NETWORKS=[])
+@override_settings(
+    BROKER_METRICS_TOKEN="t0k3n-metrics",
+    BROKER_METRICS_ALLOWED_NETWORKS=[],
+    # A queue no worker of another test listens on, so nothing takes the sample tasks.
+    CELERY_TASK_DEFAULT_QUEUE="metrics-test-queue",
+)
 def test_metrics_report_grants_counters_latency_and_queue_depth(client, owner):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -73,12 +78,12 @@ def test_metrics_report_grants_counters_latency_and_queue_depth(client, owner):
     metrics.count_token_issue("reports", "issued")
     metrics.count_token_issue("reports", "issued")
     metrics.count_token_issue("reports", "denied")
-    redis_client().delete("celery")
-    redis_client().rpush("celery", "a", "b")
+    redis_client().delete("metrics-test-queue")
+    redis_client().rpush("metrics-test-queue", "a", "b")
     try:
         text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer t0k3n-metrics").content.decode()
     finally:
-        redis_client().delete("celery")
+        redis_client().delete("metrics-test-queue")
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
