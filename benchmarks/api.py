@@ -38,6 +38,7 @@ DB_NAME = "broker_bench"
 ENV = {
     "DJANGO_SETTINGS_MODULE": "broker.settings",
     "DEBUG": "0",
+    "BROKER_PUBLIC_URL": "http://127.0.0.1",
     "BROKER_ALLOW_HTTP": "1",
     "SECRET_KEY": "benchmark-secret-key-" + "x" * 40,
     "BROKER_ENCRYPTION_KEYS": "bench:" + base64.b64encode(b"b" * 32).decode(),

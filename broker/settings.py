@@ -56,7 +56,10 @@ except KeyRingError as exc:
     raise ImproperlyConfigured(f"BROKER_ENCRYPTION_KEYS: {exc}") from exc
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
-BROKER_PUBLIC_URL = env.str("BROKER_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
+# The URL users reach the broker at: redirect URIs and links are built from it.
+BROKER_PUBLIC_URL = env.str(
+    "BROKER_PUBLIC_URL", default="http://localhost:8000" if DEBUG else ""
+).rstrip("/")
 BROKER_PROVIDERS_FILE = env.str("BROKER_PROVIDERS_FILE", default="")
 BROKER_ALLOW_HTTP = env.bool("BROKER_ALLOW_HTTP", default=False)
 # Seconds to wait for a provider (token, identity, revocation endpoints).
@@ -166,6 +169,10 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # Security headers. HTTPS is enforced outside development unless explicitly allowed for
 # loopback testing.
 ENFORCE_HTTPS = not DEBUG and not BROKER_ALLOW_HTTP
+if not DEBUG and not BROKER_PUBLIC_URL:
+    raise ImproperlyConfigured("BROKER_PUBLIC_URL is not set (required when DEBUG is off)")
+if ENFORCE_HTTPS and not BROKER_PUBLIC_URL.startswith("https://"):
+    raise ImproperlyConfigured("BROKER_PUBLIC_URL must start with https:// when DEBUG is off")
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = ENFORCE_HTTPS
 SESSION_COOKIE_SECURE = ENFORCE_HTTPS

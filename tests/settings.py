@@ -11,6 +11,7 @@ os.environ.setdefault(
     "test2:N2QwYjE4ZDQ5MjQ3ZWFkZjQ1YTQ2NzIyZmQ1OGNiM2U=,"
     "test1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 )
+os.environ.setdefault("BROKER_PUBLIC_URL", "http://localhost:8000")
 os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 

@@ -10,7 +10,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_KEY = "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 # The test run's own settings travel in the environment; a start-up test begins without them.
-OURS = ("SECRET_KEY", "BROKER_ENCRYPTION_KEYS", "BROKER_ALLOW_HTTP", "DEBUG", "ALLOWED_HOSTS")
+OURS = (
+    "SECRET_KEY",
+    "BROKER_ENCRYPTION_KEYS",
+    "BROKER_ALLOW_HTTP",
+    "BROKER_PUBLIC_URL",
+    "DEBUG",
+    "ALLOWED_HOSTS",
+)
 
 
 def clean_env() -> dict[str, str]:
@@ -40,6 +47,18 @@ def start(**env: str) -> subprocess.CompletedProcess[str]:
         (
             {"SECRET_KEY_FILE": "/nonexistent/secret", "BROKER_ENCRYPTION_KEYS": GOOD_KEY},
             "SECRET_KEY_FILE: cannot read",
+        ),
+        (
+            {"SECRET_KEY": "x" * 60, "BROKER_ENCRYPTION_KEYS": GOOD_KEY},
+            "BROKER_PUBLIC_URL is not set",
+        ),
+        (
+            {
+                "SECRET_KEY": "x" * 60,
+                "BROKER_ENCRYPTION_KEYS": GOOD_KEY,
+                "BROKER_PUBLIC_URL": "http://broker.example.com",
+            },
+            "BROKER_PUBLIC_URL must start with https://",
         ),
     ],
 )
