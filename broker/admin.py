@@ -53,17 +53,26 @@ def actor_name(request: HttpRequest) -> str:
     return request.user.get_username() if request.user.is_authenticated else ""
 
 
+def admin_event(request: HttpRequest, action: str, **fields: Any) -> None:
+    """An audit event for something an admin did in the admin site."""
+    audit.record(
+        action,
+        actor_type=audit.ActorType.ADMIN,
+        actor=actor_name(request),
+        request=request,
+        **fields,
+    )
+
+
 class AuditedAdmin(admin.ModelAdmin):
     """Writes every add, change and delete made in the admin to the audit log as well.
 
     Django's change messages name the fields that changed, never their values."""
 
     def _audit(self, request: HttpRequest, obj: Model, what: str, message: Any) -> None:
-        audit.record(
+        admin_event(
+            request,
             "admin.change",
-            actor_type=audit.ActorType.ADMIN,
-            actor=actor_name(request),
-            request=request,
             model=obj._meta.label,
             object_id=str(obj.pk),
             object=str(obj)[:200],
@@ -291,12 +300,10 @@ class GrantAdmin(AuditedAdmin):
             .values_list("pk", flat=True)
         ]
         for grant_id in grant_ids:
-            audit.record(
+            admin_event(
+                request,
                 "grant.refresh_requested",
-                actor_type=audit.ActorType.ADMIN,
-                actor=actor_name(request),
                 grant_id=grant_id,
-                request=request,
             )
             transaction.on_commit(partial(refresh_grant.delay, grant_id))
         self.message_user(request, f"{len(grant_ids)} grant(s) queued for refresh.")
@@ -473,12 +480,10 @@ class ServiceClientAdmin(AuditedAdmin):
         issued = [(obj, "client secret", service_secrets.new_secret(obj))]
         if obj.webhook_url:
             issued.append((obj, "webhook secret", service_secrets.new_webhook_secret(obj)))
-        audit.record(
+        admin_event(
+            request,
             "service.secret_issued",
-            actor_type=audit.ActorType.ADMIN,
-            actor=actor_name(request),
             service=obj.client_id,
-            request=request,
         )
         return secrets_page(request, self, issued)
 
@@ -508,12 +513,10 @@ class ServiceClientAdmin(AuditedAdmin):
                 issued.append(
                     (service, "client secret", service_secrets.rotate_secret(service, grace))
                 )
-                audit.record(
+                admin_event(
+                    request,
                     "service.secret_rotated",
-                    actor_type=audit.ActorType.ADMIN,
-                    actor=actor_name(request),
                     service=service.client_id,
-                    request=request,
                     grace_hours=form.cleaned_data["grace_hours"],
                 )
         return secrets_page(request, self, issued)
@@ -525,12 +528,10 @@ class ServiceClientAdmin(AuditedAdmin):
         issued = []
         for service in queryset:
             issued.append((service, "webhook secret", service_secrets.new_webhook_secret(service)))
-            audit.record(
+            admin_event(
+                request,
                 "service.webhook_secret_issued",
-                actor_type=audit.ActorType.ADMIN,
-                actor=actor_name(request),
                 service=service.client_id,
-                request=request,
             )
         return secrets_page(request, self, issued)
 
