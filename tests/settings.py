@@ -16,8 +16,12 @@ os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 
 from broker.settings import *  # noqa: E402,F403
+from broker.settings import DATA_DIR  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Test receivers (webhooks, fake providers) listen on loopback.
 BROKER_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+
+# The SQLite test database lives in the data dir, which a clean clone does not have yet.
+DATA_DIR.mkdir(parents=True, exist_ok=True)
