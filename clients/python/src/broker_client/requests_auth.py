@@ -62,11 +62,8 @@ class RequestsBearerAuth(AuthBase):
             response.close()
             rewind()
             retry = response.request.copy()
-            # The copy shares the hooks: give it its own, without this one (retry once).
-            retry.hooks = {
-                "response": [h for h in retry.hooks["response"] if h is not retry_once_on_401]
-            }
             retry.headers["Authorization"] = f"Bearer {fresh.access_token}"
+            # Sent by the transport itself, which runs no hooks: this is the only retry.
             resent: requests.Response = response.connection.send(retry, **send)
             resent.history.append(response)
             resent.request = retry
