@@ -7,7 +7,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import requests
 from broker_client import (
     AuthenticationError,
     Forbidden,
@@ -202,14 +201,31 @@ def test_force_refresh_skips_the_cache_and_replaces_it(broker, service, grant, s
     assert count("token.issued", service["client_id"]) == 2
 
 
-# --- connect links -------------------------------------------------------------------------
+# --- grants and connect links ----------------------------------------------------------
 
 
-def test_it_creates_a_connect_link(broker, service, owner, broker_url):
+def test_it_lists_the_grants_it_may_see_without_tokens(broker, grant, jira_grant, make_client):
+    listed = broker.grants(user="alice")
+    assert {(g.provider, g.status, g.user) for g in listed} == {
+        ("sandbox", "active", "alice"),
+        ("sandbox-jira", "active", "alice"),
+    }
+    [only] = broker.grants(provider="sandbox")
+    assert only.id == str(grant.pk) and only.account.id == "sandbox-alice"
+    assert only.access_expires_at is not None and not only.reconnect_soon
+    assert broker.grants(status="revoked") == []
+    stranger = create_service()  # no access rule
+    assert (
+        make_client(stranger["client_id"], client_secret=stranger["client_secret"]).grants() == []
+    )
+
+
+def test_it_creates_a_connect_link(broker, service, owner, broker_url, broker_login):
     link = broker.connect_link("alice", "sandbox", f"{broker_url}/connections/")
     assert link.url.startswith(f"{broker_url}/")
     assert link.expires_at is not None and link.expires_at > datetime.now(UTC)
-    assert requests.get(link.url, timeout=10).status_code in (200, 302)
+    page = broker_login("alice", "alice-broker").get(link.url, timeout=10)
+    assert page.status_code == 200 and "data-connect-link" in page.text
     assert count("connect_link.created", service["client_id"]) == 1
 
 

@@ -23,7 +23,7 @@ from broker_client.errors import (  # noqa: E402
     RateLimited,
     ReconnectRequired,
 )
-from broker_client.results import Account, ConnectLink, ProviderToken  # noqa: E402
+from broker_client.results import Account, ConnectLink, Grant, ProviderToken  # noqa: E402
 
 __all__ = [
     "Account",
@@ -33,6 +33,7 @@ __all__ = [
     "BrokerUnreachable",
     "ConnectLink",
     "Forbidden",
+    "Grant",
     "InsufficientScope",
     "InvalidRequest",
     "NotFound",

@@ -23,7 +23,7 @@ from broker_client import __version__
 from broker_client.assertions import ASSERTION_TYPE, AssertionSigner
 from broker_client.errors import BrokerError, BrokerUnreachable, error_for
 from broker_client.requests_auth import RequestsBearerAuth, RequestsOAuth1Auth
-from broker_client.results import ConnectLink, ProviderToken
+from broker_client.results import ConnectLink, Grant, ProviderToken
 
 if TYPE_CHECKING:
     from broker_client.httpx_auth import HttpxBearerAuth
@@ -127,6 +127,19 @@ class BrokerClient:
         self.close()
 
     # --- the API --------------------------------------------------------------------------
+
+    def grants(
+        self,
+        *,
+        user: str | None = None,
+        provider: str | None = None,
+        status: str | None = None,
+    ) -> list[Grant]:
+        """The grants this service may see (never their tokens), oldest first; filtered by
+        the broker username, the provider app slug and the status when given."""
+        params = {"user": user, "provider": provider, "status": status}
+        body = self._call("GET", "/api/v1/grants", params={k: v for k, v in params.items() if v})
+        return [Grant.from_json(grant) for grant in body["grants"]]
 
     def access_token(
         self,
@@ -268,17 +281,16 @@ class BrokerClient:
         for key in [k for k, c in self._tokens.items() if c.expires_at and c.expires_at <= now]:
             del self._tokens[key]
 
-    def _call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
         """An API call with the broker token; on a 401, authenticates again and retries
         once (the token may have been retired: secret rotated, service re-enabled)."""
         token = self._current_broker_token()
-        response = self._send(method, path, json=body, headers=_bearer(token))
+        response = self._send(method, path, _bearer(token), json=body, **kwargs)
         if response.status_code == 401:
             response.close()
             self._drop_broker_token(token)
-            response = self._send(
-                method, path, json=body, headers=_bearer(self._current_broker_token())
-            )
+            token = self._current_broker_token()
+            response = self._send(method, path, _bearer(token), json=body, **kwargs)
         return _json(response)
 
     def _current_broker_token(self) -> str:
@@ -305,7 +317,7 @@ class BrokerClient:
             pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret or '')}"
             headers["Authorization"] = "Basic " + b64encode(pair.encode()).decode()
         asked_at = time.monotonic()
-        body = _json(self._send("POST", TOKEN_PATH, data=form, headers=headers))
+        body = _json(self._send("POST", TOKEN_PATH, headers, data=form))
         expires_in = float(body["expires_in"])
         margin = min(BROKER_TOKEN_MARGIN, expires_in / 2)
         return _BrokerToken(body["access_token"], asked_at + expires_in - margin)

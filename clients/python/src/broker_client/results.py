@@ -21,6 +21,44 @@ class Account:
     email: str
 
 
+def _account(body: dict[str, Any]) -> Account:
+    account = body.get("account") or {}
+    return Account(
+        id=account.get("id", ""), name=account.get("name", ""), email=account.get("email", "")
+    )
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A user's consent at one provider account, as this service may see it (no tokens)."""
+
+    id: str
+    user: str
+    provider: str
+    status: str  # active, reconnect_required or revoked
+    reconnect_soon: bool  # the refresh token's absolute lifetime ends soon
+    account: Account
+    scopes: tuple[str, ...]
+    resources: tuple[dict[str, Any], ...]
+    access_expires_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Grant:
+        return cls(
+            id=body["id"],
+            user=body["user"],
+            provider=body["provider"],
+            status=body["status"],
+            reconnect_soon=bool(body.get("reconnect_soon")),
+            account=_account(body),
+            scopes=tuple(body.get("scopes") or ()),
+            resources=tuple(body.get("resources") or ()),
+            access_expires_at=_moment(body.get("access_expires_at")),
+            last_used_at=_moment(body.get("last_used_at")),
+        )
+
+
 @dataclass(frozen=True)
 class ProviderToken:
     """A user's provider access token (`POST /api/v1/access-token`).
@@ -40,18 +78,13 @@ class ProviderToken:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ProviderToken:
-        account = body.get("account") or {}
         return cls(
             access_token=body["access_token"],
             expires_at=_moment(body.get("expires_at")),
             expires_in=body.get("expires_in"),
             scopes=tuple(body.get("scopes") or ()),
             grant=body["grant"],
-            account=Account(
-                id=account.get("id", ""),
-                name=account.get("name", ""),
-                email=account.get("email", ""),
-            ),
+            account=_account(body),
             resources=tuple(body.get("resources") or ()),
             token_type=body.get("token_type", "Bearer"),
         )
