@@ -252,7 +252,12 @@ class BrokerClient:
         """Like `requests_auth`, for `httpx.Client` and `httpx.AsyncClient` (needs httpx:
         `pip install "oauth-broker-client[httpx]"`)."""
         # Imported here, not above: httpx is an optional extra.
-        from broker_client.httpx_auth import HttpxBearerAuth
+        try:
+            from broker_client.httpx_auth import HttpxBearerAuth
+        except ImportError as exc:
+            raise ImportError(
+                'httpx_auth needs httpx: pip install "oauth-broker-client[httpx]"'
+            ) from exc
 
         return HttpxBearerAuth(self, subject(user, grant, provider), min_ttl=min_ttl, scopes=scopes)
 
