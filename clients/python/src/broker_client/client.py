@@ -64,12 +64,10 @@ class _BrokerToken:
 @dataclass(frozen=True)
 class _Cached:
     token: ProviderToken
-    expires_at: float | None  # time.monotonic(); None: the token has no known expiry
+    expires_at: float  # time.monotonic()
 
     def handed_out(self, min_ttl: int) -> ProviderToken | None:
         """The token with its remaining lifetime, if it still lasts `min_ttl` seconds."""
-        if self.expires_at is None:
-            return self.token
         remaining = self.expires_at - time.monotonic()
         if remaining < min_ttl:
             return None
@@ -175,10 +173,11 @@ class BrokerClient:
             body["scopes"] = list(wanted)
         asked_at = time.monotonic()
         token = ProviderToken.from_json(self._call("POST", "/api/v1/access-token", body))
-        expires_at = None if token.expires_in is None else asked_at + token.expires_in
         with self._tokens_lock:
             self._forget_expired()
-            self._tokens[key] = _Cached(token, expires_at)
+            # A token of unknown lifetime is not kept: only the broker knows when it dies.
+            if token.expires_in is not None:
+                self._tokens[key] = _Cached(token, asked_at + token.expires_in)
         return token
 
     def sign(
@@ -283,12 +282,12 @@ class BrokerClient:
     def _forget_expired(self) -> None:
         """Drops cached tokens that have expired (called with the cache lock held)."""
         now = time.monotonic()
-        for key in [k for k, c in self._tokens.items() if c.expires_at and c.expires_at <= now]:
+        for key in [k for k, cached in self._tokens.items() if cached.expires_at <= now]:
             del self._tokens[key]
 
     def _call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
         """An API call with the broker token; on a 401, authenticates again and retries
-        once (the token may have been retired: secret rotated, service re-enabled)."""
+        once (the token may have been retired: secret rotated out, key removed)."""
         token = self._current_broker_token()
         response = self._send(method, path, _bearer(token), json=body, **kwargs)
         if response.status_code == 401:
