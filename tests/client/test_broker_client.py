@@ -4,6 +4,7 @@ the broker token and provider token caches, min_ttl, connect links, typed errors
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -107,13 +108,23 @@ def test_a_wrong_secret_is_an_authentication_error(make_client, service, grant):
 
 
 def test_the_broker_token_is_renewed_shortly_before_it_expires(broker, service, grant, settings):
-    settings.BROKER_API_TOKEN_SECONDS = 2  # renewed one second before (half its life)
-    broker.access_token(user="alice", provider="sandbox", scopes=["read:me"])
-    broker.access_token(user="alice", provider="sandbox", scopes=["read:jira-work"])
+    settings.BROKER_API_TOKEN_SECONDS = 6  # renewed three seconds before (half its life)
+    started = time.monotonic()
+    broker.grants()
+    broker.grants()
     assert count("service.authenticated", service["client_id"]) == 1
-    time.sleep(1.1)
-    broker.access_token(user="alice", provider="sandbox", scopes=["offline_access"])
+    time.sleep(max(0.0, started + 3.2 - time.monotonic()))
+    broker.grants()
     assert count("service.authenticated", service["client_id"]) == 2
+
+
+def test_threads_share_one_authentication(broker, service, grant):
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tokens = list(
+            pool.map(lambda _: broker.access_token(user="alice", provider="sandbox"), range(8))
+        )
+    assert len({token.access_token for token in tokens}) == 1
+    assert count("service.authenticated", service["client_id"]) == 1
 
 
 def test_a_retired_broker_token_is_replaced_once(broker, service, grant):
@@ -285,14 +296,13 @@ def test_a_failing_provider_is_provider_unavailable(broker, service, grant, sand
     assert count("token.issued", service["client_id"]) == 0
 
 
-def test_too_many_calls_are_rate_limited(broker, service, grant, settings):
-    settings.BROKER_API_RATE_LIMIT = 2  # per minute: the token request and one call
-    broker.access_token(user="alice", provider="sandbox", scopes=["read:me"])
+def test_too_many_calls_are_rate_limited(broker, service, settings):
+    settings.BROKER_API_RATE_LIMIT = 2  # per service and minute, token requests included
     with pytest.raises(RateLimited) as limited:
-        broker.access_token(user="alice", provider="sandbox", scopes=["read:jira-work"])
+        for _ in range(5):  # hits the limit whatever the minute window's start
+            broker.grants()
     assert limited.value.status == 429 and limited.value.error == "rate_limited"
     assert limited.value.retry_after is not None and 1 <= limited.value.retry_after <= 61
-    assert count("token.issued", service["client_id"]) == 1
 
 
 def test_a_malformed_call_is_invalid_request(broker, service, jira_grant):
