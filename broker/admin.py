@@ -303,7 +303,7 @@ class GrantAdmin(AuditedAdmin):
 
     @admin.display(description="reconnect")
     def reconnect_soon(self, grant: Grant) -> str:
-        """"soon" or nothing: a red cross for "not soon" would read as an error."""
+        """ "soon" or nothing: a red cross for "not soon" would read as an error."""
         return "soon" if grant.needs_reconnect_soon else ""
 
     @admin.action(description="Refresh selected grants now", permissions=["change"])
