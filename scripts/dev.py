@@ -83,7 +83,11 @@ def start_private_redis(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)],
+        [
+            "redis-server",
+            *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)),
+            *("--loglevel", "warning"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -119,7 +123,7 @@ def relay(name: str, stream: IO[str]) -> None:
     """Copies a child's output to ours, each line prefixed with the child's name."""
     for line in stream:
         with _output_lock:
-            sys.stdout.write(f"{name:<7}| {line}")
+            sys.stdout.write(f"{name:<7} | {line}")
             sys.stdout.flush()
 
 

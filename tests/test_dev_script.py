@@ -125,7 +125,7 @@ def test_the_env_file_keeps_other_lines_and_manage_py_reads_it(tmp_path):
 
 def test_each_output_line_names_its_process(capsys):
     dev.relay("worker", io.StringIO("one\ntwo\n"))
-    assert capsys.readouterr().out == "worker | one\nworker | two\n"
+    assert capsys.readouterr().out == "worker  | one\nworker  | two\n"
 
 
 @pytest.mark.django_db
