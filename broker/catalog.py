@@ -27,7 +27,11 @@ class ProviderKind:
     token_encoding: TokenEncoding = "form"
     scope_separator: str = " "
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
-    pkce: bool = False
+    # OAuth 2.0 consents always send a PKCE S256 challenge (RFC 7636; RFC 9700 2.1.1): it
+    # stops a stolen or injected code from being redeemed in another session, and a
+    # provider that ignores it loses nothing. Only a kind whose provider refuses
+    # authorization requests that carry one sets this.
+    rejects_pkce: bool = False
     # Data Center rejects a refresh without the redirect_uri used for the code.
     refresh_sends_redirect_uri: bool = False
     rotating_refresh_tokens: bool = False
@@ -81,7 +85,6 @@ def _data_center_oauth2(name: str, label: str, identity: str) -> ProviderKind:
         endpoints=MappingProxyType({**DC_OAUTH2, "identity": identity}),
         requires_base_url=True,
         token_encoding="query",
-        pkce=True,
         refresh_sends_redirect_uri=True,
         rotating_refresh_tokens=True,
         refresh_token_inactivity_days=90,
@@ -122,8 +125,9 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 extra_authorize_params=MappingProxyType(
                     {"audience": "api.atlassian.com", "prompt": "consent"}
                 ),
-                # PKCE is not documented for Atlassian Cloud; the client secret is always sent.
-                pkce=False,
+                # PKCE is not documented for Atlassian Cloud, but it ignores the parameters
+                # (it never rejected them), so they are sent as to every provider; the
+                # client secret is sent too.
                 rotating_refresh_tokens=True,
                 refresh_token_inactivity_days=90,
                 refresh_token_absolute_days=365,
@@ -153,7 +157,6 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 label="Any OAuth 2.0 provider",
                 protocol="oauth2",
                 endpoints=MappingProxyType({}),
-                pkce=True,
                 identity_fields=GENERIC_IDENTITY,
             ),
             ProviderKind(
