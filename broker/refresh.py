@@ -107,11 +107,19 @@ RESCUE_KEY = "broker:refresh-rescue:{grant_id}"
 # older than that is worthless anyway.
 RESCUE_TTL_SECONDS = 600
 LOCK_POLL_SECONDS = 0.05
+# When no refresh can be had, a stored token is still served while it lasts this long (the
+# API's expires_in is in whole seconds).
+LAST_RESORT_VALIDITY_SECONDS = 1
 SYSTEM_ACTOR = "refresh-engine"
 
 
 class ReconnectRequired(Exception):
     """The grant is dead (reconnect_required or revoked): the user must consent again."""
+
+
+class UserDeactivated(Exception):
+    """The grant's user is deactivated (`is_active` false): nothing is served or refreshed.
+    The grant itself is kept, so reactivating the user restores it."""
 
 
 class ProviderUnavailable(Exception):
@@ -554,7 +562,7 @@ def single_flight(
         except redis.RedisError as exc:
             log.warning("grant %s: rescue not readable (%s)", grant_id, type(exc).__name__)
             return RefreshOutcome(Result.BUSY, retry_after=1), grant
-        if not grant.is_active:
+        if not grant.is_active or not grant.user.is_active:
             return RefreshOutcome(Result.GONE), grant
         if not needs_refresh(grant):
             return RefreshOutcome(Result.NOT_NEEDED), grant
@@ -587,9 +595,13 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
     Concurrent callers share one upstream refresh. A caller that finds a refresh
     completed after it began takes that token even if the provider's lifetime is shorter
     than `min_ttl` (refreshing again would not give a longer one).
-    Raises Grant.DoesNotExist, ReconnectRequired, or ProviderUnavailable (provider failing,
-    or another refresh still busy, and no token valid for `min_ttl` is left; with
-    force_refresh, whenever no fresh token could be had).
+    When the refresh cannot be had (provider failing, client misconfigured, another refresh
+    still busy) and force_refresh was not asked, a stored token that is still valid is
+    returned even though it lasts less than `min_ttl`: the caller gets its true expiry, and
+    a token that works beats no token.
+    Raises Grant.DoesNotExist, ReconnectRequired, UserDeactivated, or ProviderUnavailable
+    (no valid token is left and none can be had right now; with force_refresh, whenever no
+    fresh token could be had).
     A grant without a refresh token (OAuth 1.0a) is returned as stored while its token is
     valid, even with force_refresh; once expired it becomes reconnect_required.
     Must not run inside transaction.atomic (see require_no_outer_transaction).
@@ -610,8 +622,13 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
             return True
         return not force_refresh and candidate.access_token_valid_for(min_ttl)
 
-    if not grant.is_active:
-        raise ReconnectRequired(f"grant is {grant.status}")
+    def usable(candidate: Grant) -> None:
+        if not candidate.is_active:
+            raise ReconnectRequired(f"grant is {candidate.status}")
+        if not candidate.user.is_active:
+            raise UserDeactivated(f"the user of grant {candidate.pk} is deactivated")
+
+    usable(grant)
     if not grant.has_secret("refresh_token") and grant.access_token_valid_for(min_ttl):
         return grant  # cannot be refreshed (OAuth 1.0a, no refresh token): even if forced
     # A rescued response means the stored access token was already replaced upstream
@@ -624,9 +641,14 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
         raise ProviderUnavailable("the refreshed token is not stored yet", retry_after=1)
     if current is None:
         raise Grant.DoesNotExist(f"grant {grant_id} is gone")
-    if not current.is_active:
-        raise ReconnectRequired(f"grant is {current.status}")
+    usable(current)
     if satisfied(current):
+        return current
+    if (
+        not force_refresh
+        and current.access_token_valid_for(LAST_RESORT_VALIDITY_SECONDS)
+        and not rescue_pending(current.pk)
+    ):
         return current
     retry_after = outcome.retry_after or 1
     raise ProviderUnavailable(
@@ -669,11 +691,16 @@ def claim_due_grants(
     the claim is committed. See the module docstring for the lease."""
     now = now or timezone.now()
     batch_size = batch_size or settings.BROKER_REFRESH_BATCH_SIZE
-    due = Grant.objects.filter(status=Grant.Status.ACTIVE, next_refresh_at__lte=now)
+    # Grants of deactivated users are left as they are (not refreshed, not cleared): once
+    # the user is reactivated they are due, and refreshed, at the next beat.
+    due = Grant.objects.filter(
+        status=Grant.Status.ACTIVE, next_refresh_at__lte=now, user__is_active=True
+    )
     with transaction.atomic():
         candidates = due.order_by("next_refresh_at").values_list("pk", flat=True)
         if connection.features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True)
+            # Lock the grant rows only (not the users joined for is_active).
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
         ids = [str(pk) for pk in candidates[:batch_size]]
         if ids:
             due.filter(pk__in=ids).update(

@@ -266,33 +266,53 @@ def _find_grant(request: ServiceRequest, body: dict[str, Any]) -> tuple[Grant, r
     return grant, permission
 
 
-def _checked_scopes(
+def _token_scopes(
     grant: Grant, permission: rules.Permission, requested: list[str] | None
 ) -> list[str]:
-    """The scopes the service gets: its request, which must lie inside rule and grant."""
+    """The scopes of the token the service gets: the grant's, as the provider reported them.
+
+    What the service asks for must lie inside its rules and the grant, and the token must
+    carry nothing its rules do not allow: a rule's scopes are a promise, not a label. No
+    built-in kind can issue a narrower token without shrinking the grant every service
+    shares (Atlassian and Data Center document no `scope` on refresh; where RFC 6749
+    section 6 allows one, servers such as django-oauth-toolkit narrow the rotated refresh
+    token too, and a refresh per service would revoke the token others hold), so a token
+    carrying more than the rules allow is refused, naming the extra scopes.
+    """
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
-    if requested is None:
-        return sorted(set(grant.scopes) & permission.scopes)
-    beyond_rule = sorted(set(requested) - permission.scopes)
+    if requested is not None:
+        beyond_rule = sorted(set(requested) - permission.scopes)
+        if beyond_rule:
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                f"this service's access rules do not allow the scopes: {' '.join(beyond_rule)}",
+                scopes=requested,
+                **concerning,
+            )
+        beyond_grant = sorted(set(requested) - set(grant.scopes))
+        if beyond_grant:
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                f"the user's grant lacks the scopes: {' '.join(beyond_grant)} "
+                "(the user must connect again with them, e.g. through a connect link)",
+                scopes=requested,
+                **concerning,
+            )
+    carried = sorted(set(grant.scopes))
+    beyond_rule = sorted(set(carried) - permission.scopes)
     if beyond_rule:
         raise ApiError(
             403,
             "insufficient_scope",
-            f"this service's access rules do not allow the scopes: {' '.join(beyond_rule)}",
-            scopes=requested,
+            f"the user's token also carries scopes this service's access rules do not allow: "
+            f"{' '.join(beyond_rule)} (the provider cannot issue a narrower token; an admin "
+            "may allow them in the rule)",
+            scopes=carried,
             **concerning,
         )
-    beyond_grant = sorted(set(requested) - set(grant.scopes))
-    if beyond_grant:
-        raise ApiError(
-            403,
-            "insufficient_scope",
-            f"the user's grant lacks the scopes: {' '.join(beyond_grant)} "
-            "(the user must connect again with them, e.g. through a connect link)",
-            scopes=requested,
-            **concerning,
-        )
-    return sorted(set(requested))
+    return carried
 
 
 def _require_live(grant: Grant) -> None:
@@ -364,7 +384,7 @@ def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     try:
         return refresh.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
-    except Grant.DoesNotExist:
+    except (Grant.DoesNotExist, refresh.UserDeactivated):
         raise not_visible(**concerning) from None
     except refresh.ReconnectRequired:
         raise ApiError(
@@ -389,9 +409,9 @@ def access_token(request: ServiceRequest) -> HttpResponse:
     """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
     body = parse_json_body(request, ACCESS_TOKEN_FIELDS)
     grant, permission = _find_grant(request, body)
-    scopes = _checked_scopes(grant, permission, body.get("scopes"))
     if grant.provider_app.protocol != "oauth2":
         raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
+    _token_scopes(grant, permission, body.get("scopes"))  # refused before any refresh
     _require_live(grant)
     min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
     grant = _fresh(grant, min_ttl, body.get("force_refresh", False))
@@ -405,6 +425,8 @@ def access_token(request: ServiceRequest) -> HttpResponse:
             {"Retry-After": "5"},
             grant_id=grant.pk,
         )
+    # A refresh may have changed what the token carries: checked again on what is served.
+    scopes = _token_scopes(grant, permission, body.get("scopes"))
     _served(
         request,
         grant,

@@ -59,7 +59,27 @@ def test_it_finds_the_grant_by_user_and_provider(api, grant, rule, bearer):
         api, {"user": "alice", "provider": "atlassian", "scopes": ["read:me"]}, bearer()
     )
     assert response.status_code == 200
-    assert response.json()["grant"] == str(grant.pk) and response.json()["scopes"] == ["read:me"]
+    assert response.json()["grant"] == str(grant.pk)
+    # Asking for fewer scopes does not narrow the token: the answer says what it carries.
+    assert response.json()["scopes"] == ["read:jira-work", "read:me"]
+
+
+def test_a_token_carrying_a_scope_the_rules_do_not_allow_is_refused(
+    api, owner, atlassian, rule, bearer
+):
+    wide = make_grant(owner, atlassian, scopes=["read:me", "read:jira-work", "write:jira-work"])
+    before = Grant.objects.filter(pk=wide.pk).values().get()
+    for body in ({"grant": str(wide.pk)}, {"grant": str(wide.pk), "scopes": ["read:me"]}):
+        response = post(api, body, bearer())
+        assert response.status_code == 403, response.content
+        assert response.json()["error"] == "insufficient_scope"
+        description = response.json()["error_description"]
+        assert "write:jira-work" in description and "read:me" not in description
+        assert "access_token" not in response.json()
+    assert Grant.objects.filter(pk=wide.pk).values().get() == before  # nothing refreshed
+    assert not audit_events(action="token.issued")
+    denied = audit_events(action="token.denied")
+    assert denied[0].scopes == ["read:jira-work", "read:me", "write:jira-work"]
 
 
 def test_it_records_last_use_cheaply(api, grant, rule, bearer, django_assert_max_num_queries):
