@@ -75,6 +75,23 @@ def authorization_url(
     return str(url)
 
 
+def incremental_scopes(user: User, app: ProviderApp, requested: list[str]) -> list[str]:
+    """What to ask the provider for: the requested scopes plus those the user's live grants
+    of this app hold already, so that a narrow Connect, Reconnect or connect link never
+    shrinks a grant other services rely on (consent is incremental). The account is only
+    known at the callback, so a user with several accounts at one app is asked for what
+    any of them holds. Scopes the app no longer lists are not asked for again. In the app's
+    order."""
+    wanted = set(requested)
+    for held in (
+        Grant.objects.filter(user=user, provider_app=app)
+        .exclude(status=Grant.Status.REVOKED)
+        .values_list("scopes", flat=True)
+    ):
+        wanted.update(held)
+    return [scope for scope in app.scopes if scope in wanted]
+
+
 def begin_consent(
     request: HttpRequest,
     app: ProviderApp,
@@ -83,7 +100,8 @@ def begin_consent(
     return_to: str = "",
 ) -> HttpResponse:
     """Stores the pending authorization (state, PKCE verifier, scopes, return URL), then
-    redirects to the provider's authorization endpoint."""
+    redirects to the provider's authorization endpoint. `scopes` narrow the app's, but the
+    provider is always asked for at least what the user's grant already holds."""
     requested = list(scopes) if scopes else list(app.scopes)
     unknown = sorted(set(requested) - set(app.scopes))
     if unknown:
@@ -99,6 +117,7 @@ def begin_consent(
     user = request.user
     if not user.is_authenticated:  # both callers require sign-in; never bind to nobody
         raise PermissionDenied
+    requested = incremental_scopes(user, app, requested)
     pending = PendingAuthorization(
         state=generate_token(STATE_LENGTH),
         user=user,

@@ -100,6 +100,35 @@ def test_it_narrows_scopes_on_request(apps, signed_in):
     assert PendingAuthorization.objects.get().scopes == ["read:me", "offline_access"]
 
 
+@pytest.mark.parametrize("status", ["active", "reconnect_required"])
+def test_a_narrow_request_still_asks_for_what_the_grant_holds(apps, signed_in, owner, status):
+    from broker.models import Grant
+
+    Grant.objects.create(
+        user=owner,
+        provider_app=apps["atlassian"],
+        external_account_id="acct",
+        scopes=["read:me", "read:jira-work", "offline_access"],
+        status=status,
+    )
+    Grant.objects.create(  # a revoked grant holds nothing any more
+        user=owner,
+        provider_app=apps["jira-acme"],
+        external_account_id="acct",
+        scopes=["READ", "WRITE"],
+        status="revoked",
+    )
+    response = signed_in.post("/connect/atlassian", {"scopes": "read:me"})
+    assert query(response["Location"])["scope"] == "read:me read:jira-work offline_access"
+    assert PendingAuthorization.objects.get().scopes == [
+        "read:me",
+        "read:jira-work",
+        "offline_access",
+    ]
+    dc = signed_in.post("/connect/jira-acme", {"scopes": "READ"})
+    assert query(dc["Location"])["scope"] == "READ"
+
+
 def test_it_refuses_to_widen_scopes_and_stores_nothing(apps, signed_in):
     response = signed_in.post("/connect/atlassian", {"scopes": "read:me manage:jira-project"})
     assert response.status_code == 400

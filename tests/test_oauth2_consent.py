@@ -178,6 +178,65 @@ def test_narrowed_scopes_are_what_the_grant_gets(alice, live_server):
     assert sorted(Grant.objects.get().scopes) == ["offline_access", "read:me"]
 
 
+def test_a_narrow_connect_link_keeps_what_the_grant_holds_for_other_services(
+    alice, live_server, sandbox
+):
+    from django.test import Client
+
+    from broker.models import AccessRule
+    from tests.api.conftest import fetch_token, make_service
+
+    assert visit(alice, callback_url(alice, live_server.url, "sandbox-dc")).status_code == 302
+    grant = Grant.objects.get()
+    assert sorted(grant.scopes) == ["READ", "WRITE"]
+    app = grant.provider_app
+    api = Client()
+    linker, linker_secret = make_service("linker")
+    AccessRule.objects.create(
+        service=linker, provider_app=app, scopes=["READ"], can_create_connect_links=True
+    )
+    writer, writer_secret = make_service("writer")
+    AccessRule.objects.create(service=writer, provider_app=app, scopes=["READ", "WRITE"])
+
+    linker_token = fetch_token(api, linker, linker_secret)["access_token"]
+    created = api.post(
+        "/api/v1/connect-links",
+        {
+            "user": "alice",
+            "provider": "sandbox-dc",
+            "scopes": ["READ"],
+            "return_to": "/connections/",
+        },
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {linker_token}",
+    )
+    assert created.status_code == 201, created.content
+    link = created.json()["url"]
+    alice.get(link, timeout=10)
+    authorize = alice.post(
+        link,
+        data={"csrfmiddlewaretoken": alice.cookies["csrftoken"]},
+        allow_redirects=False,
+        timeout=10,
+    ).headers["Location"]
+    # Asked for READ, the provider is asked for what the grant holds too.
+    assert query_of(authorize)["scope"].split() == ["READ", "WRITE"]
+    assert visit(alice, answer_consent(alice, authorize)).status_code == 302
+
+    again = Grant.objects.get()
+    assert again.id == grant.id and sorted(again.scopes) == ["READ", "WRITE"]
+    assert again.token_version > grant.token_version  # the consent's new tokens
+    writer_token = fetch_token(api, writer, writer_secret)["access_token"]
+    served = api.post(
+        "/api/v1/access-token",
+        {"user": "alice", "provider": "sandbox-dc"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {writer_token}",
+    )
+    assert served.status_code == 200, served.content
+    assert served.json()["scopes"] == ["READ", "WRITE"]
+
+
 # -- the user or the provider says no ----------------------------------------------------
 
 
