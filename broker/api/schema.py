@@ -342,7 +342,8 @@ def openapi_document() -> dict[str, Any]:
                             "Denied by the access rules (`access_denied`), or "
                             "`insufficient_scope`: the scopes asked for are beyond the rules "
                             "or the grant, or the token carries scopes the rules do not "
-                            "allow (a token is never narrowed); the description names them"
+                            "allow and the provider cannot issue a narrower one; the "
+                            "description names them"
                         ),
                         "404": _error(
                             "No such grant visible to this service (also when its user is "
