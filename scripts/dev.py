@@ -171,9 +171,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     busy = ports_in_use([BROKER_PORT, SANDBOX_PORT])
     if busy:
+        ports = " and ".join(map(str, busy))
         print(
-            f"Port {', '.join(map(str, busy))} on 127.0.0.1 is already in use (another "
-            f"`make dev`?). Find the process with: ss -ltnp 'sport = :{busy[0]}'\n"
+            f"{'Ports' if len(busy) > 1 else 'Port'} {ports} on 127.0.0.1 "
+            f"{'are' if len(busy) > 1 else 'is'} already in use (another `make dev`?). "
+            f"Find the process with: ss -ltnp 'sport = :{busy[0]}'\n"
             "Stop it, or choose other ports: DEV_BROKER_PORT=8010 DEV_SANDBOX_PORT=8011 make dev",
             file=sys.stderr,
         )
