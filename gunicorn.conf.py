@@ -19,8 +19,6 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30
 # Behind a proxy that keeps connections open.
 keepalive = 5
-# The heartbeat file in memory: a slow disk (container overlay) must not stall workers.
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # The broker logs one line per request itself (broker.logging_config).
 accesslog = None
 # No control socket: its default path is shared by every gunicorn of the same user.
