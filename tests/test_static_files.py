@@ -40,9 +40,7 @@ def production_site(django_db_setup, tmp_path_factory):
 
 
 @pytest.mark.parametrize("page", ["/admin/login/", "/accounts/login/"])
-def test_a_production_pages_css_is_served_hashed_compressed_and_long_cached(
-    production_site, page
-):
+def test_a_production_pages_css_is_served_hashed_compressed_and_long_cached(production_site, page):
     html = requests.get(f"{production_site}{page}", timeout=10)
     assert html.status_code == 200
     stylesheets = STYLESHEET.findall(html.text)
