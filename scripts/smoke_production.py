@@ -12,6 +12,7 @@ built, started as the README says, and used once end to end.
 - a service client and an access rule made with manage.py; the service fetches a broker
   token and then the user's provider token, which the provider accepts;
 - the worker refreshes the grant in the background, and the service then gets the new token;
+- `manage.py revokegrants` hands the user's grants to the worker, which revokes them;
 - the page's CSS is served with a hashed name and a long cache.
 
 Every process it started is stopped (by pid) however it ends; the whole run is bounded by
@@ -302,13 +303,17 @@ def service_token(run: Run) -> str:
     return str(response.json()["access_token"])
 
 
-def provider_token(run: Run, broker_token: str) -> str:
-    response = requests.post(
+def ask_for_token(run: Run, broker_token: str) -> requests.Response:
+    return requests.post(
         f"{run.url}/api/v1/access-token",
         json={"user": USER, "provider": "sandbox", "min_ttl": 5},
         headers={"Authorization": f"Bearer {broker_token}"},
         timeout=HTTP_TIMEOUT,
     )
+
+
+def provider_token(run: Run, broker_token: str) -> str:
+    response = ask_for_token(run, broker_token)
     require(response.status_code == 200, f"access-token: {response.status_code} {response.text}")
     return str(response.json()["access_token"])
 
@@ -348,8 +353,16 @@ def smoke(run: Run) -> None:
     second = provider_token(run, broker_token)
     require(second != first, "after the background refresh the broker still serves the old token")
     require(provider_accepts(run.sandbox, second), "the sandbox refused the refreshed token")
-    run.check_alive()
     step("the worker refreshed the grant in the background; the new token is served")
+
+    run.run("python", "manage.py", "revokegrants", "--user", USER, "--reason", "smoke run")
+    wait_until(
+        lambda: ask_for_token(run, broker_token).status_code == 404,
+        30,
+        "the worker's revocation (access-token answering 404)",
+    )
+    run.check_alive()
+    step("revokegrants: the worker revoked the grant; no token is served for it")
 
 
 def main() -> int:
