@@ -702,6 +702,7 @@ def narrowed_token(grant_id: Any, *, scopes: list[str]) -> TokenResponse:
         if not refresh_token:
             raise NarrowingRefused("the grant has no refresh token")
         require_no_outer_transaction()
+        release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
         try:
             response = refresh_upstream(
                 app, refresh_token=refresh_token, redirect_uri=redirect_uri_for(app), scopes=scopes
