@@ -104,6 +104,8 @@ class Run:
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
             "DJANGO_SETTINGS_MODULE": "broker.settings",
+            # Only what is set here: not a developer's .env (make dev's DEBUG=1).
+            "BROKER_ENV_FILE": "",
             "DEBUG": "0",
             "BROKER_ALLOW_HTTP": "1",
             "SECRET_KEY": secrets.token_urlsafe(50),

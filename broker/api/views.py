@@ -32,6 +32,7 @@ from broker.api.schema import (
     openapi_document,
     parse_json_body,
 )
+from broker.logging_config import name_service
 from broker.models import Grant, ProviderApp
 from broker.redis_connection import redis_client
 from broker.return_urls import safe_return_url
@@ -108,6 +109,7 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
             raise ApiError(400, "unsupported_grant_type", "only client_credentials is supported")
         client = authenticate_client(request, form)
         client_id = client.service.client_id
+        name_service(request, client_id)
         scopes = _granted_api_scopes(client.service.pk, form.get("scope"))
         pipe = redis_client().pipeline(transaction=False)
         ratelimit.queue_count(pipe, client_id)
