@@ -155,8 +155,9 @@ class BrokerClient:
         A cached token is returned while it lasts `min_ttl`; otherwise the broker is asked
         (and refreshes the grant if it must). `force_refresh=True` skips the cache and gets
         a token from a refresh that completed after the call: use it when the provider
-        refused the token with a 401. `scopes` narrows the token to those scopes, which
-        the service's rules and the grant must both hold.
+        refused the token with a 401. `scopes` are those the caller needs: the broker
+        checks that the service's rules and the grant hold them (`InsufficientScope`
+        otherwise); the token's own scopes are in `ProviderToken.scopes`.
         """
         body: dict[str, Any] = {**subject(user, grant, provider), "min_ttl": min_ttl}
         wanted = tuple(sorted(scopes)) if scopes is not None else None
