@@ -58,8 +58,8 @@ class RequestsBearerAuth(AuthBase):
         def retry_once_on_401(response: requests.Response, **send: Any) -> requests.Response:
             if response.status_code != 401:
                 return response
+            response.close()  # before asking the broker, which may raise
             fresh = self._client._renewed_token(token, self._target, self._min_ttl, self._scopes)
-            response.close()
             rewind()
             retry = response.request.copy()
             retry.headers["Authorization"] = f"Bearer {fresh.access_token}"
