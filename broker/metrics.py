@@ -29,6 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from broker.client_address import client_ip
 from broker.models import Grant
 from broker.redis_connection import redis_client
 
@@ -38,6 +39,9 @@ PREFIX = "broker:metrics:"
 REFRESHES = PREFIX + "refreshes"
 REFRESH_SECONDS = PREFIX + "refresh_seconds"
 TOKEN_ISSUES = PREFIX + "token_issues"
+# Audit events that took a detour: "set_aside" (the flusher could not store them; kept in the
+# dead-letter list), "written_directly" (the Redis buffer was full or down).
+AUDIT_DETOURS = PREFIX + "audit_detours"
 SEPARATOR = "\x1f"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 # Kombu's Redis transport keeps one list per queue and priority step: "celery",
@@ -73,6 +77,14 @@ def count_token_issue(service: str, outcome: str) -> None:
         logger.warning("metrics: token issue not counted: %s", type(exc).__name__)
 
 
+def count_audit_detour(kind: str, n: int = 1) -> None:
+    """`n` audit events took the detour `kind` (see AUDIT_DETOURS)."""
+    try:
+        redis_client().hincrby(AUDIT_DETOURS, kind, n)
+    except Exception as exc:
+        logger.warning("metrics: audit detour not counted: %s", type(exc).__name__)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -105,6 +117,16 @@ class BrokerCollector(Collector):
             issues.add_metric([service, outcome], int(n))
         yield issues
 
+        detours = CounterMetricFamily(
+            "broker_audit_detours",
+            "Audit events set aside by the flusher (unstorable) or written directly "
+            "(buffer full or Redis down)",
+            labels=["kind"],
+        )
+        for kind, n in sorted(client.hgetall(AUDIT_DETOURS).items()):
+            detours.add_metric([_text(kind)], int(n))
+        yield detours
+
         raw = {_text(k): _text(v) for k, v in client.hgetall(REFRESH_SECONDS).items()}
         cumulative = 0
         buckets = []
@@ -136,7 +158,7 @@ def scrape_allowed(request: HttpRequest) -> bool:
             return False
     if networks:
         try:
-            peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+            peer = ipaddress.ip_address(client_ip(request) or "")
         except ValueError:
             return False
         if not any(peer in ipaddress.ip_network(n, strict=False) for n in networks):

@@ -85,6 +85,9 @@ BROKER_WEBHOOK_ALLOWED_NETWORKS = env.list("BROKER_WEBHOOK_ALLOWED_NETWORKS", de
 # with neither set the endpoint answers 403.
 BROKER_METRICS_TOKEN = env.str("BROKER_METRICS_TOKEN", default="")
 BROKER_METRICS_ALLOWED_NETWORKS = env.list("BROKER_METRICS_ALLOWED_NETWORKS", default=[])
+# Reverse proxies in front of the broker (hops): the client address is read from
+# X-Forwarded-For counted from the right (broker.client_address); 0 never reads the header.
+BROKER_TRUSTED_PROXIES = env.int("BROKER_TRUSTED_PROXIES", default=0)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -241,6 +244,9 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
 BROKER_API_TOKEN_SECONDS = env.int("BROKER_API_TOKEN_SECONDS", default=300)
 BROKER_API_RATE_LIMIT = env.int("BROKER_API_RATE_LIMIT", default=6000)
 BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
+# Audit events the Redis buffer may hold before events are written directly (the flusher
+# is behind or stopped).
+BROKER_AUDIT_BUFFER_MAX = env.int("BROKER_AUDIT_BUFFER_MAX", default=100_000)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.
