@@ -103,6 +103,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "broker.logging_config.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "broker.request_guard.RefuseNulMiddleware",
     "broker.security_headers.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -166,6 +167,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The largest request body read (Django raises RequestDataTooBig beyond it: the API answers
+# 413, pages 400). Nothing the broker accepts comes near it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 

@@ -19,3 +19,5 @@ urlpatterns = [
     path("api/", include("broker.api.urls")),
     path("connect-links/<str:token>", connect_links.follow, name="connect-link"),
 ]
+
+handler400 = "broker.error_pages.bad_request"

@@ -19,6 +19,7 @@ from django.http import HttpRequest
 from broker import audit, service_secrets
 from broker.api import client_assertions, federation, ratelimit, tokens
 from broker.api.errors import ApiError
+from broker.api.schema import matchable
 from broker.models import ServiceClient
 from broker.redis_connection import redis_client
 
@@ -153,7 +154,7 @@ def _basic_credentials(request: HttpRequest) -> tuple[str, str] | None:
 
 
 def _lookup(client_id: str) -> ServiceClient | None:
-    if not client_id or "\x00" in client_id or len(client_id) > 64:
+    if not client_id or len(client_id) > 64 or not matchable(client_id):
         return None
     return ServiceClient.objects.filter(client_id=client_id).first()
 

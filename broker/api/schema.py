@@ -2,7 +2,8 @@
 field lists, so the document cannot drift from what the views accept.
 
 Bodies are JSON objects; an unknown field or a value of the wrong type is a 400
-`invalid_request` naming the field.
+`invalid_request` naming the field. A body larger than DATA_UPLOAD_MAX_MEMORY_SIZE is a 413,
+one nested deeper than the parser can follow a 400: never a 500.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 
 from broker.api.errors import ApiError, invalid_request
@@ -61,6 +63,8 @@ class Field:
         if not ok:
             raise invalid_request(f"field {self.name!r} must be {TYPE_NAMES[self.type]}")
         if self.type is str:
+            if not is_text(value):
+                raise invalid_request(f"field {self.name!r} must be valid Unicode text")
             if not value or len(value) > self.max_length:
                 raise invalid_request(
                     f"field {self.name!r} must be 1 to {self.max_length} characters long"
@@ -116,10 +120,21 @@ CONNECT_LINK_FIELDS = (
 )
 
 
+def is_text(value: str) -> bool:
+    """False for a string JSON can carry but UTF-8 cannot (a lone surrogate, "\\ud800"):
+    no database can store or compare it."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def matchable(*values: str) -> bool:
-    """False when a value holds NUL: no username, slug or id does, and PostgreSQL refuses to
-    compare it, so such a lookup finds nothing without asking the database."""
-    return not any("\x00" in value for value in values)
+    """False when a value holds NUL or is not valid text: no username, slug, id or key name
+    does, and databases refuse to compare it (PostgreSQL any NUL, every database a lone
+    surrogate), so such a lookup finds nothing without asking the database."""
+    return all("\x00" not in value and is_text(value) for value in values)
 
 
 def parse_json_body(request: HttpRequest, fields: tuple[Field, ...]) -> dict[str, Any]:
@@ -129,6 +144,14 @@ def parse_json_body(request: HttpRequest, fields: tuple[Field, ...]) -> dict[str
         raise ApiError(415, "invalid_request", "the body must be application/json")
     try:
         body = json.loads(request.body or b"null")
+    except RequestDataTooBig:
+        raise ApiError(
+            413,
+            "invalid_request",
+            f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+        ) from None
+    except RecursionError:
+        raise invalid_request("the body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise invalid_request("the body is not valid JSON") from None
     if not isinstance(body, dict):

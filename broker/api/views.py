@@ -7,6 +7,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.utils import timezone
@@ -61,7 +63,16 @@ def _form(request: HttpRequest) -> dict[str, str]:
         raise invalid_request("the body must be application/x-www-form-urlencoded")
     if request.GET:
         raise invalid_request("parameters belong in the body, not the query string")
-    params: QueryDict = request.POST
+    try:
+        params: QueryDict = request.POST
+    except RequestDataTooBig:
+        raise ApiError(
+            413,
+            "invalid_request",
+            f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+        ) from None
+    except (SuspiciousOperation, BadRequest):  # too many parameters, a charset not UTF-8
+        raise invalid_request("the body cannot be read as form parameters") from None
     form: dict[str, str] = {}
     for name, values in params.lists():
         if len(values) > 1:
@@ -196,8 +207,6 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
     grants = rules.visible_grants(request.broker_token.service_id).select_related(
         "user", "provider_app"
     )
-    if not matchable(*(request.GET.get(name, "") for name in ("user", "provider"))):
-        grants = grants.none()
     if user := request.GET.get("user"):
         grants = grants.filter(user__username=user)
     if provider := request.GET.get("provider"):
