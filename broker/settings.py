@@ -247,6 +247,10 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
 # limit), and identity providers whose app tokens services may authenticate with.
 BROKER_API_TOKEN_SECONDS = env.int("BROKER_API_TOKEN_SECONDS", default=300)
 BROKER_API_RATE_LIMIT = env.int("BROKER_API_RATE_LIMIT", default=6000)
+# Failed authentications per minute (wrong secrets, bad assertions, invalid bearer tokens)
+# from one address and for one claimed client id before answering 429 (0: no limit).
+BROKER_AUTH_FAILURES_PER_ADDRESS = env.int("BROKER_AUTH_FAILURES_PER_ADDRESS", default=20)
+BROKER_AUTH_FAILURES_PER_CLIENT = env.int("BROKER_AUTH_FAILURES_PER_CLIENT", default=100)
 BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
 # Audit events the Redis buffer may hold before events are written directly (the flusher
 # is behind or stopped).

@@ -20,6 +20,7 @@ from broker import audit, service_secrets
 from broker.api import client_assertions, federation, ratelimit, tokens
 from broker.api.errors import ApiError
 from broker.api.schema import matchable
+from broker.client_address import client_ip
 from broker.models import ServiceClient
 from broker.redis_connection import redis_client
 
@@ -39,6 +40,9 @@ class ServiceRequest(HttpRequest):
 def _token_failure(
     request: HttpRequest, reason: str, client_id: str = "", status: int = 401
 ) -> ApiError:
+    """401 invalid_token, audited; 429 unaudited for a caller beyond the failure throttle."""
+    if ratelimit.count_failure("bearer", client_id, client_ip(request)):
+        return ratelimit.Throttled()
     audit.service_event(
         "service.auth_failed",
         client_id,
@@ -184,8 +188,22 @@ def _by_secret(client_id: str, secret: str, method: str) -> AuthenticatedClient:
     return AuthenticatedClient(service, method, not_after)
 
 
+def _claimed_client_id(basic: tuple[str, str] | None, form: dict[str, str]) -> str:
+    """Who the caller says it is, before any check: what the failure throttle counts."""
+    if basic is not None:
+        return basic[0]
+    if form.get("client_id"):
+        return form["client_id"]
+    try:
+        return client_assertions.claimed_client_id(form.get("client_assertion", ""))
+    except client_assertions.AssertionRejected:
+        return ""
+
+
 def authenticate_client(request: HttpRequest, form: dict[str, str]) -> AuthenticatedClient:
-    """Exactly one client authentication method per request (RFC 6749 2.3)."""
+    """Exactly one client authentication method per request (RFC 6749 2.3). Raises
+    ratelimit.Throttled, before any credential is checked, for a caller whose failures
+    reached the throttle's limit (the token endpoint counts them)."""
     basic = _basic_credentials(request)
     assertion_type = form.get("client_assertion_type")
     methods = [
@@ -202,6 +220,7 @@ def authenticate_client(request: HttpRequest, form: dict[str, str]) -> Authentic
     if not methods:
         raise ClientAuthFailed("no client authentication")
     method = methods[0]
+    ratelimit.check_failures("client", _claimed_client_id(basic, form), client_ip(request))
     if basic is not None:
         client_id, secret = basic
         if form.get("client_id", client_id) != client_id:

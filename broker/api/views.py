@@ -34,6 +34,7 @@ from broker.api.schema import (
     openapi_document,
     parse_json_body,
 )
+from broker.client_address import client_ip
 from broker.models import Grant, ProviderApp
 from broker.redis_connection import redis_client
 from broker.return_urls import safe_return_url
@@ -109,7 +110,8 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
     """Client credentials grant (RFC 6749 4.4); errors per RFC 6749 5.2."""
     if request.method != "POST":
         return error_response(405, "invalid_request", "use POST", {"Allow": "POST"})
-    client_id = ""
+    client_id = ""  # set once the client is authenticated
+    address = client_ip(request)
     try:
         form = _form(request)
         grant_type = form.get("grant_type")
@@ -130,7 +132,11 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
                 "too many requests from this client; retry later",
                 {"Retry-After": str(ratelimit.retry_after())},
             )
+    except ratelimit.Throttled as exc:
+        return _no_store(exc.response())
     except ClientAuthFailed as exc:
+        if ratelimit.count_failure("client", exc.client_id, address):
+            return _no_store(ratelimit.Throttled().response())
         audit.service_event(
             "service.auth_failed",
             exc.client_id,
@@ -148,6 +154,9 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
             )
         )
     except ApiError as exc:
+        # Malformed requests before authentication count toward the throttle too.
+        if not client_id and ratelimit.count_failure("client", "", address):
+            return _no_store(ratelimit.Throttled().response())
         audit.service_event(
             "service.auth_failed",
             client_id,
