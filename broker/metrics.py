@@ -70,7 +70,7 @@ def count_refresh(outcome: str, seconds: float) -> None:
 
 
 def count_token_issue(service: str, outcome: str) -> None:
-    """A token request by `service` (client id) ended with `outcome` (issued, denied, ...)."""
+    """`service` (client id) was served a token (`outcome` issued) or a signature (signed)."""
     try:
         redis_client().hincrby(TOKEN_ISSUES, f"{service}{SEPARATOR}{outcome}", 1)
     except Exception as exc:
@@ -109,7 +109,7 @@ class BrokerCollector(Collector):
 
         issues = CounterMetricFamily(
             "broker_token_issues",
-            "Access-token requests by service and outcome",
+            "Tokens (outcome issued) and OAuth 1.0a signatures (signed) served, by service",
             labels=["service", "outcome"],
         )
         for key, n in sorted(client.hgetall(TOKEN_ISSUES).items()):

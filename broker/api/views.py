@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker import audit, connect_links, oauth1_signing, refresh
+from broker import audit, connect_links, metrics, oauth1_signing, refresh
 from broker.api import grant_lookup, ratelimit, rules, tokens
 from broker.api.auth import (
     BASIC_CHALLENGE,
@@ -352,10 +352,14 @@ def _note_use(grant: Grant, service_id: Any) -> None:
     Grant.objects.filter(pk=grant.pk).update(last_used_at=now, last_used_by_id=service_id)
 
 
-def _served(request: ServiceRequest, grant: Grant, action: str, **detail: Any) -> None:
-    """Records that the service got a token or signature for `grant` (audit, last use)."""
+def _served(
+    request: ServiceRequest, grant: Grant, action: str, counted_as: str, **detail: Any
+) -> None:
+    """Records that the service got a token or signature for `grant` (audit, last use, and
+    the broker_token_issues metric with the outcome `counted_as`)."""
     service = request.broker_token
     _note_use(grant, service.service_id)
+    metrics.count_token_issue(service.client_id, counted_as)
     audit.service_event(
         action,
         service.client_id,
@@ -427,6 +431,7 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         request,
         grant,
         "token.issued",
+        "issued",
         scopes=scopes,
         min_ttl=min_ttl,
         force_refresh=body.get("force_refresh", False),
@@ -484,6 +489,7 @@ def sign(request: ServiceRequest) -> HttpResponse:
         request,
         grant,
         "request.signed",
+        "signed",
         method=body["method"].upper(),
         # The path only: query strings can carry secrets of their own.
         path=body["url"].split("?", 1)[0],

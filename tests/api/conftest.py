@@ -30,6 +30,25 @@ def empty_audit_buffer() -> None:
     rules.forget_cached_rules()
 
 
+def token_issues(service: ServiceClient, outcome: str) -> float:
+    """broker_token_issues_total{service, outcome} as /metrics shows it (0 when absent)."""
+    from django.test import override_settings
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with override_settings(BROKER_METRICS_TOKEN="scrape", BROKER_METRICS_ALLOWED_NETWORKS=[]):
+        text = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape").content.decode()
+    wanted = {"service": service.client_id, "outcome": outcome}
+    return next(
+        (
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "broker_token_issues_total" and sample.labels == wanted
+        ),
+        0,
+    )
+
+
 def audit_events(**filters: Any) -> list[AuditEvent]:
     audit.flush_buffer()
     return list(AuditEvent.objects.filter(**filters).order_by("at", "id"))
