@@ -203,7 +203,7 @@ def _from_buffer(raw: bytes | str) -> AuditEvent:
     return AuditEvent(at=at, **fields)
 
 
-def _insert(raw_events: list[bytes]) -> list[bytes]:
+def _insert(raw_events: list[bytes | str]) -> list[bytes | str]:
     """Stores the buffered events; returns those that cannot be stored (poison).
 
     Bulk insert; if the batch fails on a bad event, row by row so that only that event is
@@ -216,7 +216,7 @@ def _insert(raw_events: list[bytes]) -> list[bytes]:
         return []
     except UNSTORABLE:
         log.warning("audit batch insert failed on a bad event; inserting events one by one")
-    poison = []
+    poison: list[bytes | str] = []
     for raw in raw_events:
         try:
             event = _from_buffer(raw)
