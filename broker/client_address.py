@@ -34,7 +34,7 @@ def client_ip(request: HttpRequest | None) -> str | None:
         return peer
     forwarded = [v for v in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if v.strip()]
     if len(forwarded) < hops:
-        # The request passed fewer proxies than configured (e.g. sent straight to the
-        # broker): no entry is vouched for by a trusted proxy.
+        # The request did not pass every configured proxy (e.g. it was sent to an inner
+        # one): the peer address, as ProxyFix does.
         return peer
     return _address(forwarded[-hops]) or peer

@@ -194,8 +194,11 @@ def _claimed_client_id(basic: tuple[str, str] | None, form: dict[str, str]) -> s
         return basic[0]
     if form.get("client_id"):
         return form["client_id"]
+    assertion = form.get("client_assertion", "")
+    if federation.is_federated(assertion):
+        return ""  # its iss is the identity provider, shared by all its applications
     try:
-        return client_assertions.claimed_client_id(form.get("client_assertion", ""))
+        return client_assertions.claimed_client_id(assertion)
     except client_assertions.AssertionRejected:
         return ""
 

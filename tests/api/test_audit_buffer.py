@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from broker import audit, metrics
+from broker import audit
 from broker.models import AuditEvent
 from broker.redis_connection import redis_client
+from tests.api.conftest import metric_value
 
 pytestmark = pytest.mark.django_db
 
@@ -39,8 +40,8 @@ def test_events_go_straight_to_the_database_when_redis_is_down(settings):
     assert AuditEvent.objects.filter(action="token.denied", outcome="denied").count() == 1
 
 
-def detours(kind: str) -> int:
-    return int(redis_client().hget(metrics.AUDIT_DETOURS, kind) or 0)
+def detours(kind: str) -> float:
+    return metric_value("broker_audit_detours_total", kind=kind)
 
 
 def test_a_full_buffer_writes_events_directly_and_counts_them(settings):
