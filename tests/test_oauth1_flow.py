@@ -171,6 +171,8 @@ def test_it_rejects_a_callback_in_another_session_of_the_same_user(
     before = snapshot()
     assert get(other_browser, callback).status_code == 400
     assert snapshot() == before
+    # Nothing was consumed: the browser that started the consent still finishes it.
+    assert get(alice, callback).status_code == 302
 
 
 def test_it_rejects_a_replayed_callback(alice, sandbox_providers, live_server):
