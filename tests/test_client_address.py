@@ -3,10 +3,14 @@ failed-authentication throttle and the metrics allow-list all see the same one."
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import pytest
 from django.test import RequestFactory, override_settings
 
 from broker import audit
+from broker.api import ratelimit
 from broker.client_address import client_ip
 from broker.models import AuditEvent
 from broker.redis_connection import redis_client
@@ -63,8 +67,10 @@ def test_audit_rows_record_the_forwarded_address_only_behind_trusted_proxies(cli
 
 
 @pytest.mark.django_db
-def test_the_throttle_counts_each_forwarded_address_apart(client, settings):
+def test_the_throttle_counts_each_forwarded_address_apart(client, settings, monkeypatch):
     """Behind a proxy every caller shares REMOTE_ADDR: one attacker must not throttle all."""
+    now = time.time()  # held still: the test must not straddle the throttle's window
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: now))
     settings.BROKER_AUTH_FAILURES_PER_ADDRESS = 3
     attacker = [ping_with_forged_token(client, 1, "198.51.100.66").status_code for _ in range(5)]
     assert attacker == [401, 401, 401, 429, 429]

@@ -4,7 +4,6 @@ the credentials are checked: 429 + Retry-After, a bounded audit, no lasting lock
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -26,13 +25,29 @@ def token_request(api, client_id: str, secret: str, address: str):
     )
 
 
+class ThrottleClock:
+    """The throttle's clock, held still so that no test straddles a window boundary."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch) -> ThrottleClock:
+    held = ThrottleClock()
+    monkeypatch.setattr(ratelimit, "time", held)
+    return held
+
+
 @pytest.fixture
-def window_passed(monkeypatch):
+def window_passed(clock):
     """Moves the throttle's clock past the current one-minute window."""
 
     def advance() -> None:
-        later = time.time() + ratelimit.WINDOW + 1
-        monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: later))
+        clock.now += ratelimit.WINDOW + 1
 
     return advance
 
