@@ -1,6 +1,7 @@
-"""Django's 400 handler (urls.handler400): a request Django itself refused (a body over
-DATA_UPLOAD_MAX_MEMORY_SIZE, too many fields, an unknown Host, a NUL in the URL) ends as
-the internal API's JSON error under /api/, and as a page in the browser."""
+"""Django's 400 handler (urls.handler400), also answering broker.request_guard's refusals: a
+malformed request (a body over DATA_UPLOAD_MAX_MEMORY_SIZE, too many fields, an unknown
+Host, a NUL in the URL) ends as the internal API's JSON error under /api/, and as a page in
+the browser."""
 
 from __future__ import annotations
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.core.exceptions import BadRequest
 from django.http import HttpRequest, HttpResponse
+
+from broker.error_pages import bad_request
 
 
 class RefuseNulMiddleware:
-    """A NUL character in the path or a query parameter is a 400 (broker.error_pages).
+    """A NUL character in the path or a query parameter is a 400 (JSON under /api/, a page
+    in the browser: broker.error_pages).
 
     No URL the broker serves or a provider sends back (callback `state`, `oauth_token`,
     admin search and filters) carries one, and PostgreSQL refuses to compare text holding
@@ -24,5 +26,6 @@ class RefuseNulMiddleware:
             "\x00" in name or any("\x00" in value for value in values)
             for name, values in request.GET.lists()
         ):
-            raise BadRequest("NUL in the URL")
+            # Answered here rather than raised: Django would log a traceback per request.
+            return bad_request(request)
         return self.get_response(request)

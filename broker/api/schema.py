@@ -20,6 +20,8 @@ from django.http import HttpRequest
 from broker.api.errors import ApiError, invalid_request
 from broker.api.tokens import API_SCOPES
 
+# No URL may carry NUL (broker.request_guard answers 400).
+NO_NUL = "^[^\\u0000]*$"
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list of strings"}
 JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}
 
@@ -328,12 +330,12 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "user",
                             "in": "query",
-                            "schema": {"type": "string", "maxLength": 150},
+                            "schema": {"type": "string", "maxLength": 150, "pattern": NO_NUL},
                         },
                         {
                             "name": "provider",
                             "in": "query",
-                            "schema": {"type": "string", "maxLength": 64},
+                            "schema": {"type": "string", "maxLength": 64, "pattern": NO_NUL},
                         },
                         {
                             "name": "status",
