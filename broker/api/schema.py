@@ -213,6 +213,7 @@ def _ok(description: str, ref: str) -> dict[str, Any]:
     }
 
 
+TOO_LARGE = _error("The body is larger than 1 MB (DATA_UPLOAD_MAX_MEMORY_SIZE)")
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}
 
 
@@ -220,7 +221,13 @@ def _bearer_errors() -> dict[str, Any]:
     return {
         "401": _error("Missing, invalid, expired or retired broker token (`invalid_token`)"),
         "403": _error("The broker token lacks the API scope (`insufficient_scope`)"),
-        "429": {**_error("Rate limit of this service exceeded"), "headers": RETRY_AFTER},
+        "429": {
+            **_error(
+                "Rate limit of this service exceeded, or too many invalid broker tokens from "
+                "this address"
+            ),
+            "headers": RETRY_AFTER,
+        },
     }
 
 
@@ -315,8 +322,15 @@ def openapi_document() -> dict[str, Any]:
                         "400": _error("invalid_request, unsupported_grant_type, invalid_scope"),
                         "401": _error("invalid_client"),
                         "405": _error("Method not allowed"),
+                        "413": TOO_LARGE,
                         "415": _error("The body must be form-encoded"),
-                        "429": {**_error("Rate limit exceeded"), "headers": RETRY_AFTER},
+                        "429": {
+                            **_error(
+                                "Rate limit exceeded, or too many failed authentications "
+                                "from this address or for this client id"
+                            ),
+                            "headers": RETRY_AFTER,
+                        },
                     },
                 }
             },
@@ -375,6 +389,7 @@ def openapi_document() -> dict[str, Any]:
                             "deactivated)"
                         ),
                         "409": _error("reconnect_required: the user must connect again"),
+                        "413": TOO_LARGE,
                         "415": _error("The body must be application/json"),
                         "503": {
                             **_error(
@@ -401,6 +416,7 @@ def openapi_document() -> dict[str, Any]:
                         "403": _error("No rule lets this service sign for this grant"),
                         "404": _error("No such grant visible to this service"),
                         "409": _error("reconnect_required"),
+                        "413": TOO_LARGE,
                         "415": _error("The body must be application/json"),
                     },
                 }
@@ -417,6 +433,7 @@ def openapi_document() -> dict[str, Any]:
                         **_bearer_errors(),
                         "403": _error("No rule lets this service create links for this user"),
                         "404": _error("No such user or provider visible to this service"),
+                        "413": TOO_LARGE,
                         "415": _error("The body must be application/json"),
                     },
                 }
