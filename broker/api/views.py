@@ -35,6 +35,7 @@ from broker.api.schema import (
     parse_json_body,
 )
 from broker.client_address import client_ip
+from broker.logging_config import name_service
 from broker.models import Grant, ProviderApp
 from broker.redis_connection import redis_client
 from broker.return_urls import safe_return_url
@@ -121,6 +122,7 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
             raise ApiError(400, "unsupported_grant_type", "only client_credentials is supported")
         client = authenticate_client(request, form)
         client_id = client.service.client_id
+        name_service(request, client_id)
         scopes = _granted_api_scopes(client.service.pk, form.get("scope"))
         pipe = redis_client().pipeline(transaction=False)
         ratelimit.queue_count(pipe, client_id)
