@@ -14,6 +14,9 @@ from accounts.models import ExternalIdentity, User
 from accounts.oidc_client import SignInRefused
 from broker.admin_roles import AUDITOR_GROUP
 
+# The longest user and group names Django's auth models hold.
+NAME_MAX_LENGTH = 150
+
 
 def idp_groups(claims: dict[str, Any]) -> list[str]:
     """The groups claim; none when absent (an IdP may send no groups at all, e.g. Google)."""
@@ -24,9 +27,9 @@ def idp_groups(claims: dict[str, Any]) -> list[str]:
         raise SignInRefused(
             "Too many groups to sign in",
             f"The sign-in service left out your groups (its `{name}` claim) because you are "
-            "in too many of them (Entra ID's \"groups overage\"). An administrator must set "
+            'in too many of them (Entra ID\'s "groups overage"). An administrator must set '
             "the broker's app registration in Entra ID to send only the groups assigned to "
-            "the application (Token configuration, groups claim: \"Groups assigned to the "
+            'the application (Token configuration, groups claim: "Groups assigned to the '
             'application"), then you can sign in.',
         )
     value = claims.get(name, [])
@@ -38,7 +41,7 @@ def idp_groups(claims: dict[str, Any]) -> list[str]:
             f"The sign-in service's `{name}` claim is not a list of group names; tell your "
             "administrator (BROKER_OIDC_GROUPS_CLAIM).",
         )
-    too_long = [group for group in value if len(group) > Group._meta.get_field("name").max_length]
+    too_long = [group for group in value if len(group) > NAME_MAX_LENGTH]
     if too_long:
         raise SignInRefused("Sign-in refused", f"A group name is too long: {too_long[0][:40]}...")
     return sorted(set(value))
@@ -55,7 +58,7 @@ def username_from(claims: dict[str, Any]) -> str:
         )
     try:
         User.username_validator(username)
-        if len(username) > User._meta.get_field("username").max_length:
+        if len(username) > NAME_MAX_LENGTH:
             raise ValidationError("too long")
     except ValidationError:
         raise SignInRefused(

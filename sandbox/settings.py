@@ -35,7 +35,9 @@ def oidc_private_key() -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    path = Path(env_str("SANDBOX_OIDC_KEY_FILE", str(PROJECT_ROOT / "data" / "sandbox-oidc-rsa.pem")))
+    path = Path(
+        env_str("SANDBOX_OIDC_KEY_FILE", str(PROJECT_ROOT / "data" / "sandbox-oidc-rsa.pem"))
+    )
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(

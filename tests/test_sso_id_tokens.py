@@ -84,7 +84,9 @@ def start(client) -> dict[str, str]:
     """Presses the single sign-on button; returns the authorization request's parameters."""
     response = client.get("/accounts/oidc/login")
     assert response.status_code == 302, response.content
-    return {key: values[0] for key, values in parse_qs(urlsplit(response["Location"]).query).items()}
+    return {
+        key: values[0] for key, values in parse_qs(urlsplit(response["Location"]).query).items()
+    }
 
 
 def finish(client, idp, request: dict[str, str], id_token: str, **params: str):
@@ -155,7 +157,9 @@ def test_a_tampered_id_token_is_refused_with_nothing_created(client, idp, keys, 
     claims = claims_for(idp, request["nonce"], **overrides)
     payload = b64(json.dumps(claims).encode())
     if tamper == "signature":
-        header, _, signature = signed(claims_for(idp, request["nonce"], sub="00u-bob"), key).split(".")
+        header, _, signature = signed(claims_for(idp, request["nonce"], sub="00u-bob"), key).split(
+            "."
+        )
         token = f"{header}.{payload}.{signature}"  # Bob's signature over Alice's claims
     elif tamper == "alg-none":
         token = f"{b64(json.dumps({'alg': 'none', 'kid': 'k1'}).encode())}.{payload}."

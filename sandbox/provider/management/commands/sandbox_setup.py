@@ -109,7 +109,9 @@ def ensure_users() -> None:
         user.email = f"{username}@sandbox.example"
         user.set_password(password)
         user.save()
-        user.groups.set([Group.objects.get_or_create(name=name)[0] for name in DEMO_GROUPS[username]])
+        user.groups.set(
+            [Group.objects.get_or_create(name=name)[0] for name in DEMO_GROUPS[username]]
+        )
 
 
 def ensure_oauth2_app(app: OAuth2App, broker_url: str) -> None:
