@@ -89,7 +89,9 @@ def signed_in_user(issuer: str, claims: dict[str, Any]) -> User:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise SignInRefused("Sign-in refused", "The ID token names no subject (`sub`).")
-    groups = idp_groups(claims)
+    # An empty BROKER_OIDC_GROUPS_CLAIM (an IdP without groups, e.g. Google): groups and
+    # admin rights are then managed in the broker's admin, never touched at sign-in.
+    groups = idp_groups(claims) if settings.BROKER_OIDC_GROUPS_CLAIM else None
     email = claims.get("email") if isinstance(claims.get("email"), str) else ""
     with transaction.atomic():
         identity = (
@@ -118,5 +120,8 @@ def signed_in_user(issuer: str, claims: dict[str, Any]) -> User:
                     "does not reactivate it.",
                 )
             user.email = email or user.email
-        sync_groups(user, groups)
+        if groups is None:
+            user.save(update_fields=["email"])
+        else:
+            sync_groups(user, groups)
     return user

@@ -216,6 +216,29 @@ def test_the_username_falls_back_to_email(client, idp, keys):
     assert User.objects.get().username == "alice@corp.example"
 
 
+def test_without_a_groups_claim_setting_rights_set_in_the_admin_are_kept(
+    client, idp, keys, settings
+):
+    settings.BROKER_OIDC_GROUPS_CLAIM = ""
+    assert sign_in(client, idp, keys["k1"], groups=None).status_code == 302
+    client.logout()
+    User.objects.update(is_staff=True, is_superuser=True)  # made an admin in the admin
+    assert sign_in(client, idp, keys["k1"], groups=["admins-elsewhere"]).status_code == 302
+    user = User.objects.get()
+    assert user.is_superuser and not user.groups.exists()
+
+
+def test_only_the_auditor_groups_make_an_auditor_not_an_idp_group_named_auditor(client, idp, keys):
+    assert sign_in(client, idp, keys["k1"], groups=["auditor"]).status_code == 302
+    user = User.objects.get()
+    assert not user.is_staff and not user.groups.exists()
+    client.logout()
+    assert sign_in(client, idp, keys["k1"], groups=["auditors"]).status_code == 302
+    user.refresh_from_db()
+    assert user.is_staff and not user.is_superuser
+    assert sorted(user.groups.values_list("name", flat=True)) == ["auditor", "auditors"]
+
+
 def test_entra_groups_overage_is_refused_with_what_to_configure(client, idp, keys):
     overage = {"groups": "src1"}
     response = sign_in(client, idp, keys["k1"], groups=None, _claim_names=overage)
