@@ -193,6 +193,22 @@ def test_a_wrong_iss_on_the_callback_is_refused_before_the_code_is_used(client, 
     assert not any(r.path == "/token" for r in idp.requests)
 
 
+def test_a_token_answer_without_an_id_token_is_refused(client, idp):
+    request = start(client)
+    idp.bodies.append(json.dumps({"access_token": "at", "token_type": "Bearer"}).encode())
+    response = client.get("/accounts/oidc/callback", {"code": "c", "state": request["state"]})
+    assert_refused(response, "without an ID token")
+
+
+def test_a_discovery_document_for_another_issuer_is_refused(client, idp):
+    metadata = json.loads(idp.documents["/.well-known/openid-configuration"])
+    metadata["issuer"] = "https://evil.example"
+    idp.documents["/.well-known/openid-configuration"] = json.dumps(metadata).encode()
+    response = client.get("/accounts/oidc/login")
+    assert response.status_code == 502 and "another issuer" in response.content.decode()
+    assert not any(r.path == "/token" for r in idp.requests)
+
+
 def test_a_replayed_state_is_refused(client, idp, keys):
     request = start(client)
     token = signed(claims_for(idp, request["nonce"]), keys["k1"])
