@@ -15,10 +15,11 @@ that calls `broker.token_endpoint.refresh` for a stored grant.
 Single flight: a Redis lock plus a fencing token in the database
   Each refresh runs under a Redis lock per grant (redis-py `Lock`: SET NX PX with a random
   owner token, released by a script only by its owner). Its timeout (2 x the provider
-  timeout + 10 s) outlasts the HTTP call and the write; waiters block on it for at most
-  2 x the provider timeout. The holder re-reads the grant and skips the call when someone
-  else already refreshed; waiters then take the lock in turn, re-read, and find the fresh
-  token. Every write of a refresh's result is a conditional UPDATE on the `token_version`
+  timeout + 10 s) outlasts the HTTP call, which broker.outbound_http ends within the
+  provider timeout in total however slowly the provider answers, and the write; waiters
+  block on it for at most 2 x the provider timeout. The holder re-reads the grant and skips
+  the call when someone else already refreshed; waiters then take the lock in turn,
+  re-read, and find the fresh token, or the failure of the call they waited for. Every write of a refresh's result is a conditional UPDATE on the `token_version`
   read before the call (and `status=active`), so a holder whose lock expired while it was
   stalled can never overwrite newer tokens or resurrect a revoked grant, and a stale
   `invalid_grant` cannot kill a grant someone else refreshed meanwhile.
@@ -597,6 +598,7 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
     started = timezone.now()
     grant = load(grant_id)
     seen_version = grant.token_version
+    seen_failures = grant.failure_count
 
     def refreshed_since_start(candidate: Grant) -> bool:
         return (
@@ -619,7 +621,14 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
     if not rescue_pending(grant.pk) and satisfied(grant):
         return grant
 
-    outcome, current = single_flight(grant_id, needs_refresh=lambda g: not satisfied(g))
+    def failed_meanwhile(candidate: Grant) -> bool:
+        """The refresh this caller waited for failed: single flight shares its result, so
+        the same refresh token does not go upstream again straight away."""
+        return candidate.token_version == seen_version and candidate.failure_count > seen_failures
+
+    outcome, current = single_flight(
+        grant_id, needs_refresh=lambda g: not satisfied(g) and not failed_meanwhile(g)
+    )
     if outcome.result == Result.DATABASE_UNAVAILABLE:
         raise ProviderUnavailable("the refreshed token is not stored yet", retry_after=1)
     if current is None:
@@ -687,9 +696,20 @@ def claim_due_grants(
 
 
 def check_timing(**kwargs: Any) -> list[checks.CheckMessage]:
-    """The Celery visibility timeout and the claim timeout must outlast the refresh lock,
-    or a slow refresh's task is handed to a second worker, or re-claimed, meanwhile."""
+    """The refresh lock must outlast the provider call it covers (whose total deadline is
+    BROKER_PROVIDER_TIMEOUT), or a second refresh starts while the first is in flight; the
+    Celery visibility timeout and the claim timeout must outlast the lock, or a slow
+    refresh's task is handed to a second worker, or re-claimed, meanwhile."""
     errors: list[checks.CheckMessage] = []
+    if lock_timeout() <= provider_timeout():
+        errors.append(
+            checks.Error(
+                f"BROKER_REFRESH_LOCK_TIMEOUT ({lock_timeout():g}s) must exceed "
+                f"BROKER_PROVIDER_TIMEOUT ({provider_timeout():g}s), the longest a provider "
+                "call can take",
+                id="broker.E103",
+            )
+        )
     visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
     if visibility <= lock_timeout():
         errors.append(
