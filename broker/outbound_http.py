@@ -48,16 +48,43 @@ def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(n, strict=False) for n in settings.BROKER_WEBHOOK_ALLOWED_NETWORKS]
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address that the packets end up at: IPv4-
+# mapped (RFC 4291 2.5.5.2), IPv4-compatible (2.5.5.1, deprecated), IPv4-translated
+# (RFC 2765), NAT64's well-known prefix (RFC 6052). 6to4 (RFC 3056, 2002::/16) carries
+# one in bits 16-48 (`sixtofour`).
+IPV4_EMBEDDING_NETWORKS = [
+    ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+]
+# NAT64's local-use prefix (RFC 8215): where the IPv4 address sits is up to the operator,
+# so none of it counts as public.
+LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in network for network in IPV4_EMBEDDING_NETWORKS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def check_address(address: str) -> IPAddress:
-    """Refuses private, loopback, link-local, reserved and multicast addresses."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
-    if any(ip in network for network in allowed_networks()):
+    """Refuses private, loopback, link-local, reserved and multicast addresses, also when an
+    IPv6 address only wraps one (::ffff:10.0.0.1, 64:ff9b::127.0.0.1, 2002:a9fe:a9fe::)."""
+    ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in LOCAL_NAT64 and not is_allowed(ip):
+            raise DestinationRefused(f"{ip} is not a public address (local-use NAT64)")
+        ip = embedded_ipv4(ip) or ip  # where the packets end up is what counts
+    if is_allowed(ip):
         return ip
     if not ip.is_global or ip.is_multicast:
         raise DestinationRefused(f"{ip} is not a public address")
     return ip
+
+
+def is_allowed(ip: IPAddress) -> bool:
+    return any(ip in network for network in allowed_networks())
 
 
 def resolve_checked(host: str, port: int) -> list[str]:
