@@ -241,6 +241,8 @@ GRANT_FIELDS = (
     "access_expires_at",
     "refresh_expires_at",
     "refresh_absolute_expires_at",
+    "expiry_warning_sent_at",
+    "redirect_uri",
     "token_version",
     "next_refresh_at",
     "last_refreshed_at",

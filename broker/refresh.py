@@ -88,7 +88,6 @@ from broker import audit, metrics
 from broker.crypto import DecryptionError
 from broker.models import Grant
 from broker.notifications import notify
-from broker.oauth2_flow import redirect_uri_for
 from broker.sealed_fields import keyring
 from broker.token_endpoint import (
     ClientMisconfigured,
@@ -494,7 +493,7 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
     refresh_token = grant.unseal("refresh_token") or ""
     try:
         response = refresh_upstream(
-            app, refresh_token=refresh_token, redirect_uri=redirect_uri_for(app)
+            app, refresh_token=refresh_token, redirect_uri=grant.redirect_uri
         )
     except GrantRejected as exc:
         mark_reconnect_required(
