@@ -19,8 +19,9 @@ Single flight: a Redis lock plus a fencing token in the database
   provider timeout in total however slowly the provider answers, and the write; waiters
   block on it for at most 2 x the provider timeout. The holder re-reads the grant and skips
   the call when someone else already refreshed; waiters then take the lock in turn,
-  re-read, and find the fresh token, or the failure of the call they waited for. Every write of a refresh's result is a conditional UPDATE on the `token_version`
-  read before the call (and `status=active`), so a holder whose lock expired while it was
+  re-read, and find the fresh token, or the failure of the call they waited for. Every
+  write of a refresh's result is a conditional UPDATE on the `token_version` read before
+  the call (and `status=active`), so a holder whose lock expired while it was
   stalled can never overwrite newer tokens or resurrect a revoked grant, and a stale
   `invalid_grant` cannot kill a grant someone else refreshed meanwhile.
   Why not a PostgreSQL row lock (`select_for_update`) held across the HTTP call: it pins a

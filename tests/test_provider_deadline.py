@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import requests
-from django.db import connection
 from authlib.integrations.requests_client import OAuth1Auth
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from django.db import connection
 
 from broker import oauth1_flow, provider_account, refresh, revocation, token_endpoint
 from broker.models import Grant
