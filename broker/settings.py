@@ -211,6 +211,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "broker.consent.purge_expired_consent_state",
         "schedule": 3600.0,
     },
+    # Atlassian refresh tokens die a year after consent: users are told 14 days ahead.
+    "warn-of-expiring-grants": {
+        "task": "broker.expiry_warnings.warn_of_expiring_grants",
+        "schedule": 3600.0,
+    },
     "claim-due-refreshes": {
         "task": "broker.tasks.enqueue_due_refreshes",
         "schedule": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0),
@@ -225,6 +230,7 @@ CELERY_IMPORTS = [
     "broker.notifications",
     "broker.audit",
     "broker.consent",
+    "broker.expiry_warnings",
 ]
 # Keep the Django LOGGING configuration (JSON, redaction) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
