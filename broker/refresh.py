@@ -692,6 +692,24 @@ def claim_due_grants(
     return ids
 
 
+def claim_now(grant_ids: list[str], *, on_claimed: Callable[[list[str]], None]) -> list[str]:
+    """Claims these grants for refresh whether due or not (an admin's "refresh now"), as the
+    beat claims due ones, so that their task refreshes them once; active grants holding a
+    refresh token only. Calls `on_claimed(ids)` once the claim is committed."""
+    now = timezone.now()
+    refreshable = Grant.objects.filter(pk__in=grant_ids, status=Grant.Status.ACTIVE).exclude(
+        refresh_token_sealed=""
+    )
+    with transaction.atomic():
+        ids = [str(pk) for pk in refreshable.values_list("pk", flat=True)]
+        if ids:
+            refreshable.filter(pk__in=ids).update(
+                refresh_enqueued_at=now, next_refresh_at=now + claim_timeout()
+            )
+            transaction.on_commit(lambda: on_claimed(ids))
+    return ids
+
+
 # -- start-up checks ------------------------------------------------------------------------
 
 
