@@ -200,6 +200,7 @@ class Deadline:
         return max(0.0, self.ends_at - time.monotonic())
 
     def start(self) -> None:
+        self.ends_at = time.monotonic() + self.seconds
         self._watchdog.start()
 
     def cancel(self) -> None:

@@ -62,7 +62,8 @@ BROKER_PUBLIC_URL = env.str(
 ).rstrip("/")
 BROKER_PROVIDERS_FILE = env.str("BROKER_PROVIDERS_FILE", default="")
 BROKER_ALLOW_HTTP = env.bool("BROKER_ALLOW_HTTP", default=False)
-# Seconds to wait for a provider (token, identity, revocation endpoints).
+# Seconds one call to a provider may take in total, however slowly it answers (token,
+# identity, resources, revocation and OAuth 1.0a endpoints); the refresh lock outlasts it.
 BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])

@@ -55,13 +55,13 @@ def token(request: HttpRequest) -> HttpResponse:
     params = token_request_params(request)
     grant_type = params.get("grant_type", "unknown")
     switches.increment(f"token:{grant_type}")
-    if dc_refresh_without_its_redirect_uri(request, params):
-        return JsonResponse({"error": "invalid_grant"}, status=400)
     fault = switches.claim_fault()
     if fault is not None:
         failure = fault_response(fault)
         if failure is not None:
             return failure
+    if dc_refresh_without_its_redirect_uri(request, params):
+        return JsonResponse({"error": "invalid_grant"}, status=400)
     # One transaction around validation and rotation: on SQLite (IMMEDIATE mode) it holds
     # the write lock throughout, so two refreshes racing with the same token are handled
     # one after the other and the loser is a reuse (invalid_grant), as at Atlassian after
