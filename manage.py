@@ -9,7 +9,10 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broker.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from broker.startup import configuration_errors_exit
+
+    with configuration_errors_exit():
+        execute_from_command_line(sys.argv)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def flush_buffer(batch: int = FLUSH_BATCH) -> int:
     return written
 
 
-@shared_task(name="broker.audit.flush_buffer", ignore_result=True)
+@shared_task(name="broker.audit.flush_buffer", ignore_result=True, quiet_when_idle=True)
 def flush_buffer_task() -> int:
     return flush_buffer()
 

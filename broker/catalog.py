@@ -27,10 +27,22 @@ class ProviderKind:
     token_encoding: TokenEncoding = "form"
     scope_separator: str = " "
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
-    pkce: bool = False
+    # OAuth 2.0 consents always send a PKCE S256 challenge (RFC 7636; RFC 9700 2.1.1): it
+    # stops a stolen or injected code from being redeemed in another session, and a
+    # provider that ignores it loses nothing. Only a kind whose provider refuses
+    # authorization requests that carry one sets this.
+    rejects_pkce: bool = False
     # Data Center rejects a refresh without the redirect_uri used for the code.
     refresh_sends_redirect_uri: bool = False
     rotating_refresh_tokens: bool = False
+    # The provider honours `scope` on a refresh (RFC 6749 section 6) with an access token
+    # carrying only those scopes, and neither rotates nor narrows the refresh token nor
+    # revokes the access tokens it issued before. Only then can a service whose rules allow
+    # less than the grant holds get a narrower token without shrinking what the other
+    # services rely on. No built-in kind is known to: Atlassian Cloud and Data Center rotate
+    # refresh tokens and document no `scope` on refresh, and servers differ (one as common
+    # as django-oauth-toolkit narrows the rotated refresh token too).
+    narrower_tokens_on_refresh: bool = False
     # Used when a token response has no expires_in.
     default_access_token_seconds: int = 3600
     refresh_token_inactivity_days: int | None = None
@@ -40,6 +52,11 @@ class ProviderKind:
     # Where a user revokes access themselves when the provider has no revocation endpoint.
     user_revoke_path: str = ""
     signature_methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.narrower_tokens_on_refresh and self.rotating_refresh_tokens:
+            # A narrowed refresh would replace the refresh token every service depends on.
+            raise ValueError(f"kind {self.name}: a rotating provider cannot narrow tokens")
 
     @property
     def revocable_upstream(self) -> bool:
@@ -81,7 +98,6 @@ def _data_center_oauth2(name: str, label: str, identity: str) -> ProviderKind:
         endpoints=MappingProxyType({**DC_OAUTH2, "identity": identity}),
         requires_base_url=True,
         token_encoding="query",
-        pkce=True,
         refresh_sends_redirect_uri=True,
         rotating_refresh_tokens=True,
         refresh_token_inactivity_days=90,
@@ -122,8 +138,9 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 extra_authorize_params=MappingProxyType(
                     {"audience": "api.atlassian.com", "prompt": "consent"}
                 ),
-                # PKCE is not documented for Atlassian Cloud; the client secret is always sent.
-                pkce=False,
+                # PKCE is not documented for Atlassian Cloud, but it ignores the parameters
+                # (it never rejected them), so they are sent as to every provider; the
+                # client secret is sent too.
                 rotating_refresh_tokens=True,
                 refresh_token_inactivity_days=90,
                 refresh_token_absolute_days=365,
@@ -153,7 +170,6 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 label="Any OAuth 2.0 provider",
                 protocol="oauth2",
                 endpoints=MappingProxyType({}),
-                pkce=True,
                 identity_fields=GENERIC_IDENTITY,
             ),
             ProviderKind(

@@ -41,7 +41,8 @@ def my_connections(request: AuthenticatedRequest) -> HttpResponse:
 @require_POST
 def connect(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     """The Connect (and Reconnect) button: a CSRF-protected POST that starts consent.
-    Optional form fields: `scopes` (space-separated, narrows the app's) and `return_to`."""
+    Optional form fields: `scopes` (space-separated, narrows the app's; what the user's grant
+    holds is always asked for too) and `return_to`."""
     app = get_object_or_404(ProviderApp, slug=slug, enabled=True)
     scopes = request.POST.get("scopes", "").split() or None
     return consent.begin(request, app, scopes=scopes, return_to=request.POST.get("return_to", ""))

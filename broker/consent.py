@@ -55,7 +55,8 @@ def begin(
 ) -> HttpResponse:
     """Sends the signed-in user to `app`'s provider to consent; they come back to the
     callback and then to `return_to` if `broker.return_urls.safe_return_url` accepts it.
-    `scopes` may narrow the app's scopes, never widen them (OAuth 2.0 only)."""
+    `scopes` may narrow the app's scopes, never widen them (OAuth 2.0 only); the provider
+    is still asked for whatever the user's grant already holds (consent is incremental)."""
     if app.protocol == "oauth1":
         # Imported here: the flows import this module (session binding, problem page).
         from broker import oauth1_flow

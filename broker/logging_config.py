@@ -29,6 +29,9 @@ SENSITIVE_KEYS = (
     "oauth_verifier",
     "oauth_token",
     "oauth_token_secret",
+    "token_secret",
+    "request_token_secret",
+    "consumer_secret",
     "oauth_signature",
     "client_assertion",
     "password",
@@ -42,6 +45,8 @@ SENSITIVE_KEYS = (
     "state",
 )
 _KEYS = "|".join(sorted(SENSITIVE_KEYS, key=len, reverse=True))
+# A key starts a word, or follows a percent-encoded character (`%26code%3D...`).
+_KEY_START = r"(?:(?<![A-Za-z0-9_%])|(?<=%[0-9A-Fa-f]{2}))"
 _PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     # URLs: drop user info and the query string (credentialed or code-carrying URLs).
     (
@@ -57,9 +62,15 @@ _PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = 
     # Header lines and free text: "Authorization: Bearer xyz", "Authorization=Basic ...".
     (re.compile(r"(?i)\b(authorization\s*[:=]\s*)[^\n,;]*"), rf"\1{REDACTED}"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {REDACTED}"),
-    # key=value in forms, query strings and OAuth 1.0a headers (oauth_token="...").
+    # key=value in forms, query strings and OAuth 1.0a headers (oauth_token="..."), also
+    # percent-encoded inside another URL's parameter (refresh_token%3D...%26...).
     (
-        re.compile(rf"(?i)(?<![A-Za-z0-9_])((?:{_KEYS})=)(\"[^\"]*\"|[^&\s,;\"']+)"),
+        re.compile(rf"(?i){_KEY_START}((?:{_KEYS})(?:=|%3D))(\"[^\"]*\"|(?:(?!%26)[^&\s,;\"'])+)"),
+        rf"\1{REDACTED}",
+    ),
+    # key: value in free text, YAML and header-like lines ("refresh_token: abc").
+    (
+        re.compile(rf"(?i){_KEY_START}((?:{_KEYS})\s*:\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&\"'<>]+)"),
         rf"\1{REDACTED}",
     ),
     # The broker's own issued secrets are recognisable by their prefix.
@@ -134,6 +145,10 @@ class JsonFormatter(logging.Formatter):
 JsonFormatter.converter = time.gmtime
 
 
+def max_level(*levels: str) -> str:
+    return max(levels, key=logging.getLevelName)
+
+
 def logging_settings(level: str, log_format: str) -> dict[str, Any]:
     """The LOGGING dict: one console handler, with the redacting filter, for everything.
 
@@ -160,8 +175,17 @@ def logging_settings(level: str, log_format: str) -> dict[str, Any]:
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
             "django": {"handlers": [], "level": level, "propagate": True},
-            "django.server": {"handlers": [], "level": level, "propagate": True},
+            # runserver's access lines would repeat broker.request's line for each request
+            # (and print query strings); failures still reach django.request.
+            "django.server": {"handlers": [], "level": "CRITICAL", "propagate": True},
             "celery": {"handlers": [], "level": level, "propagate": True},
+            # broker.task logs each run once; Celery's "received" / "succeeded" lines, and
+            # beat's "Sending due task" every few seconds, would only repeat it. Warnings
+            # and errors (a task failed, a message could not be sent) still show.
+            **{
+                name: {"handlers": [], "level": max_level(level, "WARNING"), "propagate": True}
+                for name in ("celery.beat", "celery.app.trace", "celery.worker.strategy")
+            },
         },
     }
 
@@ -170,9 +194,14 @@ request_logger = logging.getLogger("broker.request")
 task_logger = logging.getLogger("broker.task")
 
 
+def name_service(request: HttpRequest, client_id: str) -> None:
+    """Records which service made `request` (once it proved it), for its request log line."""
+    request.service_client_id = client_id  # type: ignore[attr-defined]
+
+
 class RequestLogMiddleware:
     """One line per request: method, path (never the query string), status, duration, and
-    who asked (user id, or the service client id that `request.service_client` names)."""
+    who asked: the signed-in user's id, or the service that `name_service` recorded."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -182,21 +211,24 @@ class RequestLogMiddleware:
         response = self.get_response(request)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         user = getattr(request, "user", None)
-        service = getattr(request, "service_client", None)
+        user_id = user.pk if user is not None and user.is_authenticated else None
+        service = getattr(request, "service_client_id", None)
         fields = {
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
             "duration_ms": duration_ms,
-            "user": user.pk if user is not None and user.is_authenticated else None,
-            "service": getattr(service, "client_id", None),
+            "user": user_id,
+            "service": service,
         }
+        who = f" service={service}" if service else f" user={user_id}" if user_id else ""
         request_logger.info(
-            "%s %s %s %sms",
+            "%s %s %s %sms%s",
             request.method,
             request.path,
             response.status_code,
             duration_ms,
+            who,
             extra=fields,
         )
         return response
@@ -211,13 +243,22 @@ def on_task_prerun(task_id: str | None = None, **kwargs: Any) -> None:
 
 
 def on_task_postrun(
-    task_id: str | None = None, task: Any = None, state: str | None = None, **kwargs: Any
+    task_id: str | None = None,
+    task: Any = None,
+    state: str | None = None,
+    retval: Any = None,
+    **kwargs: Any,
 ) -> None:
-    """One line per task run: name, id, final state, duration; never its arguments."""
+    """One line per task run: name, id, final state, duration; never its arguments.
+
+    A frequent housekeeping task (declared with `quiet_when_idle=True`) that succeeded and
+    found nothing to do (returned 0) logs at DEBUG: no line every few seconds when idle."""
     started = _task_started.pop(task_id or "", None)
     duration_ms = round((time.monotonic() - started) * 1000, 1) if started else None
     name = getattr(task, "name", "?")
-    task_logger.info(
+    idle = state == "SUCCESS" and not retval and getattr(task, "quiet_when_idle", False)
+    task_logger.log(
+        logging.DEBUG if idle else logging.INFO,
         "task %s %s %s %sms",
         name,
         task_id,

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 from authlib.common.urls import add_params_to_uri
 from django.conf import settings
+from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -436,6 +437,11 @@ def complete_consent(request: HttpRequest, app: ProviderApp) -> HttpResponse:
         provider=app.slug,
         request=request,
         account=identity.external_id,
+    )
+    # The same confirmation as an OAuth 2.0 consent (broker.oauth2_flow) shows.
+    who = identity.name or identity.external_id
+    messages.success(
+        request, f"{app.name} is {'reconnected' if reconnected else 'connected'} ({who})."
     )
     return HttpResponseRedirect(safe_return_url(pending.return_to) or CONNECTIONS_URL)
 

@@ -1,5 +1,6 @@
-"""OAuth 2.0 authorization code consent (RFC 6749 section 4.1), with PKCE (RFC 7636) where
-the kind supports it and the RFC 9207 `iss` check where the app names its issuer.
+"""OAuth 2.0 authorization code consent (RFC 6749 section 4.1), with PKCE S256 (RFC 7636)
+unless the kind's provider rejects it, and the RFC 9207 `iss` check where the app names its
+issuer.
 
 `begin_consent` stores a single-use pending authorization and redirects to the provider;
 `callback` consumes it, exchanges the code (broker.token_endpoint), reads the account
@@ -74,6 +75,23 @@ def authorization_url(
     return str(url)
 
 
+def incremental_scopes(user: User, app: ProviderApp, requested: list[str]) -> list[str]:
+    """What to ask the provider for: the requested scopes plus those the user's live grants
+    of this app hold already, so that a narrow Connect, Reconnect or connect link never
+    shrinks a grant other services rely on (consent is incremental). The account is only
+    known at the callback, so a user with several accounts at one app is asked for what
+    any of them holds. Scopes the app no longer lists are not asked for again. In the app's
+    order."""
+    wanted = set(requested)
+    for held in (
+        Grant.objects.filter(user=user, provider_app=app)
+        .exclude(status=Grant.Status.REVOKED)
+        .values_list("scopes", flat=True)
+    ):
+        wanted.update(held)
+    return [scope for scope in app.scopes if scope in wanted]
+
+
 def begin_consent(
     request: HttpRequest,
     app: ProviderApp,
@@ -82,7 +100,8 @@ def begin_consent(
     return_to: str = "",
 ) -> HttpResponse:
     """Stores the pending authorization (state, PKCE verifier, scopes, return URL), then
-    redirects to the provider's authorization endpoint."""
+    redirects to the provider's authorization endpoint. `scopes` narrow the app's, but the
+    provider is always asked for at least what the user's grant already holds."""
     requested = list(scopes) if scopes else list(app.scopes)
     unknown = sorted(set(requested) - set(app.scopes))
     if unknown:
@@ -98,6 +117,7 @@ def begin_consent(
     user = request.user
     if not user.is_authenticated:  # both callers require sign-in; never bind to nobody
         raise PermissionDenied
+    requested = incremental_scopes(user, app, requested)
     pending = PendingAuthorization(
         state=generate_token(STATE_LENGTH),
         user=user,
@@ -107,7 +127,7 @@ def begin_consent(
         return_to=safe_return_url(return_to) or "",
         redirect_uri=redirect_uri_for(app),
     )
-    code_verifier = generate_token(CODE_VERIFIER_LENGTH) if app.catalog_entry.pkce else ""
+    code_verifier = "" if app.catalog_entry.rejects_pkce else generate_token(CODE_VERIFIER_LENGTH)
     if code_verifier:
         pending.seal("code_verifier", code_verifier)
     pending.save()
@@ -145,21 +165,35 @@ def misconfigured_page(request: HttpRequest, app: ProviderApp, reason: str) -> H
     )
 
 
-def consume(state: str) -> PendingAuthorization | None:
-    """Takes the pending authorization for `state` exactly once (RFC 6749 10.12): the
-    conditional update succeeds for one request only, and never for an expired one."""
-    pending = (
+def pending_for(state: str) -> PendingAuthorization | None:
+    """The pending authorization `state` names, consumed or not (nothing is written)."""
+    if not state:
+        return None
+    return (
         PendingAuthorization.objects.select_related("provider_app", "user")
         .filter(state=state)
         .first()
     )
-    if pending is None:
-        return None
+
+
+def belongs_to(
+    pending: PendingAuthorization, request: AuthenticatedRequest, app: ProviderApp
+) -> bool:
+    """Whether the callback comes from the user and browser session that started this
+    consent, at the app it was started for."""
+    same_session = hmac.compare_digest(pending.session_digest, session_digest(request))
+    return pending.user_id == request.user.pk and same_session and pending.provider_app_id == app.pk
+
+
+def consume(pending: PendingAuthorization) -> bool:
+    """Takes the pending authorization exactly once (RFC 6749 10.12): the conditional update
+    succeeds for one request only, and never for an expired one. Called only after
+    `belongs_to`, so a stranger holding the state cannot burn the owner's consent."""
     now = timezone.now()
     taken = PendingAuthorization.objects.filter(
         pk=pending.pk, consumed_at=None, expires_at__gt=now
     ).update(consumed_at=now)
-    return pending if taken == 1 else None
+    return taken == 1
 
 
 def failed(
@@ -207,26 +241,25 @@ def callback(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     (or `error`)."""
     # A disabled app connects nobody, not even a consent that began before it was disabled.
     app = get_object_or_404(ProviderApp, slug=slug, enabled=True)
-    state = request.GET.get("state", "")
-    pending = consume(state) if state else None
-    if pending is None:
-        failed(request, app, "unknown_or_used_state", outcome=audit.Outcome.DENIED)
-        return problem_page(
-            request,
-            "This sign-in cannot be completed",
-            "The link back from the provider is unknown, was already used or has expired "
-            "(after 10 minutes). Nothing was connected. Start again from My connections.",
-            app=app,
-            may_retry=True,
-        )
-    same_session = hmac.compare_digest(pending.session_digest, session_digest(request))
-    if pending.user_id != request.user.pk or not same_session or pending.provider_app_id != app.pk:
+    pending = pending_for(request.GET.get("state", ""))
+    if pending is not None and not belongs_to(pending, request, app):
+        # Checked before consuming: the owner's consent stays usable by the owner.
         failed(request, app, "state_not_bound_to_this_session", outcome=audit.Outcome.DENIED)
         return problem_page(
             request,
             "This sign-in cannot be completed",
             "The link back from the provider belongs to another sign-in session. Nothing was "
             "connected. Start again from My connections.",
+            app=app,
+            may_retry=True,
+        )
+    if pending is None or not consume(pending):
+        failed(request, app, "unknown_or_used_state", outcome=audit.Outcome.DENIED)
+        return problem_page(
+            request,
+            "This sign-in cannot be completed",
+            "The link back from the provider is unknown, was already used or has expired "
+            "(after 10 minutes). Nothing was connected. Start again from My connections.",
             app=app,
             may_retry=True,
         )

@@ -9,8 +9,10 @@ Entry points
 - `ensure_fresh(grant_id, min_ttl=..., force_refresh=...)`: the API's on-demand path.
 - `refresh_grant_now(grant_id, retries_left=...)`: what the Celery task runs for a grant the
   beat claimed (`claim_due_grants`).
-Both go through the same single-flight section (`single_flight`), which is the only code
-that calls `broker.token_endpoint.refresh` for a stored grant.
+Both go through the same single-flight section (`single_flight`), which is, with
+`narrowed_token` (a refresh for a narrower token that stores nothing, under the same lock,
+for the few kinds that can issue one), the only code that calls
+`broker.token_endpoint.refresh` for a stored grant.
 
 Single flight: a Redis lock plus a fencing token in the database
   Each refresh runs under a Redis lock per grant (redis-py `Lock`: SET NX PX with a random
@@ -108,11 +110,23 @@ RESCUE_KEY = "broker:refresh-rescue:{grant_id}"
 # older than that is worthless anyway.
 RESCUE_TTL_SECONDS = 600
 LOCK_POLL_SECONDS = 0.05
+# When no refresh can be had, a stored token is still served while it lasts this long (the
+# API's expires_in is in whole seconds).
+LAST_RESORT_VALIDITY_SECONDS = 1
 SYSTEM_ACTOR = "refresh-engine"
 
 
 class ReconnectRequired(Exception):
     """The grant is dead (reconnect_required or revoked): the user must consent again."""
+
+
+class UserDeactivated(Exception):
+    """The grant's user is deactivated (`is_active` false): nothing is served or refreshed.
+    The grant itself is kept, so reactivating the user restores it."""
+
+
+class NarrowingRefused(Exception):
+    """The provider would not issue the narrower token (e.g. `invalid_scope`)."""
 
 
 class ProviderUnavailable(Exception):
@@ -555,7 +569,7 @@ def single_flight(
         except redis.RedisError as exc:
             log.warning("grant %s: rescue not readable (%s)", grant_id, type(exc).__name__)
             return RefreshOutcome(Result.BUSY, retry_after=1), grant
-        if not grant.is_active:
+        if not grant.is_active or not grant.user.is_active:
             return RefreshOutcome(Result.GONE), grant
         if not needs_refresh(grant):
             return RefreshOutcome(Result.NOT_NEEDED), grant
@@ -581,6 +595,14 @@ def single_flight(
 # -- on demand (the API) -------------------------------------------------------------------
 
 
+def require_usable(grant: Grant) -> None:
+    """Raises unless tokens may be served and refreshed for this grant."""
+    if not grant.is_active:
+        raise ReconnectRequired(f"grant is {grant.status}")
+    if not grant.user.is_active:
+        raise UserDeactivated(f"the user of grant {grant.pk} is deactivated")
+
+
 def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) -> Grant:
     """The grant, reloaded, with an access token valid for at least `min_ttl` seconds.
 
@@ -588,9 +610,13 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
     Concurrent callers share one upstream refresh. A caller that finds a refresh
     completed after it began takes that token even if the provider's lifetime is shorter
     than `min_ttl` (refreshing again would not give a longer one).
-    Raises Grant.DoesNotExist, ReconnectRequired, or ProviderUnavailable (provider failing,
-    or another refresh still busy, and no token valid for `min_ttl` is left; with
-    force_refresh, whenever no fresh token could be had).
+    When the refresh cannot be had (provider failing, client misconfigured, another refresh
+    still busy) and force_refresh was not asked, a stored token that is still valid is
+    returned even though it lasts less than `min_ttl`: the caller gets its true expiry, and
+    a token that works beats no token.
+    Raises Grant.DoesNotExist, ReconnectRequired, UserDeactivated, or ProviderUnavailable
+    (no valid token is left and none can be had right now; with force_refresh, whenever no
+    fresh token could be had).
     A grant without a refresh token (OAuth 1.0a) is returned as stored while its token is
     valid, even with force_refresh; once expired it becomes reconnect_required.
     Must not run inside transaction.atomic (see require_no_outer_transaction).
@@ -612,8 +638,7 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
             return True
         return not force_refresh and candidate.access_token_valid_for(min_ttl)
 
-    if not grant.is_active:
-        raise ReconnectRequired(f"grant is {grant.status}")
+    require_usable(grant)
     if not grant.has_secret("refresh_token") and grant.access_token_valid_for(min_ttl):
         return grant  # cannot be refreshed (OAuth 1.0a, no refresh token): even if forced
     # A rescued response means the stored access token was already replaced upstream
@@ -633,14 +658,66 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
         raise ProviderUnavailable("the refreshed token is not stored yet", retry_after=1)
     if current is None:
         raise Grant.DoesNotExist(f"grant {grant_id} is gone")
-    if not current.is_active:
-        raise ReconnectRequired(f"grant is {current.status}")
+    require_usable(current)
     if satisfied(current):
+        return current
+    if (
+        not force_refresh
+        and current.access_token_valid_for(LAST_RESORT_VALIDITY_SECONDS)
+        and not rescue_pending(current.pk)
+    ):
         return current
     retry_after = outcome.retry_after or 1
     raise ProviderUnavailable(
         f"no access token could be had ({outcome.result})", retry_after=retry_after
     )
+
+
+def narrowed_token(grant_id: Any, *, scopes: list[str]) -> TokenResponse:
+    """A fresh access token carrying only `scopes`, from a refresh that asks for them
+    (RFC 6749 section 6), for kinds whose catalog entry says `narrower_tokens_on_refresh`.
+
+    Nothing of it is stored: the grant keeps its own tokens for every other service. It
+    runs under the grant's refresh lock all the same, and should the provider send a new
+    refresh token after all, that one is kept (fenced like any refresh), or the grant would
+    die at its next refresh. Raises Grant.DoesNotExist, ReconnectRequired, UserDeactivated,
+    NarrowingRefused or ProviderUnavailable.
+    """
+    with refresh_lock(grant_id, wait=lock_wait()) as held:
+        if not held:
+            raise ProviderUnavailable("another refresh is running", retry_after=1)
+        grant = load(grant_id)
+        require_usable(grant)
+        app = grant.provider_app
+        if not app.catalog_entry.narrower_tokens_on_refresh:
+            raise NarrowingRefused(f"kind {app.kind} cannot issue narrower tokens")
+        refresh_token = grant.unseal("refresh_token")
+        if not refresh_token:
+            raise NarrowingRefused("the grant has no refresh token")
+        require_no_outer_transaction()
+        try:
+            response = refresh_upstream(
+                app, refresh_token=refresh_token, redirect_uri=grant.redirect_uri, scopes=scopes
+            )
+        except (ClientMisconfigured, TransientTokenError) as exc:
+            # The grant's own refreshes count and report failures; this one only answers.
+            retry_after = math.ceil(getattr(exc, "retry_after", None) or 1)
+            raise ProviderUnavailable(describe(exc), retry_after=retry_after) from None
+        except GrantRejected as exc:
+            # Not proof that the grant is dead (the scope may be what was refused): its own
+            # next refresh tells.
+            raise NarrowingRefused(describe(exc)) from None
+        if response.refresh_token:
+            log.warning("grant %s: a narrowed refresh rotated the refresh token", grant.pk)
+            grant.seal("refresh_token", response.refresh_token)
+            Grant.objects.filter(
+                pk=grant.pk, token_version=grant.token_version, status=Grant.Status.ACTIVE
+            ).update(
+                refresh_token_sealed=grant.refresh_token_sealed,
+                token_version=F("token_version") + 1,
+                updated_at=timezone.now(),
+            )
+        return response
 
 
 # -- scheduled (the worker) -------------------------------------------------------------------
@@ -678,11 +755,16 @@ def claim_due_grants(
     the claim is committed. See the module docstring for the lease."""
     now = now or timezone.now()
     batch_size = batch_size or settings.BROKER_REFRESH_BATCH_SIZE
-    due = Grant.objects.filter(status=Grant.Status.ACTIVE, next_refresh_at__lte=now)
+    # Grants of deactivated users are left as they are (not refreshed, not cleared): once
+    # the user is reactivated they are due, and refreshed, at the next beat.
+    due = Grant.objects.filter(
+        status=Grant.Status.ACTIVE, next_refresh_at__lte=now, user__is_active=True
+    )
     with transaction.atomic():
         candidates = due.order_by("next_refresh_at").values_list("pk", flat=True)
         if connection.features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True)
+            # Lock the grant rows only (not the users joined for is_active).
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
         ids = [str(pk) for pk in candidates[:batch_size]]
         if ids:
             due.filter(pk__in=ids).update(

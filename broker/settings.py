@@ -4,6 +4,7 @@ With DEBUG off every secret must be given and HTTPS is enforced; with DEBUG on, 
 defaults apply. Any secret NAME may instead be read from the file named by NAME_FILE.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -13,6 +14,12 @@ from broker.crypto import KeyRing, KeyRingError
 from broker.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# NAME=value lines read before anything else, never overriding the real environment: by
+# default the git-ignored `.env` that `make dev` writes, so manage.py works in development.
+# BROKER_ENV_FILE names another file, or none when empty.
+ENV_FILE = os.environ.get("BROKER_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE)
 DATA_DIR = Path(environ.Env().str("BROKER_DATA_DIR", default=str(BASE_DIR / "data")))
 
 env = environ.Env()

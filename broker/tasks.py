@@ -25,7 +25,7 @@ def enqueue_refreshes(grant_ids: list[str]) -> None:
         refresh_grant.delay(grant_id)
 
 
-@shared_task(ignore_result=True)
+@shared_task(ignore_result=True, quiet_when_idle=True)
 def enqueue_due_refreshes() -> int:
     """Beat: claims due grants batch by batch and enqueues one refresh task per grant."""
     claimed = 0

@@ -1,8 +1,16 @@
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.generic import RedirectView
 
 from broker import connect_links, connections, health, metrics, oauth1_flow, oauth2_flow
+
+
+def no_favicon(request: HttpRequest) -> HttpResponse:
+    """Pages link broker/favicon.svg; clients that ask for /favicon.ico anyway (a JSON page
+    in a browser) get an empty answer rather than a 404 in the logs."""
+    return HttpResponse(status=204, headers={"Cache-Control": "max-age=86400"})
+
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/connections/", permanent=False)),
@@ -18,4 +26,5 @@ urlpatterns = [
     path("oauth1/callback/<slug:slug>", oauth1_flow.callback, name="oauth1-callback"),
     path("api/", include("broker.api.urls")),
     path("connect-links/<str:token>", connect_links.follow, name="connect-link"),
+    path("favicon.ico", no_favicon),
 ]

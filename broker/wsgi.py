@@ -4,5 +4,8 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from broker.startup import GUNICORN_APP_LOAD_ERROR, configuration_errors_exit
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broker.settings")
-application = get_wsgi_application()
+with configuration_errors_exit(GUNICORN_APP_LOAD_ERROR):
+    application = get_wsgi_application()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import environ
 
+from broker.logging_config import logging_settings
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,6 +63,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # One line per request, without the query strings that carry codes and tokens.
+    "broker.logging_config.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -148,3 +152,7 @@ OAUTH2_PROVIDER = {
     "ALLOWED_REDIRECT_URI_SCHEMES": ["http", "https"],
     "ALLOWED_SCHEMES": ["http", "https"],
 }
+
+# The broker's logging, with its redaction filter: `make dev` merges the sandbox's lines
+# with the broker's, and neither may show a client secret, code, verifier or token.
+LOGGING = logging_settings(env_str("LOG_LEVEL", "INFO"), env_str("LOG_FORMAT", "plain"))

@@ -30,10 +30,24 @@ HTTP_TIMEOUT = 10
 
 @pytest.fixture(scope="session", autouse=True)
 def clean_redis() -> None:
-    """The tests own the Redis database named by REDIS_URL (a dedicated number): start empty."""
+    """The tests own the Redis database named by REDIS_URL (a dedicated number): start empty.
+
+    Without Redis nothing can pass: stop the whole run at once with the command that
+    starts it, rather than one ConnectionError per test."""
     import redis
 
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        where = client.connection_pool.connection_kwargs
+        host, port = where.get("host", "127.0.0.1"), where.get("port", 6379)
+        pytest.exit(
+            f"Redis is not answering at {settings.REDIS_URL} ({exc}); the tests need it. "
+            f"Start it with:\n  redis-server --daemonize yes --bind {host} --port {port} "
+            '--save "" --appendonly no\n(or set REDIS_URL to a Redis database the tests may empty)',
+            returncode=3,
+        )
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ class Received:
 class LocalServer:
     server: ThreadingHTTPServer
     requests: list[Received] = field(default_factory=list)
-    # Status codes to answer with, in order; when empty, 200.
+    # Status codes and JSON bodies to answer with, in order; when empty, 200 and {}.
     statuses: list[int] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -48,11 +49,12 @@ def start_local_server() -> LocalServer:
                     )
                 )
                 status = state.statuses.pop(0) if state.statuses else 200
+                answer = state.bodies.pop(0) if state.bodies else b"{}"
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "2")
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            self.wfile.write(b"{}")
+            self.wfile.write(answer)
 
         def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
             pass

@@ -2,6 +2,8 @@
 
 import os
 
+# Not the developer's .env (make dev's DEBUG=1 and URLs): tests set what they need.
+os.environ.setdefault("BROKER_ENV_FILE", "")
 os.environ.setdefault("DEBUG", "0")
 os.environ.setdefault("BROKER_ALLOW_HTTP", "1")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")

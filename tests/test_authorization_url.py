@@ -41,13 +41,15 @@ def signed_in(owner):
     return client
 
 
-def test_atlassian_gets_audience_and_prompt_and_no_pkce(apps, signed_in):
+def test_atlassian_gets_audience_prompt_and_an_s256_challenge(apps, signed_in):
     response = signed_in.post("/connect/atlassian")
     assert response.status_code == 302
     location = response["Location"]
     assert location.startswith("https://auth.atlassian.com/authorize?")
     params = query(location)
     pending = PendingAuthorization.objects.get()
+    verifier = pending.unseal("code_verifier")
+    assert verifier and verifier not in location
     assert params == {
         "response_type": "code",
         "client_id": "cloud-client",
@@ -56,8 +58,9 @@ def test_atlassian_gets_audience_and_prompt_and_no_pkce(apps, signed_in):
         "state": pending.state,
         "audience": "api.atlassian.com",
         "prompt": "consent",
+        "code_challenge": create_s256_code_challenge(verifier),
+        "code_challenge_method": "S256",
     }
-    assert not pending.has_secret("code_verifier")
     assert pending.redirect_uri == "https://broker.example/oauth/callback/atlassian"
     assert pending.scopes == ["read:me", "read:jira-work", "offline_access"]
 
@@ -95,6 +98,35 @@ def test_it_narrows_scopes_on_request(apps, signed_in):
     response = signed_in.post("/connect/atlassian", {"scopes": "read:me offline_access"})
     assert query(response["Location"])["scope"] == "read:me offline_access"
     assert PendingAuthorization.objects.get().scopes == ["read:me", "offline_access"]
+
+
+@pytest.mark.parametrize("status", ["active", "reconnect_required"])
+def test_a_narrow_request_still_asks_for_what_the_grant_holds(apps, signed_in, owner, status):
+    from broker.models import Grant
+
+    Grant.objects.create(
+        user=owner,
+        provider_app=apps["atlassian"],
+        external_account_id="acct",
+        scopes=["read:me", "read:jira-work", "offline_access"],
+        status=status,
+    )
+    Grant.objects.create(  # a revoked grant holds nothing any more
+        user=owner,
+        provider_app=apps["jira-acme"],
+        external_account_id="acct",
+        scopes=["READ", "WRITE"],
+        status="revoked",
+    )
+    response = signed_in.post("/connect/atlassian", {"scopes": "read:me"})
+    assert query(response["Location"])["scope"] == "read:me read:jira-work offline_access"
+    assert PendingAuthorization.objects.get().scopes == [
+        "read:me",
+        "read:jira-work",
+        "offline_access",
+    ]
+    dc = signed_in.post("/connect/jira-acme", {"scopes": "READ"})
+    assert query(dc["Location"])["scope"] == "READ"
 
 
 def test_it_refuses_to_widen_scopes_and_stores_nothing(apps, signed_in):
@@ -137,3 +169,15 @@ def test_connect_without_csrf_token_is_refused(apps, owner):
 def test_unsafe_return_url_is_not_even_stored(apps, signed_in):
     signed_in.post("/connect/atlassian", {"return_to": "https://evil.example/"})
     assert PendingAuthorization.objects.get().return_to == ""
+
+
+def test_a_kind_the_catalog_marks_as_rejecting_pkce_gets_no_challenge(apps, signed_in, monkeypatch):
+    from dataclasses import replace
+
+    from broker import catalog
+
+    atlassian = replace(catalog.KINDS["atlassian"], rejects_pkce=True)
+    monkeypatch.setattr(catalog, "KINDS", {**catalog.KINDS, "atlassian": atlassian})
+    params = query(signed_in.post("/connect/atlassian")["Location"])
+    assert "code_challenge" not in params and "code_challenge_method" not in params
+    assert not PendingAuthorization.objects.get().has_secret("code_verifier")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -10,8 +11,13 @@ import logging.config
 import pytest
 from django.conf import settings
 
+from broker import audit
+from broker.audit import flush_buffer_task
 from broker.logging_config import logging_settings, redact
+from broker.redis_connection import redis_client
 from broker.revocation import revoke_grant
+from broker.service_secrets import new_secret
+from broker.tasks import enqueue_due_refreshes
 from tests.factories import make_app, make_service, save_grant
 
 SECRETS = {
@@ -101,3 +107,83 @@ def test_redaction_keeps_what_is_not_secret():
     assert redact("state=abc") == "state=[REDACTED]"  # binds a consent in progress
     assert redact("https://a.example/x?code=1") == "https://a.example/x?[REDACTED]"
     assert redact("https://u:p@a.example/x") == "https://a.example/x"
+
+
+def test_redaction_covers_oauth1_secrets_colon_pairs_and_percent_encoded_pairs():
+    hidden = "HIDDEN-value-1234"
+    lines = [
+        f"token_secret={hidden}",
+        f"consumer_secret={hidden}&x=1",
+        f"request_token_secret={hidden}",
+        f"refresh_token: {hidden}",
+        f"Client_Secret : '{hidden} with spaces'",
+        f'code_verifier: "{hidden} with spaces"',
+        f"next=/oauth%3Frefresh_token%3D{hidden}%26state%3D{hidden}",
+        f"refresh_token%3d{hidden}",
+        f"GET /token?grant_type=refresh_token&refresh_token={hidden}&client_id=c",
+        f"POST /t body grant_type=authorization_code&code={hidden}&code_verifier={hidden}",
+        f"https://app.example/cb#access_token={hidden}&state={hidden}",
+    ]
+    for line in lines:
+        assert hidden not in redact(line), line
+    assert redact("status_code: 500, grant_type=refresh_token") == (
+        "status_code: 500, grant_type=refresh_token"
+    )
+
+
+@pytest.mark.django_db
+def test_request_lines_name_the_calling_service(client, log_output):
+    service = make_service("svc-named")
+    secret = new_secret(service)
+    basic = base64.b64encode(f"svc-named:{secret}".encode()).decode()
+    issued = client.post(
+        "/api/v1/oauth/token",
+        "grant_type=client_credentials",
+        content_type="application/x-www-form-urlencoded",
+        HTTP_AUTHORIZATION=f"Basic {basic}",
+    )
+    assert issued.status_code == 200, issued.content
+    bearer = f"Bearer {issued.json()['access_token']}"
+    assert client.get("/api/v1/grants", HTTP_AUTHORIZATION=bearer).status_code == 200
+    assert client.get("/api/v1/grants", HTTP_AUTHORIZATION="Bearer bkt_forged").status_code == 401
+
+    lines = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    requests = [line for line in lines if line["logger"] == "broker.request"]
+    assert [(r["path"], r["status"], r["service"]) for r in requests] == [
+        ("/api/v1/oauth/token", 200, "svc-named"),
+        ("/api/v1/grants", 200, "svc-named"),
+        ("/api/v1/grants", 401, None),  # an unproven caller is named nowhere
+    ]
+    assert requests[1]["message"].endswith(" service=svc-named")
+
+
+@pytest.mark.django_db
+def test_idle_housekeeping_tasks_log_nothing_at_info(eager_celery, log_output):
+    redis_client().delete(audit.BUFFER_KEY)  # events earlier tests buffered
+    flush_buffer_task.delay()
+    enqueue_due_refreshes.delay()
+    audit.record_soon("service.authenticated", actor_type=audit.ActorType.SERVICE, actor="s")
+    flush_buffer_task.delay()
+
+    lines = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    tasks = [(t["task"], t["level"]) for t in lines if t["logger"] == "broker.task"]
+    assert tasks == [
+        ("broker.audit.flush_buffer", "DEBUG"),
+        ("broker.tasks.enqueue_due_refreshes", "DEBUG"),
+        ("broker.audit.flush_buffer", "INFO"),  # it wrote an event: worth a line
+    ]
+
+
+def test_celery_and_runserver_repeat_no_request_or_task_line(log_output):
+    """Each request and task is logged once, by broker.request / broker.task; the lines
+    Celery and runserver print about the same events are below the configured level."""
+    logging.config.dictConfig(logging_settings("INFO", "json"))
+    for handler in logging.getLogger().handlers:
+        handler.setStream(log_output)  # type: ignore[attr-defined]
+    logging.getLogger("django.server").warning('"GET /connections/ HTTP/1.1" 404 179')
+    logging.getLogger("celery.beat").info("Scheduler: Sending due task flush-audit-buffer")
+    logging.getLogger("celery.worker.strategy").info("Task broker.audit.flush_buffer received")
+    logging.getLogger("celery.app.trace").info("Task broker.audit.flush_buffer succeeded")
+    logging.getLogger("celery.app.trace").error("Task broker.tasks.refresh_grant raised")
+    messages = [json.loads(line)["message"] for line in log_output.getvalue().splitlines()]
+    assert messages == ["Task broker.tasks.refresh_grant raised"]

@@ -8,7 +8,7 @@ import base64
 import pytest
 from django.test import Client
 
-from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
+from broker.models import AccessRule, Grant, PendingAuthorization, ProviderApp, ServiceClient
 from broker.refresh import ensure_fresh
 from broker.revocation import revoke_grant
 from broker.service_secrets import new_secret
@@ -115,3 +115,26 @@ def test_a_full_run_logs_no_secret(
     leaked = [s for s in set(secrets) if len(s) >= 8 and s in output]
     context = [output[max(0, output.find(s) - 300) : output.find(s) + 60] for s in leaked]
     assert leaked == [], context
+
+
+def test_the_sandbox_logs_no_secret(sandbox_apps, sandbox, owner, broker_login, live_server):
+    """`make dev` merges the sandbox's output with the broker's. Data Center's OAuth 2.0
+    token requests carry the code, verifier, client secret and refresh token in the query
+    string, which the sandbox's request lines must not show."""
+    app = sandbox_apps["sandbox-dc"]
+    secrets = [v for f in ProviderApp.SEALED_FIELDS if (v := app.unseal(f))]
+    alice = broker_login("alice", "alice-broker")
+    sign_in_to_sandbox(alice, sandbox.url, "alice")
+    url = callback_url(alice, live_server.url, "sandbox-dc")
+    pending = PendingAuthorization.objects.get(state=query_of(url)["state"])
+    secrets += [query_of(url)["code"], query_of(url)["state"], pending.unseal("code_verifier")]
+    assert visit(alice, url).status_code == 302
+    grant = Grant.objects.get(provider_app=app)
+    secrets += tokens_of(grant)
+    ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+    secrets += tokens_of(grant)
+
+    log = sandbox.log_file.read_text()
+    assert "POST /rest/oauth2/latest/token 200" in log  # the token requests were logged
+    leaked = [s for s in set(secrets) if len(s) >= 8 and s in log]
+    assert leaked == [], [log[max(0, log.find(s) - 200) : log.find(s) + 60] for s in leaked]

@@ -113,6 +113,8 @@ def test_a_new_user_connects_and_the_grant_is_stored_sealed(alice, owner, live_s
 
     page = alice.get(f"{live_server.url}/connections/", timeout=HTTP_TIMEOUT)
     assert f'data-grant="{grant.id}" data-status="active"' in page.text
+    app_name = grant.provider_app.name
+    assert f'<li class="success">{app_name} is connected (Alice Anders).</li>' in page.text
 
 
 def test_reconnecting_updates_the_same_grant(alice, live_server):
@@ -126,6 +128,8 @@ def test_reconnecting_updates_the_same_grant(alice, live_server):
     assert grant.token_version == first.token_version + 1
     assert grant.unseal("access_token") != first_token
     assert AuditEvent.objects.filter(action="grant.reconnected", grant_id=grant.id).count() == 1
+    page = alice.get(f"{live_server.url}/connections/", timeout=HTTP_TIMEOUT)
+    assert "is reconnected (Alice Anders)." in page.text
 
 
 def test_a_grant_needing_reconnection_becomes_active_again(alice, live_server):
@@ -171,6 +175,8 @@ def test_it_rejects_a_callback_in_another_session_of_the_same_user(
     before = snapshot()
     assert get(other_browser, callback).status_code == 400
     assert snapshot() == before
+    # Nothing was consumed: the browser that started the consent still finishes it.
+    assert get(alice, callback).status_code == 302
 
 
 def test_it_rejects_a_replayed_callback(alice, sandbox_providers, live_server):

@@ -128,6 +128,32 @@ def test_data_center_connect_uses_pkce_and_reads_jira_myself(alice, live_server,
     assert codes_exchanged(sandbox) == before + 1
 
 
+def test_atlassian_connect_uses_pkce_so_a_stolen_code_is_useless_elsewhere(
+    alice, mallory, live_server, sandbox
+):
+    authorize = press_connect(alice, live_server.url, "sandbox")  # kind "atlassian"
+    params = query_of(authorize)
+    assert params["code_challenge_method"] == "S256" and params["code_challenge"]
+    alice_callback = answer_consent(alice, authorize)
+    stolen_code = query_of(alice_callback)["code"]
+
+    # Mallory starts her own consent in her own broker session, then injects alice's code
+    # into her callback: the broker sends her session's verifier, which does not match.
+    mallory_state = query_of(press_connect(mallory, live_server.url, "sandbox"))["state"]
+    exchanged = codes_exchanged(sandbox)
+    injected = visit(
+        mallory,
+        f"{live_server.url}/oauth/callback/sandbox?code={stolen_code}&state={mallory_state}",
+    )
+    assert injected.status_code == 400 and "did not accept" in injected.text
+    assert codes_exchanged(sandbox) == exchanged + 1
+    assert not Grant.objects.exists()
+
+    # Alice's callback sends her verifier, and the code works for her.
+    assert visit(alice, alice_callback).status_code == 302
+    assert Grant.objects.get().user.username == "alice"
+
+
 def test_data_center_rejects_a_wrong_pkce_verifier_and_nothing_is_stored(alice, live_server):
     url = callback_url(alice, live_server.url, "sandbox-dc")
     pending = PendingAuthorization.objects.get()
@@ -152,6 +178,65 @@ def test_generic_provider_connect_with_a_form_body(alice, live_server):
 def test_narrowed_scopes_are_what_the_grant_gets(alice, live_server):
     visit(alice, callback_url(alice, live_server.url, "sandbox", scopes="read:me offline_access"))
     assert sorted(Grant.objects.get().scopes) == ["offline_access", "read:me"]
+
+
+def test_a_narrow_connect_link_keeps_what_the_grant_holds_for_other_services(
+    alice, live_server, sandbox
+):
+    from django.test import Client
+
+    from broker.models import AccessRule
+    from tests.api.conftest import fetch_token, make_service
+
+    assert visit(alice, callback_url(alice, live_server.url, "sandbox-dc")).status_code == 302
+    grant = Grant.objects.get()
+    assert sorted(grant.scopes) == ["READ", "WRITE"]
+    app = grant.provider_app
+    api = Client()
+    linker, linker_secret = make_service("linker")
+    AccessRule.objects.create(
+        service=linker, provider_app=app, scopes=["READ"], can_create_connect_links=True
+    )
+    writer, writer_secret = make_service("writer")
+    AccessRule.objects.create(service=writer, provider_app=app, scopes=["READ", "WRITE"])
+
+    linker_token = fetch_token(api, linker, linker_secret)["access_token"]
+    created = api.post(
+        "/api/v1/connect-links",
+        {
+            "user": "alice",
+            "provider": "sandbox-dc",
+            "scopes": ["READ"],
+            "return_to": "/connections/",
+        },
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {linker_token}",
+    )
+    assert created.status_code == 201, created.content
+    link = created.json()["url"]
+    alice.get(link, timeout=10)
+    authorize = alice.post(
+        link,
+        data={"csrfmiddlewaretoken": alice.cookies["csrftoken"]},
+        allow_redirects=False,
+        timeout=10,
+    ).headers["Location"]
+    # Asked for READ, the provider is asked for what the grant holds too.
+    assert query_of(authorize)["scope"].split() == ["READ", "WRITE"]
+    assert visit(alice, answer_consent(alice, authorize)).status_code == 302
+
+    again = Grant.objects.get()
+    assert again.id == grant.id and sorted(again.scopes) == ["READ", "WRITE"]
+    assert again.token_version > grant.token_version  # the consent's new tokens
+    writer_token = fetch_token(api, writer, writer_secret)["access_token"]
+    served = api.post(
+        "/api/v1/access-token",
+        {"user": "alice", "provider": "sandbox-dc"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {writer_token}",
+    )
+    assert served.status_code == 200, served.content
+    assert served.json()["scopes"] == ["READ", "WRITE"]
 
 
 # -- the user or the provider says no ----------------------------------------------------
@@ -228,7 +313,9 @@ def test_it_rejects_reused_state(alice, live_server, sandbox):
     assert actions() == ["grant.connected", "grant.consent_failed"]
 
 
-def test_it_rejects_state_from_another_users_session(alice, mallory, live_server, sandbox):
+def test_a_stranger_cannot_burn_the_state_and_the_owner_still_connects(
+    alice, mallory, live_server, sandbox
+):
     url = callback_url(alice, live_server.url, "sandbox")
     exchanged = codes_exchanged(sandbox)
     response = visit(mallory, url)
@@ -236,10 +323,15 @@ def test_it_rejects_state_from_another_users_session(alice, mallory, live_server
     assert "another sign-in session" in response.text
     assert not Grant.objects.exists()
     assert codes_exchanged(sandbox) == exchanged
-    # The leaked state is burnt: not even alice can finish with it now.
-    assert PendingAuthorization.objects.get().consumed_at is not None
-    assert visit(alice, url).status_code == 400
-    assert not Grant.objects.exists()
+    # Ownership is checked before the state is consumed: alice's consent is intact...
+    assert PendingAuthorization.objects.get().consumed_at is None
+    event = AuditEvent.objects.get()
+    assert event.actor == "mallory" and event.detail["reason"] == "state_not_bound_to_this_session"
+    # ...and her own callback, with the same state, still connects her.
+    finished = visit(alice, url)
+    assert finished.status_code == 302 and finished.headers["Location"] == "/connections/"
+    assert Grant.objects.get().user.username == "alice"
+    assert codes_exchanged(sandbox) == exchanged + 1
 
 
 def test_it_rejects_state_from_another_session_of_the_same_user(
@@ -250,6 +342,9 @@ def test_it_rejects_state_from_another_session_of_the_same_user(
     response = visit(other_session, url)
     assert response.status_code == 400
     assert not Grant.objects.exists()
+    assert PendingAuthorization.objects.get().consumed_at is None
+    assert visit(alice, url).status_code == 302
+    assert Grant.objects.count() == 1
 
 
 @pytest.mark.parametrize("state", [None, "", "made-up-state"])
@@ -283,6 +378,7 @@ def test_it_rejects_a_state_used_at_another_apps_callback(alice, live_server):
     )
     assert response.status_code == 400
     assert not Grant.objects.exists()
+    assert PendingAuthorization.objects.get().consumed_at is None
 
 
 def test_it_rejects_a_mismatched_issuer(alice, live_server, sandbox):

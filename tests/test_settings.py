@@ -1,6 +1,7 @@
 """Start-up: with DEBUG off, a missing or malformed secret stops the process with one clear line."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,64 @@ def test_development_defaults_need_no_secrets(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "dev-encryption.key").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize(
+    ("command", "exit_code"),
+    [
+        ([sys.executable, "manage.py", "migrate"], 2),
+        ([sys.executable, "manage.py", "runserver", "--noreload", "127.0.0.1:0"], 2),
+        ([str(BIN / "celery"), "-A", "broker", "worker"], 2),
+        ([str(BIN / "celery"), "-A", "broker", "beat"], 2),
+        # gunicorn's own "app failed to load" code: its master stops, it does not respawn.
+        ([str(BIN / "gunicorn"), "broker.wsgi", "-b", "127.0.0.1:{port}"], 4),
+    ],
+    ids=["manage.py", "runserver", "worker", "beat", "gunicorn"],
+)
+def test_a_missing_setting_is_one_line_at_every_start(command, exit_code):
+    result = subprocess.run(
+        [part.format(port=free_port()) for part in command],
+        cwd=ROOT,
+        env={**clean_env(), "DJANGO_SETTINGS_MODULE": "broker.settings", "DEBUG": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == exit_code, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    named = [line for line in result.stderr.splitlines() if "SECRET_KEY" in line]
+    assert named == ["ImproperlyConfigured: SECRET_KEY is not set (required when DEBUG is off)"]
+    if command[0] == sys.executable:
+        assert result.stderr.strip() == named[0]
+
+
+def test_settings_read_the_env_file_and_the_environment_wins(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# written by make dev\nDEBUG=1\nBROKER_DATA_DIR=" + str(tmp_path) + "\n")
+    base = {**clean_env(), "DJANGO_SETTINGS_MODULE": "broker.settings"}
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", "check"],
+            cwd=ROOT,
+            env={**base, "BROKER_ENV_FILE": str(env_file), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    developing = check()
+    assert developing.returncode == 0, developing.stderr  # DEBUG=1 came from the file
+    assert (tmp_path / "dev-encryption.key").exists()
+    production = check(DEBUG="0")
+    assert production.returncode == 2
+    assert production.stderr.strip().endswith("SECRET_KEY is not set (required when DEBUG is off)")

@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from broker import audit
 from broker.api.auth import authenticate_bearer
 from broker.api.errors import ApiError, error_response
+from broker.logging_config import name_service
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def api_view(
                 if authenticated:
                     token = authenticate_bearer(request, scope)
                     request.broker_token = token  # type: ignore[attr-defined]
+                    name_service(request, token.client_id)
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 if token is not None and denied:

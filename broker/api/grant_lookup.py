@@ -39,6 +39,7 @@ COLUMNS = (
     "provider_app__base_url",
     "provider_app__endpoints",
     "user__username",
+    "user__is_active",
 )
 
 

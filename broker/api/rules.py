@@ -3,7 +3,8 @@
 A rule names one provider app and grants, for all users or the members of one group:
 the scopes the service may receive, and whether it may sign OAuth 1.0a requests and create
 connect links. Several matching rules add up. A grant no rule covers is invisible: the API
-answers exactly as if it did not exist.
+answers exactly as if it did not exist. So are the grants of a deactivated user (`is_active`
+false), to every service, until the user is reactivated.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def forget_cached_rules() -> None:
 
 def permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permission | None:
     """What `service_id` may do with `user`'s grants of `app`; None when nothing."""
-    if not app.enabled:
+    if not app.enabled or not user.is_active:
         return None
     rules = _rules(service_id, app.pk)
     group_ids = {r.users_group_id for r in rules if r.users_group_id is not None}
@@ -84,11 +85,14 @@ def permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permissio
 
 
 def visible_grants(service_id: uuid.UUID) -> QuerySet[Grant]:
-    """Every grant some rule of the service covers (enabled apps only), in one query."""
+    """Every grant some rule of the service covers (enabled apps, active users), in one
+    query."""
     covering_rule = AccessRule.objects.filter(
         service_id=service_id, provider_app=OuterRef("provider_app")
     ).filter(Q(users_group__isnull=True) | Q(users_group__user=OuterRef("user")))
-    return Grant.objects.filter(Exists(covering_rule), provider_app__enabled=True)
+    return Grant.objects.filter(
+        Exists(covering_rule), provider_app__enabled=True, user__is_active=True
+    )
 
 
 def service_capabilities(service_id: uuid.UUID) -> tuple[bool, bool]:

@@ -78,13 +78,16 @@ class Field:
 GRANT = Field("grant", str, "Grant id (use either grant, or user and provider)", format="uuid")
 USER = Field("user", str, "The broker account's username", max_length=150)
 PROVIDER = Field("provider", str, "Provider app slug", max_length=64)
-SCOPES = Field("scopes", list, "Scopes the service needs; must be within its access rule")
-
 ACCESS_TOKEN_FIELDS = (
     GRANT,
     USER,
     PROVIDER,
-    SCOPES,
+    Field(
+        "scopes",
+        list,
+        "Scopes the service needs: each must be allowed by its access rules and held by the "
+        "grant. This does not narrow the token, which carries the grant's scopes",
+    ),
     Field(
         "min_ttl",
         int,
@@ -106,7 +109,13 @@ SIGN_FIELDS = (
 CONNECT_LINK_FIELDS = (
     Field("user", str, "The broker account's username", required=True, max_length=150),
     Field("provider", str, "Provider app slug", required=True, max_length=64),
-    SCOPES,
+    Field(
+        "scopes",
+        list,
+        "Scopes to ask the user for (default: the app's); must be within the service's "
+        "access rules. Consent is incremental: the provider is also asked for what the "
+        "user's grant already holds, so the grant never shrinks",
+    ),
     Field(
         "return_to",
         str,
@@ -289,7 +298,8 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/grants": {
                 "get": {
                     "operationId": "listGrants",
-                    "summary": "Grants this service may see (never tokens), a page at a time",
+                    "summary": "Grants this service may see (never tokens; none of a "
+                    "deactivated user), a page at a time",
                     "description": (
                         "Grants in creation order, at most `limit` (default and maximum "
                         "1000) per answer. `next` is the URL of the following page (the same "
@@ -351,12 +361,26 @@ def openapi_document() -> dict[str, Any]:
                         "200": _ok("The token", "AccessToken"),
                         "400": _error("invalid_request (names the field)"),
                         **_bearer_errors(),
-                        "403": _error("Denied by the access rules; names missing scopes"),
-                        "404": _error("No such grant visible to this service"),
+                        "403": _error(
+                            "Denied by the access rules (`access_denied`), or "
+                            "`insufficient_scope`: the scopes asked for are beyond the rules "
+                            "or the grant, or the token carries scopes the rules do not "
+                            "allow and the provider cannot issue a narrower one; the "
+                            "description names them"
+                        ),
+                        "404": _error(
+                            "No such grant visible to this service (also when its user is "
+                            "deactivated)"
+                        ),
                         "409": _error("reconnect_required: the user must connect again"),
                         "415": _error("The body must be application/json"),
                         "503": {
-                            **_error("temporarily_unavailable: the provider is failing"),
+                            **_error(
+                                "temporarily_unavailable: the provider is failing and no valid "
+                                "token is left, or force_refresh was asked (while the stored "
+                                "token is valid, a failed refresh serves it, with its true "
+                                "expires_in, even below min_ttl)"
+                            ),
                             "headers": RETRY_AFTER,
                         },
                     },
@@ -489,7 +513,11 @@ def openapi_document() -> dict[str, Any]:
                         "token_type": string,
                         "expires_at": {"type": ["string", "null"], "format": "date-time"},
                         "expires_in": {"type": ["integer", "null"]},
-                        "scopes": {"type": "array", "items": string},
+                        "scopes": {
+                            "type": "array",
+                            "items": string,
+                            "description": "the scopes the returned token carries",
+                        },
                         "grant": {"type": "string", "format": "uuid"},
                         "account": {"$ref": "#/components/schemas/Account"},
                         "resources": {"type": "array", "items": {"type": "object"}},

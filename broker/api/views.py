@@ -32,6 +32,7 @@ from broker.api.schema import (
     openapi_document,
     parse_json_body,
 )
+from broker.logging_config import name_service
 from broker.models import Grant, ProviderApp
 from broker.redis_connection import redis_client
 from broker.return_urls import safe_return_url
@@ -107,6 +108,7 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
             raise ApiError(400, "unsupported_grant_type", "only client_credentials is supported")
         client = authenticate_client(request, form)
         client_id = client.service.client_id
+        name_service(request, client_id)
         scopes = _granted_api_scopes(client.service.pk, form.get("scope"))
         pipe = redis_client().pipeline(transaction=False)
         ratelimit.queue_count(pipe, client_id)
@@ -269,33 +271,81 @@ def _find_grant(request: ServiceRequest, body: dict[str, Any]) -> tuple[Grant, r
     return grant, permission
 
 
-def _checked_scopes(
+def _token_scopes(
     grant: Grant, permission: rules.Permission, requested: list[str] | None
-) -> list[str]:
-    """The scopes the service gets: its request, which must lie inside rule and grant."""
+) -> tuple[list[str], list[str]]:
+    """(the scopes the grant's token carries, as the provider reported them; those of them
+    the service's rules do not allow).
+
+    What the service asks for must lie inside its rules and the grant (403 otherwise); it
+    never widens nor narrows the token. A rule's scopes are a promise, not a label: a
+    token carrying a scope the rules do not allow is never handed out (see `_too_wide`).
+    """
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
-    if requested is None:
-        return sorted(set(grant.scopes) & permission.scopes)
-    beyond_rule = sorted(set(requested) - permission.scopes)
-    if beyond_rule:
-        raise ApiError(
-            403,
-            "insufficient_scope",
-            f"this service's access rules do not allow the scopes: {' '.join(beyond_rule)}",
-            scopes=requested,
+    if requested is not None:
+        beyond_rule = sorted(set(requested) - permission.scopes)
+        if beyond_rule:
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                f"this service's access rules do not allow the scopes: {' '.join(beyond_rule)}",
+                scopes=requested,
+                **concerning,
+            )
+        beyond_grant = sorted(set(requested) - set(grant.scopes))
+        if beyond_grant:
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                f"the user's grant lacks the scopes: {' '.join(beyond_grant)} "
+                "(the user must connect again with them, e.g. through a connect link)",
+                scopes=requested,
+                **concerning,
+            )
+    carried = sorted(set(grant.scopes))
+    return carried, sorted(set(carried) - permission.scopes)
+
+
+def _too_wide(grant: Grant, carried: list[str], beyond_rule: list[str], why: str) -> ApiError:
+    return ApiError(
+        403,
+        "insufficient_scope",
+        f"the user's token carries scopes this service's access rules do not allow: "
+        f"{' '.join(beyond_rule)} ({why}; an admin may allow them in the rule)",
+        scopes=carried,
+        grant_id=grant.pk,
+        provider=grant.provider_app.slug,
+    )
+
+
+# What the refresh engine may raise instead of giving a token.
+REFRESH_REFUSALS = (
+    Grant.DoesNotExist,
+    refresh.UserDeactivated,
+    refresh.ReconnectRequired,
+    refresh.ProviderUnavailable,
+)
+
+
+def _refusal(grant: Grant, exc: Exception) -> ApiError:
+    """One of REFRESH_REFUSALS as the API's error."""
+    concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
+    if isinstance(exc, refresh.ReconnectRequired):
+        return ApiError(
+            409,
+            "reconnect_required",
+            "the grant is no longer valid at the provider; the user must connect again",
             **concerning,
         )
-    beyond_grant = sorted(set(requested) - set(grant.scopes))
-    if beyond_grant:
-        raise ApiError(
-            403,
-            "insufficient_scope",
-            f"the user's grant lacks the scopes: {' '.join(beyond_grant)} "
-            "(the user must connect again with them, e.g. through a connect link)",
-            scopes=requested,
+    if isinstance(exc, refresh.ProviderUnavailable):
+        return ApiError(
+            503,
+            "temporarily_unavailable",
+            "the provider is failing and no valid token is left; retry later",
+            {"Retry-After": str(max(1, int(exc.retry_after)))},
             **concerning,
         )
-    return sorted(set(requested))
+    return not_visible(**concerning)  # gone, or its user deactivated
 
 
 def _require_live(grant: Grant) -> None:
@@ -364,40 +414,40 @@ def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     ):
         return grant
 
-    concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     try:
         return refresh.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
-    except Grant.DoesNotExist:
-        raise not_visible(**concerning) from None
-    except refresh.ReconnectRequired:
-        raise ApiError(
-            409,
-            "reconnect_required",
-            "the grant is no longer valid at the provider; the user must connect again",
-            **concerning,
-        ) from None
-    except refresh.ProviderUnavailable as exc:
-        retry_after = max(1, int(exc.retry_after))
-        raise ApiError(
-            503,
-            "temporarily_unavailable",
-            "the provider is failing and no valid token is left; retry later",
-            {"Retry-After": str(retry_after)},
-            **concerning,
-        ) from None
+    except REFRESH_REFUSALS as exc:
+        raise _refusal(grant, exc) from None
 
 
-@api_view("POST", scope="tokens:read", denied="token.denied")
-def access_token(request: ServiceRequest) -> HttpResponse:
-    """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
-    body = parse_json_body(request, ACCESS_TOKEN_FIELDS)
-    grant, permission = _find_grant(request, body)
-    scopes = _checked_scopes(grant, permission, body.get("scopes"))
-    if grant.provider_app.protocol != "oauth2":
-        raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
-    _require_live(grant)
-    min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
-    grant = _fresh(grant, min_ttl, body.get("force_refresh", False))
+def _narrowed(
+    grant: Grant, permission: rules.Permission, carried: list[str]
+) -> tuple[str, datetime, list[str]]:
+    """(token, expiry, scopes) of a token with only the allowed part of the grant's scopes,
+    for kinds that can issue one without touching the grant (`narrower_tokens_on_refresh`).
+    Fresh from the provider, so it satisfies min_ttl and force_refresh too."""
+    wanted = sorted(set(carried) & permission.scopes)
+    beyond_rule = sorted(set(carried) - permission.scopes)
+    if not wanted:
+        raise _too_wide(grant, carried, beyond_rule, "it carries none they allow")
+    try:
+        response = refresh.narrowed_token(grant.pk, scopes=wanted)
+    except refresh.NarrowingRefused as exc:
+        why = f"the provider refused a narrower token: {exc}"
+        raise _too_wide(grant, carried, beyond_rule, why) from None
+    except REFRESH_REFUSALS as exc:
+        raise _refusal(grant, exc) from None
+    # The provider's word on what the token carries; silence means it did as asked.
+    scopes = sorted(set(response.scopes if response.scopes is not None else wanted))
+    if not set(scopes) <= permission.scopes:
+        beyond_rule = sorted(set(scopes) - permission.scopes)
+        raise _too_wide(grant, scopes, beyond_rule, "the provider did not narrow the token")
+    lifetime = response.expires_in or grant.provider_app.catalog_entry.default_access_token_seconds
+    return response.access_token, timezone.now() + timedelta(seconds=lifetime), scopes
+
+
+def _stored_token(grant: Grant) -> tuple[str, datetime | None]:
+    """The grant's access token and its expiry, as `_fresh` left them."""
     token = grant.unseal("access_token") if grant.status == Grant.Status.ACTIVE else None
     if not token:
         _require_live(grant)
@@ -408,15 +458,45 @@ def access_token(request: ServiceRequest) -> HttpResponse:
             {"Retry-After": "5"},
             grant_id=grant.pk,
         )
+    return token, grant.access_expires_at
+
+
+@api_view("POST", scope="tokens:read", denied="token.denied")
+def access_token(request: ServiceRequest) -> HttpResponse:
+    """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
+    body = parse_json_body(request, ACCESS_TOKEN_FIELDS)
+    grant, permission = _find_grant(request, body)
+    if grant.provider_app.protocol != "oauth2":
+        raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
+    requested = body.get("scopes")
+    carried, beyond_rule = _token_scopes(grant, permission, requested)
+    kind = grant.provider_app.catalog_entry
+    if beyond_rule and not kind.narrower_tokens_on_refresh:
+        # Refused before any refresh.
+        raise _too_wide(grant, carried, beyond_rule, "the provider cannot issue a narrower token")
+    _require_live(grant)
+    force_refresh = body.get("force_refresh", False)
+    min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
+    narrowed = bool(beyond_rule)
+    expires_at: datetime | None
+    if narrowed:
+        token, expires_at, scopes = _narrowed(grant, permission, carried)
+    else:
+        grant = _fresh(grant, min_ttl, force_refresh)
+        token, expires_at = _stored_token(grant)
+        # A refresh may have changed what the token carries: checked again on what is served.
+        scopes, beyond_rule = _token_scopes(grant, permission, requested)
+        if beyond_rule:
+            raise _too_wide(grant, scopes, beyond_rule, "the refreshed token carries more")
     _served(
         request,
         grant,
         "token.issued",
         scopes=scopes,
         min_ttl=min_ttl,
-        force_refresh=body.get("force_refresh", False),
+        force_refresh=force_refresh,
+        narrowed=narrowed,
     )
-    expires_at = grant.access_expires_at
     return _no_store(
         JsonResponse(
             {

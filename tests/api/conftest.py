@@ -109,7 +109,8 @@ def make_grant(user, app: ProviderApp, **fields: Any) -> Grant:
 
 @pytest.fixture
 def grant(owner, atlassian) -> Grant:
-    return make_grant(owner, atlassian)
+    """Alice's grant, carrying exactly the scopes the `rule` fixture allows."""
+    return make_grant(owner, atlassian, scopes=["read:me", "read:jira-work"])
 
 
 def make_service(name: str = "reporting") -> tuple[ServiceClient, str]:

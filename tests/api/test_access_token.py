@@ -59,7 +59,27 @@ def test_it_finds_the_grant_by_user_and_provider(api, grant, rule, bearer):
         api, {"user": "alice", "provider": "atlassian", "scopes": ["read:me"]}, bearer()
     )
     assert response.status_code == 200
-    assert response.json()["grant"] == str(grant.pk) and response.json()["scopes"] == ["read:me"]
+    assert response.json()["grant"] == str(grant.pk)
+    # Asking for fewer scopes does not narrow the token: the answer says what it carries.
+    assert response.json()["scopes"] == ["read:jira-work", "read:me"]
+
+
+def test_a_token_carrying_a_scope_the_rules_do_not_allow_is_refused(
+    api, owner, atlassian, rule, bearer
+):
+    wide = make_grant(owner, atlassian, scopes=["read:me", "read:jira-work", "write:jira-work"])
+    before = Grant.objects.filter(pk=wide.pk).values().get()
+    for body in ({"grant": str(wide.pk)}, {"grant": str(wide.pk), "scopes": ["read:me"]}):
+        response = post(api, body, bearer())
+        assert response.status_code == 403, response.content
+        assert response.json()["error"] == "insufficient_scope"
+        description = response.json()["error_description"]
+        assert "write:jira-work" in description and "read:me" not in description
+        assert "access_token" not in response.json()
+    assert Grant.objects.filter(pk=wide.pk).values().get() == before  # nothing refreshed
+    assert not audit_events(action="token.issued")
+    denied = audit_events(action="token.denied")
+    assert denied[0].scopes == ["read:jira-work", "read:me", "write:jira-work"]
 
 
 def test_it_records_last_use_cheaply(api, grant, rule, bearer, django_assert_max_num_queries):
@@ -248,3 +268,130 @@ def test_a_rescued_refresh_is_applied_before_a_stored_token_is_served(api, grant
     grant.refresh_from_db()
     assert grant.unseal("refresh_token") == "rescued-refresh"
     assert not rescue_pending(grant.pk)
+
+
+# -- kinds that can issue a narrower token ------------------------------------------------------
+
+
+@pytest.fixture
+def narrowing_app(monkeypatch, local_server):
+    """An app of a kind that issues narrower tokens on refresh (no built-in kind does),
+    whose token endpoint is the local fake (the sandbox narrows its refresh tokens)."""
+    from dataclasses import replace
+
+    from broker import catalog
+    from broker.models import ProviderApp
+
+    kind = replace(catalog.KINDS["oauth2"], narrower_tokens_on_refresh=True)
+    monkeypatch.setattr(catalog, "KINDS", {**catalog.KINDS, "oauth2": kind})
+    return ProviderApp.objects.create(
+        slug="acme",
+        kind="oauth2",
+        name="Acme",
+        client_id="acme-client",
+        scopes=["read", "write"],
+        endpoints={
+            "authorize": "https://acme.example/authorize",
+            "token": f"{local_server.url}/token",
+        },
+    )
+
+
+def token_answer(scope: str) -> bytes:
+    import json
+
+    body = {"access_token": "narrow-at", "token_type": "Bearer", "expires_in": 600, "scope": scope}
+    return json.dumps(body).encode()
+
+
+def stored_tokens(grant):
+    fields = ("access_token_sealed", "refresh_token_sealed", "scopes", "token_version", "status")
+    return Grant.objects.filter(pk=grant.pk).values(*fields).get()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kind_that_can_narrow_tokens_serves_one_with_only_the_rules_scopes(
+    api, owner, narrowing_app, local_server, service_with_secret, bearer
+):
+    from urllib.parse import parse_qs
+
+    from broker.models import AccessRule
+
+    grant = make_grant(owner, narrowing_app, scopes=["read", "write"])
+    AccessRule.objects.create(
+        service=service_with_secret[0], provider_app=narrowing_app, scopes=["read"]
+    )
+    before = stored_tokens(grant)
+    local_server.bodies.append(token_answer("read"))
+
+    response = post(api, {"grant": str(grant.pk)}, bearer())
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["access_token"], body["scopes"]) == ("narrow-at", ["read"])
+    assert 590 <= body["expires_in"] <= 600
+    [sent] = local_server.requests
+    form = parse_qs(sent.body.decode())
+    assert form["grant_type"] == ["refresh_token"] and form["scope"] == ["read"]
+    assert form["refresh_token"] == [grant.unseal("refresh_token")]
+    assert stored_tokens(grant) == before  # the grant every other service uses is untouched
+    [event] = audit_events(action="token.issued")
+    assert event.scopes == ["read"] and event.detail["narrowed"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [(200, token_answer("read write")), (400, b'{"error": "invalid_scope"}')],
+    ids=["provider_ignored_the_scope", "provider_refused"],
+)
+def test_a_token_the_provider_did_not_narrow_is_never_handed_out(
+    api, owner, narrowing_app, local_server, service_with_secret, bearer, status, answer
+):
+    from broker.models import AccessRule
+
+    grant = make_grant(owner, narrowing_app, scopes=["read", "write"])
+    AccessRule.objects.create(
+        service=service_with_secret[0], provider_app=narrowing_app, scopes=["read"]
+    )
+    before = stored_tokens(grant)
+    local_server.statuses.append(status)
+    local_server.bodies.append(answer)
+
+    response = post(api, {"grant": str(grant.pk)}, bearer())
+    assert response.status_code == 403, response.content
+    assert response.json()["error"] == "insufficient_scope"
+    assert "write" in response.json()["error_description"]
+    assert "access_token" not in response.json() and b"narrow-at" not in response.content
+    assert len(local_server.requests) == 1
+    assert stored_tokens(grant) == before  # a refused narrowing does not kill the grant
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refresh_token_a_narrowed_refresh_rotates_anyway_is_kept(
+    api, owner, narrowing_app, local_server, service_with_secret, bearer
+):
+    import json
+
+    from broker.models import AccessRule
+
+    grant = make_grant(owner, narrowing_app, scopes=["read", "write"])
+    AccessRule.objects.create(
+        service=service_with_secret[0], provider_app=narrowing_app, scopes=["read"]
+    )
+    answer = {**json.loads(token_answer("read")), "refresh_token": "rt-rotated"}
+    local_server.bodies.append(json.dumps(answer).encode())
+
+    assert post(api, {"grant": str(grant.pk)}, bearer()).status_code == 200
+    after = Grant.objects.get(pk=grant.pk)
+    assert after.unseal("refresh_token") == "rt-rotated"  # or the grant would die
+    assert after.unseal("access_token") == grant.unseal("access_token")
+    assert sorted(after.scopes) == ["read", "write"]
+
+
+def test_a_rotating_kind_cannot_claim_to_narrow_tokens():
+    from dataclasses import replace
+
+    from broker import catalog
+
+    with pytest.raises(ValueError, match="rotating"):
+        replace(catalog.KINDS["atlassian"], narrower_tokens_on_refresh=True)

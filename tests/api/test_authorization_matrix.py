@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from broker.api import tokens
-from broker.models import AccessRule, ConnectLink
+from broker.models import AccessRule, ConnectLink, Grant
 from tests.api.conftest import audit_events, fetch_token, make_grant, make_service
 
 pytestmark = pytest.mark.django_db
@@ -24,15 +24,16 @@ SCENARIOS = [
     "user_outside_group",
     "disabled_service",
     "expired_broker_token",
+    "user_deactivated",
     "allowed",
 ]
 ENDPOINTS = ["access-token", "sign", "connect-links", "grants"]
 
 EXPECTED = {
-    "access-token": [404, 404, 403, 404, 401, 401, 200],
-    "sign": [404, 404, 403, 404, 401, 401, 200],
-    "connect-links": [404, 404, 403, 404, 401, 401, 201],
-    "grants": [200, 200, None, 200, 401, 401, 200],
+    "access-token": [404, 404, 403, 404, 401, 401, 404, 200],
+    "sign": [404, 404, 403, 404, 401, 401, 404, 200],
+    "connect-links": [404, 404, 403, 404, 401, 401, 404, 201],
+    "grants": [200, 200, None, 200, 401, 401, 200, 200],
 }
 SECRETS_IN_SUCCESS = {
     "access-token": "access_token",
@@ -100,7 +101,10 @@ def test_authorization_matrix(
     api, endpoint, scenario, owner, atlassian, jira_dc, other_app, group, settings
 ):
     expected = EXPECTED[endpoint][SCENARIOS.index(scenario)]
-    grants = {"atlassian": make_grant(owner, atlassian), "jira": make_grant(owner, jira_dc)}
+    grants = {
+        "atlassian": make_grant(owner, atlassian, scopes=["read:me", "read:jira-work"]),
+        "jira": make_grant(owner, jira_dc),
+    }
     service, secret = make_service()
     _rules(scenario, service, atlassian, jira_dc, other_app, group)
     if scenario == "expired_broker_token":
@@ -109,6 +113,10 @@ def test_authorization_matrix(
         token = fetch_token(api, service, secret)["access_token"]
     if scenario == "disabled_service":
         tokens.disable_service(service)
+    if scenario == "user_deactivated":
+        # As for a revoked grant: nothing served, nothing listed, the grants kept.
+        owner.is_active = False
+        owner.save(update_fields=["is_active"])
     headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
     if endpoint in ("sign", "connect-links") and scenario in ("no_rule", "user_outside_group"):
         # Without the capability the broker token lacks the API scope: ask with a token
@@ -145,6 +153,7 @@ def test_authorization_matrix(
         [event] = audit_events(action=denied_action, service=service.client_id)
         assert event.outcome == "denied" and event.detail["status"] == expected
     assert not audit_events(action__in=["token.issued", "request.signed"])
+    assert Grant.objects.filter(status="active").count() == len(grants)  # kept, untouched
 
 
 def test_an_invisible_grant_looks_exactly_like_a_missing_one(api, owner, atlassian, other_app):

@@ -82,6 +82,20 @@ def test_addaccessrule_refuses_bad_input_and_writes_nothing(atlassian, args):
     assert not AccessRule.objects.exists()
 
 
+def test_addaccessrule_with_an_unknown_slug_lists_the_valid_ones(atlassian, other_app):
+    client_id = run("createserviceclient", "Reports")["client_id"]
+    with pytest.raises(CommandError) as refused:
+        call_command("addaccessrule", client_id, "--provider", "jira")
+    assert str(refused.value) == "no provider app 'jira'; the apps are: atlassian, gitlab"
+    assert not AccessRule.objects.exists()
+
+
+def test_addaccessrule_without_any_app_says_how_to_load_them():
+    client_id = run("createserviceclient", "Reports")["client_id"]
+    with pytest.raises(CommandError, match=r"none is loaded \(manage.py loadproviders\)"):
+        call_command("addaccessrule", client_id, "--provider", "jira")
+
+
 def test_disableserviceclient_stops_new_tokens(api):
     result = run("createserviceclient", "Reports")
     service = ServiceClient.objects.get(client_id=result["client_id"])

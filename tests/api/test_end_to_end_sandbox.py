@@ -15,6 +15,7 @@ from django.core.management import call_command
 from broker.models import Grant, ProviderApp
 from broker.token_endpoint import exchange_code
 from broker.token_store import apply_token_response
+from tests.api.conftest import fetch_token, make_service
 from tests.api.test_private_key_jwt import assertion, claims_for, public_pem, request_token
 from tests.sandbox_server import SandboxServer, start_sandbox
 from tests.test_sandbox_provider import BROKER_URL, authorization_code, oauth1_dance, read_toml
@@ -170,3 +171,152 @@ def test_a_failing_provider_is_503_with_retry_after(api, sandbox, sandbox_grant,
     assert response.status_code == 503 and int(response["Retry-After"]) >= 1
     assert response.json()["error"] == "temporarily_unavailable"
     assert "access_token" not in response.json()
+
+
+# -- a failing provider while a token is still valid ------------------------------------------
+
+
+def expiring_in(grant: Grant, seconds: int) -> None:
+    """The stored token of an hour-long lifetime now has `seconds` left (below min_ttl)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    Grant.objects.filter(pk=grant.pk).update(
+        access_expires_at=now + timedelta(seconds=seconds),
+        consented_at=now - timedelta(seconds=3600 - seconds),
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["error500", "ratelimit"])
+def test_a_failed_refresh_serves_the_still_valid_token_with_its_true_expiry(
+    api, sandbox, sandbox_grant, key_service, mode
+):
+    expiring_in(sandbox_grant, 9)
+    stored_token = sandbox_grant.unseal("access_token")
+    sandbox.reset_counters()
+    sandbox.faults(mode=mode)
+    try:
+        served = access_token(api, key_service, min_ttl=60)
+        forced = access_token(api, key_service, force_refresh=True)
+    finally:
+        sandbox.faults(mode="none")
+    assert served.status_code == 200, served.content
+    assert served.json()["access_token"] == stored_token
+    assert 1 <= served.json()["expires_in"] <= 9  # the truth, below the min_ttl asked for
+    # The refresh was tried (and failed) for each request; force_refresh gets no old token.
+    assert sandbox.counters()["token"]["refresh_token"] == 2
+    assert forced.status_code == 503 and int(forced["Retry-After"]) >= 1
+    assert "access_token" not in forced.json()
+    assert Grant.objects.get(pk=sandbox_grant.pk).status == Grant.Status.ACTIVE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_refresh_with_no_valid_token_left_is_503(api, sandbox, sandbox_grant, key_service):
+    expiring_in(sandbox_grant, 0)
+    sandbox.faults(mode="ratelimit", retry_after=7)
+    try:
+        response = access_token(api, key_service, min_ttl=60)
+    finally:
+        sandbox.faults(mode="none")
+    assert response.status_code == 503 and int(response["Retry-After"]) >= 7
+    assert "no valid token is left" in response.json()["error_description"]
+    assert "access_token" not in response.json()
+
+
+# -- the token's scopes, and the rules' ----------------------------------------------------------
+
+
+@pytest.fixture
+def dc_grant(sandbox, apps, owner, settings) -> Grant:
+    """Alice's Jira Data Center (OAuth 2.0) grant with READ WRITE, its token run out."""
+    from django.utils import timezone
+
+    settings.BROKER_PUBLIC_URL = BROKER_URL
+    app = ProviderApp.objects.get(slug="sandbox-dc")
+    code, verifier = authorization_code(
+        sandbox, apps["sandbox-dc"], "sandbox-dc", path="/rest/oauth2/latest/authorize", pkce=True
+    )
+    response = exchange_code(
+        app,
+        code=code,
+        redirect_uri=f"{BROKER_URL}/oauth/callback/sandbox-dc",
+        code_verifier=verifier,
+    )
+    grant = Grant(user=owner, provider_app=app, external_account_id="alice-dc")
+    apply_token_response(grant, response, refreshed=False)
+    grant.access_expires_at = timezone.now()
+    grant.save()
+    assert sorted(grant.scopes) == ["READ", "WRITE"]  # as the provider's token response says
+    return grant
+
+
+def service_with_rule(api, name: str, *rule_args: str) -> dict[str, str]:
+    """A new secret service with one rule (`addaccessrule` arguments); its bearer header."""
+    service, secret = make_service(name)
+    call_command("addaccessrule", service.client_id, *rule_args, stdout=StringIO())
+    return {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rule_allowing_less_than_the_token_carries_gets_no_token(api, sandbox, dc_grant):
+    reader = service_with_rule(api, "reader", "--provider", "sandbox-dc", "--scopes", "READ")
+    everything = service_with_rule(api, "writer", "--provider", "sandbox-dc")
+    body = {"user": "alice", "provider": "sandbox-dc"}
+    sandbox.reset_counters()
+
+    refused = api.post("/api/v1/access-token", body, content_type="application/json", **reader)
+    assert refused.status_code == 403 and refused.json()["error"] == "insufficient_scope"
+    assert "WRITE" in refused.json()["error_description"]
+    assert "access_token" not in refused.json()
+    assert sandbox.counters()["token"]["refresh_token"] == 0  # not even refreshed for it
+
+    served = api.post("/api/v1/access-token", body, content_type="application/json", **everything)
+    assert served.status_code == 200, served.content
+    assert served.json()["scopes"] == ["READ", "WRITE"]  # what the refreshed token carries
+    assert sandbox.counters()["token"]["refresh_token"] == 1
+    me = requests.get(
+        f"{sandbox.url}/me",
+        headers={"Authorization": f"Bearer {served.json()['access_token']}"},
+        timeout=10,
+    )
+    assert me.status_code == 200
+
+
+# -- deactivated users ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deactivated_users_grant_is_neither_served_nor_refreshed_until_reactivated(
+    api, sandbox, sandbox_grant, key_service, owner
+):
+    from django.utils import timezone
+
+    from broker import refresh
+
+    Grant.objects.filter(pk=sandbox_grant.pk).update(next_refresh_at=timezone.now())
+    owner.is_active = False
+    owner.save(update_fields=["is_active"])
+    sandbox.reset_counters()
+
+    response = access_token(api, key_service, min_ttl=60)
+    assert response.status_code == 404 and "access_token" not in response.json()
+    listed = api.get("/api/v1/grants", **broker_token(api, key_service)).json()["grants"]
+    assert listed == []
+    assert refresh.claim_due_grants(on_claimed=lambda ids: None) == []
+    assert refresh.refresh_grant_now(sandbox_grant.pk).result == refresh.Result.GONE
+    with pytest.raises(refresh.UserDeactivated):
+        refresh.ensure_fresh(sandbox_grant.pk, min_ttl=60, force_refresh=True)
+    assert sandbox.counters()["token"]["refresh_token"] == 0  # nothing went upstream
+    kept = Grant.objects.get(pk=sandbox_grant.pk)
+    assert kept.status == Grant.Status.ACTIVE and kept.has_secret("refresh_token")
+
+    owner.is_active = True
+    owner.save(update_fields=["is_active"])
+    assert refresh.claim_due_grants(on_claimed=lambda ids: None) == [str(sandbox_grant.pk)]
+    restored = access_token(api, key_service, min_ttl=60)
+    assert restored.status_code == 200, restored.content
+    assert restored.json()["expires_in"] >= 60
+    assert sandbox.counters()["token"]["refresh_token"] == 1

@@ -82,3 +82,15 @@ def test_it_signs_nothing_for_another_host_or_a_bad_method(api, signer, method, 
     assert response.status_code == 400 and "authorization" not in response.json()
     assert not audit_events(action="request.signed")
     assert audit_events(action="token.denied")
+
+
+def test_signing_ignores_scopes_oauth1_tokens_do_not_have(api, owner, jira_dc):
+    """The scope promise is about OAuth 2.0 tokens: an OAuth 1.0a grant's scopes (a label at
+    most) never block a signature, whatever the signing rule's scopes."""
+    service, secret = make_service("jira-reader")
+    AccessRule.objects.create(service=service, provider_app=jira_dc, scopes=["READ"], can_sign=True)
+    grant = make_grant(owner, jira_dc, access_expires_at=None, scopes=["READ", "WRITE"])
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
+    response = sign(api, headers, grant=str(grant.pk), method="GET", url=MYSELF)
+    assert response.status_code == 200, response.content
+    assert response.json()["authorization"].startswith("OAuth ")

@@ -1,4 +1,4 @@
-"""Creates (or resets) a demo admin and a demo user for local development."""
+"""Creates a demo admin and a demo user for local development, once."""
 
 import json
 from argparse import ArgumentParser
@@ -17,7 +17,10 @@ def credentials(value: str) -> tuple[str, str]:
 
 
 class Command(BaseCommand):
-    help = "Create a demo admin and a demo user (development only: refuses when DEBUG is off)."
+    help = (
+        "Create a demo admin and a demo user (development only: refuses when DEBUG is off). "
+        "Existing users are left as they are, so `make dev` restarts sign nobody out."
+    )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--admin", default="admin:admin-broker")
@@ -31,15 +34,18 @@ class Command(BaseCommand):
         made = []
         for value, staff in ((options["admin"], True), (options["user"], False)):
             username, password = credentials(value)
-            user, _ = users.objects.get_or_create(username=username)
-            user.is_staff = user.is_superuser = staff
-            user.set_password(password)
-            user.save()
-            made.append({"username": username, "password": password, "admin": staff})
+            # Changing an existing user's password would end every session it has.
+            user, created = users.objects.get_or_create(
+                username=username, defaults={"is_staff": staff, "is_superuser": staff}
+            )
+            if created:
+                user.set_password(password)
+                user.save(update_fields=["password"])
+            made.append({"username": username, "admin": staff, "created": created})
         if options["json"]:
             self.stdout.write(json.dumps({"users": made}))
         else:
             for u in made:
-                self.stdout.write(
-                    f"{'admin' if u['admin'] else 'user'}: {u['username']} / {u['password']}"
-                )
+                role = "admin" if u["admin"] else "user"
+                state = "created" if u["created"] else "exists, left as it is"
+                self.stdout.write(f"{role} {u['username']}: {state}")

@@ -32,7 +32,15 @@ class Command(BaseCommand):
             raise CommandError(f"no service client {options['client_id']!r}")
         app = ProviderApp.objects.filter(slug=options["provider"]).first()
         if app is None:
-            raise CommandError(f"no provider app {options['provider']!r}")
+            slugs = ", ".join(ProviderApp.objects.order_by("slug").values_list("slug", flat=True))
+            raise CommandError(
+                f"no provider app {options['provider']!r}; "
+                + (
+                    f"the apps are: {slugs}"
+                    if slugs
+                    else "none is loaded (manage.py loadproviders)"
+                )
+            )
         group = None
         users: str = options["users"]
         if users.startswith("group:") and users[len("group:") :]:
