@@ -1,8 +1,8 @@
 """Benchmark of the internal API's hot path (printed figures, not a timed test).
 
-Starts the broker under gunicorn (2 workers, production settings, loopback HTTP) on its own
-PostgreSQL database (`broker_bench`) and Redis DB 12, then alternates wrk runs (16
-connections, bounded time) between:
+Starts the broker under gunicorn (gunicorn.conf.py as it is, production settings, loopback
+HTTP) on its own PostgreSQL database (`broker_bench`) and Redis DB 12, then alternates wrk
+runs (16 connections, bounded time) between:
   (a) POST /api/v1/access-token for a grant whose stored token is valid, and
   (b) GET /api/v1/ping: a trivial JSON view behind the same broker-token authentication,
       rate limit, middleware and wrapper (`broker.api.decorators.api_view`).
@@ -136,8 +136,6 @@ def start_gunicorn(port: int) -> subprocess.Popen[bytes]:
         [
             str(Path(sys.executable).parent / "gunicorn"),
             "broker.wsgi",
-            "-w",
-            "2",
             "-b",
             f"127.0.0.1:{port}",
             "--log-level",
@@ -247,7 +245,7 @@ def main() -> None:
         return max(results[name], key=lambda r: r["rps"])
 
     print(
-        f"gunicorn 2 workers, wrk 16 connections, {args.rounds} x {args.seconds}s each, "
+        f"gunicorn.conf.py, wrk 16 connections, {args.rounds} x {args.seconds}s each, "
         f"PostgreSQL {DB_NAME}, Redis DB 12"
     )
     for name in ("access-token", "ping"):

@@ -19,11 +19,13 @@ Single flight: a Redis lock plus a fencing token in the database
   owner token, released by a script only by its owner). Its timeout (2 x the provider
   timeout + 10 s) outlasts the HTTP call, which broker.outbound_http ends within the
   provider timeout in total however slowly the provider answers, and the write; waiters
-  block on it for at most 2 x the provider timeout. The holder re-reads the grant and skips
-  the call when someone else already refreshed; waiters then take the lock in turn,
-  re-read, and find the fresh token, or the failure of the call they waited for. Every
-  write of a refresh's result is a conditional UPDATE on the `token_version` read before
-  the call (and `status=active`), so a holder whose lock expired while it was
+  block on it for at most 2 x the provider timeout, having given their database connection
+  back (so that a pool of a few connections serves any number of waiters; the holder gives
+  its own back during the provider call). The holder re-reads the grant and skips the call
+  when someone else already refreshed; waiters then take the lock in turn, re-read, and
+  find the fresh token, or the failure of the call they waited for. Every write of a
+  refresh's result is a conditional UPDATE on the `token_version` read before the call
+  (and `status=active`), so a holder whose lock expired while it was
   stalled can never overwrite newer tokens or resurrect a revoked grant, and a stale
   `invalid_grant` cannot kill a grant someone else refreshed meanwhile.
   Why not a PostgreSQL row lock (`select_for_update`) held across the HTTP call: it pins a
@@ -204,6 +206,15 @@ def redis_client() -> redis.Redis:
     )
 
 
+def release_database_connection() -> None:
+    """Gives this thread's database connection back (to the pool, on PostgreSQL) before a
+    wait of seconds, so that callers waiting on a refresh or a provider never hold the
+    connections everyone else needs; the next query takes one again. A connection inside
+    a transaction (a test's) is kept: closing it would end the transaction."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 @contextmanager
 def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
     """Holds the grant's refresh lock; yields False when it could not be had in `wait` s."""
@@ -216,7 +227,11 @@ def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
         thread_local=False,
     )
     try:
-        acquired = bool(lock.acquire())
+        acquired = bool(lock.acquire(blocking=False))
+        if not acquired:
+            # Another process is refreshing: wait for it without a database connection.
+            release_database_connection()
+            acquired = bool(lock.acquire())
     except redis.RedisError as exc:
         log.warning("refresh lock for grant %s unavailable: %s", grant_id, type(exc).__name__)
         acquired = False
@@ -506,6 +521,7 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
     seen_version = grant.token_version
     app = grant.provider_app
     refresh_token = grant.unseal("refresh_token") or ""
+    release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
     try:
         response = refresh_upstream(
             app, refresh_token=refresh_token, redirect_uri=grant.redirect_uri
@@ -695,6 +711,7 @@ def narrowed_token(grant_id: Any, *, scopes: list[str]) -> TokenResponse:
         if not refresh_token:
             raise NarrowingRefused("the grant has no refresh token")
         require_no_outer_transaction()
+        release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
         try:
             response = refresh_upstream(
                 app, refresh_token=refresh_token, redirect_uri=grant.redirect_uri, scopes=scopes

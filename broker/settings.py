@@ -108,6 +108,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "broker.logging_config.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves /static/ from STATIC_ROOT (collectstatic): gunicorn serves nothing else.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "broker.security_headers.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -115,6 +117,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "broker.database_busy.DatabaseBusyMiddleware",
 ]
 
 ROOT_URLCONF = "broker.urls"
@@ -145,8 +148,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-broker.sqlite3")}
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # PostgreSQL: a bounded pool of connections per process (psycopg_pool), so that
+    # processes x BROKER_DB_POOL_MAX_SIZE stays under the server's max_connections however
+    # many threads serve requests. A request that finds no free connection waits
+    # BROKER_DB_POOL_TIMEOUT seconds, then gets 503 + Retry-After (broker.database_busy).
+    # The pool keeps connections itself: Django's persistent connections must be off.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        **DATABASES["default"].get("OPTIONS", {}),
+        "pool": {
+            "min_size": env.int("BROKER_DB_POOL_MIN_SIZE", default=1),
+            "max_size": env.int("BROKER_DB_POOL_MAX_SIZE", default=10),
+            "timeout": env.float("BROKER_DB_POOL_TIMEOUT", default=5.0),
+        },
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {
@@ -173,6 +188,12 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# `manage.py collectstatic` writes compressed copies with content-hashed names, which
+# WhiteNoise serves with a one-year immutable Cache-Control.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # Security headers. HTTPS is enforced outside development unless explicitly allowed for
 # loopback testing.

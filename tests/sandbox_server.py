@@ -134,6 +134,13 @@ def wait_until_up(server: SandboxServer) -> None:
 
 def start_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int = 2) -> SandboxServer:
     """Migrate a fresh per-run database, register the broker, and serve on a free port."""
+    server = launch_sandbox(data_dir, broker_url, access_token_seconds)
+    wait_until_up(server)
+    return server
+
+
+def launch_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int) -> SandboxServer:
+    """start_sandbox without the wait: the server's process is started, maybe not up yet."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -160,11 +167,9 @@ def start_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int = 2
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = SandboxServer(
+    return SandboxServer(
         url=f"http://localhost:{port}",
         providers_file=providers_file,
         process=process,
         log_file=log_file,
     )
-    wait_until_up(server)
-    return server

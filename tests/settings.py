@@ -22,6 +22,15 @@ from broker.settings import DATA_DIR  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# Static files as in development (no collectstatic before the tests): the production
+# storage and serving are tested by tests/test_static_files.py.
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
+
 # Test receivers (webhooks, fake providers) listen on loopback.
 BROKER_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
 

@@ -117,7 +117,8 @@ BIN = Path(sys.executable).parent
         ([str(BIN / "celery"), "-A", "broker", "worker"], 2),
         ([str(BIN / "celery"), "-A", "broker", "beat"], 2),
         # gunicorn's own "app failed to load" code: its master stops, it does not respawn.
-        ([str(BIN / "gunicorn"), "broker.wsgi", "-b", "127.0.0.1:{port}"], 4),
+        # One worker: each worker process of gunicorn.conf.py loads the app and says it once.
+        ([str(BIN / "gunicorn"), "broker.wsgi", "-b", "127.0.0.1:{port}", "-w", "1"], 4),
     ],
     ids=["manage.py", "runserver", "worker", "beat", "gunicorn"],
 )

@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from broker import audit
 from broker.api.auth import authenticate_bearer
 from broker.api.errors import ApiError, error_response
+from broker.database_busy import busy_response, is_database_busy
 from broker.logging_config import name_service
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ def api_view(
                         **exc.audit,
                     )
                 return exc.response()
-            except Exception:
+            except Exception as exc:
+                if is_database_busy(exc):
+                    return busy_response(request)
                 log.exception("internal API error on %s", request.path)
                 return error_response(500, "server_error", "the broker failed; try again later")
 

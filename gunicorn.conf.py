@@ -1,0 +1,25 @@
+"""The recommended production configuration of the web process (gunicorn reads this file
+from its working directory by default): `gunicorn broker.wsgi -b 0.0.0.0:8000`.
+
+Threaded workers (gthread): a request waiting on another process's single-flight refresh
+(up to 2 x BROKER_PROVIDER_TIMEOUT) blocks one thread, not a whole process, and holds no
+database connection meanwhile (broker.refresh), so many threads share a small pool of
+connections (BROKER_DB_POOL_MAX_SIZE per process). Sizing: README, "Deployment at scale".
+"""
+
+import os
+
+wsgi_app = "broker.wsgi"
+worker_class = "gthread"
+# Processes: one per core (each runs `threads` requests at once).
+workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# Longest request: waiting 2 x 10 s for another refresh, then a refresh of its own.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = 30
+# Behind a proxy that keeps connections open.
+keepalive = 5
+# The broker logs one line per request itself (broker.logging_config).
+accesslog = None
+# No control socket: its default path is shared by every gunicorn of the same user.
+control_socket_disable = True

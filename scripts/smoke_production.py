@@ -1,0 +1,398 @@
+"""Production smoke run (called by .ci/run): the broker installed as a production image is
+built, started as the README says, and used once end to end.
+
+- a virtualenv made from requirements.txt alone (no dev extras);
+- DEBUG=0 (BROKER_ALLOW_HTTP=1: loopback only), PostgreSQL on a database of its own
+  (SMOKE_DATABASE_URL, dropped and created), Redis db SMOKE_REDIS_URL (flushed);
+- migrate, check --deploy, collectstatic; gunicorn with gunicorn.conf.py, a Celery worker
+  and Celery beat, all from that virtualenv;
+- the sandbox provider (development-only: it runs from the dev virtualenv this script runs
+  in) issuing 30-second access tokens;
+- a user signs in, presses Connect, signs in at the sandbox and approves, over HTTP;
+- a service client and an access rule made with manage.py; the service fetches a broker
+  token and then the user's provider token, which the provider accepts;
+- the worker refreshes the grant in the background, and the service then gets the new token;
+- `manage.py revokegrants` hands the user's grants to the worker, which revokes them;
+- the page's CSS is served with a hashed name and a long cache.
+
+Every process it started is stopped (by pid) however it ends; the whole run is bounded by
+SMOKE_TIMEOUT seconds. Any failure exits non-zero with the logs' last lines.
+
+    .venv/bin/python scripts/smoke_production.py
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.consent_driver import answer_consent, press_connect, sign_in_to_sandbox  # noqa: E402
+from tests.sandbox_server import (  # noqa: E402
+    SandboxServer,
+    free_port,
+    launch_sandbox,
+    wait_until_up,
+)
+
+DATABASE_URL = os.environ.get(
+    "SMOKE_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/broker_smoke"
+)
+REDIS_URL = os.environ.get("SMOKE_REDIS_URL", "redis://127.0.0.1:6379/14")
+TIMEOUT_SECONDS = int(os.environ.get("SMOKE_TIMEOUT", "300"))
+ACCESS_TOKEN_SECONDS = 30
+USER, PASSWORD = "alice", "alice-broker-smoke"
+HTTP_TIMEOUT = 15
+
+
+class SmokeFailure(Exception):
+    pass
+
+
+def require(condition: object, message: str) -> None:
+    if not condition:
+        raise SmokeFailure(message)
+
+
+def step(message: str) -> None:
+    print(f"smoke: {message}", flush=True)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise SmokeFailure(f"timed out after {seconds:.0f}s waiting for {what}")
+
+
+class Run:
+    """The temporary directory, the processes started and their logs."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.venv = workdir / "venv"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.sandbox: SandboxServer | None = None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        encryption_key = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.env = {
+            "PATH": f"{self.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": os.environ.get("HOME", str(workdir)),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "DJANGO_SETTINGS_MODULE": "broker.settings",
+            # Only what is set here: not a developer's .env (make dev's DEBUG=1).
+            "BROKER_ENV_FILE": "",
+            "DEBUG": "0",
+            "BROKER_ALLOW_HTTP": "1",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "BROKER_ENCRYPTION_KEYS": f"smoke1:{encryption_key}",
+            "BROKER_PUBLIC_URL": self.url,
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DATABASE_URL": DATABASE_URL,
+            "REDIS_URL": REDIS_URL,
+            "BROKER_DATA_DIR": str(workdir / "data"),
+            # Claim due grants every 2 s, so the background refresh comes quickly.
+            "BROKER_REFRESH_BEAT_SECONDS": "2",
+        }
+
+    def log(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> str:
+        """A command in the production virtualenv; its output, or SmokeFailure."""
+        result = subprocess.run(
+            [str(self.venv / "bin" / args[0]), *args[1:]],
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if result.returncode != 0:
+            raise SmokeFailure(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def start(self, name: str, *args: str) -> None:
+        with self.log(name).open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [str(self.venv / "bin" / args[0]), *args[1:]],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        step(f"started {name} (pid {self.processes[name].pid})")
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            require(process.poll() is None, f"{name} exited with {process.returncode}")
+
+    def stop(self) -> None:
+        """Every process started here, by pid: SIGTERM, then SIGKILL after 15 s."""
+        if self.sandbox is not None:
+            self.sandbox.stop()
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                step(f"{name} (pid {process.pid}) ignored SIGTERM; killing it")
+                process.kill()
+                process.wait()
+
+    def print_logs(self) -> None:
+        logs = [*sorted(self.workdir.glob("*.log"))]
+        if self.sandbox is not None:
+            logs.append(self.sandbox.log_file)
+        for path in logs:
+            lines = path.read_text(errors="replace").splitlines()[-30:]
+            print(f"----- {path} (last {len(lines)} lines)", file=sys.stderr)
+            print("\n".join(lines), file=sys.stderr)
+
+
+def fresh_database() -> None:
+    """Drops and creates the smoke run's own database."""
+    parts = urlsplit(DATABASE_URL)
+    name = parts.path.lstrip("/")
+    require(re.fullmatch(r"[A-Za-z0-9_]+", name), f"unexpected database name {name!r}")
+    maintenance = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL, socket_timeout=5).flushdb()
+
+
+def install(run: Run) -> None:
+    step("virtualenv from requirements.txt only")
+    subprocess.run(["python3", "-m", "venv", str(run.venv)], check=True, timeout=120)
+    subprocess.run(
+        [str(run.venv / "bin" / "pip"), "install", "--quiet", "-r", str(ROOT / "requirements.txt")],
+        check=True,
+        timeout=600,
+    )
+
+
+def release(run: Run) -> None:
+    """The README's release steps."""
+    step("migrate, check --deploy, collectstatic")
+    run.run("python", "manage.py", "migrate", "--no-input", "-v", "0")
+    run.run("python", "manage.py", "check", "--deploy", "--fail-level", "ERROR")
+    run.run("python", "manage.py", "collectstatic", "--no-input", "-v", "0")
+    run.run(
+        "python",
+        "manage.py",
+        "createsuperuser",
+        "--no-input",
+        "--username",
+        USER,
+        "--email",
+        f"{USER}@example.com",
+        env={"DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+    )
+
+
+def start_processes(run: Run) -> None:
+    run.start("web", "gunicorn", "--bind", f"127.0.0.1:{run.port}")
+    run.start("worker", "celery", "-A", "broker", "worker", "--loglevel", "INFO", "-c", "2")
+    run.start(
+        "beat",
+        "celery",
+        "-A",
+        "broker",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        str(run.workdir / "celerybeat-schedule"),
+    )
+    wait_until(
+        lambda: requests.get(f"{run.url}/readyz", timeout=2).status_code == 200,
+        60,
+        "gunicorn /readyz",
+    )
+    wait_until(lambda: b" ready." in run.log("worker").read_bytes(), 60, "the Celery worker")
+    run.check_alive()
+
+
+def check_static_files(session: requests.Session, run: Run) -> None:
+    """The admin's and the broker's own pages link hashed, long-cached stylesheets."""
+    stylesheets = []
+    for path in ("/admin/login/", "/accounts/login/"):
+        page = session.get(f"{run.url}{path}", timeout=HTTP_TIMEOUT)
+        require(page.status_code == 200, f"{path} answered {page.status_code}")
+        linked = re.findall(r'href="(/static/[^"]+\.css)"', page.text)
+        require(linked, f"{path} links no stylesheet")
+        stylesheets += linked
+    for href in stylesheets:
+        require(re.search(r"\.[0-9a-f]{12}\.css$", href), f"{href} has no hashed name")
+        css = session.get(f"{run.url}{href}", headers={"Accept-Encoding": "gzip"}, timeout=5)
+        require(css.status_code == 200, f"{href} answered {css.status_code}")
+        cache = css.headers.get("Cache-Control", "")
+        require("immutable" in cache and "max-age=315360000" in cache, f"{href}: {cache!r}")
+    step(f"static files served: {', '.join(stylesheets)}")
+
+
+def consent(run: Run, sandbox: SandboxServer) -> requests.Session:
+    """Sign in to the broker, Connect, sign in at the sandbox, Allow, back to the callback."""
+    browser = requests.Session()
+    check_static_files(browser, run)
+    response = browser.post(
+        f"{run.url}/accounts/login/",
+        data={
+            "username": USER,
+            "password": PASSWORD,
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+        },
+        allow_redirects=False,
+        timeout=HTTP_TIMEOUT,
+    )
+    require(response.status_code == 302, f"broker sign-in answered {response.status_code}")
+    authorize_url = press_connect(browser, run.url, "sandbox")
+    require(authorize_url.startswith(sandbox.url), f"Connect sent the browser to {authorize_url}")
+    sign_in_to_sandbox(browser, sandbox.url, "alice")
+    callback = answer_consent(browser, authorize_url)
+    require(callback.startswith(f"{run.url}/oauth/callback/sandbox?"), f"callback {callback}")
+    landed = browser.get(callback, timeout=HTTP_TIMEOUT)
+    require(landed.status_code == 200, f"the callback ended on {landed.status_code}")
+    connections = browser.get(f"{run.url}/connections/", timeout=HTTP_TIMEOUT)
+    require('data-status="active"' in connections.text, "no active connection on My connections")
+    step("consent done: the grant is active")
+    return browser
+
+
+def service_token(run: Run) -> str:
+    created = json.loads(run.run("python", "manage.py", "createserviceclient", "Smoke", "--json"))
+    client_id, client_secret = created["client_id"], created["client_secret"]
+    run.run("python", "manage.py", "addaccessrule", client_id, "--provider", "sandbox")
+    response = requests.post(
+        f"{run.url}/api/v1/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, client_secret),
+        timeout=HTTP_TIMEOUT,
+    )
+    require(response.status_code == 200, f"oauth/token: {response.status_code} {response.text}")
+    return str(response.json()["access_token"])
+
+
+def ask_for_token(run: Run, broker_token: str) -> requests.Response:
+    return requests.post(
+        f"{run.url}/api/v1/access-token",
+        json={"user": USER, "provider": "sandbox", "min_ttl": 5},
+        headers={"Authorization": f"Bearer {broker_token}"},
+        timeout=HTTP_TIMEOUT,
+    )
+
+
+def provider_token(run: Run, broker_token: str) -> str:
+    response = ask_for_token(run, broker_token)
+    require(response.status_code == 200, f"access-token: {response.status_code} {response.text}")
+    return str(response.json()["access_token"])
+
+
+def provider_accepts(sandbox: SandboxServer, token: str) -> bool:
+    me = requests.get(
+        f"{sandbox.url}/me", headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT
+    )
+    return me.status_code == 200
+
+
+def smoke(run: Run) -> None:
+    install(run)
+    fresh_database()
+    flush_redis()
+    release(run)
+    start_processes(run)
+    run.sandbox = launch_sandbox(run.workdir / "sandbox", run.url, ACCESS_TOKEN_SECONDS)
+    wait_until_up(run.sandbox)
+    run.run("python", "manage.py", "loadproviders", str(run.sandbox.providers_file))
+    step(f"sandbox at {run.sandbox.url}, registered")
+
+    consent(run, run.sandbox)
+    broker_token = service_token(run)
+    first = provider_token(run, broker_token)
+    require(provider_accepts(run.sandbox, first), "the sandbox refused the token the broker served")
+    step("the service got the user's token, and the provider accepts it")
+
+    refreshes = run.sandbox.counters()["token"]["refresh_token"]
+    wait_until(
+        lambda: (
+            run.sandbox is not None and run.sandbox.counters()["token"]["refresh_token"] > refreshes
+        ),
+        ACCESS_TOKEN_SECONDS + 30,
+        "the worker's background refresh",
+    )
+    second = provider_token(run, broker_token)
+    require(second != first, "after the background refresh the broker still serves the old token")
+    require(provider_accepts(run.sandbox, second), "the sandbox refused the refreshed token")
+    step("the worker refreshed the grant in the background; the new token is served")
+
+    run.run("python", "manage.py", "revokegrants", "--user", USER, "--reason", "smoke run")
+    wait_until(
+        lambda: ask_for_token(run, broker_token).status_code == 404,
+        30,
+        "the worker's revocation (access-token answering 404)",
+    )
+    run.check_alive()
+    step("revokegrants: the worker revoked the grant; no token is served for it")
+
+
+def main() -> int:
+    started = time.monotonic()
+
+    def give_up(signum: int, frame: object) -> None:
+        raise SmokeFailure(f"stopped by signal {signum} (bound: {TIMEOUT_SECONDS}s)")
+
+    signal.signal(signal.SIGALRM, give_up)
+    signal.signal(signal.SIGTERM, give_up)
+    signal.signal(signal.SIGINT, give_up)
+    signal.alarm(TIMEOUT_SECONDS)
+    run = Run(Path(tempfile.mkdtemp(prefix="broker-smoke-")))
+    try:
+        smoke(run)
+    except Exception as exc:  # anything: say what failed, show the logs
+        signal.alarm(0)
+        print(f"smoke: FAILED: {exc}", file=sys.stderr)
+        run.print_logs()
+        print(f"smoke: logs kept in {run.workdir}", file=sys.stderr)
+        return 1
+    finally:
+        signal.alarm(0)
+        run.stop()
+    shutil.rmtree(run.workdir, ignore_errors=True)
+    step(f"passed in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
