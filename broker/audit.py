@@ -3,8 +3,14 @@
 `record()` inserts at once. `record_soon()` is for hot paths (the internal API): it appends
 the event to a Redis list in one round trip, and `flush_buffer()` (a Celery beat task, every
 few seconds) moves buffered events into AuditEvent in bulk. No event is lost: if Redis
-cannot take it, the event is inserted directly; a flush removes events from the buffer only
-after their rows are committed (a crash in between writes them twice rather than never).
+cannot take it (down, or the buffer is full), the event is inserted directly; a flush
+removes events from the buffer only after their rows are committed (a crash in between
+writes them twice rather than never).
+
+Much of what is recorded comes from unauthenticated callers (a claimed client id, a
+parameter name), so every value is made storable on every database and bounded in size
+before it is recorded. An event that still cannot be stored is moved by the flusher to a
+dead-letter list (DEAD_LETTER_KEY, counted in /metrics) so it never blocks the others.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ from typing import Any
 
 import redis
 from celery import shared_task
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DataError, IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
+from redis.exceptions import LockError
 
+from broker import metrics
+from broker.client_address import client_ip
 from broker.models import AuditEvent
 from broker.redis_connection import KEY_PREFIX, redis_client
 
@@ -30,31 +40,54 @@ ActorType = AuditEvent.ActorType
 Outcome = AuditEvent.Outcome
 
 BUFFER_KEY = f"{KEY_PREFIX}audit:buffer"
+DEAD_LETTER_KEY = f"{KEY_PREFIX}audit:dead-letter"
+DEAD_LETTER_MAX = 10_000  # the newest unstorable events kept for an operator to inspect
 FLUSH_LOCK_KEY = f"{KEY_PREFIX}audit:flush-lock"
+FLUSH_LOCK_SECONDS = 60
 FLUSH_BATCH = 1000
+# Bounds of what one event may hold: a caller cannot make the broker store megabytes.
+DETAIL_TEXT_LIMIT = 500
+DETAIL_ITEMS_LIMIT = 100
+DETAIL_DEPTH_LIMIT = 4
+# Errors that mean "this event cannot be stored", as opposed to "the database is down"
+# (OperationalError and others), which leaves the events in the buffer for the next flush.
+# ValueError covers UnicodeEncodeError and NUL refused by psycopg; TypeError and KeyError
+# a malformed buffered event.
+UNSTORABLE = (DataError, IntegrityError, ValueError, TypeError, KeyError)
+
+# RPUSH only while the buffer holds fewer than ARGV[2] events: check and push in one step.
+PUSH_IF_ROOM = """
+if redis.call('LLEN', KEYS[1]) < tonumber(ARGV[2]) then
+  return redis.call('RPUSH', KEYS[1], ARGV[1])
+end
+return 0
+"""
 
 log = logging.getLogger(__name__)
 
 
-def client_ip(request: HttpRequest | None) -> str | None:
-    """The peer address Django saw (a proxy in front must be trusted to set REMOTE_ADDR)."""
-    if request is None:
-        return None
-    return request.META.get("REMOTE_ADDR") or None
-
-
 def _text(value: str, limit: int) -> str:
-    """What a text column can hold on every database: no NUL (PostgreSQL), within its length."""
-    return value.replace("\x00", "\\x00")[:limit]
+    """What a text column can hold on every database: valid UTF-8 (a lone surrogate is
+    written as its escape), no NUL (PostgreSQL), at most `limit` characters."""
+    storable = (
+        value[: limit + 1]
+        .encode("utf-8", "backslashreplace")
+        .decode("utf-8")
+        .replace("\x00", "\\x00")
+    )
+    return storable if len(storable) <= limit else storable[: limit - 1] + "…"
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
-        return value.replace("\x00", "\\x00")
+        return _text(value, DETAIL_TEXT_LIMIT)
+    if depth >= DETAIL_DEPTH_LIMIT and isinstance(value, dict | list | tuple):
+        return "…"
     if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
+        items = list(value.items())[:DETAIL_ITEMS_LIMIT]
+        return {_text(str(k), DETAIL_TEXT_LIMIT): _clean(v, depth + 1) for k, v in items}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [_clean(v, depth + 1) for v in value[:DETAIL_ITEMS_LIMIT]]
     return value
 
 
@@ -149,9 +182,18 @@ def record_soon(
         detail,
     )
     try:
-        redis_client().rpush(BUFFER_KEY, json.dumps(fields, cls=DjangoJSONEncoder))
+        client = redis_client()
+        pushed = client.register_script(PUSH_IF_ROOM)(
+            keys=[BUFFER_KEY],
+            args=[json.dumps(fields, cls=DjangoJSONEncoder), settings.BROKER_AUDIT_BUFFER_MAX],
+        )
     except redis.RedisError:
         log.warning("audit buffer unavailable; writing %s directly", action)
+        pushed = 0
+    if not pushed:
+        # Redis is down or the buffer is full (the flusher is behind): one direct insert
+        # costs more than a push, but loses nothing.
+        metrics.count_audit_detour("written_directly")
         AuditEvent.objects.create(**fields)
 
 
@@ -161,27 +203,39 @@ def _from_buffer(raw: bytes | str) -> AuditEvent:
     return AuditEvent(at=at, **fields)
 
 
-def _insert(events: list[AuditEvent]) -> None:
-    """Bulk insert; if the batch fails on a bad row, row by row so only that row is lost
-    (and logged), instead of the whole buffer being stuck behind it."""
+def _insert(raw_events: list[bytes | str]) -> list[bytes | str]:
+    """Stores the buffered events; returns those that cannot be stored (poison).
+
+    Bulk insert; if the batch fails on a bad event, row by row so that only that event is
+    set aside instead of the whole buffer being stuck behind it. A database that is down
+    raises other errors, which propagate: the events stay in the buffer."""
     try:
+        events = [_from_buffer(raw) for raw in raw_events]
         with transaction.atomic():
             AuditEvent.objects.bulk_create(events)
-        return
-    except (DataError, IntegrityError):  # a bad row; a database that is down raises others
-        log.exception("audit batch insert failed; inserting events one by one")
-    for event in events:
+        return []
+    except UNSTORABLE:
+        log.warning("audit batch insert failed on a bad event; inserting events one by one")
+    poison: list[bytes | str] = []
+    for raw in raw_events:
         try:
+            event = _from_buffer(raw)
             with transaction.atomic():
                 event.save()
-        except (DataError, IntegrityError):
-            log.exception("audit event %s could not be stored", event.action)
+        except UNSTORABLE:
+            log.exception("an audit event cannot be stored; moved to %s", DEAD_LETTER_KEY)
+            poison.append(raw)
+    return poison
 
 
 def flush_buffer(batch: int = FLUSH_BATCH) -> int:
-    """Moves buffered events into the database; returns how many. One flusher at a time."""
+    """Moves buffered events into the database; returns how many were stored.
+
+    One flusher at a time: the lock is a redis-py Lock, released only by its owner (an
+    expired lock taken by another flusher is theirs, not ours to delete)."""
     client = redis_client()
-    if not client.set(FLUSH_LOCK_KEY, "1", nx=True, ex=60):
+    lock = client.lock(FLUSH_LOCK_KEY, timeout=FLUSH_LOCK_SECONDS)
+    if not lock.acquire(blocking=False):
         return 0
     written = 0
     try:
@@ -189,15 +243,27 @@ def flush_buffer(batch: int = FLUSH_BATCH) -> int:
             raw_events = client.lrange(BUFFER_KEY, 0, batch - 1)
             if not raw_events:
                 break
-            _insert([_from_buffer(raw) for raw in raw_events])
+            poison = _insert(raw_events)
+            pipe = client.pipeline(transaction=True)
+            if poison:
+                pipe.rpush(DEAD_LETTER_KEY, *poison)
+                pipe.ltrim(DEAD_LETTER_KEY, -DEAD_LETTER_MAX, -1)
             # Producers only append at the tail, so the head we read is still the head.
-            client.ltrim(BUFFER_KEY, len(raw_events), -1)
-            written += len(raw_events)
+            pipe.ltrim(BUFFER_KEY, len(raw_events), -1)
+            pipe.execute()
+            if poison:
+                metrics.count_audit_detour("set_aside", len(poison))
+            written += len(raw_events) - len(poison)
             # A long backlog (after an outage) must not outlive the lock: another flusher
-            # would read the same head and insert it twice.
-            client.expire(FLUSH_LOCK_KEY, 60)
+            # would read the same head and insert it twice. Raises if the lock was lost.
+            lock.extend(FLUSH_LOCK_SECONDS, replace_ttl=True)
+    except LockError:
+        log.warning("audit flush lock lost (expired); stopping this flush")
     finally:
-        client.delete(FLUSH_LOCK_KEY)
+        try:
+            lock.release()
+        except LockError:
+            pass  # expired, perhaps taken by another flusher since: theirs to release
     return written
 
 

@@ -29,6 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from broker.client_address import client_ip
 from broker.models import Grant
 from broker.redis_connection import redis_client
 
@@ -38,6 +39,9 @@ PREFIX = "broker:metrics:"
 REFRESHES = PREFIX + "refreshes"
 REFRESH_SECONDS = PREFIX + "refresh_seconds"
 TOKEN_ISSUES = PREFIX + "token_issues"
+# Audit events that took a detour: "set_aside" (the flusher could not store them; kept in the
+# dead-letter list), "written_directly" (the Redis buffer was full or down).
+AUDIT_DETOURS = PREFIX + "audit_detours"
 SEPARATOR = "\x1f"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 # Kombu's Redis transport keeps one list per queue and priority step: "celery",
@@ -66,11 +70,19 @@ def count_refresh(outcome: str, seconds: float) -> None:
 
 
 def count_token_issue(service: str, outcome: str) -> None:
-    """A token request by `service` (client id) ended with `outcome` (issued, denied, ...)."""
+    """`service` (client id) was served a token (`outcome` issued) or a signature (signed)."""
     try:
         redis_client().hincrby(TOKEN_ISSUES, f"{service}{SEPARATOR}{outcome}", 1)
     except Exception as exc:
         logger.warning("metrics: token issue not counted: %s", type(exc).__name__)
+
+
+def count_audit_detour(kind: str, n: int = 1) -> None:
+    """`n` audit events took the detour `kind` (see AUDIT_DETOURS)."""
+    try:
+        redis_client().hincrby(AUDIT_DETOURS, kind, n)
+    except Exception as exc:
+        logger.warning("metrics: audit detour not counted: %s", type(exc).__name__)
 
 
 def _text(value: bytes | str) -> str:
@@ -97,13 +109,23 @@ class BrokerCollector(Collector):
 
         issues = CounterMetricFamily(
             "broker_token_issues",
-            "Access-token requests by service and outcome",
+            "Tokens (outcome issued) and OAuth 1.0a signatures (signed) served, by service",
             labels=["service", "outcome"],
         )
         for key, n in sorted(client.hgetall(TOKEN_ISSUES).items()):
             service, _, outcome = _text(key).partition(SEPARATOR)
             issues.add_metric([service, outcome], int(n))
         yield issues
+
+        detours = CounterMetricFamily(
+            "broker_audit_detours",
+            "Audit events set aside by the flusher (unstorable) or written directly "
+            "(buffer full or Redis down)",
+            labels=["kind"],
+        )
+        for kind, n in sorted(client.hgetall(AUDIT_DETOURS).items()):
+            detours.add_metric([_text(kind)], int(n))
+        yield detours
 
         raw = {_text(k): _text(v) for k, v in client.hgetall(REFRESH_SECONDS).items()}
         cumulative = 0
@@ -136,7 +158,7 @@ def scrape_allowed(request: HttpRequest) -> bool:
             return False
     if networks:
         try:
-            peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+            peer = ipaddress.ip_address(client_ip(request) or "")
         except ValueError:
             return False
         if not any(peer in ipaddress.ip_network(n, strict=False) for n in networks):

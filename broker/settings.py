@@ -93,6 +93,9 @@ BROKER_WEBHOOK_ALLOWED_NETWORKS = env.list("BROKER_WEBHOOK_ALLOWED_NETWORKS", de
 # with neither set the endpoint answers 403.
 BROKER_METRICS_TOKEN = env.str("BROKER_METRICS_TOKEN", default="")
 BROKER_METRICS_ALLOWED_NETWORKS = env.list("BROKER_METRICS_ALLOWED_NETWORKS", default=[])
+# Reverse proxies in front of the broker (hops): the client address is read from
+# X-Forwarded-For counted from the right (broker.client_address); 0 never reads the header.
+BROKER_TRUSTED_PROXIES = env.int("BROKER_TRUSTED_PROXIES", default=0)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -110,6 +113,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves /static/ from STATIC_ROOT (collectstatic): gunicorn serves nothing else.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "broker.request_guard.RefuseNulMiddleware",
     "broker.security_headers.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -186,6 +190,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The largest request body read (Django raises RequestDataTooBig beyond it: the API answers
+# 413, pages 400). Nothing the broker accepts comes near it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # `manage.py collectstatic` writes compressed copies with content-hashed names, which
@@ -275,7 +282,14 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
 # limit), and identity providers whose app tokens services may authenticate with.
 BROKER_API_TOKEN_SECONDS = env.int("BROKER_API_TOKEN_SECONDS", default=300)
 BROKER_API_RATE_LIMIT = env.int("BROKER_API_RATE_LIMIT", default=6000)
+# Failed authentications per minute (wrong secrets, bad assertions, invalid bearer tokens)
+# from one address and for one claimed client id before answering 429 (0: no limit).
+BROKER_AUTH_FAILURES_PER_ADDRESS = env.int("BROKER_AUTH_FAILURES_PER_ADDRESS", default=20)
+BROKER_AUTH_FAILURES_PER_CLIENT = env.int("BROKER_AUTH_FAILURES_PER_CLIENT", default=100)
 BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
+# Audit events the Redis buffer may hold before events are written directly (the flusher
+# is behind or stopped).
+BROKER_AUDIT_BUFFER_MAX = env.int("BROKER_AUDIT_BUFFER_MAX", default=100_000)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.

@@ -28,3 +28,5 @@ urlpatterns = [
     path("connect-links/<str:token>", connect_links.follow, name="connect-link"),
     path("favicon.ico", no_favicon),
 ]
+
+handler400 = "broker.error_pages.bad_request"

@@ -50,6 +50,17 @@ def clean_redis() -> None:
         )
 
 
+@pytest.fixture(autouse=True)
+def forget_authentication_failures() -> None:
+    """Each test starts with no failed authentications counted (broker.api.ratelimit), so
+    that the wrong secrets of earlier tests in the same minute do not throttle it."""
+    from broker.redis_connection import KEY_PREFIX, redis_client
+
+    client = redis_client()
+    for key in client.scan_iter(f"{KEY_PREFIX}authfail:*"):
+        client.delete(key)
+
+
 @pytest.fixture
 def owner(django_user_model):
     return django_user_model.objects.create_user("alice", "alice@example.com", "alice-broker")

@@ -19,6 +19,8 @@ from django.http import HttpRequest
 from broker import audit, service_secrets
 from broker.api import client_assertions, federation, ratelimit, tokens
 from broker.api.errors import ApiError
+from broker.api.schema import matchable
+from broker.client_address import client_ip
 from broker.models import ServiceClient
 from broker.redis_connection import redis_client
 
@@ -38,6 +40,9 @@ class ServiceRequest(HttpRequest):
 def _token_failure(
     request: HttpRequest, reason: str, client_id: str = "", status: int = 401
 ) -> ApiError:
+    """401 invalid_token, audited; 429 unaudited for a caller beyond the failure throttle."""
+    if ratelimit.count_failure("bearer", client_id, client_ip(request)):
+        return ratelimit.Throttled()
     audit.service_event(
         "service.auth_failed",
         client_id,
@@ -153,7 +158,7 @@ def _basic_credentials(request: HttpRequest) -> tuple[str, str] | None:
 
 
 def _lookup(client_id: str) -> ServiceClient | None:
-    if not client_id or "\x00" in client_id or len(client_id) > 64:
+    if not client_id or len(client_id) > 64 or not matchable(client_id):
         return None
     return ServiceClient.objects.filter(client_id=client_id).first()
 
@@ -183,8 +188,25 @@ def _by_secret(client_id: str, secret: str, method: str) -> AuthenticatedClient:
     return AuthenticatedClient(service, method, not_after)
 
 
+def _claimed_client_id(basic: tuple[str, str] | None, form: dict[str, str]) -> str:
+    """Who the caller says it is, before any check: what the failure throttle counts."""
+    if basic is not None:
+        return basic[0]
+    if form.get("client_id"):
+        return form["client_id"]
+    assertion = form.get("client_assertion", "")
+    if federation.is_federated(assertion):
+        return ""  # its iss is the identity provider, shared by all its applications
+    try:
+        return client_assertions.claimed_client_id(assertion)
+    except client_assertions.AssertionRejected:
+        return ""
+
+
 def authenticate_client(request: HttpRequest, form: dict[str, str]) -> AuthenticatedClient:
-    """Exactly one client authentication method per request (RFC 6749 2.3)."""
+    """Exactly one client authentication method per request (RFC 6749 2.3). Raises
+    ratelimit.Throttled, before any credential is checked, for a caller whose failures
+    reached the throttle's limit (the token endpoint counts them)."""
     basic = _basic_credentials(request)
     assertion_type = form.get("client_assertion_type")
     methods = [
@@ -201,6 +223,7 @@ def authenticate_client(request: HttpRequest, form: dict[str, str]) -> Authentic
     if not methods:
         raise ClientAuthFailed("no client authentication")
     method = methods[0]
+    ratelimit.check_failures("client", _claimed_client_id(basic, form), client_ip(request))
     if basic is not None:
         client_id, secret = basic
         if form.get("client_id", client_id) != client_id:

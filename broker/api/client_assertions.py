@@ -21,6 +21,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
+from broker.api.schema import matchable
 from broker.models import ServiceClient, ServiceKey
 from broker.redis_connection import KEY_PREFIX, redis_client
 from broker.service_keys import certificate_current, public_jwk
@@ -61,6 +62,9 @@ def claimed_client_id(assertion: str) -> str:
 
 def _find_key(service: ServiceClient, header: dict[str, Any]) -> ServiceKey:
     keys = ServiceKey.objects.filter(service=service, enabled=True)
+    names = [header.get(name) for name in ("kid", "x5t#S256")]
+    if not matchable(*(name for name in names if isinstance(name, str))):
+        raise AssertionRejected("unknown key")
     if isinstance(header.get("kid"), str):
         found = keys.filter(kid=header["kid"]).first()
     elif isinstance(header.get("x5t#S256"), str):

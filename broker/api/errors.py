@@ -6,6 +6,10 @@ from typing import Any
 
 from django.http import JsonResponse
 
+# Descriptions may quote what the caller sent (a parameter name, a scope): never echo more
+# than this, whatever the caller sent.
+DESCRIPTION_LIMIT = 300
+
 
 class ApiError(Exception):
     """Raised anywhere below a view; the view's wrapper turns it into the JSON error."""
@@ -33,6 +37,8 @@ class ApiError(Exception):
 def error_response(
     status: int, error: str, description: str, headers: dict[str, str] | None = None
 ) -> JsonResponse:
+    if len(description) > DESCRIPTION_LIMIT:
+        description = description[: DESCRIPTION_LIMIT - 1] + "…"
     response = JsonResponse({"error": error, "error_description": description}, status=status)
     response["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():

@@ -2,7 +2,8 @@
 field lists, so the document cannot drift from what the views accept.
 
 Bodies are JSON objects; an unknown field or a value of the wrong type is a 400
-`invalid_request` naming the field.
+`invalid_request` naming the field. A body larger than DATA_UPLOAD_MAX_MEMORY_SIZE is a 413,
+one nested deeper than the parser can follow a 400: never a 500.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 
 from broker.api.errors import ApiError, invalid_request
 from broker.api.tokens import API_SCOPES
 
+# No URL may carry NUL (broker.request_guard answers 400).
+NO_NUL = "^[^\\u0000]*$"
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list of strings"}
 JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}
 
@@ -61,6 +65,8 @@ class Field:
         if not ok:
             raise invalid_request(f"field {self.name!r} must be {TYPE_NAMES[self.type]}")
         if self.type is str:
+            if not is_text(value):
+                raise invalid_request(f"field {self.name!r} must be valid Unicode text")
             if not value or len(value) > self.max_length:
                 raise invalid_request(
                     f"field {self.name!r} must be 1 to {self.max_length} characters long"
@@ -125,10 +131,21 @@ CONNECT_LINK_FIELDS = (
 )
 
 
+def is_text(value: str) -> bool:
+    """False for a string JSON can carry but UTF-8 cannot (a lone surrogate, "\\ud800"):
+    no database can store or compare it."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def matchable(*values: str) -> bool:
-    """False when a value holds NUL: no username, slug or id does, and PostgreSQL refuses to
-    compare it, so such a lookup finds nothing without asking the database."""
-    return not any("\x00" in value for value in values)
+    """False when a value holds NUL or is not valid text: no username, slug, id or key name
+    does, and databases refuse to compare it (PostgreSQL any NUL, every database a lone
+    surrogate), so such a lookup finds nothing without asking the database."""
+    return all("\x00" not in value and is_text(value) for value in values)
 
 
 def parse_json_body(request: HttpRequest, fields: tuple[Field, ...]) -> dict[str, Any]:
@@ -138,6 +155,14 @@ def parse_json_body(request: HttpRequest, fields: tuple[Field, ...]) -> dict[str
         raise ApiError(415, "invalid_request", "the body must be application/json")
     try:
         body = json.loads(request.body or b"null")
+    except RequestDataTooBig:
+        raise ApiError(
+            413,
+            "invalid_request",
+            f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+        ) from None
+    except RecursionError:
+        raise invalid_request("the body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise invalid_request("the body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -188,6 +213,7 @@ def _ok(description: str, ref: str) -> dict[str, Any]:
     }
 
 
+TOO_LARGE = _error("The body is larger than 1 MB (DATA_UPLOAD_MAX_MEMORY_SIZE)")
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}
 
 
@@ -195,7 +221,13 @@ def _bearer_errors() -> dict[str, Any]:
     return {
         "401": _error("Missing, invalid, expired or retired broker token (`invalid_token`)"),
         "403": _error("The broker token lacks the API scope (`insufficient_scope`)"),
-        "429": {**_error("Rate limit of this service exceeded"), "headers": RETRY_AFTER},
+        "429": {
+            **_error(
+                "Rate limit of this service exceeded, or too many invalid broker tokens from "
+                "this address"
+            ),
+            "headers": RETRY_AFTER,
+        },
     }
 
 
@@ -290,8 +322,15 @@ def openapi_document() -> dict[str, Any]:
                         "400": _error("invalid_request, unsupported_grant_type, invalid_scope"),
                         "401": _error("invalid_client"),
                         "405": _error("Method not allowed"),
+                        "413": TOO_LARGE,
                         "415": _error("The body must be form-encoded"),
-                        "429": {**_error("Rate limit exceeded"), "headers": RETRY_AFTER},
+                        "429": {
+                            **_error(
+                                "Rate limit exceeded, or too many failed authentications "
+                                "from this address or for this client id"
+                            ),
+                            "headers": RETRY_AFTER,
+                        },
                     },
                 }
             },
@@ -311,12 +350,12 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "user",
                             "in": "query",
-                            "schema": {"type": "string", "maxLength": 150},
+                            "schema": {"type": "string", "maxLength": 150, "pattern": NO_NUL},
                         },
                         {
                             "name": "provider",
                             "in": "query",
-                            "schema": {"type": "string", "maxLength": 64},
+                            "schema": {"type": "string", "maxLength": 64, "pattern": NO_NUL},
                         },
                         {
                             "name": "status",
@@ -373,6 +412,7 @@ def openapi_document() -> dict[str, Any]:
                             "deactivated)"
                         ),
                         "409": _error("reconnect_required: the user must connect again"),
+                        "413": TOO_LARGE,
                         "415": _error("The body must be application/json"),
                         "503": {
                             **_error(
@@ -399,6 +439,7 @@ def openapi_document() -> dict[str, Any]:
                         "403": _error("No rule lets this service sign for this grant"),
                         "404": _error("No such grant visible to this service"),
                         "409": _error("reconnect_required"),
+                        "413": TOO_LARGE,
                         "415": _error("The body must be application/json"),
                     },
                 }
@@ -415,6 +456,7 @@ def openapi_document() -> dict[str, Any]:
                         **_bearer_errors(),
                         "403": _error("No rule lets this service create links for this user"),
                         "404": _error("No such user or provider visible to this service"),
+                        "413": TOO_LARGE,
                         "415": _error("The body must be application/json"),
                     },
                 }

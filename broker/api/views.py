@@ -7,6 +7,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.utils import timezone
@@ -14,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker import audit, connect_links, oauth1_signing, refresh
+from broker import audit, connect_links, metrics, oauth1_signing, refresh
 from broker.api import grant_lookup, pagination, ratelimit, rules, tokens
 from broker.api.auth import (
     BASIC_CHALLENGE,
@@ -32,6 +34,7 @@ from broker.api.schema import (
     openapi_document,
     parse_json_body,
 )
+from broker.client_address import client_ip
 from broker.logging_config import name_service
 from broker.models import Grant, ProviderApp
 from broker.redis_connection import redis_client
@@ -61,7 +64,16 @@ def _form(request: HttpRequest) -> dict[str, str]:
         raise invalid_request("the body must be application/x-www-form-urlencoded")
     if request.GET:
         raise invalid_request("parameters belong in the body, not the query string")
-    params: QueryDict = request.POST
+    try:
+        params: QueryDict = request.POST
+    except RequestDataTooBig:
+        raise ApiError(
+            413,
+            "invalid_request",
+            f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+        ) from None
+    except (SuspiciousOperation, BadRequest):  # too many parameters, a charset not UTF-8
+        raise invalid_request("the body cannot be read as form parameters") from None
     form: dict[str, str] = {}
     for name, values in params.lists():
         if len(values) > 1:
@@ -98,7 +110,8 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
     """Client credentials grant (RFC 6749 4.4); errors per RFC 6749 5.2."""
     if request.method != "POST":
         return error_response(405, "invalid_request", "use POST", {"Allow": "POST"})
-    client_id = ""
+    client_id = ""  # set once the client is authenticated
+    address = client_ip(request)
     try:
         form = _form(request)
         grant_type = form.get("grant_type")
@@ -120,7 +133,11 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
                 "too many requests from this client; retry later",
                 {"Retry-After": str(ratelimit.retry_after())},
             )
+    except ratelimit.Throttled as exc:
+        return _no_store(exc.response())
     except ClientAuthFailed as exc:
+        if ratelimit.count_failure("client", exc.client_id, address):
+            return _no_store(ratelimit.Throttled().response())
         audit.service_event(
             "service.auth_failed",
             exc.client_id,
@@ -138,6 +155,9 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
             )
         )
     except ApiError as exc:
+        # Malformed requests before authentication count toward the throttle too.
+        if not client_id and ratelimit.count_failure("client", "", address):
+            return _no_store(ratelimit.Throttled().response())
         audit.service_event(
             "service.auth_failed",
             client_id,
@@ -198,8 +218,6 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
     grants = rules.visible_grants(request.broker_token.service_id).select_related(
         "user", "provider_app"
     )
-    if not matchable(*(request.GET.get(name, "") for name in ("user", "provider"))):
-        grants = grants.none()
     if user := request.GET.get("user"):
         grants = grants.filter(user__username=user)
     if provider := request.GET.get("provider"):
@@ -387,10 +405,14 @@ def _note_use(grant: Grant, service_id: Any) -> None:
     Grant.objects.filter(pk=grant.pk).update(last_used_at=now, last_used_by_id=service_id)
 
 
-def _served(request: ServiceRequest, grant: Grant, action: str, **detail: Any) -> None:
-    """Records that the service got a token or signature for `grant` (audit, last use)."""
+def _served(
+    request: ServiceRequest, grant: Grant, action: str, counted_as: str, **detail: Any
+) -> None:
+    """Records that the service got a token or signature for `grant` (audit, last use, and
+    the broker_token_issues metric with the outcome `counted_as`)."""
     service = request.broker_token
     _note_use(grant, service.service_id)
+    metrics.count_token_issue(service.client_id, counted_as)
     audit.service_event(
         action,
         service.client_id,
@@ -492,6 +514,7 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         request,
         grant,
         "token.issued",
+        "issued",
         scopes=scopes,
         min_ttl=min_ttl,
         force_refresh=force_refresh,
@@ -549,6 +572,7 @@ def sign(request: ServiceRequest) -> HttpResponse:
         request,
         grant,
         "request.signed",
+        "signed",
         method=body["method"].upper(),
         # The path only: query strings can carry secrets of their own.
         path=body["url"].split("?", 1)[0],

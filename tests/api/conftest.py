@@ -30,6 +30,28 @@ def empty_audit_buffer() -> None:
     rules.forget_cached_rules()
 
 
+def metric_value(name: str, **labels: str) -> float:
+    """A sample as /metrics shows it, e.g. broker_token_issues_total (0 when absent)."""
+    from django.test import override_settings
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with override_settings(BROKER_METRICS_TOKEN="scrape", BROKER_METRICS_ALLOWED_NETWORKS=[]):
+        text = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape").content.decode()
+    return next(
+        (
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and sample.labels == labels
+        ),
+        0,
+    )
+
+
+def token_issues(service: ServiceClient, outcome: str) -> float:
+    return metric_value("broker_token_issues_total", service=service.client_id, outcome=outcome)
+
+
 def audit_events(**filters: Any) -> list[AuditEvent]:
     audit.flush_buffer()
     return list(AuditEvent.objects.filter(**filters).order_by("at", "id"))

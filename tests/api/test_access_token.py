@@ -10,7 +10,7 @@ from django.utils import timezone
 from broker.api import rules
 from broker.api.views import capped_min_ttl
 from broker.models import Grant
-from tests.api.conftest import audit_events, make_grant
+from tests.api.conftest import audit_events, make_grant, token_issues
 
 pytestmark = pytest.mark.django_db
 
@@ -52,6 +52,18 @@ def test_it_returns_the_stored_token_when_it_lasts_min_ttl(api, grant, rule, bea
     assert event.subject_user == "alice" and event.scopes == ["read:jira-work", "read:me"]
     assert event.client_ip == "127.0.0.1"
     assert body["access_token"] not in str(event.detail)
+
+
+def test_each_served_token_is_counted_in_metrics_and_refusals_are_not(
+    api, owner, atlassian, grant, rule, bearer
+):
+    headers = bearer()
+    before = token_issues(rule.service, "issued")
+    assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
+    assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
+    denied = post(api, {"grant": str(grant.pk), "scopes": ["write:jira-work"]}, headers)
+    assert denied.status_code == 403
+    assert token_issues(rule.service, "issued") == before + 2
 
 
 def test_it_finds_the_grant_by_user_and_provider(api, grant, rule, bearer):

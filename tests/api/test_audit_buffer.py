@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-import redis
 
 from broker import audit
 from broker.models import AuditEvent
 from broker.redis_connection import redis_client
+from tests.api.conftest import metric_value
 
 pytestmark = pytest.mark.django_db
 
@@ -32,14 +34,26 @@ def test_the_celery_task_flushes(settings):
     assert "flush-audit-buffer" in settings.CELERY_BEAT_SCHEDULE
 
 
-def test_events_go_straight_to_the_database_when_redis_is_down(monkeypatch):
-    class Down:
-        def rpush(self, *args, **kwargs):
-            raise redis.ConnectionError("connection refused")
-
-    monkeypatch.setattr(audit, "redis_client", lambda: Down())
+def test_events_go_straight_to_the_database_when_redis_is_down(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     audit.record_soon("token.denied", actor_type="service", actor="svc", outcome="denied")
     assert AuditEvent.objects.filter(action="token.denied", outcome="denied").count() == 1
+
+
+def detours(kind: str) -> float:
+    return metric_value("broker_audit_detours_total", kind=kind)
+
+
+def test_a_full_buffer_writes_events_directly_and_counts_them(settings):
+    settings.BROKER_AUDIT_BUFFER_MAX = 2
+    before = detours("written_directly")
+    for n in range(3):
+        audit.record_soon("token.issued", actor_type="service", actor="svc", n=n)
+    assert redis_client().llen(audit.BUFFER_KEY) == 2
+    assert [e.detail["n"] for e in AuditEvent.objects.all()] == [2]
+    assert detours("written_directly") == before + 1
+    assert audit.flush_buffer() == 2
+    assert sorted(e.detail["n"] for e in AuditEvent.objects.all()) == [0, 1, 2]
 
 
 def test_a_failed_insert_leaves_the_events_in_the_buffer(monkeypatch):
@@ -73,3 +87,70 @@ def test_client_supplied_values_cannot_poison_the_buffer():
     assert stored.service.startswith("evil\\x00") and len(stored.service) == 64
     assert "\x00" not in stored.detail["reason"]
     assert AuditEvent.objects.filter(action="service.authenticated").exists()
+
+
+def test_a_poison_event_is_set_aside_and_counted_and_the_others_flow():
+    """Events an older broker buffered unsanitised (a lone surrogate fails every database's
+    UTF-8 encoding; a malformed entry fails to load) must not block the events behind them."""
+    surrogate = json.dumps(
+        {
+            "at": "2026-01-01T00:00:00+00:00",
+            "action": "x",
+            "actor": "\ud800",
+            "actor_type": "service",
+        }
+    )
+    malformed = b"{not json"
+    redis_client().rpush(audit.BUFFER_KEY, surrogate, malformed)
+    audit.record_soon("service.authenticated", actor_type="service", actor="fine")
+    before = detours("set_aside")
+    assert audit.flush_buffer() == 1
+    assert list(AuditEvent.objects.values_list("actor", flat=True)) == ["fine"]
+    assert redis_client().llen(audit.BUFFER_KEY) == 0
+    assert redis_client().lrange(audit.DEAD_LETTER_KEY, -2, -1) == [surrogate.encode(), malformed]
+    assert detours("set_aside") == before + 2
+    audit.record_soon("service.authenticated", actor_type="service", actor="later")
+    assert audit.flush_buffer() == 1
+
+
+def test_recorded_values_are_storable_and_bounded():
+    audit.record_soon(
+        "service.auth_failed",
+        actor_type="service",
+        actor="\ud800" * 1000,
+        outcome="denied",
+        reason="x" * 1_000_000,
+        nested={"\udfff" + "k" * 600: [["deep", ["deeper", ["deepest", ["too deep"]]]]]},
+        many=list(range(1000)),
+    )
+    assert audit.flush_buffer() == 1
+    event = AuditEvent.objects.get()
+    assert event.actor.startswith("\\ud800") and len(event.actor) == 255
+    assert len(event.detail["reason"]) == audit.DETAIL_TEXT_LIMIT
+    assert len(event.detail["many"]) == audit.DETAIL_ITEMS_LIMIT
+    (key,) = event.detail["nested"]
+    assert key.startswith("\\udfff") and len(key) == audit.DETAIL_TEXT_LIMIT
+    assert event.detail["nested"][key] == [["deep", "…"]]  # four levels of containers
+    assert len(json.dumps(event.detail)) < 10_000
+
+
+def test_the_flush_lock_is_released_only_by_its_owner(monkeypatch):
+    """A flush that outlived its lock (a slow batch) must not delete the lock another
+    flusher took meanwhile, and must stop rather than read the same head again."""
+    for n in range(3):
+        audit.record_soon("token.issued", actor_type="service", actor="svc", n=n)
+    insert = audit._insert
+
+    def slow_insert(raw_events):
+        # Meanwhile the lock expired and another flusher took it.
+        redis_client().set(audit.FLUSH_LOCK_KEY, "another-flusher", ex=60)
+        return insert(raw_events)
+
+    monkeypatch.setattr(audit, "_insert", slow_insert)
+    assert audit.flush_buffer(batch=1) == 1
+    assert redis_client().get(audit.FLUSH_LOCK_KEY) == b"another-flusher"
+    assert redis_client().llen(audit.BUFFER_KEY) == 2
+    monkeypatch.undo()
+    assert audit.flush_buffer() == 0  # the other flusher holds the lock
+    redis_client().delete(audit.FLUSH_LOCK_KEY)
+    assert audit.flush_buffer() == 2

@@ -6,7 +6,7 @@ import pytest
 
 from broker.api import tokens
 from broker.models import AccessRule, Grant
-from tests.api.conftest import audit_events, fetch_token, make_grant, make_service
+from tests.api.conftest import audit_events, fetch_token, make_grant, make_service, token_issues
 
 pytestmark = pytest.mark.django_db
 MYSELF = "https://jira.acme.example/rest/api/2/myself"
@@ -65,6 +65,7 @@ def test_it_signs_exactly_the_request_and_audits_without_the_query(api, signer):
     [event] = audit_events(action="request.signed")
     assert event.service == service.client_id and event.grant_id == grant.pk
     assert event.detail == {"method": "GET", "path": MYSELF}
+    assert token_issues(service, "signed") == 1
 
 
 @pytest.mark.parametrize(
