@@ -42,5 +42,6 @@ urlpatterns = [
     path("_sandbox/counters", switch_views.counters),
     path("_sandbox/counters/reset", switch_views.reset_counters),
     path("_sandbox/revoke-user", switch_views.revoke_user),
+    path("_sandbox/expire-access-tokens", switch_views.expire_access_tokens),
     path("_sandbox/tokens", switch_views.tokens),
 ]

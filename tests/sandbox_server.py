@@ -75,6 +75,9 @@ class SandboxServer:
     def revoke_user(self, username: str) -> dict[str, Any]:
         return self._post("/_sandbox/revoke-user", {"username": username})
 
+    def expire_access_tokens(self, username: str) -> dict[str, Any]:
+        return self._post("/_sandbox/expire-access-tokens", {"username": username})
+
     def tokens(self, username: str) -> dict[str, int]:
         return self._get("/_sandbox/tokens", username=username)
 

@@ -651,6 +651,22 @@ def test_revoke_user_kills_oauth2_and_oauth1_tokens(sandbox: SandboxServer, apps
     assert oauth_problem(jira.get(f"{sandbox.url}/rest/api/2/myself")) == "token_rejected"
 
 
+def test_expired_access_tokens_are_refused_and_their_refresh_token_works(
+    sandbox: SandboxServer, apps: dict
+) -> None:
+    token = cloud_tokens(sandbox, apps, "bob")
+    assert sandbox.expire_access_tokens("bob")["oauth2_access_tokens"] == 0
+    assert (
+        requests.get(f"{sandbox.url}/me", headers=bearer(token["access_token"])).status_code == 401
+    )
+    refresh = json_token_request(
+        sandbox, apps["sandbox"], grant_type="refresh_token", refresh_token=token["refresh_token"]
+    )
+    assert refresh.status_code == 200, refresh.text
+    fresh = bearer(refresh.json()["access_token"])
+    assert requests.get(f"{sandbox.url}/me", headers=fresh, timeout=TIMEOUT).status_code == 200
+
+
 def test_cookie_names_do_not_clash_with_the_broker(sandbox: SandboxServer) -> None:
     browser = signed_in_browser(sandbox, "alice")
     assert "sessionid" not in browser.cookies

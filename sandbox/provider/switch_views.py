@@ -78,6 +78,16 @@ def revoke_user(request: HttpRequest) -> JsonResponse:
 
 
 @switch
+@require_POST
+def expire_access_tokens(request: HttpRequest) -> JsonResponse:
+    data = json_object(request) or {}
+    username = str(data.get("username", ""))
+    if not switches.expire_access_tokens(username):
+        return JsonResponse({"error": "not_found", "error_description": "no such user"}, status=404)
+    return JsonResponse({"expired": username, **switches.live_token_counts(username)})
+
+
+@switch
 @require_GET
 def tokens(request: HttpRequest) -> JsonResponse:
     return JsonResponse(switches.live_token_counts(request.GET.get("username", "")))

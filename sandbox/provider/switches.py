@@ -95,6 +95,17 @@ def revoke_user_tokens(username: str) -> bool:
     return True
 
 
+def expire_access_tokens(username: str) -> bool:
+    """End the user's OAuth 2.0 access tokens now and keep their refresh tokens, as when a
+    provider drops a token early: a client still holding it gets 401, a refresh works."""
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        return False
+    now = timezone.now()
+    AccessToken.objects.filter(user=user, expires__gt=now).update(expires=now)
+    return True
+
+
 def live_token_counts(username: str) -> dict[str, int]:
     now = timezone.now()
     return {
