@@ -15,7 +15,7 @@ from base64 import b64encode
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypedDict
-from urllib.parse import quote_plus
+from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 import requests
 
@@ -134,10 +134,18 @@ class BrokerClient:
         status: str | None = None,
     ) -> list[Grant]:
         """The grants this service may see (never their tokens), oldest first; filtered by
-        the broker username, the provider app slug and the status when given."""
+        the broker username, the provider app slug and the status when given. Every page:
+        the broker answers at most 1,000 at a time and names the next page in `next`."""
         params = {"user": user, "provider": provider, "status": status}
-        body = self._call("GET", "/api/v1/grants", params={k: v for k, v in params.items() if v})
-        return [Grant.from_json(grant) for grant in body["grants"]]
+        query: dict[str, str] = {k: v for k, v in params.items() if v}
+        grants: list[Grant] = []
+        while True:
+            body = self._call("GET", "/api/v1/grants", params=query)
+            grants += [Grant.from_json(grant) for grant in body["grants"]]
+            if not body.get("next"):
+                return grants
+            # Only the next page's query: the path stays relative to this client's base URL.
+            query = dict(parse_qsl(urlsplit(body["next"]).query))
 
     def access_token(
         self,
