@@ -69,7 +69,8 @@ BROKER_PUBLIC_URL = env.str(
 ).rstrip("/")
 BROKER_PROVIDERS_FILE = env.str("BROKER_PROVIDERS_FILE", default="")
 BROKER_ALLOW_HTTP = env.bool("BROKER_ALLOW_HTTP", default=False)
-# Seconds to wait for a provider (token, identity, revocation endpoints).
+# Seconds one call to a provider may take in total, however slowly it answers (token,
+# identity, resources, revocation and OAuth 1.0a endpoints); the refresh lock outlasts it.
 BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
@@ -264,6 +265,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "broker.consent.purge_expired_consent_state",
         "schedule": 3600.0,
     },
+    # Atlassian refresh tokens die a year after consent: users are told 14 days ahead.
+    "warn-of-expiring-grants": {
+        "task": "broker.expiry_warnings.warn_of_expiring_grants",
+        "schedule": 3600.0,
+    },
     "claim-due-refreshes": {
         "task": "broker.tasks.enqueue_due_refreshes",
         "schedule": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0),
@@ -278,6 +284,7 @@ CELERY_IMPORTS = [
     "broker.notifications",
     "broker.audit",
     "broker.consent",
+    "broker.expiry_warnings",
 ]
 # Keep the Django LOGGING configuration (JSON, redaction) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
