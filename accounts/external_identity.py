@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from accounts.models import ExternalIdentity, User
 from accounts.oidc_client import SignInRefused
@@ -92,7 +92,19 @@ def signed_in_user(issuer: str, claims: dict[str, Any]) -> User:
     # An empty BROKER_OIDC_GROUPS_CLAIM (an IdP without groups, e.g. Google): groups and
     # admin rights are then managed in the broker's admin, never touched at sign-in.
     groups = idp_groups(claims) if settings.BROKER_OIDC_GROUPS_CLAIM else None
-    email = claims.get("email") if isinstance(claims.get("email"), str) else ""
+    email = claims.get("email")
+    email = email if isinstance(email, str) else ""
+    try:
+        return _link_and_sync(issuer, subject, email, groups, claims)
+    except IntegrityError:  # the same person's other first sign-in won the race
+        raise SignInRefused(
+            "Sign-in did not complete", "Another sign-in was under way; try again."
+        ) from None
+
+
+def _link_and_sync(
+    issuer: str, subject: str, email: str, groups: list[str] | None, claims: dict[str, Any]
+) -> User:
     with transaction.atomic():
         identity = (
             ExternalIdentity.objects.select_related("user")

@@ -290,3 +290,10 @@ def test_sign_out_ends_the_session_at_the_idp_too(client, idp, keys):
     assert query["id_token_hint"] == [token]
     assert query["post_logout_redirect_uri"] == ["http://localhost:8000/accounts/login/"]
     assert "_auth_user_id" not in client.session
+
+
+def test_an_admin_sees_who_a_user_is_at_the_idp(client, idp, keys):
+    assert sign_in(client, idp, keys["k1"], groups=["admins"]).status_code == 302
+    page = client.get(f"/admin/accounts/user/{User.objects.get().pk}/change/")
+    assert page.status_code == 200
+    assert "00u-alice" in page.content.decode() and idp.url in page.content.decode()
