@@ -14,10 +14,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from django.contrib.auth.models import Group
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
 from accounts.models import ExternalIdentity, User
+from broker.admin_roles import AUDITOR_GROUP
 
 pytestmark = pytest.mark.django_db
 CLIENT_ID = "broker-test"
@@ -109,6 +111,7 @@ def assert_refused(response, text: str = "") -> None:
     assert text in response.content.decode()
     assert "_auth_user_id" not in response.wsgi_request.session
     assert not User.objects.exists() and not ExternalIdentity.objects.exists()
+    assert not Group.objects.exclude(name=AUDITOR_GROUP).exists()
 
 
 def test_it_signs_in_with_pkce_and_creates_the_linked_user(client, idp, keys):
@@ -215,6 +218,7 @@ def test_a_replayed_state_is_refused(client, idp, keys):
     assert finish(client, idp, request, token).status_code == 302
     client.logout()
     User.objects.all().delete()
+    Group.objects.exclude(name=AUDITOR_GROUP).delete()
     assert_refused(finish(client, idp, request, token), "could not be verified")
 
 
