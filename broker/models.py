@@ -185,6 +185,11 @@ class ServiceClient(SealedFieldsModel):
     credentials_generation = models.PositiveIntegerField(default=1)
     webhook_url = models.URLField(blank=True, default="")
     webhook_secret_sealed = sealed_column()
+    # The `aud` values of the user tokens (from the company IdP) this service may exchange
+    # (RFC 8693): a token a user gave to one service is useless to another.
+    subject_audiences = models.JSONField(
+        default=list, blank=True, help_text="Audiences of subject tokens it may exchange"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -228,6 +233,11 @@ class AccessRule(models.Model):
     )
     can_sign = models.BooleanField(default=False, help_text="May sign OAuth 1.0a requests")
     can_create_connect_links = models.BooleanField(default=False)
+    on_behalf_of = models.BooleanField(
+        default=False,
+        help_text="Only for a signed-in user: the service must present the user's token "
+        "(token exchange, or Broker-Subject-Token), never just name the user",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

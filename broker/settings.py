@@ -305,6 +305,9 @@ BROKER_API_RATE_LIMIT = env.int("BROKER_API_RATE_LIMIT", default=6000)
 BROKER_AUTH_FAILURES_PER_ADDRESS = env.int("BROKER_AUTH_FAILURES_PER_ADDRESS", default=20)
 BROKER_AUTH_FAILURES_PER_CLIENT = env.int("BROKER_AUTH_FAILURES_PER_CLIENT", default=100)
 BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
+# Issuers, besides BROKER_OIDC_ISSUER, whose user tokens services may exchange (RFC 8693)
+# for the user's provider tokens (comma-separated; keys found through their discovery).
+BROKER_SUBJECT_ISSUERS = env.list("BROKER_SUBJECT_ISSUERS", default=[])
 # Audit events the Redis buffer may hold before events are written directly (the flusher
 # is behind or stopped).
 BROKER_AUDIT_BUFFER_MAX = env.int("BROKER_AUDIT_BUFFER_MAX", default=100_000)

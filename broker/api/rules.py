@@ -2,9 +2,13 @@
 
 A rule names one provider app and grants, for all users or the members of one group:
 the scopes the service may receive, and whether it may sign OAuth 1.0a requests and create
-connect links. Several matching rules add up. A grant no rule covers is invisible: the API
-answers exactly as if it did not exist. So are the grants of a deactivated user (`is_active`
-false), to every service, until the user is reactivated.
+connect links. Several matching rules add up. An `on_behalf_of` rule serves a user's grants
+only to a service that presents that user's token from the company IdP (token exchange, or
+`Broker-Subject-Token`), never to one that merely names the user.
+
+A grant no rule covers is invisible: the API answers exactly as if it did not exist. So are
+the grants of a deactivated user (`is_active` false), to every service, until the user is
+reactivated.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class Permission:
     scopes: frozenset[str]
     can_sign: bool
     can_create_connect_links: bool
+    # Every matching rule is on-behalf-of: the user's own token is required.
+    on_behalf_of_only: bool
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class _Rule:
     users_group_id: int | None
     can_sign: bool
     can_create_connect_links: bool
+    on_behalf_of: bool
 
 
 # Rules change rarely and are read on every token request: each process keeps a service's
@@ -48,7 +55,13 @@ def _rules(service_id: uuid.UUID, app_id: uuid.UUID) -> list[_Rule]:
     if cached and cached[0] > now:
         return cached[1]
     rules = [
-        _Rule(tuple(r.scopes or ()), r.users_group_id, r.can_sign, r.can_create_connect_links)
+        _Rule(
+            tuple(r.scopes or ()),
+            r.users_group_id,
+            r.can_sign,
+            r.can_create_connect_links,
+            r.on_behalf_of,
+        )
         for r in AccessRule.objects.filter(service_id=service_id, provider_app_id=app_id)
     ]
     if len(_rule_cache) > 10_000:  # bounded: many services x apps
@@ -81,6 +94,7 @@ def permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permissio
         scopes=frozenset(scopes),
         can_sign=any(r.can_sign for r in matching),
         can_create_connect_links=any(r.can_create_connect_links for r in matching),
+        on_behalf_of_only=all(r.on_behalf_of for r in matching),
     )
 
 

@@ -17,9 +17,10 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
 from broker import audit, connect_links, metrics, oauth1_signing, refresh
-from broker.api import grant_lookup, pagination, ratelimit, rules, tokens
+from broker.api import grant_lookup, pagination, ratelimit, rules, subject_tokens, tokens
 from broker.api.auth import (
     BASIC_CHALLENGE,
+    AuthenticatedClient,
     ClientAuthFailed,
     ServiceRequest,
     authenticate_client,
@@ -35,8 +36,9 @@ from broker.api.schema import (
     parse_json_body,
 )
 from broker.client_address import client_ip
+from broker.database_busy import busy_response, is_database_busy
 from broker.logging_config import name_service
-from broker.models import Grant, ProviderApp
+from broker.models import Grant, ProviderApp, ServiceClient
 from broker.redis_connection import redis_client
 from broker.return_urls import safe_return_url
 
@@ -104,10 +106,15 @@ def _granted_api_scopes(service_id: Any, requested: str | None) -> tuple[str, ..
     return tuple(s for s in allowed if s in wanted)
 
 
+CLIENT_CREDENTIALS = "client_credentials"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+
 @csrf_exempt
-@sensitive_post_parameters("client_secret", "client_assertion")
+@sensitive_post_parameters("client_secret", "client_assertion", "subject_token")
 def token_endpoint(request: HttpRequest) -> HttpResponse:
-    """Client credentials grant (RFC 6749 4.4); errors per RFC 6749 5.2."""
+    """Client credentials grant (RFC 6749 4.4) and token exchange (RFC 8693); errors per
+    RFC 6749 5.2 and RFC 8693 2.2.2."""
     if request.method != "POST":
         return error_response(405, "invalid_request", "use POST", {"Allow": "POST"})
     client_id = ""  # set once the client is authenticated
@@ -117,12 +124,17 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
         grant_type = form.get("grant_type")
         if grant_type is None:
             raise invalid_request("grant_type is required")
-        if grant_type != "client_credentials":
-            raise ApiError(400, "unsupported_grant_type", "only client_credentials is supported")
+        if grant_type not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
+            raise ApiError(
+                400,
+                "unsupported_grant_type",
+                f"the grant types supported are {CLIENT_CREDENTIALS} and {TOKEN_EXCHANGE}",
+            )
         client = authenticate_client(request, form)
         client_id = client.service.client_id
         name_service(request, client_id)
-        scopes = _granted_api_scopes(client.service.pk, form.get("scope"))
+        if grant_type == CLIENT_CREDENTIALS:
+            scopes = _granted_api_scopes(client.service.pk, form.get("scope"))
         pipe = redis_client().pipeline(transaction=False)
         ratelimit.queue_count(pipe, client_id)
         count, _ = pipe.execute()
@@ -167,6 +179,8 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
             description=exc.description,
         )
         return _no_store(exc.response())
+    if grant_type == TOKEN_EXCHANGE:
+        return _no_store(_exchange_or_refusal(request, client, form))
     access_token, expires_in = tokens.issue(client.service, scopes, not_after=client.not_after)
     audit.service_event(
         "service.authenticated",
@@ -251,9 +265,24 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
     return _no_store(JsonResponse({"grants": body, "next": next_page}))
 
 
+def _users_grant(username: str, provider: str) -> Grant | None:
+    """The user's grant of the app; with several accounts at one provider, the active one
+    connected last."""
+    return (
+        Grant.objects.select_related("provider_app", "user")
+        .only(*grant_lookup.COLUMNS)
+        .filter(user__username=username, provider_app__slug=provider)
+        .exclude(status=Grant.Status.REVOKED)
+        .order_by(
+            Case(When(status="active", then=Value(0)), default=1, output_field=IntegerField()),
+            "-consented_at",
+        )
+        .first()
+    )
+
+
 def _find_grant(request: ServiceRequest, body: dict[str, Any]) -> tuple[Grant, rules.Permission]:
     """The grant named by `grant` or by `user` + `provider`, if this service may see it."""
-    grants = Grant.objects.select_related("provider_app", "user").only(*grant_lookup.COLUMNS)
     if "grant" in body:
         if "user" in body or "provider" in body:
             raise invalid_request("give either 'grant', or 'user' and 'provider'")
@@ -263,16 +292,7 @@ def _find_grant(request: ServiceRequest, body: dict[str, Any]) -> tuple[Grant, r
         grant = None
         wanted = {"subject_user": repr(body["user"]), "provider": repr(body["provider"])}
     elif "user" in body and "provider" in body:
-        # Several accounts at one provider: the active one connected last.
-        grant = (
-            grants.filter(user__username=body["user"], provider_app__slug=body["provider"])
-            .exclude(status=Grant.Status.REVOKED)
-            .order_by(
-                Case(When(status="active", then=Value(0)), default=1, output_field=IntegerField()),
-                "-consented_at",
-            )
-            .first()
-        )
+        grant = _users_grant(body["user"], body["provider"])
         wanted = {"subject_user": body["user"], "provider": body["provider"]}
     else:
         raise invalid_request("give either 'grant', or 'user' and 'provider'")
@@ -406,16 +426,21 @@ def _note_use(grant: Grant, service_id: Any) -> None:
 
 
 def _served(
-    request: ServiceRequest, grant: Grant, action: str, counted_as: str, **detail: Any
+    request: HttpRequest,
+    service_id: Any,
+    client_id: str,
+    grant: Grant,
+    action: str,
+    counted_as: str,
+    **detail: Any,
 ) -> None:
     """Records that the service got a token or signature for `grant` (audit, last use, and
     the broker_token_issues metric with the outcome `counted_as`)."""
-    service = request.broker_token
-    _note_use(grant, service.service_id)
-    metrics.count_token_issue(service.client_id, counted_as)
+    _note_use(grant, service_id)
+    metrics.count_token_issue(client_id, counted_as)
     audit.service_event(
         action,
-        service.client_id,
+        client_id,
         grant_id=grant.pk,
         subject_user=grant.user.username,
         provider=grant.provider_app.slug,
@@ -483,35 +508,72 @@ def _stored_token(grant: Grant) -> tuple[str, datetime | None]:
     return token, grant.access_expires_at
 
 
-@api_view("POST", scope="tokens:read", denied="token.denied")
-def access_token(request: ServiceRequest) -> HttpResponse:
-    """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
-    body = parse_json_body(request, ACCESS_TOKEN_FIELDS)
-    grant, permission = _find_grant(request, body)
-    if grant.provider_app.protocol != "oauth2":
-        raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
-    requested = body.get("scopes")
+def _serve_token(
+    grant: Grant,
+    permission: rules.Permission,
+    requested: list[str] | None,
+    min_ttl: int,
+    force_refresh: bool,
+) -> tuple[Grant, str, datetime | None, list[str], bool]:
+    """(grant, token, expiry, scopes, narrowed): a token of the OAuth 2.0 grant that carries
+    only scopes the rules allow, refreshed (single flight) or narrowed when needed."""
     carried, beyond_rule = _token_scopes(grant, permission, requested)
     kind = grant.provider_app.catalog_entry
     if beyond_rule and not kind.narrower_tokens_on_refresh:
         # Refused before any refresh.
         raise _too_wide(grant, carried, beyond_rule, "the provider cannot issue a narrower token")
     _require_live(grant)
+    expires_at: datetime | None
+    if beyond_rule:
+        token, expires_at, scopes = _narrowed(grant, permission, carried)
+        return grant, token, expires_at, scopes, True
+    grant = _fresh(grant, min_ttl, force_refresh)
+    token, expires_at = _stored_token(grant)
+    # A refresh may have changed what the token carries: checked again on what is served.
+    scopes, beyond_rule = _token_scopes(grant, permission, requested)
+    if beyond_rule:
+        raise _too_wide(grant, scopes, beyond_rule, "the refreshed token carries more")
+    return grant, token, expires_at, scopes, False
+
+
+def _expires_in(expires_at: datetime | None) -> int | None:
+    if expires_at is None:
+        return None
+    return max(0, int((expires_at - timezone.now()).total_seconds()))
+
+
+def _on_behalf_of_required(grant: Grant) -> ApiError:
+    return ApiError(
+        403,
+        "on_behalf_of_required",
+        f"this service may use {grant.user.username}'s {grant.provider_app.slug!r} grant only "
+        "on the user's behalf: present the user's token (token exchange at "
+        "/api/v1/oauth/token, or the Broker-Subject-Token header)",
+        grant_id=grant.pk,
+        subject_user=grant.user.username,
+        provider=grant.provider_app.slug,
+    )
+
+
+@api_view("POST", scope="tokens:read", denied="token.denied")
+def access_token(request: ServiceRequest) -> HttpResponse:
+    """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
+    body = parse_json_body(request, ACCESS_TOKEN_FIELDS)
+    grant, permission = _find_grant(request, body)
+    if permission.on_behalf_of_only:
+        raise _on_behalf_of_required(grant)
+    if grant.provider_app.protocol != "oauth2":
+        raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
     force_refresh = body.get("force_refresh", False)
     min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
-    narrowed = bool(beyond_rule)
-    expires_at: datetime | None
-    if narrowed:
-        token, expires_at, scopes = _narrowed(grant, permission, carried)
-    else:
-        grant = _fresh(grant, min_ttl, force_refresh)
-        token, expires_at = _stored_token(grant)
-        # A refresh may have changed what the token carries: checked again on what is served.
-        scopes, beyond_rule = _token_scopes(grant, permission, requested)
-        if beyond_rule:
-            raise _too_wide(grant, scopes, beyond_rule, "the refreshed token carries more")
+    grant, token, expires_at, scopes, narrowed = _serve_token(
+        grant, permission, body.get("scopes"), min_ttl, force_refresh
+    )
+    service = request.broker_token
     _served(
         request,
+        service.service_id,
+        service.client_id,
         grant,
         "token.issued",
         "issued",
@@ -526,11 +588,7 @@ def access_token(request: ServiceRequest) -> HttpResponse:
                 "access_token": token,
                 "token_type": "Bearer",
                 "expires_at": _iso(expires_at),
-                "expires_in": (
-                    max(0, int((expires_at - timezone.now()).total_seconds()))
-                    if expires_at
-                    else None
-                ),
+                "expires_in": _expires_in(expires_at),
                 "scopes": scopes,
                 "grant": str(grant.pk),
                 "account": _account(grant),
@@ -546,6 +604,14 @@ def sign(request: ServiceRequest) -> HttpResponse:
     body = parse_json_body(request, SIGN_FIELDS)
     grant, permission = _find_grant(request, body)
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
+    on_behalf: dict[str, Any] = {}
+    if subject_token := request.META.get(subject_tokens.HEADER):
+        subject = _subject(request.broker_token.service_id, subject_token)
+        if subject.user.pk != grant.user_id:
+            raise not_visible(**concerning, subject_issuer=subject.issuer)
+        on_behalf = {"on_behalf_of": True, "subject_issuer": subject.issuer}
+    elif permission.on_behalf_of_only:
+        raise _on_behalf_of_required(grant)
     if not permission.can_sign:
         raise ApiError(
             403,
@@ -568,16 +634,156 @@ def sign(request: ServiceRequest) -> HttpResponse:
         raise ApiError(409, "reconnect_required", str(exc), **concerning) from None
     except oauth1_signing.SigningError as exc:
         raise ApiError(400, "invalid_request", str(exc), **concerning) from None
+    service = request.broker_token
     _served(
         request,
+        service.service_id,
+        service.client_id,
         grant,
         "request.signed",
         "signed",
         method=body["method"].upper(),
         # The path only: query strings can carry secrets of their own.
         path=body["url"].split("?", 1)[0],
+        **on_behalf,
     )
     return _no_store(JsonResponse({"authorization": header}))
+
+
+# --- token exchange (RFC 8693): acting on behalf of a signed-in user --------------------
+
+SUBJECT_TOKEN_TYPES = {
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:access_token",
+}
+ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+RESOURCE_PREFIX = "urn:broker:provider:"
+
+
+def _subject(service_id: Any, token: str) -> subject_tokens.Subject:
+    """The user a subject token names, for this service (400 invalid_request otherwise)."""
+    audiences = (
+        ServiceClient.objects.filter(pk=service_id)
+        .values_list("subject_audiences", flat=True)
+        .first()
+    )
+    try:
+        return subject_tokens.verified_subject(token, list(audiences or []))
+    except subject_tokens.SubjectTokenRejected as exc:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"subject_token: {exc}",
+            subject_issuer=subject_tokens.unverified_issuer(token),
+        ) from None
+
+
+def _target_slug(form: dict[str, str]) -> str:
+    """The provider app named by `audience=<slug>` or `resource=urn:broker:provider:<slug>`."""
+    audience, resource = form.get("audience"), form.get("resource")
+    if audience and resource:
+        raise invalid_request("give either 'audience' or 'resource', not both")
+    if resource:
+        if not resource.startswith(RESOURCE_PREFIX):
+            raise ApiError(
+                400, "invalid_target", f"'resource' must be {RESOURCE_PREFIX}<provider app slug>"
+            )
+        return resource[len(RESOURCE_PREFIX) :]
+    if not audience:
+        raise invalid_request("'audience' (the provider app's slug) or 'resource' is required")
+    return audience
+
+
+def _exchange(request: HttpRequest, client: AuthenticatedClient, form: dict[str, str]) -> Any:
+    """The provider access token of the user the subject token names (RFC 8693 2.2.1)."""
+    service = client.service
+    token_type = form.get("subject_token_type")
+    if not form.get("subject_token") or token_type is None:
+        raise invalid_request("'subject_token' and 'subject_token_type' are required")
+    if token_type not in SUBJECT_TOKEN_TYPES:
+        raise invalid_request(f"subject_token_type must be one of {sorted(SUBJECT_TOKEN_TYPES)}")
+    if (
+        "actor_token" in form
+        or "requested_token_type" in form
+        and (form["requested_token_type"] != ISSUED_TOKEN_TYPE)
+    ):
+        raise invalid_request(f"only {ISSUED_TOKEN_TYPE} is issued, without an actor_token")
+    slug = _target_slug(form)
+    subject = _subject(service.pk, form["subject_token"])
+    on_behalf: dict[str, Any] = {
+        "subject_user": subject.user.username,
+        "provider": slug,
+        "subject_issuer": subject.issuer,
+    }
+    app = ProviderApp.objects.filter(slug=slug).first() if matchable(slug) else None
+    permission = rules.permission(service.pk, app, subject.user) if app else None
+    if app is None or permission is None:
+        raise ApiError(
+            400,
+            "invalid_target",
+            f"this service may not use {slug!r} for this user",
+            **on_behalf,
+        )
+    grant = _users_grant(subject.user.username, app.slug)
+    if grant is None:
+        raise ApiError(400, "invalid_target", f"the user has no grant of {slug!r}", **on_behalf)
+    if app.protocol != "oauth2":
+        raise ApiError(
+            400,
+            "invalid_target",
+            f"{slug!r} is an OAuth 1.0a app: use /api/v1/sign with Broker-Subject-Token",
+            **on_behalf,
+        )
+    requested = form["scope"].split() if "scope" in form else None
+    min_ttl = capped_min_ttl(DEFAULT_MIN_TTL, grant)
+    grant, token, expires_at, scopes, narrowed = _serve_token(
+        grant, permission, requested, min_ttl, force_refresh=False
+    )
+    _served(
+        request,
+        service.pk,
+        service.client_id,
+        grant,
+        "token.exchanged",
+        "exchanged",
+        scopes=scopes,
+        narrowed=narrowed,
+        on_behalf_of=True,
+        subject_issuer=subject.issuer,
+        subject_token_type=token_type,
+    )
+    return {
+        "access_token": token,
+        "issued_token_type": ISSUED_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": _expires_in(expires_at),
+        "scope": " ".join(scopes),
+    }
+
+
+def _exchange_or_refusal(
+    request: HttpRequest, client: AuthenticatedClient, form: dict[str, str]
+) -> HttpResponse:
+    try:
+        return JsonResponse(_exchange(request, client, form))
+    except ApiError as exc:
+        audit.service_event(
+            "token.exchange_denied",
+            client.service.client_id,
+            outcome=audit.Outcome.DENIED,
+            request=request,
+            reason=exc.error,
+            status=exc.status,
+            description=exc.description,
+            **exc.audit,
+        )
+        return exc.response()
+    except Exception as exc:
+        if is_database_busy(exc):
+            return busy_response(request)
+        log.exception("token exchange failed")
+        return error_response(500, "server_error", "the broker failed; try again later")
 
 
 @api_view("POST", scope="connect-links:create", denied="connect_link.denied")

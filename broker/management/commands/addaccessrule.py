@@ -24,6 +24,11 @@ class Command(BaseCommand):
         parser.add_argument("--users", default="all", help="all, or group:NAME")
         parser.add_argument("--sign", action="store_true", help="may sign OAuth 1.0a requests")
         parser.add_argument("--connect-links", action="store_true")
+        parser.add_argument(
+            "--on-behalf-of",
+            action="store_true",
+            help="served only with the signed-in user's token (token exchange), never by name",
+        )
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -61,6 +66,7 @@ class Command(BaseCommand):
                 "scopes": scopes,
                 "can_sign": options["sign"],
                 "can_create_connect_links": options["connect_links"],
+                "on_behalf_of": options["on_behalf_of"],
             },
         )
         audit.record(
@@ -74,6 +80,7 @@ class Command(BaseCommand):
             users=users,
             can_sign=rule.can_sign,
             can_create_connect_links=rule.can_create_connect_links,
+            on_behalf_of=rule.on_behalf_of,
         )
         result = {
             "client_id": service.client_id,
@@ -82,6 +89,7 @@ class Command(BaseCommand):
             "users": users,
             "sign": rule.can_sign,
             "connect_links": rule.can_create_connect_links,
+            "on_behalf_of": rule.on_behalf_of,
             "created": created,
         }
         if options["json"]:

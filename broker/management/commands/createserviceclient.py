@@ -25,6 +25,13 @@ class Command(BaseCommand):
         key = parser.add_mutually_exclusive_group()
         key.add_argument("--public-key", type=Path, metavar="PEM_FILE", help="PEM or JWK")
         key.add_argument("--certificate", type=Path, metavar="PEM_FILE")
+        parser.add_argument(
+            "--subject-audience",
+            action="append",
+            default=[],
+            metavar="AUD",
+            help="the `aud` of user tokens it may exchange (repeatable)",
+        )
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -34,10 +41,15 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"{key_file}: {exc.strerror}") from None
         client_id = f"{slugify(options['name'])[:40] or 'service'}-{secrets.token_hex(4)}"
+        audiences = list(dict.fromkeys(a for a in options["subject_audience"] if a))
         result: dict[str, Any] = {"client_id": client_id, "name": options["name"]}
+        if audiences:
+            result["subject_audiences"] = audiences
         try:
             with transaction.atomic():
-                service = ServiceClient.objects.create(client_id=client_id, name=options["name"])
+                service = ServiceClient.objects.create(
+                    client_id=client_id, name=options["name"], subject_audiences=audiences
+                )
                 if options["certificate"]:
                     key = service_keys.register_key(service, certificate=key_text)
                     result.update(auth_method="private_key_jwt", kid=key.kid, x5t_s256=key.x5t_s256)

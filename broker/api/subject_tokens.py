@@ -1,0 +1,140 @@
+"""Subject tokens: a signed-in user's token from the company IdP, presented by a service
+that acts for that user (RFC 8693 token exchange, or `Broker-Subject-Token` on /sign).
+
+Only JWTs from trusted issuers (BROKER_OIDC_ISSUER and BROKER_SUBJECT_ISSUERS) count,
+signed with a public-key algorithm (never `none`, never HS*: anyone holding the public key
+could sign those), within `exp`/`nbf` (small leeway), with an `aud` registered for the
+presenting service. The issuer's keys come from its discovery document's `jwks_uri`,
+fetched through the outbound HTTP module and cached; an unknown `kid` fetches them once
+more, so the IdP can roll its keys. The user is the one whose (issuer, `sub`) it names.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from django.conf import settings
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from accounts.models import ExternalIdentity, User
+from broker.api.client_assertions import AssertionRejected, unverified_parts
+from broker.outbound_http import provider_session
+
+ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
+LEEWAY_SECONDS = 30
+JWKS_CACHE_SECONDS = 600
+HEADER = "HTTP_BROKER_SUBJECT_TOKEN"  # the `Broker-Subject-Token` request header
+
+_jwks_cache: dict[str, tuple[float, KeySet]] = {}
+_jwks_lock = threading.Lock()
+
+
+class SubjectTokenRejected(Exception):
+    """The subject token proves nothing; the message says why (never the token)."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    user: User
+    issuer: str
+
+
+def trusted_issuers() -> list[str]:
+    issuers = [settings.BROKER_OIDC_ISSUER, *settings.BROKER_SUBJECT_ISSUERS]
+    return [issuer for issuer in issuers if issuer]
+
+
+def _fetch_key_set(issuer: str) -> KeySet:
+    discovery_url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
+    try:
+        with provider_session(requests.Session()) as session:
+            metadata = session.get(discovery_url)
+            metadata.raise_for_status()
+            document = metadata.json()
+            if not isinstance(document, dict) or document.get("issuer") != issuer:
+                raise SubjectTokenRejected("the issuer's discovery document names another issuer")
+            keys = session.get(document["jwks_uri"])
+            keys.raise_for_status()
+            return KeySet.import_key_set(keys.json())
+    except (requests.RequestException, ValueError, KeyError, TypeError, JoseError) as exc:
+        raise SubjectTokenRejected(
+            f"cannot load the issuer's keys ({type(exc).__name__})"
+        ) from None
+
+
+def _key_set(issuer: str, kid: object) -> KeySet:
+    """The issuer's keys from the cache; fetched again once when `kid` is unknown to it."""
+    now = time.monotonic()
+    with _jwks_lock:
+        cached = _jwks_cache.get(issuer)
+    if cached and cached[0] > now:
+        if kid is None or any(key.kid == kid for key in cached[1].keys):
+            return cached[1]
+    key_set = _fetch_key_set(issuer)
+    with _jwks_lock:
+        _jwks_cache[issuer] = (now + JWKS_CACHE_SECONDS, key_set)
+    return key_set
+
+
+def forget_cached_keys() -> None:
+    """Drops this process's cached JWKS (tests)."""
+    with _jwks_lock:
+        _jwks_cache.clear()
+
+
+def unverified_issuer(token: str) -> str:
+    """The `iss` a token claims, for the audit of a refusal (not proof of anything)."""
+    try:
+        issuer = unverified_parts(token)[1].get("iss")
+    except AssertionRejected:
+        return ""
+    return issuer[:255] if isinstance(issuer, str) else ""
+
+
+def verified_subject(token: str, audiences: list[str]) -> Subject:
+    """The active user a valid subject token names, for a service registered for
+    `audiences`. Raises SubjectTokenRejected."""
+    try:
+        header, unverified = unverified_parts(token)
+    except AssertionRejected:
+        raise SubjectTokenRejected("the subject token is not a JWT") from None
+    issuer = unverified.get("iss")
+    if not isinstance(issuer, str) or issuer not in trusted_issuers():
+        raise SubjectTokenRejected("the subject token's issuer is not trusted")
+    if header.get("alg") not in ALGORITHMS:
+        raise SubjectTokenRejected(f"algorithm {header.get('alg')!r} is not accepted")
+    key_set = _key_set(issuer, header.get("kid"))
+    try:
+        claims: dict[str, Any] = jwt.decode(token, key_set, algorithms=ALGORITHMS).claims
+    except (JoseError, ValueError) as exc:
+        raise SubjectTokenRejected(f"bad signature ({type(exc).__name__})") from None
+    registry = jwt.JWTClaimsRegistry(
+        leeway=LEEWAY_SECONDS,
+        iss={"essential": True, "value": issuer},
+        sub={"essential": True},
+        exp={"essential": True},
+    )
+    try:
+        registry.validate(claims)
+    except JoseError as exc:
+        raise SubjectTokenRejected(f"claims: {exc.error} {exc.description or ''}".strip()) from None
+    aud = claims.get("aud")
+    token_audiences = aud if isinstance(aud, list) else [aud]
+    if not any(isinstance(a, str) and a in audiences for a in token_audiences):
+        raise SubjectTokenRejected(
+            "the subject token's audience is not registered for this service"
+        )
+    identity = (
+        ExternalIdentity.objects.select_related("user")
+        .filter(issuer=issuer, subject=claims["sub"])
+        .first()
+    )
+    if identity is None or not identity.user.is_active:
+        raise SubjectTokenRejected("the subject token names no active user of the broker")
+    return Subject(user=identity.user, issuer=issuer)
