@@ -419,6 +419,7 @@ class AccessRuleInline(admin.TabularInline):
         "users_group",
         "can_sign",
         "can_create_connect_links",
+        "on_behalf_of",
         "created_at",
     ]
     readonly_fields = ["created_at"]
@@ -462,6 +463,7 @@ class ServiceClientAdmin(AuditedAdmin):
         "name",
         "enabled",
         "webhook_url",
+        "subject_audiences",
         "secret_last4",
         "secret_created_at",
         "previous_secret_valid_until",
@@ -593,6 +595,25 @@ def audit_csv_rows(queryset: QuerySet[AuditEvent]) -> Iterator[str]:
         yield writer.writerow([csv_cell(v) for v in row])
 
 
+class OnBehalfOfFilter(admin.SimpleListFilter):
+    """Requests a service made for a signed-in user who presented their token (token
+    exchange, Broker-Subject-Token): with the user and the date, "which services acted for
+    Alice last week"."""
+
+    title = "on behalf of the user"
+    parameter_name = "on_behalf_of"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes (the user's token was presented)"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> Any:
+        if self.value() == "yes":
+            return queryset.filter(detail__on_behalf_of=True)
+        if self.value() == "no":
+            return queryset.exclude(detail__on_behalf_of=True)
+        return queryset
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     """Read-only for everyone, superusers included: the log is append-only."""
@@ -619,6 +640,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         ("provider", admin.AllValuesFieldListFilter),
         ("service", admin.AllValuesFieldListFilter),
         ("actor", admin.AllValuesFieldListFilter),
+        OnBehalfOfFilter,
     ]
     search_fields = ["actor", "subject_user", "action", "service", "provider", "grant_id"]
     date_hierarchy = "at"

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -166,6 +167,11 @@ class Grant(SealedFieldsModel):
         return self.access_expires_at - timezone.now() >= timedelta(seconds=seconds)
 
 
+def validate_string_list(value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValidationError('Enter a list of strings, e.g. ["broker-sso"].')
+
+
 class ServiceClient(SealedFieldsModel):
     """An internal service that fetches tokens over the API."""
 
@@ -188,7 +194,10 @@ class ServiceClient(SealedFieldsModel):
     # The `aud` values of the user tokens (from the company IdP) this service may exchange
     # (RFC 8693): a token a user gave to one service is useless to another.
     subject_audiences = models.JSONField(
-        default=list, blank=True, help_text="Audiences of subject tokens it may exchange"
+        default=list,
+        blank=True,
+        validators=[validate_string_list],
+        help_text='The "aud" of users\' tokens it may present, e.g. ["broker-sso"]',
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
