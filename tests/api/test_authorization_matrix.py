@@ -25,15 +25,18 @@ SCENARIOS = [
     "disabled_service",
     "expired_broker_token",
     "user_deactivated",
+    # Rules only for a signed-in user: a request that merely names her gets no token or
+    # signature (token exchange or Broker-Subject-Token is needed: test_on_behalf_of.py).
+    "on_behalf_of_only",
     "allowed",
 ]
 ENDPOINTS = ["access-token", "sign", "connect-links", "grants"]
 
 EXPECTED = {
-    "access-token": [404, 404, 403, 404, 401, 401, 404, 200],
-    "sign": [404, 404, 403, 404, 401, 401, 404, 200],
-    "connect-links": [404, 404, 403, 404, 401, 401, 404, 201],
-    "grants": [200, 200, None, 200, 401, 401, 200, 200],
+    "access-token": [404, 404, 403, 404, 401, 401, 404, 403, 200],
+    "sign": [404, 404, 403, 404, 401, 401, 404, 403, 200],
+    "connect-links": [404, 404, 403, 404, 401, 401, 404, 201, 201],
+    "grants": [200, 200, None, 200, 401, 401, 200, 200, 200],
 }
 SECRETS_IN_SUCCESS = {
     "access-token": "access_token",
@@ -55,15 +58,21 @@ def _rules(scenario, service, atlassian, jira_dc, other_app, group) -> None:
         return
     restricted = scenario == "scope_outside_rule"
     users_group = group if scenario == "user_outside_group" else None
+    on_behalf_of = scenario == "on_behalf_of_only"
     AccessRule.objects.create(
         service=service,
         provider_app=atlassian,
         scopes=["read:me", "read:jira-work"],
         users_group=users_group,
         can_create_connect_links=True,
+        on_behalf_of=on_behalf_of,
     )
     AccessRule.objects.create(
-        service=service, provider_app=jira_dc, users_group=users_group, can_sign=not restricted
+        service=service,
+        provider_app=jira_dc,
+        users_group=users_group,
+        can_sign=not restricted,
+        on_behalf_of=on_behalf_of,
     )
 
 
@@ -130,7 +139,7 @@ def test_authorization_matrix(
     body = response.json()
     if endpoint == "grants":
         listed = [g["id"] for g in body.get("grants", [])]
-        if scenario == "allowed":
+        if scenario in ("allowed", "on_behalf_of_only"):  # listed, never a token
             assert sorted(listed) == sorted(str(g.pk) for g in grants.values())
             assert "access_token" not in response.content.decode()
         else:
@@ -139,7 +148,7 @@ def test_authorization_matrix(
             assert audit_events(action="service.auth_failed", outcome="denied")
         return
     secret_field = SECRETS_IN_SUCCESS[endpoint]
-    if scenario == "allowed":
+    if expected in (200, 201):
         assert body[secret_field]
         return
     assert secret_field not in body and set(body) == {"error", "error_description"}
@@ -152,6 +161,8 @@ def test_authorization_matrix(
         denied_action = "connect_link.denied" if endpoint == "connect-links" else "token.denied"
         [event] = audit_events(action=denied_action, service=service.client_id)
         assert event.outcome == "denied" and event.detail["status"] == expected
+        if scenario == "on_behalf_of_only":
+            assert event.detail["reason"] == "on_behalf_of_required"
     assert not audit_events(action__in=["token.issued", "request.signed"])
     assert Grant.objects.filter(status="active").count() == len(grants)  # kept, untouched
 
