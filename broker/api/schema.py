@@ -22,6 +22,12 @@ from broker.api.tokens import API_SCOPES
 
 # No URL may carry NUL (broker.request_guard answers 400).
 NO_NUL = "^[^\\u0000]*$"
+# RFC 8693 3: the user tokens a service may exchange (all must be JWTs from a trusted issuer).
+SUBJECT_TOKEN_TYPES = [
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:access_token",
+]
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list of strings"}
 JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}
 
@@ -280,7 +286,9 @@ def openapi_document() -> dict[str, Any]:
             "version": "1.0.0",
             "description": (
                 "Services authenticate at /api/v1/oauth/token (client credentials) and call "
-                "the other endpoints with `Authorization: Bearer <broker token>`."
+                "the other endpoints with `Authorization: Bearer <broker token>`. A service "
+                "acting for a signed-in user exchanges the user's token from the company IdP "
+                "for the user's provider token at the same endpoint (RFC 8693)."
             ),
         },
         "servers": [{"url": settings.BROKER_PUBLIC_URL}],
@@ -288,7 +296,18 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/oauth/token": {
                 "post": {
                     "operationId": "token",
-                    "summary": "Client credentials grant (RFC 6749 4.4) for services",
+                    "summary": "Client credentials grant (RFC 6749 4.4) for services, and "
+                    "token exchange (RFC 8693) for a service acting for a signed-in user",
+                    "description": (
+                        "With `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`, "
+                        "the service (authenticated as for client credentials) presents a "
+                        "user's JWT from a trusted issuer as `subject_token`, names the "
+                        "provider app with `audience=<slug>` or "
+                        "`resource=urn:broker:provider:<slug>`, and receives that user's "
+                        "provider access token (`issued_token_type` "
+                        "`urn:ietf:params:oauth:token-type:access_token`). The subject "
+                        "token's `aud` must be registered for the service."
+                    ),
                     "security": [{"clientSecretBasic": []}, {}],
                     "requestBody": {
                         "required": True,
@@ -300,9 +319,19 @@ def openapi_document() -> dict[str, Any]:
                                     "properties": {
                                         "grant_type": {
                                             "type": "string",
-                                            "enum": ["client_credentials"],
+                                            "enum": [
+                                                "client_credentials",
+                                                "urn:ietf:params:oauth:grant-type:token-exchange",
+                                            ],
                                         },
                                         "scope": text,
+                                        "subject_token": text,
+                                        "subject_token_type": {
+                                            "type": "string",
+                                            "enum": SUBJECT_TOKEN_TYPES,
+                                        },
+                                        "audience": text,
+                                        "resource": text,
                                         "client_id": text,
                                         "client_secret": text,
                                         "client_assertion_type": {
@@ -318,12 +347,32 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _ok("A broker token", "TokenResponse"),
-                        "400": _error("invalid_request, unsupported_grant_type, invalid_scope"),
+                        "200": _ok(
+                            "A broker token, or (token exchange) the user's provider token",
+                            "TokenResponse",
+                        ),
+                        "400": _error(
+                            "invalid_request (also: a subject token that is malformed, "
+                            "expired, from an untrusted issuer, badly signed, for another "
+                            "audience, or naming no active user), unsupported_grant_type, "
+                            "invalid_scope, invalid_target (token exchange: an app the "
+                            "service may not use for this user, or where the user has no "
+                            "grant)"
+                        ),
                         "401": _error("invalid_client"),
+                        "403": _error(
+                            "insufficient_scope (token exchange: scopes beyond the rules or "
+                            "the grant)"
+                        ),
+                        "404": _error("Token exchange: the grant went away meanwhile"),
+                        "409": _error("reconnect_required (token exchange)"),
                         "405": _error("Method not allowed"),
                         "413": TOO_LARGE,
                         "415": _error("The body must be form-encoded"),
+                        "503": {
+                            **_error("temporarily_unavailable (token exchange)"),
+                            "headers": RETRY_AFTER,
+                        },
                         "429": {
                             **_error(
                                 "Rate limit exceeded, or too many failed authentications "
@@ -401,11 +450,12 @@ def openapi_document() -> dict[str, Any]:
                         "400": _error("invalid_request (names the field)"),
                         **_bearer_errors(),
                         "403": _error(
-                            "Denied by the access rules (`access_denied`), or "
-                            "`insufficient_scope`: the scopes asked for are beyond the rules "
-                            "or the grant, or the token carries scopes the rules do not "
-                            "allow and the provider cannot issue a narrower one; the "
-                            "description names them"
+                            "Denied by the access rules (`access_denied`; "
+                            "`on_behalf_of_required`: the rules serve this grant only with the "
+                            "user's token, by token exchange), or `insufficient_scope`: the "
+                            "scopes asked for are beyond the rules or the grant, or the token "
+                            "carries scopes the rules do not allow and the provider cannot "
+                            "issue a narrower one; the description names them"
                         ),
                         "404": _error(
                             "No such grant visible to this service (also when its user is "
@@ -432,12 +482,29 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "A signed OAuth 1.0a Authorization header for one request",
                     "security": [{"brokerToken": ["requests:sign"]}],
                     "requestBody": _json_body(SIGN_FIELDS, one_grant=True),
+                    "parameters": [
+                        {
+                            "name": "Broker-Subject-Token",
+                            "in": "header",
+                            "description": "The user's token from the company IdP, when "
+                            "acting for them (required by on-behalf-of rules)",
+                            "schema": {"type": "string"},
+                        }
+                    ],
                     "responses": {
                         "200": _ok("The header value", "Signature"),
-                        "400": _error("invalid_request (names the field)"),
+                        "400": _error(
+                            "invalid_request (names the field, or the subject token is not valid)"
+                        ),
                         **_bearer_errors(),
-                        "403": _error("No rule lets this service sign for this grant"),
-                        "404": _error("No such grant visible to this service"),
+                        "403": _error(
+                            "No rule lets this service sign for this grant; "
+                            "on_behalf_of_required: only with Broker-Subject-Token"
+                        ),
+                        "404": _error(
+                            "No such grant visible to this service (or not the subject "
+                            "token's user's)"
+                        ),
                         "409": _error("reconnect_required"),
                         "413": TOO_LARGE,
                         "415": _error("The body must be application/json"),
@@ -511,8 +578,13 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["access_token", "token_type", "expires_in", "scope"],
                     "properties": {
                         "access_token": string,
+                        "issued_token_type": {
+                            "type": "string",
+                            "description": "Token exchange only (RFC 8693 2.2.1)",
+                            "enum": ["urn:ietf:params:oauth:token-type:access_token"],
+                        },
                         "token_type": {"type": "string", "enum": ["Bearer"]},
-                        "expires_in": {"type": "integer"},
+                        "expires_in": {"type": ["integer", "null"]},
                         "scope": string,
                     },
                 },

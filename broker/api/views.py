@@ -31,6 +31,7 @@ from broker.api.schema import (
     ACCESS_TOKEN_FIELDS,
     CONNECT_LINK_FIELDS,
     SIGN_FIELDS,
+    SUBJECT_TOKEN_TYPES,
     matchable,
     openapi_document,
     parse_json_body,
@@ -652,11 +653,6 @@ def sign(request: ServiceRequest) -> HttpResponse:
 
 # --- token exchange (RFC 8693): acting on behalf of a signed-in user --------------------
 
-SUBJECT_TOKEN_TYPES = {
-    "urn:ietf:params:oauth:token-type:id_token",
-    "urn:ietf:params:oauth:token-type:jwt",
-    "urn:ietf:params:oauth:token-type:access_token",
-}
 ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 RESOURCE_PREFIX = "urn:broker:provider:"
 
@@ -702,7 +698,7 @@ def _exchange(request: HttpRequest, client: AuthenticatedClient, form: dict[str,
     if not form.get("subject_token") or token_type is None:
         raise invalid_request("'subject_token' and 'subject_token_type' are required")
     if token_type not in SUBJECT_TOKEN_TYPES:
-        raise invalid_request(f"subject_token_type must be one of {sorted(SUBJECT_TOKEN_TYPES)}")
+        raise invalid_request(f"subject_token_type must be one of {', '.join(SUBJECT_TOKEN_TYPES)}")
     if (
         "actor_token" in form
         or "requested_token_type" in form

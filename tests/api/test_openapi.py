@@ -39,6 +39,16 @@ def test_the_document_is_served_and_lists_every_endpoint(api):
     access = document["paths"]["/api/v1/access-token"]["post"]
     fields = access["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert set(fields) == {"grant", "user", "provider", "scopes", "min_ttl", "force_refresh"}
+    token = document["paths"]["/api/v1/oauth/token"]["post"]
+    form = token["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert (
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+        in (form["properties"]["grant_type"]["enum"])
+    )
+    assert {"subject_token", "subject_token_type", "audience", "resource"} <= set(
+        form["properties"]
+    )
+    assert "invalid_target" in token["responses"]["400"]["description"]
 
 
 @contextmanager
