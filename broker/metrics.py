@@ -70,7 +70,8 @@ def count_refresh(outcome: str, seconds: float) -> None:
 
 
 def count_token_issue(service: str, outcome: str) -> None:
-    """`service` (client id) was served a token (`outcome` issued) or a signature (signed)."""
+    """`service` (client id) was served a token (`outcome` issued, or exchanged for a
+    user's token) or a signature (signed)."""
     try:
         redis_client().hincrby(TOKEN_ISSUES, f"{service}{SEPARATOR}{outcome}", 1)
     except Exception as exc:
@@ -109,7 +110,8 @@ class BrokerCollector(Collector):
 
         issues = CounterMetricFamily(
             "broker_token_issues",
-            "Tokens (outcome issued) and OAuth 1.0a signatures (signed) served, by service",
+            "Tokens (outcome issued, or exchanged: RFC 8693) and OAuth 1.0a signatures (signed) "
+            "served, by service",
             labels=["service", "outcome"],
         )
         for key, n in sorted(client.hgetall(TOKEN_ISSUES).items()):
