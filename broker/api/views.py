@@ -691,7 +691,9 @@ def _target_slug(form: dict[str, str]) -> str:
     return audience
 
 
-def _exchange(request: HttpRequest, client: AuthenticatedClient, form: dict[str, str]) -> Any:
+def _exchange(
+    request: HttpRequest, client: AuthenticatedClient, form: dict[str, str]
+) -> dict[str, Any]:
     """The provider access token of the user the subject token names (RFC 8693 2.2.1)."""
     service = client.service
     token_type = form.get("subject_token_type")
