@@ -3,7 +3,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from broker import connect_links, connections, health, metrics, oauth1_flow, oauth2_flow
+from broker.consent import connect_links, connections, oauth1_flow, oauth2_flow
+from broker.ops import health, metrics
 
 
 def no_favicon(request: HttpRequest) -> HttpResponse:
@@ -29,4 +30,4 @@ urlpatterns = [
     path("favicon.ico", no_favicon),
 ]
 
-handler400 = "broker.error_pages.bad_request"
+handler400 = "broker.ops.error_pages.bad_request"

@@ -18,8 +18,9 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from broker import audit, service_secrets
-from broker.admin_roles import AUDITOR_GROUP
+from broker.admin.roles import AUDITOR_GROUP
+from broker.api import service_secrets
+from broker.audit import trail
 from broker.models import (
     AuditEvent,
     Grant,
@@ -89,7 +90,7 @@ def data(owner):
     service.save()
     service_secrets.new_secret(service)
     grant = save_grant(owner, app, access=ACCESS, refresh=REFRESH, last_used_by=service)
-    audit.record(
+    trail.record(
         "token.issued",
         actor_type="service",
         actor="reports",
@@ -292,7 +293,7 @@ def test_the_audit_log_cannot_be_changed_even_by_a_superuser(client, superuser, 
 @pytest.mark.parametrize("role", ["superuser", "auditor"])
 def test_the_audit_log_exports_as_csv(client, data, role, request):
     client.force_login(request.getfixturevalue(role))
-    audit.record(
+    trail.record(
         "token.issued", actor_type="service", actor="=cmd|' /C calc'!A0", subject_user="bob"
     )
     response = post_action(
@@ -309,7 +310,7 @@ def test_the_audit_log_exports_as_csv(client, data, role, request):
 @pytest.mark.django_db
 def test_who_read_alices_jira_token_last_week_is_one_filtered_url(client, auditor, data):
     client.force_login(auditor)
-    audit.record(
+    trail.record(
         "token.issued",
         actor_type="service",
         actor="other",
@@ -446,8 +447,8 @@ def test_a_key_added_in_the_admin_is_named_by_its_thumbprint(client, superuser, 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from broker.api.service_keys import thumbprint
     from broker.models import ServiceKey
-    from broker.service_keys import thumbprint
 
     pem = (
         ec.generate_private_key(ec.SECP256R1())

@@ -174,7 +174,7 @@ def test_unsafe_return_url_is_not_even_stored(apps, signed_in):
 def test_a_kind_the_catalog_marks_as_rejecting_pkce_gets_no_challenge(apps, signed_in, monkeypatch):
     from dataclasses import replace
 
-    from broker import catalog
+    from broker.providers import catalog
 
     atlassian = replace(catalog.KINDS["atlassian"], rejects_pkce=True)
     monkeypatch.setattr(catalog, "KINDS", {**catalog.KINDS, "atlassian": atlassian})

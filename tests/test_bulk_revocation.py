@@ -8,9 +8,9 @@ from urllib.parse import parse_qs
 import pytest
 from django.core.management import call_command
 
-from broker import audit
-from broker.bulk_revocation import BATCH_SIZE, create_job, run_job
+from broker.audit import trail
 from broker.models import AuditEvent, Grant, RevocationJob
+from broker.revocation.bulk import BATCH_SIZE, create_job, run_job
 from tests.factories import make_app, make_grant, make_service, save_grant
 
 
@@ -72,10 +72,10 @@ def test_by_service_revokes_grants_it_used_or_was_issued_tokens_for(owner, outsi
     used = save_grant(owner, app, 1, last_used_by=service)
     issued = save_grant(outsider, app, 2)
     untouched = save_grant(owner, app, 3)
-    audit.record(
+    trail.record(
         "token.issued", actor_type="service", actor="reports", service="reports", grant_id=issued.pk
     )
-    audit.record(
+    trail.record(
         "token.issued", actor_type="service", actor="other", service="other", grant_id=untouched.pk
     )
 

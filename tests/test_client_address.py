@@ -1,4 +1,4 @@
-"""The client address behind reverse proxies (broker.client_address): audit rows, the
+"""The client address behind reverse proxies (broker.infra.client_address): audit rows, the
 failed-authentication throttle and the metrics allow-list all see the same one."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 from django.test import RequestFactory, override_settings
 
-from broker import audit
 from broker.api import ratelimit
-from broker.client_address import client_ip
+from broker.audit import trail
+from broker.infra.client_address import client_ip
+from broker.infra.redis_connection import redis_client
 from broker.models import AuditEvent
-from broker.redis_connection import redis_client
 
 PROXY = "10.0.0.2"
 
@@ -58,10 +58,10 @@ def ping_with_forged_token(client, hops: int, forwarded: str, **headers):
 
 @pytest.mark.django_db
 def test_audit_rows_record_the_forwarded_address_only_behind_trusted_proxies(client):
-    redis_client().delete(audit.BUFFER_KEY)  # events other tests left unflushed
+    redis_client().delete(trail.BUFFER_KEY)  # events other tests left unflushed
     ping_with_forged_token(client, 1, "6.6.6.6, 198.51.100.1")
     ping_with_forged_token(client, 0, "6.6.6.6, 198.51.100.1")
-    audit.flush_buffer()
+    trail.flush_buffer()
     addresses = AuditEvent.objects.filter(action="service.auth_failed").order_by("at", "id")
     assert list(addresses.values_list("client_ip", flat=True)) == ["198.51.100.1", PROXY]
 

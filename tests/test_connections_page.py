@@ -155,7 +155,7 @@ def test_expired_consent_state_is_purged_after_a_day(owner):
 
     from django.utils import timezone
 
-    from broker.consent import purge_expired_consent_state
+    from broker.consent.pending import purge_expired_consent_state
     from broker.models import PendingAuthorization, ProviderApp
 
     app = ProviderApp.objects.create(slug="purge", kind="atlassian", name="P", client_id="c")

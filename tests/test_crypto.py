@@ -6,8 +6,8 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from broker.crypto import DecryptionError, KeyRing, KeyRingError
-from broker.key_rotation import reencrypt_all
+from broker.crypto.key_ring import DecryptionError, KeyRing, KeyRingError
+from broker.crypto.key_rotation import reencrypt_all
 from broker.models import Grant, ProviderApp
 
 RING = KeyRing.parse(KeyRing.generate_entry("a") + "," + KeyRing.generate_entry("b"))

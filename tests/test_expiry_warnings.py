@@ -14,9 +14,9 @@ from django.db import connection
 from django.utils import timezone
 
 from broker.celery import app as celery_app
-from broker.consented_grants import store_consent
-from broker.expiry_warnings import warn_of_expiring_grants
+from broker.consent.grant_store import store_consent
 from broker.models import Grant, WebhookDelivery
+from broker.notify.expiry_warnings import warn_of_expiring_grants
 from tests.factories import make_app, make_service, save_grant
 
 SECRET = "bkw_test-webhook-secret-abc"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from broker import metrics
+from broker.infra.redis_connection import redis_client
 from broker.models import Grant
-from broker.redis_connection import redis_client
+from broker.ops import metrics
 from tests.factories import make_app, save_grant
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"

@@ -10,8 +10,8 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
-from broker.crypto import DecryptionError, KeyRing
-from broker.key_rotation import sealed_models
+from broker.crypto.key_ring import DecryptionError, KeyRing
+from broker.crypto.key_rotation import sealed_models
 from broker.models import Grant, PendingAuthorization, ProviderApp, ServiceClient
 from tests.factories import make_app, make_service, save_grant
 

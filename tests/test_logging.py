@@ -11,13 +11,13 @@ import logging.config
 import pytest
 from django.conf import settings
 
-from broker import audit
-from broker.audit import flush_buffer_task
-from broker.logging_config import logging_settings, redact
-from broker.redis_connection import redis_client
-from broker.revocation import revoke_grant
-from broker.service_secrets import new_secret
-from broker.tasks import enqueue_due_refreshes
+from broker.api.service_secrets import new_secret
+from broker.audit import trail
+from broker.audit.trail import flush_buffer_task
+from broker.infra.redis_connection import redis_client
+from broker.ops.logging_config import logging_settings, redact
+from broker.refresh.tasks import enqueue_due_refreshes
+from broker.revocation.revoke import revoke_grant
 from tests.factories import make_app, make_service, save_grant
 
 SECRETS = {
@@ -159,10 +159,10 @@ def test_request_lines_name_the_calling_service(client, log_output):
 
 @pytest.mark.django_db
 def test_idle_housekeeping_tasks_log_nothing_at_info(eager_celery, log_output):
-    redis_client().delete(audit.BUFFER_KEY)  # events earlier tests buffered
+    redis_client().delete(trail.BUFFER_KEY)  # events earlier tests buffered
     flush_buffer_task.delay()
     enqueue_due_refreshes.delay()
-    audit.record_soon("service.authenticated", actor_type=audit.ActorType.SERVICE, actor="s")
+    trail.record_soon("service.authenticated", actor_type=trail.ActorType.SERVICE, actor="s")
     flush_buffer_task.delay()
 
     lines = [json.loads(line) for line in log_output.getvalue().splitlines()]

@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from django.core.management import call_command
 
+from broker.consent.oauth1_flow import disconnect_hint
 from broker.models import Grant, ProviderApp
-from broker.oauth1_consumer import ConsumerMisconfigured, public_key_pem
-from broker.oauth1_flow import disconnect_hint
+from broker.providers.oauth1_consumer import ConsumerMisconfigured, public_key_pem
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.utils import timezone
 
 from broker.models import Grant, ProviderApp
-from broker.oauth1_signing import (
+from broker.providers.oauth1_signing import (
     GrantNotActive,
     InvalidSigningRequest,
     NotAnOAuth1Grant,

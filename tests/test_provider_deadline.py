@@ -23,9 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.db import connection
 
-from broker import oauth1_flow, provider_account, refresh, revocation, token_endpoint
+from broker.consent import oauth1_flow
+from broker.infra.outbound_http import DeadlineExceeded, provider_session
 from broker.models import Grant
-from broker.outbound_http import DeadlineExceeded, provider_session
+from broker.providers import account, oauth2_client
+from broker.refresh import engine
+from broker.revocation import revoke
 from tests.factories import make_app, save_grant
 from tests.local_http import TricklingServer, start_trickling_server
 
@@ -128,20 +131,20 @@ def provider_calls(url: str) -> dict[str, tuple[Callable[[], object], type[Excep
     oauth1_auth = OAuth1Auth("consumer", client_secret="s", signature_method="HMAC-SHA1")
     return {
         "code_exchange": (
-            lambda: token_endpoint.exchange_code(app, code="c", redirect_uri="https://b/cb"),
-            token_endpoint.TransientTokenError,
+            lambda: oauth2_client.exchange_code(app, code="c", redirect_uri="https://b/cb"),
+            oauth2_client.TransientTokenError,
         ),
         "refresh": (
-            lambda: token_endpoint.refresh(app, refresh_token="r", redirect_uri="https://b/cb"),
-            token_endpoint.TransientTokenError,
+            lambda: oauth2_client.refresh(app, refresh_token="r", redirect_uri="https://b/cb"),
+            oauth2_client.TransientTokenError,
         ),
         "identity": (
-            lambda: provider_account.look_up_account(app, "access"),
-            provider_account.AccountLookupError,
+            lambda: account.look_up_account(app, "access"),
+            account.AccountLookupError,
         ),
         "revocation": (
-            lambda: revocation.call_revocation_endpoint(app, "r", "refresh_token"),
-            revocation.UpstreamRetryable,
+            lambda: revoke.call_revocation_endpoint(app, "r", "refresh_token"),
+            revoke.UpstreamRetryable,
         ),
         "oauth1_request_token": (
             lambda: oauth1_flow.provider_request(
@@ -176,7 +179,7 @@ def test_a_second_refresher_never_sends_the_same_refresh_token_upstream_twice(
     of sending the same (rotating) refresh token again."""
     settings.BROKER_PROVIDER_TIMEOUT = DEADLINE
     settings.BROKER_REFRESH_LOCK_TIMEOUT = DEADLINE + 1
-    assert refresh.check_timing() == []
+    assert engine.check_timing() == []
     server = trickling("body")
     app = make_app("slow", endpoints={"token": f"{server.url}/token"})
     grant = save_grant(owner, app, refresh="the-one-refresh-token")
@@ -185,7 +188,7 @@ def test_a_second_refresher_never_sends_the_same_refresh_token_upstream_twice(
     def refresher(name: str) -> None:
         started = time.monotonic()
         try:
-            refresh.ensure_fresh(grant.pk, min_ttl=60, force_refresh=True)
+            engine.ensure_fresh(grant.pk, min_ttl=60, force_refresh=True)
             outcomes[name] = "token"
         except Exception as exc:
             outcomes[name] = type(exc)
@@ -201,8 +204,8 @@ def test_a_second_refresher_never_sends_the_same_refresh_token_upstream_twice(
     first.join(timeout=30)
     second.join(timeout=30)
 
-    assert outcomes["first"] is refresh.ProviderUnavailable
-    assert outcomes["second"] is refresh.ProviderUnavailable
+    assert outcomes["first"] is engine.ProviderUnavailable
+    assert outcomes["second"] is engine.ProviderUnavailable
     assert outcomes["first seconds"] <= DEADLINE + SLACK
     sent = [r.body for r in server.requests]
     assert len(sent) == 1 and b"the-one-refresh-token" in sent[0]
@@ -214,4 +217,4 @@ def test_a_second_refresher_never_sends_the_same_refresh_token_upstream_twice(
 def test_a_lock_that_does_not_outlast_the_provider_deadline_is_a_startup_error(settings):
     settings.BROKER_PROVIDER_TIMEOUT = 10
     settings.BROKER_REFRESH_LOCK_TIMEOUT = 10
-    assert [e.id for e in refresh.check_timing()] == ["broker.E103"]
+    assert [e.id for e in engine.check_timing()] == ["broker.E103"]

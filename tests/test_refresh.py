@@ -11,7 +11,6 @@ import requests
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from broker import refresh
 from broker.models import (
     AccessRule,
     AuditEvent,
@@ -20,7 +19,8 @@ from broker.models import (
     ServiceClient,
     WebhookDelivery,
 )
-from broker.refresh import (
+from broker.refresh import engine
+from broker.refresh.engine import (
     ProviderUnavailable,
     ReconnectRequired,
     Result,
@@ -49,7 +49,7 @@ def wait_until_expired(grant: Grant) -> None:
 def claim(grant: Grant) -> None:
     """What the beat does for a due grant (without enqueueing)."""
     Grant.objects.filter(pk=grant.pk).update(next_refresh_at=timezone.now())
-    assert refresh.claim_due_grants(on_claimed=lambda ids: None) == [str(grant.pk)]
+    assert engine.claim_due_grants(on_claimed=lambda ids: None) == [str(grant.pk)]
 
 
 def stored(grant: Grant) -> Grant:
@@ -267,7 +267,7 @@ def test_an_upstream_revoke_makes_the_grant_reconnect_required_in_one_cycle(sand
     assert dead.last_error.startswith("invalid_grant")
     event = AuditEvent.objects.get(grant_id=grant.pk, action="grant.reconnect_required")
     assert event.outcome == "failure" and event.subject_user == "alice"
-    # Subscribed services are told (broker.notifications), once.
+    # Subscribed services are told (broker.notify.dispatch), once.
     delivery = WebhookDelivery.objects.get(service=service, grant_id=grant.pk)
     assert delivery.event == "grant.reconnect_required"
     assert '"status":"reconnect_required"' in delivery.body
@@ -275,7 +275,7 @@ def test_an_upstream_revoke_makes_the_grant_reconnect_required_in_one_cycle(sand
         ensure_fresh(grant.pk, min_ttl=0)
     # Nothing more goes upstream for a dead grant.
     before = refresh_count(sandbox)
-    assert refresh.claim_due_grants(on_claimed=lambda ids: None) == []
+    assert engine.claim_due_grants(on_claimed=lambda ids: None) == []
     assert refresh_grant_now(grant.pk).result == Result.GONE
     assert refresh_count(sandbox) == before
 
@@ -287,7 +287,7 @@ def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, cap
     app.seal("client_secret", "wrong-secret")
     app.save()
     claim(grant)
-    with caplog.at_level(logging.ERROR, logger="broker.refresh"):
+    with caplog.at_level(logging.ERROR, logger="broker.refresh.engine"):
         outcome = refresh_grant_now(grant.pk, retries_left=0)
     assert outcome.result == Result.CLIENT_MISCONFIGURED
     assert outcome.task_retry_in is None  # no retries left: back to the beat
@@ -314,7 +314,7 @@ def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, cap
 def test_a_lock_held_elsewhere_is_busy_never_an_authorization_failure(sandbox, grant, settings):
     settings.BROKER_PROVIDER_TIMEOUT = 0.5  # callers wait 2 x this for the lock
     wait_until_expired(grant)
-    held = refresh.redis_client().lock(f"broker:refresh-lock:{grant.pk}", timeout=10)
+    held = engine.redis_client().lock(f"broker:refresh-lock:{grant.pk}", timeout=10)
     assert held.acquire(blocking=False)
     before = refresh_count(sandbox)
     try:
@@ -332,7 +332,7 @@ def test_a_lock_held_elsewhere_is_busy_never_an_authorization_failure(sandbox, g
 
 def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, grant, monkeypatch):
     wait_until_expired(grant)
-    real_persist = refresh.persist_refresh
+    real_persist = engine.persist_refresh
     calls = []
 
     def database_away_once(*args, **kwargs):
@@ -341,16 +341,16 @@ def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, 
             raise OperationalError("server closed the connection unexpectedly")
         return real_persist(*args, **kwargs)
 
-    monkeypatch.setattr(refresh, "persist_refresh", database_away_once)
+    monkeypatch.setattr(engine, "persist_refresh", database_away_once)
     before = refresh_count(sandbox)
     with pytest.raises(ProviderUnavailable):
         ensure_fresh(grant.pk, min_ttl=1)
     assert refresh_count(sandbox) == before + 1
     assert stored(grant).token_version == grant.token_version  # nothing written
-    rescued = refresh.redis_client().get(f"broker:refresh-rescue:{grant.pk}")
+    rescued = engine.redis_client().get(f"broker:refresh-rescue:{grant.pk}")
     assert rescued is not None
-    assert refresh.redis_client().ttl(f"broker:refresh-rescue:{grant.pk}") <= 600
-    rescue = refresh.read_rescue(grant.pk)
+    assert engine.redis_client().ttl(f"broker:refresh-rescue:{grant.pk}") <= 600
+    rescue = engine.read_rescue(grant.pk)
     assert rescue.response.refresh_token.encode() not in rescued  # sealed, not plaintext
     assert rescue.response.access_token.encode() not in rescued
 
@@ -358,7 +358,7 @@ def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, 
     assert refresh_count(sandbox) == before + 1  # applied from the rescue, no second call
     assert served.unseal("refresh_token") == rescue.response.refresh_token
     assert served.unseal("access_token") == rescue.response.access_token
-    assert refresh.redis_client().get(f"broker:refresh-rescue:{grant.pk}") is None
+    assert engine.redis_client().get(f"broker:refresh-rescue:{grant.pk}") is None
     # The stored refresh token is the rotated one: the strict sandbox accepts it.
     again = ensure_fresh(grant.pk, min_ttl=1, force_refresh=True)
     assert again.status == Grant.Status.ACTIVE
@@ -366,24 +366,24 @@ def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, 
 
 
 def test_a_rescued_response_only_opens_for_its_own_grant(sandbox, sandbox_apps, owner):
-    from broker.token_endpoint import TokenResponse
+    from broker.providers.oauth2_client import TokenResponse
 
     first = connect_grant(sandbox, owner)
     second = connect_grant(sandbox, owner, username="bob")
     response = TokenResponse("at", "rt", 2, None, "Bearer")
-    rescue = refresh.Rescue(response, based_on_version=1, received_at=timezone.now())
-    assert refresh.stash_rescue(first.pk, rescue)
-    client = refresh.redis_client()
+    rescue = engine.Rescue(response, based_on_version=1, received_at=timezone.now())
+    assert engine.stash_rescue(first.pk, rescue)
+    client = engine.redis_client()
     sealed_for_first = client.get(f"broker:refresh-rescue:{first.pk}")
     client.set(f"broker:refresh-rescue:{second.pk}", sealed_for_first)
-    assert refresh.read_rescue(second.pk) is None  # does not decrypt: dropped
+    assert engine.read_rescue(second.pk) is None  # does not decrypt: dropped
     assert client.get(f"broker:refresh-rescue:{second.pk}") is None
-    assert refresh.read_rescue(first.pk).response.refresh_token == "rt"
-    refresh.drop_rescue(first.pk)
+    assert engine.read_rescue(first.pk).response.refresh_token == "rt"
+    engine.drop_rescue(first.pk)
 
 
 def test_a_pending_rescue_is_applied_before_the_stored_token_is_served(sandbox, grant, monkeypatch):
-    real_persist = refresh.persist_refresh
+    real_persist = engine.persist_refresh
     calls = []
 
     def database_away_once(*args, **kwargs):
@@ -392,10 +392,10 @@ def test_a_pending_rescue_is_applied_before_the_stored_token_is_served(sandbox, 
             raise OperationalError("database is locked")
         return real_persist(*args, **kwargs)
 
-    monkeypatch.setattr(refresh, "persist_refresh", database_away_once)
+    monkeypatch.setattr(engine, "persist_refresh", database_away_once)
     with pytest.raises(ProviderUnavailable):
         ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
-    rescue = refresh.read_rescue(grant.pk)
+    rescue = engine.read_rescue(grant.pk)
     # The stored access token still looks valid, but the provider replaced it: the
     # rescued one is served instead, with no second call upstream.
     before = refresh_count(sandbox)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from broker import refresh, tasks
 from broker.models import Grant
-from broker.refresh import ensure_fresh
+from broker.refresh import engine, tasks
+from broker.refresh.engine import ensure_fresh
 from tests import celery_worker
 from tests.celery_worker import stop_worker, wait_for
 from tests.sandbox_grants import (
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sandbox, pyte
 
 def start_worker(log_file: Path, **env: str) -> subprocess.Popen:
     """Tasks other tests queued (notification emails) are dropped first."""
-    refresh.redis_client().delete("celery")
+    engine.redis_client().delete("celery")
     return celery_worker.start_worker(log_file, **env)
 
 
@@ -76,7 +76,7 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
         assert tasks.enqueue_due_refreshes() == 1
         # The worker holds the lock and its request is at the provider: kill it there.
         wait_for(lambda: refresh_count(sandbox) == before + 1, 30, "the upstream call")
-        assert refresh.redis_client().exists(lock_key)
+        assert engine.redis_client().exists(lock_key)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
     finally:
@@ -88,7 +88,7 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
 
     # The lock expires, the claim times out, the beat claims the grant again and another
     # worker refreshes it (the provider's reuse window covers the lost response).
-    wait_for(lambda: not refresh.redis_client().exists(lock_key), 15, "the lock to expire")
+    wait_for(lambda: not engine.redis_client().exists(lock_key), 15, "the lock to expire")
     second = start_worker(tmp_path / "second.log", **worker_env)
     try:
         wait_for(lambda: tasks.enqueue_due_refreshes() == 1, 30, "the claim to time out")

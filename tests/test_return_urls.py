@@ -2,7 +2,7 @@
 
 import pytest
 
-from broker.return_urls import safe_return_url
+from broker.consent.return_urls import safe_return_url
 
 
 @pytest.fixture(autouse=True)

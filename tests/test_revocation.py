@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from broker.models import AuditEvent, Grant
-from broker.revocation import revoke_grant
+from broker.revocation.revoke import revoke_grant
 from tests.factories import make_app, save_grant
 
 
@@ -97,10 +97,10 @@ def test_unreachable_provider_gives_up_after_bounded_retries(owner, eager_celery
 
 @pytest.mark.django_db(transaction=True)
 def test_the_task_message_carries_no_plaintext_token(owner, local_server, monkeypatch):
-    from broker import revocation
+    from broker.revocation import revoke
 
     sent = []
-    monkeypatch.setattr(revocation.revoke_upstream, "delay", lambda *a: sent.append(a))
+    monkeypatch.setattr(revoke.revoke_upstream, "delay", lambda *a: sent.append(a))
     grant = save_grant(
         owner, make_app(revoke_url=f"{local_server.url}/r"), refresh="refresh-plain-9"
     )
@@ -108,7 +108,7 @@ def test_the_task_message_carries_no_plaintext_token(owner, local_server, monkey
     assert len(sent) == 1
     assert "refresh-plain-9" not in repr(sent)
     # The sealed token is bound to this grant's revocation and nothing else.
-    from broker.sealed_fields import keyring
+    from broker.crypto.sealed_fields import keyring
 
     assert keyring().decrypt(sent[0][1], f"revocation:{grant.pk}") == "refresh-plain-9"
     with pytest.raises(Exception):
@@ -119,10 +119,10 @@ def test_the_task_message_carries_no_plaintext_token(owner, local_server, monkey
 def test_nothing_is_enqueued_when_the_transaction_rolls_back(owner, local_server, monkeypatch):
     from django.db import transaction
 
-    from broker import revocation
+    from broker.revocation import revoke
 
     sent = []
-    monkeypatch.setattr(revocation.revoke_upstream, "delay", lambda *a: sent.append(a))
+    monkeypatch.setattr(revoke.revoke_upstream, "delay", lambda *a: sent.append(a))
     grant = save_grant(owner, make_app(revoke_url=f"{local_server.url}/r"))
 
     class Abort(Exception):

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from broker.models import ProviderApp
-from broker.token_endpoint import (
+from broker.providers.oauth2_client import (
     ClientMisconfigured,
     GrantRejected,
     ParametersAsTheKindWants,

@@ -6,8 +6,8 @@ import pytest
 from django.utils import timezone
 
 from broker.models import Grant, ProviderApp
-from broker.token_endpoint import TokenResponse
-from broker.token_store import apply_token_response, needs_reconnect_soon, refresh_lead
+from broker.providers.oauth2_client import TokenResponse
+from broker.refresh.schedule import apply_token_response, refresh_lead
 
 pytestmark = pytest.mark.django_db
 
@@ -71,6 +71,6 @@ def test_inactivity_limited_refresh_tokens_are_kept_alive(grant):
 def test_absolute_expiry_is_flagged_ahead_of_time(grant):
     grant.consented_at = timezone.now() - timedelta(days=355)
     apply_token_response(grant, response(), refreshed=False)
-    assert needs_reconnect_soon(grant)
+    assert grant.needs_reconnect_soon
     grant.refresh_absolute_expires_at = timezone.now() + timedelta(days=200)
-    assert not needs_reconnect_soon(grant)
+    assert not grant.needs_reconnect_soon

@@ -11,9 +11,10 @@ from django.contrib.auth.models import Group
 from django.core import mail
 from django.test import override_settings
 
-from broker import notifications, outbound_http
+from broker.infra import outbound_http
 from broker.models import AccessRule, WebhookAttempt, WebhookDelivery
-from broker.revocation import revoke_grant
+from broker.notify import dispatch
+from broker.revocation.revoke import revoke_grant
 from tests.factories import make_app, make_service, save_grant
 
 SECRET = "bkw_test-webhook-secret-abc"
@@ -207,12 +208,12 @@ def test_services_outside_the_users_group_are_not_told(owner, local_server):
     staff = Group.objects.create(name="staff-only")
     AccessRule.objects.create(service=service, provider_app=app, users_group=staff)
     grant = save_grant(owner, app)
-    assert notifications.subscribers(grant) == []
+    assert dispatch.subscribers(grant) == []
     owner.groups.add(staff)
-    assert notifications.subscribers(grant) == [service]
+    assert dispatch.subscribers(grant) == [service]
     service.enabled = False
     service.save()
-    assert notifications.subscribers(grant) == []
+    assert dispatch.subscribers(grant) == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -224,7 +225,7 @@ def test_users_are_emailed_when_an_admin_revokes_or_a_reconnect_is_needed(owner,
     assert [m.to for m in mail.outbox] == [["alice@example.com"]]
     assert "revoked" in mail.outbox[0].subject
     grant = save_grant(owner, app, 3)
-    notifications.notify("grant.reconnect_required", grant)
+    dispatch.notify("grant.reconnect_required", grant)
     assert len(mail.outbox) == 2 and "Reconnect" in mail.outbox[1].subject
     assert all("access-" not in m.body and "refresh-" not in m.body for m in mail.outbox)
 
@@ -232,4 +233,4 @@ def test_users_are_emailed_when_an_admin_revokes_or_a_reconnect_is_needed(owner,
 @pytest.mark.django_db
 def test_unknown_events_are_rejected(owner):
     with pytest.raises(ValueError):
-        notifications.notify("grant.exploded", save_grant(owner, make_app()))
+        dispatch.notify("grant.exploded", save_grant(owner, make_app()))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from broker.models import AuditEvent, WebhookDelivery
-from broker.revocation import revoke_grant
+from broker.revocation.revoke import revoke_grant
 from tests.celery_worker import start_worker, stop_worker, wait_for
 from tests.factories import make_app, make_service, save_grant
 

@@ -22,9 +22,9 @@ from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
 from broker.api.schema import matchable
+from broker.api.service_keys import certificate_current, public_jwk
+from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.models import ServiceClient, ServiceKey
-from broker.redis_connection import KEY_PREFIX, redis_client
-from broker.service_keys import certificate_current, public_jwk
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")

@@ -20,7 +20,7 @@ from django.http import HttpRequest
 from broker.api.errors import ApiError, invalid_request
 from broker.api.tokens import API_SCOPES
 
-# No URL may carry NUL (broker.request_guard answers 400).
+# No URL may carry NUL (broker.ops.request_guard answers 400).
 NO_NUL = "^[^\\u0000]*$"
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list of strings"}
 JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}

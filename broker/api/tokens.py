@@ -24,8 +24,8 @@ from typing import Any
 from django.conf import settings
 from django.db.models import F
 
+from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.models import ServiceClient
-from broker.redis_connection import KEY_PREFIX, redis_client
 
 PREFIX = "bkt_"
 GENERATION_TTL = 5  # seconds a cached credentials generation is trusted

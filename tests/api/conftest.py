@@ -14,10 +14,10 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from broker import audit, service_secrets
-from broker.api import rules
+from broker.api import rules, service_secrets
+from broker.audit import trail
+from broker.infra.redis_connection import redis_client
 from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
-from broker.redis_connection import redis_client
 
 TOKEN_URL = "/api/v1/oauth/token"
 ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_access"]
@@ -26,7 +26,7 @@ ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_acc
 @pytest.fixture(autouse=True)
 def empty_audit_buffer() -> None:
     """Buffered events of an earlier test must not land in this test's database."""
-    redis_client().delete(audit.BUFFER_KEY, audit.FLUSH_LOCK_KEY)
+    redis_client().delete(trail.BUFFER_KEY, trail.FLUSH_LOCK_KEY)
     rules.forget_cached_rules()
 
 
@@ -53,7 +53,7 @@ def token_issues(service: ServiceClient, outcome: str) -> float:
 
 
 def audit_events(**filters: Any) -> list[AuditEvent]:
-    audit.flush_buffer()
+    trail.flush_buffer()
     return list(AuditEvent.objects.filter(**filters).order_by("at", "id"))
 
 

@@ -260,8 +260,8 @@ def test_a_rescued_refresh_is_applied_before_a_stored_token_is_served(api, grant
     tokens are superseded at the provider, so the valid-looking stored one is not served."""
     from django.utils import timezone
 
-    from broker.refresh import Rescue, rescue_pending, stash_rescue
-    from broker.token_endpoint import TokenResponse
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh.engine import Rescue, rescue_pending, stash_rescue
 
     rescued = TokenResponse(
         access_token="rescued-access",
@@ -291,8 +291,8 @@ def narrowing_app(monkeypatch, local_server):
     whose token endpoint is the local fake (the sandbox narrows its refresh tokens)."""
     from dataclasses import replace
 
-    from broker import catalog
     from broker.models import ProviderApp
+    from broker.providers import catalog
 
     kind = replace(catalog.KINDS["oauth2"], narrower_tokens_on_refresh=True)
     monkeypatch.setattr(catalog, "KINDS", {**catalog.KINDS, "oauth2": kind})
@@ -403,7 +403,7 @@ def test_a_refresh_token_a_narrowed_refresh_rotates_anyway_is_kept(
 def test_a_rotating_kind_cannot_claim_to_narrow_tokens():
     from dataclasses import replace
 
-    from broker import catalog
+    from broker.providers import catalog
 
     with pytest.raises(ValueError, match="rotating"):
         replace(catalog.KINDS["atlassian"], narrower_tokens_on_refresh=True)

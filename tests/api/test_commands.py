@@ -8,7 +8,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from broker import service_secrets
+from broker.api import service_secrets
 from broker.models import AccessRule, ServiceClient
 from tests.api.conftest import fetch_token
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.management import call_command
 
 from broker.models import Grant, ProviderApp
-from broker.token_endpoint import exchange_code
-from broker.token_store import apply_token_response
+from broker.providers.oauth2_client import exchange_code
+from broker.refresh.schedule import apply_token_response
 from tests.api.conftest import fetch_token, make_service
 from tests.api.test_private_key_jwt import assertion, claims_for, public_pem, request_token
 from tests.sandbox_server import SandboxServer, start_sandbox
@@ -299,7 +299,7 @@ def test_a_deactivated_users_grant_is_neither_served_nor_refreshed_until_reactiv
 ):
     from django.utils import timezone
 
-    from broker import refresh
+    from broker.refresh import engine
 
     Grant.objects.filter(pk=sandbox_grant.pk).update(next_refresh_at=timezone.now())
     owner.is_active = False
@@ -310,17 +310,17 @@ def test_a_deactivated_users_grant_is_neither_served_nor_refreshed_until_reactiv
     assert response.status_code == 404 and "access_token" not in response.json()
     listed = api.get("/api/v1/grants", **broker_token(api, key_service)).json()["grants"]
     assert listed == []
-    assert refresh.claim_due_grants(on_claimed=lambda ids: None) == []
-    assert refresh.refresh_grant_now(sandbox_grant.pk).result == refresh.Result.GONE
-    with pytest.raises(refresh.UserDeactivated):
-        refresh.ensure_fresh(sandbox_grant.pk, min_ttl=60, force_refresh=True)
+    assert engine.claim_due_grants(on_claimed=lambda ids: None) == []
+    assert engine.refresh_grant_now(sandbox_grant.pk).result == engine.Result.GONE
+    with pytest.raises(engine.UserDeactivated):
+        engine.ensure_fresh(sandbox_grant.pk, min_ttl=60, force_refresh=True)
     assert sandbox.counters()["token"]["refresh_token"] == 0  # nothing went upstream
     kept = Grant.objects.get(pk=sandbox_grant.pk)
     assert kept.status == Grant.Status.ACTIVE and kept.has_secret("refresh_token")
 
     owner.is_active = True
     owner.save(update_fields=["is_active"])
-    assert refresh.claim_due_grants(on_claimed=lambda ids: None) == [str(sandbox_grant.pk)]
+    assert engine.claim_due_grants(on_claimed=lambda ids: None) == [str(sandbox_grant.pk)]
     restored = access_token(api, key_service, min_ttl=60)
     assert restored.status_code == 200, restored.content
     assert restored.json()["expires_in"] >= 60

@@ -8,8 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from broker import service_secrets
-from broker.api import tokens
+from broker.api import service_secrets, tokens
 from broker.models import ServiceClient
 from tests.api.conftest import (
     TOKEN_URL,

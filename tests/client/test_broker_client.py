@@ -21,9 +21,9 @@ from broker_client import (
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from django.utils import timezone
 
+from broker.api.service_secrets import rotate_secret
 from broker.api.tokens import retire_issued_tokens
 from broker.models import Grant, ServiceClient
-from broker.service_secrets import rotate_secret
 from tests.client.conftest import (
     ACCESS_TOKEN_SECONDS,
     add_rule,
