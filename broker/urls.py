@@ -14,7 +14,7 @@ def no_favicon(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/connections/", permanent=False)),
+    path("", RedirectView.as_view(pattern_name="connections", permanent=False)),
     path("accounts/", include("accounts.urls")),
     path("connections/", connections.my_connections, name="connections"),
     path("connections/<uuid:grant_id>/disconnect", connections.disconnect, name="disconnect"),

@@ -358,8 +358,8 @@ def test_adding_a_service_shows_its_secret_once_and_stores_only_a_digest(client,
     webhook = re.search(r'data-secret="webhook secret">(bkw_[^<]+)<', html).group(1)
     service = ServiceClient.objects.get(client_id="billing")
     assert service.rules.count() == 1
-    assert service_secrets.verify_secret(service, secret)
-    assert not service_secrets.verify_secret(service, secret + "x")
+    assert service_secrets.matched_secret(service, secret) is not None
+    assert service_secrets.matched_secret(service, secret + "x") is None
     assert service.unseal("webhook_secret") == webhook
     assert secret not in str(ServiceClient.objects.filter(pk=service.pk).values().get())
     page = client.get(reverse("admin:broker_serviceclient_change", args=[service.pk]))
@@ -379,10 +379,10 @@ def test_rotating_a_secret_keeps_the_old_one_for_the_grace_period(client, superu
     new = re.search(r'data-secret="client secret">(bks_[^<]+)<', response.content.decode()).group(1)
     service.refresh_from_db()
     assert new != old
-    assert service_secrets.verify_secret(service, new)
-    assert service_secrets.verify_secret(service, old)
+    assert service_secrets.matched_secret(service, new) is not None
+    assert service_secrets.matched_secret(service, old) is not None
     service.previous_secret_valid_until = service.previous_secret_valid_until.replace(year=2000)
-    assert not service_secrets.verify_secret(service, old)
+    assert service_secrets.matched_secret(service, old) is None
 
 
 @pytest.mark.django_db

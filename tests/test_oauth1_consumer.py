@@ -9,8 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from django.core.management import call_command
 
-from broker.consent.oauth1_flow import disconnect_hint
-from broker.models import Grant, ProviderApp
+from broker.models import ProviderApp
 from broker.providers.oauth1_consumer import ConsumerMisconfigured, public_key_pem
 
 pytestmark = pytest.mark.django_db
@@ -94,12 +93,3 @@ def test_loadproviders_json_adds_public_key_only_to_rsa_apps(providers):
     assert apps["jira-acme"]["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
     assert apps["jira-hmac"] == {"slug": "jira-hmac", "result": "created"}
     assert apps["cloud"] == {"slug": "cloud", "result": "created"}
-
-
-def test_disconnect_hint_names_the_users_access_token_page(providers, owner):
-    call_command("loadproviders", str(providers), stdout=StringIO())
-    app = ProviderApp.objects.get(slug="jira-acme")
-    grant = Grant(user=owner, provider_app=app, external_account_id="JIRAUSER1")
-    hint = disconnect_hint(grant)
-    assert "https://jira.acme.example/plugins/servlet/oauth/users/access-tokens" in hint
-    assert "no revocation endpoint" in hint

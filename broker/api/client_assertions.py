@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.urls import reverse
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
@@ -37,7 +38,7 @@ class AssertionRejected(Exception):
 
 
 def token_endpoint_url() -> str:
-    return f"{settings.BROKER_PUBLIC_URL}/api/v1/oauth/token"
+    return settings.BROKER_PUBLIC_URL + reverse("api-token")
 
 
 def unverified_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -68,11 +68,6 @@ def rotate_secret(service: ServiceClient, grace: timedelta) -> str:
     return new_secret(service)
 
 
-def verify_secret(service: ServiceClient, presented: str) -> bool:
-    """True for the current secret, or the previous one until its grace period ends."""
-    return matched_secret(service, presented) is not None
-
-
 def matched_secret(service: ServiceClient, presented: str) -> str | None:
     """Which secret `presented` is: "current", "previous" (within its grace), or None.
 

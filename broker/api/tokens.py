@@ -141,15 +141,6 @@ def forget_generation(service_id: uuid.UUID | str) -> None:
     redis_client().delete(generation_key(service_id))
 
 
-def retire_issued_tokens(service: ServiceClient) -> None:
-    """Kills every broker token issued so far to `service` (disable, secret rotated out)."""
-    ServiceClient.objects.filter(pk=service.pk).update(
-        credentials_generation=F("credentials_generation") + 1
-    )
-    service.refresh_from_db(fields=["credentials_generation"])
-    forget_generation(service.pk)
-
-
 def disable_service(service: ServiceClient) -> None:
     """Disables the service and kills its broker tokens within the same moment."""
     ServiceClient.objects.filter(pk=service.pk).update(

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
@@ -49,7 +50,7 @@ def create(
         return_to=return_to,
         expires_at=timezone.now() + LIFETIME,
     )
-    return f"{settings.BROKER_PUBLIC_URL}/connect-links/{token}", link
+    return settings.BROKER_PUBLIC_URL + reverse("connect-link", args=[token]), link
 
 
 def _usable(token: str) -> ConnectLink | None:

@@ -28,6 +28,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
@@ -44,7 +45,6 @@ from broker.providers.oauth1_consumer import ConsumerMisconfigured, consumer_aut
 
 logger = logging.getLogger(__name__)
 
-CONNECTIONS_URL = "/connections/"
 # Jira sends this verifier when the user presses Deny.
 DENIED_VERIFIER = "denied"
 OAUTH_PROBLEM = re.compile(r"[a-z_]{1,64}")
@@ -109,7 +109,7 @@ def credentials_from(response: requests.Response, step: str) -> dict[str, str]:
 
 
 def callback_url(app: ProviderApp) -> str:
-    return f"{settings.BROKER_PUBLIC_URL}/oauth1/callback/{app.slug}"
+    return settings.BROKER_PUBLIC_URL + reverse("oauth1-callback", args=[app.slug])
 
 
 # -- binding the consent to its user and session ---------------------------------------------
@@ -443,20 +443,7 @@ def complete_consent(request: HttpRequest, app: ProviderApp) -> HttpResponse:
     messages.success(
         request, f"{app.name} is {'reconnected' if reconnected else 'connected'} ({who})."
     )
-    return HttpResponseRedirect(safe_return_url(pending.return_to) or CONNECTIONS_URL)
-
-
-def disconnect_hint(grant: Grant) -> str:
-    """Where the user revokes the token at the provider: Data Center has no revocation API."""
-    app = grant.provider_app
-    path = app.catalog_entry.user_revoke_path
-    if not path:
-        return f"{app.name} has no revocation endpoint: revoke the broker's access there too."
-    where = path if path.startswith(("https://", "http://")) else app.base_url.rstrip("/") + path
-    return (
-        f"{app.name} has no revocation endpoint: to revoke the broker's access there too, "
-        f"open {where} and revoke the access token of this application."
-    )
+    return HttpResponseRedirect(safe_return_url(pending.return_to) or reverse("connections"))
 
 
 # -- views -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
@@ -50,7 +51,7 @@ CODE_VERIFIER_LENGTH = 64
 
 
 def redirect_uri_for(app: ProviderApp) -> str:
-    return f"{settings.BROKER_PUBLIC_URL}/oauth/callback/{app.slug}"
+    return settings.BROKER_PUBLIC_URL + reverse("oauth2-callback", args=[app.slug])
 
 
 def authorization_url(

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F, Q
+from django.urls import reverse
 from django.utils import timezone
 
 from broker.infra.outbound_http import DestinationRefused, post
@@ -206,7 +207,7 @@ def email_user(grant_id: str, event: str) -> str:
     context = {
         "provider": grant.provider_app.name,
         "account": grant.account_name or grant.external_account_id,
-        "url": f"{settings.BROKER_PUBLIC_URL}/connections/",
+        "url": settings.BROKER_PUBLIC_URL + reverse("connections"),
         "expires": f"{grant.refresh_absolute_expires_at:%Y-%m-%d}"
         if grant.refresh_absolute_expires_at
         else "",
