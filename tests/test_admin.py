@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.auth.models import Group
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -519,3 +520,39 @@ def test_refresh_now_really_refreshes_grants_that_are_not_due(
     assert identity_works(sandbox, refreshed.unseal("access_token"))
     [event] = AuditEvent.objects.filter(action="grant.refresh_requested")
     assert (event.actor_type, event.grant_id) == ("admin", grant.pk)
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_a_provider_app_the_providers_file_refuses(client, superuser, tmp_path):
+    """One set of rules: a Data Center app without its base URL has no endpoints to call."""
+    providers = tmp_path / "providers.toml"
+    providers.write_text(
+        '[apps.jira-acme]\nkind = "jira-dc-oauth2"\nname = "Jira"\n'
+        'client_id = "abc"\nclient_secret = "s3cret"\n'
+    )
+    with pytest.raises(CommandError, match="field 'base_url' is required"):
+        call_command("loadproviders", str(providers), stdout=io.StringIO())
+
+    client.force_login(superuser)
+    form = {
+        "slug": "jira-acme",
+        "name": "Jira",
+        "kind": "jira-dc-oauth2",
+        "enabled": "on",
+        "client_id": "abc",
+        "signature_method": "",
+        "base_url": "",
+        "endpoints": "{}",
+        "scopes": "[]",
+        "new_client_secret": "s3cret",
+    }
+    refused = client.post(reverse("admin:broker_providerapp_add"), form)
+    assert refused.status_code == 200
+    assert "field &#x27;base_url&#x27; is required" in refused.content.decode()
+    assert not ProviderApp.objects.filter(slug="jira-acme").exists()
+
+    saved = client.post(
+        reverse("admin:broker_providerapp_add"), {**form, "base_url": "https://jira.acme.example"}
+    )
+    assert saved.status_code == 302
+    assert ProviderApp.objects.get(slug="jira-acme").base_url == "https://jira.acme.example"

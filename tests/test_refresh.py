@@ -314,7 +314,7 @@ def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, cap
 def test_a_lock_held_elsewhere_is_busy_never_an_authorization_failure(sandbox, grant, settings):
     settings.BROKER_PROVIDER_TIMEOUT = 0.5  # callers wait 2 x this for the lock
     wait_until_expired(grant)
-    held = engine.redis_client().lock(f"broker:refresh-lock:{grant.pk}", timeout=10)
+    held = engine.lock_redis().lock(f"broker:refresh-lock:{grant.pk}", timeout=10)
     assert held.acquire(blocking=False)
     before = refresh_count(sandbox)
     try:
@@ -347,9 +347,9 @@ def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, 
         ensure_fresh(grant.pk, min_ttl=1)
     assert refresh_count(sandbox) == before + 1
     assert stored(grant).token_version == grant.token_version  # nothing written
-    rescued = engine.redis_client().get(f"broker:refresh-rescue:{grant.pk}")
+    rescued = engine.lock_redis().get(f"broker:refresh-rescue:{grant.pk}")
     assert rescued is not None
-    assert engine.redis_client().ttl(f"broker:refresh-rescue:{grant.pk}") <= 600
+    assert engine.lock_redis().ttl(f"broker:refresh-rescue:{grant.pk}") <= 600
     rescue = engine.read_rescue(grant.pk)
     assert rescue.response.refresh_token.encode() not in rescued  # sealed, not plaintext
     assert rescue.response.access_token.encode() not in rescued
@@ -358,7 +358,7 @@ def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, 
     assert refresh_count(sandbox) == before + 1  # applied from the rescue, no second call
     assert served.unseal("refresh_token") == rescue.response.refresh_token
     assert served.unseal("access_token") == rescue.response.access_token
-    assert engine.redis_client().get(f"broker:refresh-rescue:{grant.pk}") is None
+    assert engine.lock_redis().get(f"broker:refresh-rescue:{grant.pk}") is None
     # The stored refresh token is the rotated one: the strict sandbox accepts it.
     again = ensure_fresh(grant.pk, min_ttl=1, force_refresh=True)
     assert again.status == Grant.Status.ACTIVE
@@ -373,7 +373,7 @@ def test_a_rescued_response_only_opens_for_its_own_grant(sandbox, sandbox_apps, 
     response = TokenResponse("at", "rt", 2, None, "Bearer")
     rescue = engine.Rescue(response, based_on_version=1, received_at=timezone.now())
     assert engine.stash_rescue(first.pk, rescue)
-    client = engine.redis_client()
+    client = engine.lock_redis()
     sealed_for_first = client.get(f"broker:refresh-rescue:{first.pk}")
     client.set(f"broker:refresh-rescue:{second.pk}", sealed_for_first)
     assert engine.read_rescue(second.pk) is None  # does not decrypt: dropped

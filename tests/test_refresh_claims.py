@@ -114,7 +114,7 @@ def test_two_beats_at_once_never_claim_a_grant_twice(owner, app):
 def test_the_beat_task_enqueues_one_refresh_task_per_claimed_grant(owner, app, settings):
     settings.BROKER_REFRESH_BATCH_SIZE = 4
     make_grants(owner, app, 10)
-    queue = engine.redis_client()
+    queue = engine.lock_redis()
     queue.delete("celery")
     try:
         assert tasks.enqueue_due_refreshes() == 10

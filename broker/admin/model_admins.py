@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -42,6 +40,9 @@ from broker.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from broker.providers.app_validation import app_problems
+from broker.providers.catalog import KINDS
+from broker.providers.oauth1_consumer import ConsumerMisconfigured, public_key_pem
 from broker.refresh.engine import claim_now
 from broker.refresh.tasks import enqueue_refreshes
 from broker.revocation import bulk
@@ -108,19 +109,17 @@ class WriteOnlyTextarea(forms.Textarea):
 # ---------------------------------------------------------------- provider apps
 
 
-def load_private_key(pem: str) -> PrivateKeyTypes:
-    return serialization.load_pem_private_key(pem.encode(), password=None)
-
-
-def public_key_pem(app: ProviderApp) -> str:
-    """The public half of an OAuth 1.0a RSA consumer key, to register at the provider."""
-    pem = app.unseal("private_key")
-    if not pem:
-        return ""
-    public = load_private_key(pem).public_key()
-    return public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+# The providers file's field names (app_validation's problems) -> this form's fields.
+FORM_FIELD_OF = {
+    "base_url": "base_url",
+    "endpoints": "endpoints",
+    "client_id": "client_id",
+    "consumer_key": "client_id",
+    "client_secret": "new_client_secret",
+    "consumer_secret": "new_client_secret",
+    "private_key": "new_private_key",
+    "signature_method": "signature_method",
+}
 
 
 class ProviderAppForm(forms.ModelForm):
@@ -153,14 +152,29 @@ class ProviderAppForm(forms.ModelForm):
             "scopes",
         ]
 
-    def clean_new_private_key(self) -> str:
-        pem: str = self.cleaned_data["new_private_key"]
-        if pem:
-            try:
-                load_private_key(pem)
-            except (ValueError, TypeError):
-                raise forms.ValidationError("not an unencrypted PEM private key") from None
-        return pem
+    def clean(self) -> dict[str, Any]:
+        """The rules `loadproviders` applies to the providers file (broker.providers.
+        app_validation), against what the app will hold: the typed secret or key, else the
+        stored one."""
+        cleaned: dict[str, Any] = super().clean() or {}
+        kind = KINDS.get(cleaned.get("kind") or "")
+        if kind is None:
+            return cleaned  # the kind field reports it
+        app = self.instance
+        problems = app_problems(
+            kind,
+            client_id=cleaned.get("client_id") or "",
+            base_url=cleaned.get("base_url") or "",
+            endpoints=cleaned.get("endpoints", {}),
+            signature_method=cleaned.get("signature_method") or "",
+            secret=cleaned.get("new_client_secret") or app.unseal("client_secret") or "",
+            private_key=cleaned.get("new_private_key") or app.unseal("private_key") or "",
+        )
+        for problem in problems:
+            field = FORM_FIELD_OF[problem.field]
+            if field not in self.errors:  # the field's own validation said it first
+                self.add_error(field, problem.message)
+        return cleaned
 
     def save(self, commit: bool = True) -> Any:
         app: ProviderApp = super().save(commit=False)
@@ -207,7 +221,7 @@ class ProviderAppAdmin(AuditedAdmin):
     def public_key(self, app: ProviderApp) -> str:
         try:
             pem = public_key_pem(app)
-        except Exception:  # an unreadable key is reported, never shown
+        except ConsumerMisconfigured:  # an unreadable key is reported, never shown
             return "(the stored private key cannot be read)"
         return format_html("<pre>{}</pre>", pem) if pem else "-"
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator, validate_slug
+from django.core.validators import validate_slug
 from django.db import transaction
 
 from broker.models import ProviderApp
-from broker.providers.catalog import ENDPOINT_NAMES, KINDS, REQUIRED_ENDPOINTS, resolve_endpoints
+from broker.providers.app_validation import DEFAULT_SIGNATURE_METHOD, app_problems
+from broker.providers.catalog import KINDS
 
 APP_KEYS = {
     "kind",
@@ -125,46 +126,13 @@ def parse_app(path: Path, slug: str, table: Any) -> AppSpec:
         raise ProvidersFileError(f"{where}: field 'enabled' must be true or false")
 
     endpoints = table.get("endpoints", {})
-    if not isinstance(endpoints, dict):
-        raise ProvidersFileError(f"{where}: field 'endpoints' must be a table")
-    allowed_endpoints = ENDPOINT_NAMES[kind.protocol]
-    check_url = URLValidator(schemes=["http", "https"])
-    for name, url in endpoints.items():
-        if name not in allowed_endpoints:
-            raise ProvidersFileError(
-                f"{where}: endpoints.{name} is not an endpoint of a {kind.protocol} app "
-                f"({', '.join(allowed_endpoints)})"
-            )
-        try:
-            check_url(url)
-        except ValidationError:
-            raise ProvidersFileError(f"{where}: endpoints.{name} is not an http(s) URL") from None
-
     base_url = text("base_url")
-    if base_url:
-        try:
-            check_url(base_url)
-        except ValidationError:
-            raise ProvidersFileError(f"{where}: field 'base_url' is not an http(s) URL") from None
-    elif kind.requires_base_url:
-        raise ProvidersFileError(f"{where}: field 'base_url' is required for kind {kind.name!r}")
-    resolved = resolve_endpoints(kind, base_url, endpoints)
-    missing = [name for name in REQUIRED_ENDPOINTS[kind.protocol] if name not in resolved]
-    if missing:
-        raise ProvidersFileError(
-            f"{where}: endpoints.{missing[0]} is required for kind {kind.name!r}"
-        )
-
     if kind.protocol == "oauth2":
         for key in ("consumer_key", "consumer_secret", "private_key", "signature_method"):
             if key in table:
                 raise ProvidersFileError(f"{where}: field {key!r} is for OAuth 1.0a apps")
         client_id = text("client_id")
-        if not client_id:
-            raise ProvidersFileError(f"{where}: field 'client_id' is required")
         secret = resolve_secret(text("client_secret"), f"{where}: field 'client_secret'", base_dir)
-        if not secret:
-            raise ProvidersFileError(f"{where}: field 'client_secret' is required")
         private_key, signature_method = "", ""
     else:
         for key in ("client_id", "client_secret"):
@@ -173,22 +141,22 @@ def parse_app(path: Path, slug: str, table: Any) -> AppSpec:
                     f"{where}: field {key!r} is for OAuth 2.0 apps; use consumer_key"
                 )
         client_id = text("consumer_key")
-        if not client_id:
-            raise ProvidersFileError(f"{where}: field 'consumer_key' is required")
-        signature_method = text("signature_method", "RSA-SHA1")
-        if signature_method not in kind.signature_methods:
-            raise ProvidersFileError(
-                f"{where}: field 'signature_method' must be one of "
-                + ", ".join(kind.signature_methods)
-            )
+        signature_method = text("signature_method", DEFAULT_SIGNATURE_METHOD)
         private_key = resolve_secret(text("private_key"), f"{where}: field 'private_key'", base_dir)
         secret = resolve_secret(
             text("consumer_secret"), f"{where}: field 'consumer_secret'", base_dir
         )
-        if signature_method == "RSA-SHA1":
-            check_private_key(private_key, f"{where}: field 'private_key'")
-        elif not secret:
-            raise ProvidersFileError(f"{where}: field 'consumer_secret' is required for HMAC-SHA1")
+    problems = app_problems(
+        kind,
+        client_id=client_id,
+        base_url=base_url,
+        endpoints=endpoints,
+        signature_method=signature_method,
+        secret=secret,
+        private_key=private_key,
+    )
+    if problems:
+        raise ProvidersFileError(f"{where}: {problems[0].message}")
 
     return AppSpec(
         slug=slug,
@@ -203,20 +171,6 @@ def parse_app(path: Path, slug: str, table: Any) -> AppSpec:
         endpoints=dict(endpoints),
         enabled=enabled,
     )
-
-
-def check_private_key(pem: str, where: str) -> None:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    if not pem:
-        raise ProvidersFileError(f"{where}: is required for RSA-SHA1")
-    try:
-        key = load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
-        raise ProvidersFileError(f"{where}: is not an unencrypted PEM private key") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ProvidersFileError(f"{where}: must be an RSA key for RSA-SHA1")
 
 
 def apply(specs: list[AppSpec]) -> list[tuple[str, str]]:

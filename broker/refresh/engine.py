@@ -79,7 +79,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import redis
@@ -92,6 +91,7 @@ from django.utils import timezone
 from broker.audit import trail
 from broker.crypto.key_ring import DecryptionError
 from broker.crypto.sealed_fields import keyring
+from broker.infra.redis_connection import redis_client
 from broker.models import Grant
 from broker.notify.dispatch import notify
 from broker.ops import metrics
@@ -200,11 +200,10 @@ def backoff_seconds(failures: int, retry_after: float | None = None) -> int:
 # -- Redis: lock and rescue --------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-    )
+def lock_redis() -> redis.Redis:
+    """The shared Redis client, patient enough for the lock and the rescue: losing either
+    to a slow Redis would cost a refresh that already reached the provider."""
+    return redis_client(socket_timeout=5, connect_timeout=2)
 
 
 def release_database_connection() -> None:
@@ -219,7 +218,7 @@ def release_database_connection() -> None:
 @contextmanager
 def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
     """Holds the grant's refresh lock; yields False when it could not be had in `wait` s."""
-    lock = redis_client().lock(
+    lock = lock_redis().lock(
         LOCK_KEY.format(grant_id=grant_id),
         timeout=lock_timeout(),
         sleep=LOCK_POLL_SECONDS,
@@ -279,7 +278,7 @@ def stash_rescue(grant_id: Any, rescue: Rescue) -> bool:
     )
     sealed = keyring().encrypt(payload, rescue_associated_data(grant_id))
     try:
-        redis_client().set(RESCUE_KEY.format(grant_id=grant_id), sealed, ex=RESCUE_TTL_SECONDS)
+        lock_redis().set(RESCUE_KEY.format(grant_id=grant_id), sealed, ex=RESCUE_TTL_SECONDS)
     except redis.RedisError as exc:
         log.critical(
             "grant %s: refreshed tokens could not be stored in the database nor in Redis (%s);"
@@ -292,7 +291,7 @@ def stash_rescue(grant_id: Any, rescue: Rescue) -> bool:
 
 
 def read_rescue(grant_id: Any) -> Rescue | None:
-    sealed = redis_client().get(RESCUE_KEY.format(grant_id=grant_id))
+    sealed = lock_redis().get(RESCUE_KEY.format(grant_id=grant_id))
     if sealed is None:
         return None
     try:
@@ -320,14 +319,14 @@ def rescue_pending(grant_id: Any) -> bool:
     """Whether a rescued response waits for this grant. With Redis away there can be no
     refresh anyway; the stored token is then served while valid."""
     try:
-        return bool(redis_client().exists(RESCUE_KEY.format(grant_id=grant_id)))
+        return bool(lock_redis().exists(RESCUE_KEY.format(grant_id=grant_id)))
     except redis.RedisError as exc:
         log.warning("grant %s: cannot check for a rescue (%s)", grant_id, type(exc).__name__)
         return False
 
 
 def drop_rescue(grant_id: Any) -> None:
-    redis_client().delete(RESCUE_KEY.format(grant_id=grant_id))
+    lock_redis().delete(RESCUE_KEY.format(grant_id=grant_id))
 
 
 # -- database writes ---------------------------------------------------------------------
