@@ -20,7 +20,7 @@ from tests.consent_driver import (
     sign_in_to_sandbox,
     visit,
 )
-from tests.test_logging import log_output  # noqa: F401  (the fixture)
+from tests.ops.test_logging import log_output  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 

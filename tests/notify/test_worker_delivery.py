@@ -12,7 +12,7 @@ from broker.revocation.revoke import revoke_grant
 from tests.celery_worker import start_worker, stop_worker, wait_for
 from tests.factories import make_app, make_service, save_grant
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from broker.providers.oauth1_signing import (
     sign_request,
 )
 from tests.consent_driver import TIMEOUT as HTTP_TIMEOUT
-from tests.test_oauth1_flow import connect
+from tests.consent.test_oauth1_flow import connect
 
 FORM = "application/x-www-form-urlencoded"
 
