@@ -15,8 +15,9 @@ from django.core.management import call_command
 from broker.models import Grant, ProviderApp
 from broker.providers.oauth2_client import exchange_code
 from broker.refresh.schedule import apply_token_response
-from tests.api.conftest import fetch_token, make_service
+from tests.api.conftest import fetch_token
 from tests.api.test_private_key_jwt import assertion, claims_for, public_pem, request_token
+from tests.factories import service_and_secret
 from tests.sandbox_server import SandboxServer, start_sandbox
 from tests.test_sandbox_provider import BROKER_URL, authorization_code, oauth1_dance, read_toml
 
@@ -260,7 +261,7 @@ def dc_grant(sandbox, apps, owner, settings) -> Grant:
 
 def service_with_rule(api, name: str, *rule_args: str) -> dict[str, str]:
     """A new secret service with one rule (`addaccessrule` arguments); its bearer header."""
-    service, secret = make_service(name)
+    service, secret = service_and_secret(name)
     call_command("addaccessrule", service.client_id, *rule_args, stdout=StringIO())
     return {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
 

@@ -7,6 +7,7 @@ from django.test import Client
 from django.utils import timezone
 
 from broker.models import AuditEvent, Grant, ProviderApp
+from tests.factories import save_grant
 
 
 @pytest.fixture
@@ -27,10 +28,11 @@ def apps(db):
     return {"atlassian": cloud, "jira-acme": jira}
 
 
-def make_grant(user, app, account="acct-1", **fields) -> Grant:
-    grant = Grant(
-        user=user,
-        provider_app=app,
+def grant_with_sites(user, app, account="acct-1", **fields) -> Grant:
+    """A saved grant with two Atlassian sites and known token strings (never on a page)."""
+    return save_grant(
+        user,
+        app,
         external_account_id=account,
         account_name=f"Name of {account}",
         scopes=["read:me", "read:jira-work"],
@@ -38,12 +40,10 @@ def make_grant(user, app, account="acct-1", **fields) -> Grant:
             {"id": "cloud-1", "url": "https://one.example", "name": "Site One", "scopes": []},
             {"id": "cloud-2", "url": "https://two.example", "name": "Site Two", "scopes": []},
         ],
+        access="secret-access-token",
+        refresh="secret-refresh-token",
         **fields,
     )
-    grant.seal("access_token", "secret-access-token")
-    grant.seal("refresh_token", "secret-refresh-token")
-    grant.save()
-    return grant
 
 
 def client_for(user, **options) -> Client:
@@ -53,9 +53,9 @@ def client_for(user, **options) -> Client:
 
 
 def test_page_lists_own_live_grants_with_sites_and_connect_forms(apps, owner, outsider):
-    mine = make_grant(owner, apps["atlassian"])
-    make_grant(owner, apps["atlassian"], "acct-old", status=Grant.Status.REVOKED)
-    theirs = make_grant(outsider, apps["atlassian"], "acct-2")
+    mine = grant_with_sites(owner, apps["atlassian"])
+    grant_with_sites(owner, apps["atlassian"], "acct-old", status=Grant.Status.REVOKED)
+    theirs = grant_with_sites(outsider, apps["atlassian"], "acct-2")
     page = client_for(owner).get("/connections/").content.decode()
 
     assert f'data-grant="{mine.id}"' in page and 'data-status="active"' in page
@@ -71,7 +71,7 @@ def test_page_lists_own_live_grants_with_sites_and_connect_forms(apps, owner, ou
 
 
 def test_page_warns_before_the_refresh_token_lapses(apps, owner):
-    soon = make_grant(owner, apps["atlassian"])
+    soon = grant_with_sites(owner, apps["atlassian"])
     soon.refresh_absolute_expires_at = timezone.now() + timedelta(days=3)
     soon.save()
     assert "Reconnect soon" in client_for(owner).get("/connections/").content.decode()
@@ -81,7 +81,7 @@ def test_page_warns_before_the_refresh_token_lapses(apps, owner):
 
 
 def test_page_says_when_reconnection_is_required(apps, owner):
-    make_grant(owner, apps["atlassian"], status=Grant.Status.RECONNECT_REQUIRED)
+    grant_with_sites(owner, apps["atlassian"], status=Grant.Status.RECONNECT_REQUIRED)
     page = client_for(owner).get("/connections/").content.decode()
     assert 'data-status="reconnect_required"' in page and "Reconnect to use it again" in page
 
@@ -92,7 +92,7 @@ def test_page_requires_sign_in(apps):
 
 
 def test_disconnect_asks_for_confirmation_first(apps, owner):
-    grant = make_grant(owner, apps["atlassian"])
+    grant = grant_with_sites(owner, apps["atlassian"])
     before = Grant.objects.filter(pk=grant.pk).values().get()
     response = client_for(owner).get(f"/connections/{grant.id}/disconnect")
     assert response.status_code == 200
@@ -103,7 +103,7 @@ def test_disconnect_asks_for_confirmation_first(apps, owner):
 
 
 def test_disconnect_revokes_and_wipes_the_grant(apps, owner):
-    grant = make_grant(owner, apps["atlassian"])
+    grant = grant_with_sites(owner, apps["atlassian"])
     response = client_for(owner).post(f"/connections/{grant.id}/disconnect")
     assert response.status_code == 302 and response["Location"] == "/connections/"
     grant.refresh_from_db()
@@ -118,7 +118,7 @@ def test_disconnect_revokes_and_wipes_the_grant(apps, owner):
 
 
 def test_disconnect_without_csrf_token_is_refused(apps, owner):
-    grant = make_grant(owner, apps["atlassian"])
+    grant = grant_with_sites(owner, apps["atlassian"])
     before = Grant.objects.filter(pk=grant.pk).values().get()
     response = client_for(owner, enforce_csrf_checks=True).post(
         f"/connections/{grant.id}/disconnect"
@@ -130,7 +130,7 @@ def test_disconnect_without_csrf_token_is_refused(apps, owner):
 
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_another_users_grant_is_not_found(apps, owner, outsider, method):
-    grant = make_grant(owner, apps["atlassian"])
+    grant = grant_with_sites(owner, apps["atlassian"])
     before = Grant.objects.filter(pk=grant.pk).values().get()
     response = getattr(client_for(outsider), method)(f"/connections/{grant.id}/disconnect")
     assert response.status_code == 404
@@ -144,7 +144,7 @@ def test_another_users_grant_is_not_found(apps, owner, outsider, method):
 
 
 def test_oauth1_disconnect_page_says_where_to_revoke_in_jira(apps, owner):
-    grant = make_grant(owner, apps["jira-acme"])
+    grant = grant_with_sites(owner, apps["jira-acme"])
     page = client_for(owner).get(f"/connections/{grant.id}/disconnect").content.decode()
     assert "https://jira.acme.example/plugins/servlet/oauth/users/access-tokens" in page
 

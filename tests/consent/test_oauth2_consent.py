@@ -186,18 +186,19 @@ def test_a_narrow_connect_link_keeps_what_the_grant_holds_for_other_services(
     from django.test import Client
 
     from broker.models import AccessRule
-    from tests.api.conftest import fetch_token, make_service
+    from tests.api.conftest import fetch_token
+    from tests.factories import service_and_secret
 
     assert visit(alice, callback_url(alice, live_server.url, "sandbox-dc")).status_code == 302
     grant = Grant.objects.get()
     assert sorted(grant.scopes) == ["READ", "WRITE"]
     app = grant.provider_app
     api = Client()
-    linker, linker_secret = make_service("linker")
+    linker, linker_secret = service_and_secret("linker")
     AccessRule.objects.create(
         service=linker, provider_app=app, scopes=["READ"], can_create_connect_links=True
     )
-    writer, writer_secret = make_service("writer")
+    writer, writer_secret = service_and_secret("writer")
     AccessRule.objects.create(service=writer, provider_app=app, scopes=["READ", "WRITE"])
 
     linker_token = fetch_token(api, linker, linker_secret)["access_token"]

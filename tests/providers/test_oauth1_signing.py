@@ -18,8 +18,9 @@ from broker.providers.oauth1_signing import (
     URLNotAllowed,
     sign_request,
 )
-from tests.consent_driver import TIMEOUT as HTTP_TIMEOUT
 from tests.consent.test_oauth1_flow import connect
+from tests.consent_driver import TIMEOUT as HTTP_TIMEOUT
+from tests.factories import save_grant
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -43,12 +44,21 @@ def make_app(slug="jira-acme", kind="jira-dc-oauth1", base_url="https://jira.acm
     return app
 
 
-def make_grant(user, app, **kw):
-    grant = Grant(user=user, provider_app=app, external_account_id="JIRAUSER1", **kw)
-    grant.seal("access_token", "access-token-value")
-    grant.seal("token_secret", "token-secret-value")
-    grant.save()
-    return grant
+def oauth1_grant(user, app, **kw):
+    """An OAuth 1.0a grant: an access token and its secret, no refresh token."""
+    return save_grant(
+        user,
+        app,
+        **{
+            "external_account_id": "JIRAUSER1",
+            "account_name": "",
+            "scopes": [],
+            "access": "access-token-value",
+            "refresh": "",
+            "token_secret": "token-secret-value",
+            **kw,
+        },
+    )
 
 
 def oauth_params(header: str) -> dict[str, str]:
@@ -60,7 +70,7 @@ def oauth_params(header: str) -> dict[str, str]:
 class TestRefusals:
     @pytest.fixture
     def grant(self, owner):
-        return make_grant(owner, make_app())
+        return oauth1_grant(owner, make_app())
 
     def test_it_signs_for_the_apps_server_with_a_fresh_nonce(self, grant):
         url = "https://jira.acme.example/rest/api/2/search?jql=project%3DACME"
@@ -75,7 +85,7 @@ class TestRefusals:
 
     def test_hmac_apps_sign_with_hmac_sha1(self, owner):
         app = make_app("jira-hmac", signature_method="HMAC-SHA1")
-        header = sign_request(make_grant(owner, app), method="GET", url=app.base_url + "/x")
+        header = sign_request(oauth1_grant(owner, app), method="GET", url=app.base_url + "/x")
         assert oauth_params(header)["oauth_signature_method"] == "HMAC-SHA1"
         assert "consumer-secret-value" not in header
 
@@ -144,7 +154,7 @@ class TestRefusals:
             "access_token": "https://api.example.org/oauth/access_token",
         }
         app.save()
-        grant = make_grant(owner, app)
+        grant = oauth1_grant(owner, app)
         assert sign_request(grant, method="GET", url="https://api.example.org/1/me")
         with pytest.raises(URLNotAllowed):
             sign_request(grant, method="GET", url="https://other.example.org/1/me")
