@@ -219,6 +219,8 @@ class ProviderAppAdmin(AuditedAdmin):
 
     @admin.display(description="public key (register this at the provider)")
     def public_key(self, app: ProviderApp) -> str:
+        if not app.has_secret("private_key"):
+            return "-"  # also an app being added, whose kind is not chosen yet
         try:
             pem = public_key_pem(app)
         except ConsumerMisconfigured:  # an unreadable key is reported, never shown

@@ -34,6 +34,7 @@ class ProviderKind:
     rejects_pkce: bool = False
     # Data Center rejects a refresh without the redirect_uri used for the code.
     refresh_sends_redirect_uri: bool = False
+    rotating_refresh_tokens: bool = False
     # The provider honours `scope` on a refresh (RFC 6749 section 6) with an access token
     # carrying only those scopes, and neither rotates nor narrows the refresh token nor
     # revokes the access tokens it issued before. Only then can a service whose rules allow
@@ -51,6 +52,11 @@ class ProviderKind:
     # Where a user revokes access themselves when the provider has no revocation endpoint.
     user_revoke_path: str = ""
     signature_methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.narrower_tokens_on_refresh and self.rotating_refresh_tokens:
+            # A narrowed refresh would replace the refresh token every service depends on.
+            raise ValueError(f"kind {self.name}: a rotating provider cannot narrow tokens")
 
     @property
     def revocable_upstream(self) -> bool:
@@ -93,6 +99,7 @@ def _data_center_oauth2(name: str, label: str, identity: str) -> ProviderKind:
         requires_base_url=True,
         token_encoding="query",
         refresh_sends_redirect_uri=True,
+        rotating_refresh_tokens=True,
         refresh_token_inactivity_days=90,
         identity_fields=JIRA_MYSELF_IDENTITY,
     )
@@ -134,6 +141,7 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 # PKCE is not documented for Atlassian Cloud, but it ignores the parameters
                 # (it never rejected them), so they are sent as to every provider; the
                 # client secret is sent too.
+                rotating_refresh_tokens=True,
                 refresh_token_inactivity_days=90,
                 refresh_token_absolute_days=365,
                 identity_fields=MappingProxyType(
