@@ -97,6 +97,23 @@ BROKER_METRICS_ALLOWED_NETWORKS = env.list("BROKER_METRICS_ALLOWED_NETWORKS", de
 # X-Forwarded-For counted from the right (broker.infra.client_address); 0 never reads the header.
 BROKER_TRUSTED_PROXIES = env.int("BROKER_TRUSTED_PROXIES", default=0)
 
+# Single sign-on with the company's OpenID Connect provider (accounts.oidc_client); off
+# without an issuer. BROKER_PASSWORD_LOGIN=0 leaves only single sign-on on the web.
+BROKER_OIDC_ISSUER = env.str("BROKER_OIDC_ISSUER", default="")
+BROKER_OIDC_CLIENT_ID = env.str("BROKER_OIDC_CLIENT_ID", default="")
+BROKER_OIDC_CLIENT_SECRET = secret("BROKER_OIDC_CLIENT_SECRET") if BROKER_OIDC_ISSUER else ""
+BROKER_OIDC_NAME = env.str("BROKER_OIDC_NAME", default="single sign-on")
+BROKER_OIDC_SCOPES = env.str("BROKER_OIDC_SCOPES", default="openid email profile")
+BROKER_OIDC_USERNAME_CLAIM = env.str("BROKER_OIDC_USERNAME_CLAIM", default="preferred_username")
+BROKER_OIDC_GROUPS_CLAIM = env.str("BROKER_OIDC_GROUPS_CLAIM", default="groups")
+BROKER_OIDC_ADMIN_GROUPS = env.list("BROKER_OIDC_ADMIN_GROUPS", default=[])
+BROKER_OIDC_AUDITOR_GROUPS = env.list("BROKER_OIDC_AUDITOR_GROUPS", default=[])
+BROKER_PASSWORD_LOGIN = env.bool("BROKER_PASSWORD_LOGIN", default=True)
+if BROKER_OIDC_ISSUER and not BROKER_OIDC_CLIENT_ID:
+    raise ImproperlyConfigured("BROKER_OIDC_ISSUER is set but BROKER_OIDC_CLIENT_ID is not")
+if not BROKER_PASSWORD_LOGIN and not BROKER_OIDC_ISSUER:
+    raise ImproperlyConfigured("BROKER_PASSWORD_LOGIN=0 needs BROKER_OIDC_ISSUER (no sign-in left)")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -177,6 +194,7 @@ CACHES = {
 }
 
 AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = ["accounts.password_login.PasswordBackend"]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/connections/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"

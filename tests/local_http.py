@@ -22,6 +22,8 @@ class LocalServer:
     # Status codes and JSON bodies to answer with, in order; when empty, 200 and {}.
     statuses: list[int] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
+    # JSON documents answered to GET, by path (query ignored); other paths get 404.
+    documents: dict[str, bytes] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -51,6 +53,21 @@ def start_local_server() -> LocalServer:
                 status = state.statuses.pop(0) if state.statuses else 200
                 answer = state.bodies.pop(0) if state.bodies else b"{}"
             self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def do_GET(self) -> None:
+            state = holder["state"]
+            path = self.path.split("?", 1)[0]
+            with state.lock:
+                state.requests.append(
+                    Received("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b"")
+                )
+                answer = state.documents.get(path)
+            self.send_response(404 if answer is None else 200)
+            answer = answer or b"{}"
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()

@@ -91,3 +91,16 @@ def expire_access_tokens(request: HttpRequest) -> JsonResponse:
 @require_GET
 def tokens(request: HttpRequest) -> JsonResponse:
     return JsonResponse(switches.live_token_counts(request.GET.get("username", "")))
+
+
+@switch
+@require_POST
+def groups(request: HttpRequest) -> JsonResponse:
+    """Sets a demo user's groups, as an IdP administrator would between two sign-ins."""
+    data = json_object(request) or {}
+    username, names = str(data.get("username", "")), data.get("groups")
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return bad_request("groups must be a list of names")
+    if not switches.set_groups(username, names):
+        return JsonResponse({"error": "not_found", "error_description": "no such user"}, status=404)
+    return JsonResponse({"username": username, "groups": sorted(names)})

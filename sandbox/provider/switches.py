@@ -6,6 +6,7 @@ All state is in the database so every thread and process of the sandbox shares i
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -119,3 +120,12 @@ def live_token_counts(username: str) -> dict[str, int]:
             user__username=username, revoked__isnull=True, expires__gt=now
         ).count(),
     }
+
+
+def set_groups(username: str, names: list[str]) -> bool:
+    """Puts the user in exactly these groups (the IdP's `groups` claim); False if no such user."""
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        return False
+    user.groups.set([Group.objects.get_or_create(name=name)[0] for name in names])
+    return True
