@@ -27,9 +27,12 @@ BATCH_SIZE = 200
 
 
 def warning_due(now: datetime) -> QuerySet[Grant]:
-    """Active grants whose refresh token dies of age within the warning period, not warned."""
+    """Active grants whose refresh token dies of age within the warning period, not warned.
+    A deactivated user is not told (their grants are not served); reactivated in time, they
+    are warned at the next beat."""
     return Grant.objects.filter(
         status=Grant.Status.ACTIVE,
+        user__is_active=True,
         expiry_warning_sent_at__isnull=True,
         refresh_absolute_expires_at__gt=now,
         refresh_absolute_expires_at__lte=now + RECONNECT_WARNING,

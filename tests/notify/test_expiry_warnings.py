@@ -58,6 +58,22 @@ def test_users_and_services_are_told_once_two_weeks_before_the_refresh_token_die
         assert Grant.objects.get(pk=untold.pk).expiry_warning_sent_at is None
 
 
+def test_a_deactivated_user_is_warned_only_once_reactivated(owner):
+    app = make_app("atlassian", kind="atlassian")
+    grant = expiring_in(10, owner, app, 1)
+    owner.is_active = False
+    owner.save(update_fields=["is_active"])
+
+    assert warn_of_expiring_grants() == 0
+    assert mail.outbox == []
+    assert Grant.objects.get(pk=grant.pk).expiry_warning_sent_at is None
+
+    owner.is_active = True
+    owner.save(update_fields=["is_active"])
+    assert warn_of_expiring_grants() == 1
+    assert len(mail.outbox) == 1
+
+
 def test_two_beats_at_once_warn_about_each_grant_once(owner):
     app = make_app("atlassian", kind="atlassian")
     make_service("reports", webhook_url="https://hooks.example/x", webhook_secret=SECRET, app=app)
