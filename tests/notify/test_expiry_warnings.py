@@ -58,7 +58,7 @@ def test_users_and_services_are_told_once_two_weeks_before_the_refresh_token_die
         assert Grant.objects.get(pk=untold.pk).expiry_warning_sent_at is None
 
 
-def test_a_deactivated_user_is_warned_only_once_reactivated(owner):
+def test_a_deactivated_user_is_warned_only_once_reactivated(owner, eager_celery):
     app = make_app("atlassian", kind="atlassian")
     grant = expiring_in(10, owner, app, 1)
     owner.is_active = False
