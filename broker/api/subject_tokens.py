@@ -24,7 +24,7 @@ from joserfc.jwk import KeySet
 
 from accounts.models import ExternalIdentity, User
 from broker.api.client_assertions import AssertionRejected, unverified_parts
-from broker.outbound_http import provider_session
+from broker.infra.outbound_http import provider_session
 
 ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
 LEEWAY_SECONDS = 30

@@ -16,7 +16,6 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker import audit, connect_links, metrics, oauth1_signing, refresh
 from broker.api import grant_lookup, pagination, ratelimit, rules, subject_tokens, tokens
 from broker.api.auth import (
     BASIC_CHALLENGE,
@@ -26,7 +25,7 @@ from broker.api.auth import (
     authenticate_client,
 )
 from broker.api.decorators import api_view
-from broker.api.errors import ApiError, error_response, invalid_request, not_visible
+from broker.api.errors import ApiError, invalid_request, not_visible
 from broker.api.schema import (
     ACCESS_TOKEN_FIELDS,
     CONNECT_LINK_FIELDS,
@@ -36,12 +35,18 @@ from broker.api.schema import (
     openapi_document,
     parse_json_body,
 )
-from broker.client_address import client_ip
-from broker.database_busy import busy_response, is_database_busy
-from broker.logging_config import name_service
+from broker.audit import trail
+from broker.consent import connect_links
+from broker.consent.return_urls import safe_return_url
+from broker.infra.client_address import client_ip
+from broker.infra.redis_connection import redis_client
 from broker.models import Grant, ProviderApp, ServiceClient
-from broker.redis_connection import redis_client
-from broker.return_urls import safe_return_url
+from broker.ops import metrics
+from broker.ops.database_busy import busy_response, is_database_busy
+from broker.ops.error_pages import error_response
+from broker.ops.logging_config import name_service
+from broker.providers import oauth1_signing
+from broker.refresh import engine
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +156,10 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
     except ClientAuthFailed as exc:
         if ratelimit.count_failure("client", exc.client_id, address):
             return _no_store(ratelimit.Throttled().response())
-        audit.service_event(
+        trail.service_event(
             "service.auth_failed",
             exc.client_id,
-            outcome=audit.Outcome.DENIED,
+            outcome=trail.Outcome.DENIED,
             request=request,
             reason=exc.reason,
             method=exc.method,
@@ -171,10 +176,10 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
         # Malformed requests before authentication count toward the throttle too.
         if not client_id and ratelimit.count_failure("client", "", address):
             return _no_store(ratelimit.Throttled().response())
-        audit.service_event(
+        trail.service_event(
             "service.auth_failed",
             client_id,
-            outcome=audit.Outcome.DENIED,
+            outcome=trail.Outcome.DENIED,
             request=request,
             reason=exc.error,
             description=exc.description,
@@ -183,7 +188,7 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
     if grant_type == TOKEN_EXCHANGE:
         return _no_store(_exchange_or_refusal(request, client, form))
     access_token, expires_in = tokens.issue(client.service, scopes, not_after=client.not_after)
-    audit.service_event(
+    trail.service_event(
         "service.authenticated",
         client_id,
         request=request,
@@ -360,23 +365,23 @@ def _too_wide(grant: Grant, carried: list[str], beyond_rule: list[str], why: str
 # What the refresh engine may raise instead of giving a token.
 REFRESH_REFUSALS = (
     Grant.DoesNotExist,
-    refresh.UserDeactivated,
-    refresh.ReconnectRequired,
-    refresh.ProviderUnavailable,
+    engine.UserDeactivated,
+    engine.ReconnectRequired,
+    engine.ProviderUnavailable,
 )
 
 
 def _refusal(grant: Grant, exc: Exception) -> ApiError:
     """One of REFRESH_REFUSALS as the API's error."""
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
-    if isinstance(exc, refresh.ReconnectRequired):
+    if isinstance(exc, engine.ReconnectRequired):
         return ApiError(
             409,
             "reconnect_required",
             "the grant is no longer valid at the provider; the user must connect again",
             **concerning,
         )
-    if isinstance(exc, refresh.ProviderUnavailable):
+    if isinstance(exc, engine.ProviderUnavailable):
         return ApiError(
             503,
             "temporarily_unavailable",
@@ -439,7 +444,7 @@ def _served(
     the broker_token_issues metric with the outcome `counted_as`)."""
     _note_use(grant, service_id)
     metrics.count_token_issue(client_id, counted_as)
-    audit.service_event(
+    trail.service_event(
         action,
         client_id,
         grant_id=grant.pk,
@@ -458,12 +463,12 @@ def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     if (
         not force_refresh
         and grant.access_token_valid_for(min_ttl)
-        and not refresh.rescue_pending(grant.pk)
+        and not engine.rescue_pending(grant.pk)
     ):
         return grant
 
     try:
-        return refresh.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
+        return engine.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
     except REFRESH_REFUSALS as exc:
         raise _refusal(grant, exc) from None
 
@@ -479,8 +484,8 @@ def _narrowed(
     if not wanted:
         raise _too_wide(grant, carried, beyond_rule, "it carries none they allow")
     try:
-        response = refresh.narrowed_token(grant.pk, scopes=wanted)
-    except refresh.NarrowingRefused as exc:
+        response = engine.narrowed_token(grant.pk, scopes=wanted)
+    except engine.NarrowingRefused as exc:
         why = f"the provider refused a narrower token: {exc}"
         raise _too_wide(grant, carried, beyond_rule, why) from None
     except REFRESH_REFUSALS as exc:
@@ -766,10 +771,10 @@ def _exchange_or_refusal(
     try:
         return JsonResponse(_exchange(request, client, form))
     except ApiError as exc:
-        audit.service_event(
+        trail.service_event(
             "token.exchange_denied",
             client.service.client_id,
-            outcome=audit.Outcome.DENIED,
+            outcome=trail.Outcome.DENIED,
             request=request,
             reason=exc.error,
             status=exc.status,
@@ -826,7 +831,7 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
         scopes=sorted(set(requested)) if requested is not None else [],
         return_to=body["return_to"],
     )
-    audit.service_event(
+    trail.service_event(
         "connect_link.created",
         service.client_id,
         subject_user=user.username,

@@ -15,14 +15,8 @@ from joserfc.jwk import RSAKey
 from accounts.models import ExternalIdentity
 from broker.api import rules, subject_tokens
 from broker.models import AccessRule, Grant, ServiceClient
-from tests.api.conftest import (
-    audit_events,
-    basic,
-    fetch_token,
-    make_grant,
-    make_service,
-    post_form,
-)
+from tests.api.conftest import audit_events, basic, fetch_token, post_form
+from tests.factories import consented_grant, service_and_secret
 from tests.subject_idp import AUDIENCE, SubjectIdp
 
 pytestmark = pytest.mark.django_db
@@ -51,7 +45,7 @@ def alice(owner, idp):
 @pytest.fixture
 def assistant(atlassian) -> tuple[ServiceClient, str]:
     """A chat assistant that may use Atlassian tokens only for the user it acts for."""
-    service, secret = make_service("assistant")
+    service, secret = service_and_secret("assistant")
     service.subject_audiences = [AUDIENCE]
     service.save()
     AccessRule.objects.create(
@@ -159,7 +153,7 @@ def test_a_token_from_an_untrusted_issuer_fetches_nothing_from_it(
 def test_a_token_for_another_services_audience_is_useless_to_this_one(
     api, idp, alice, assistant, grant, atlassian
 ):
-    other, other_secret = make_service("other")
+    other, other_secret = service_and_secret("other")
     other.subject_audiences = ["other-audience"]
     other.save()
     AccessRule.objects.create(service=other, provider_app=atlassian, on_behalf_of=True)
@@ -240,14 +234,14 @@ def test_an_on_behalf_of_rule_refuses_a_request_that_only_names_the_user(
 
 @pytest.fixture
 def signer(api, alice, jira_dc):
-    service, secret = make_service("jira-assistant")
+    service, secret = service_and_secret("jira-assistant")
     service.subject_audiences = [AUDIENCE]
     service.save()
     AccessRule.objects.create(
         service=service, provider_app=jira_dc, can_sign=True, on_behalf_of=True
     )
     headers = {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
-    return service, headers, make_grant(alice, jira_dc, access_expires_at=None)
+    return service, headers, consented_grant(alice, jira_dc, access_expires_at=None)
 
 
 def sign(api, headers, grant, **extra):

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
-from broker import audit
+from broker.audit import trail
 from broker.models import AccessRule, ProviderApp, ServiceClient
 
 
@@ -69,9 +69,9 @@ class Command(BaseCommand):
                 "on_behalf_of": options["on_behalf_of"],
             },
         )
-        audit.record(
+        trail.record(
             "admin.change",
-            actor_type=audit.ActorType.ADMIN,
+            actor_type=trail.ActorType.ADMIN,
             actor="manage.py",
             service=service.client_id,
             provider=app.slug,
