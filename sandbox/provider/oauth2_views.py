@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 
+from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -38,8 +39,11 @@ def fault_response(fault: switches.Fault) -> HttpResponse | None:
 @sensitive_post_parameters("client_secret", "code", "refresh_token")
 def token(request: HttpRequest) -> HttpResponse:
     """RFC 6749 3.2 token endpoint: JSON, form or query-string parameters."""
-    grant_type = token_request_params(request).get("grant_type", "unknown")
+    params = token_request_params(request)
+    grant_type = params.get("grant_type", "unknown")
     switches.increment(f"token:{grant_type}")
+    if grant_type == "refresh_token" and settings.SANDBOX_TEST_SWITCHES:
+        switches.record_refresh_presented(params.get("refresh_token", ""))
     fault = switches.claim_fault()
     if fault is not None:
         failure = fault_response(fault)

@@ -91,3 +91,13 @@ def expire_access_tokens(request: HttpRequest) -> JsonResponse:
 @require_GET
 def tokens(request: HttpRequest) -> JsonResponse:
     return JsonResponse(switches.live_token_counts(request.GET.get("username", "")))
+
+
+@switch
+@require_POST
+def token_history(request: HttpRequest) -> JsonResponse:
+    data = json_object(request)
+    digests = None if data is None else data.get("access_tokens")
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        return bad_request("access_tokens must be a list of SHA-256 hex digests")
+    return JsonResponse(switches.token_history(digests))
