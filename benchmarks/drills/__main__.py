@@ -287,8 +287,11 @@ def bulk_revocation(run: Run) -> float:
         .strip()
         .replace("\n", "; ")
     )
+    from django.db import connection
+
     from broker.models import Grant
 
+    connection.close()
     topology.wait_until(
         lambda: (
             not Grant.objects.filter(user__username=BULK_USER).exclude(status="revoked").exists()
@@ -321,7 +324,7 @@ def wait_for_audit(run: Run, started: float) -> int:
     """token.issued events recorded since `started`, once the beat's flushes settled."""
     from datetime import UTC, datetime
 
-    from django.db import close_old_connections
+    from django.db import connection
 
     from broker.models import AuditEvent
 
@@ -329,13 +332,13 @@ def wait_for_audit(run: Run, started: float) -> int:
     last, stable_since = -1, time.monotonic()
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
-        close_old_connections()
         try:
             count = AuditEvent.objects.filter(
                 action="token.issued", actor=run.client_id, at__gte=since
             ).count()
             buffered = run.topology.redis().llen("broker:audit:buffer")
         except Exception:  # noqa: BLE001 - the database may still be coming back
+            connection.close()
             time.sleep(1)
             continue
         if count != last:
@@ -349,11 +352,11 @@ def wait_for_audit(run: Run, started: float) -> int:
 def check(
     run: Run, name: str, results: list[Result], started: float, fault_end: float
 ) -> checks.Figures:
-    from django.db import close_old_connections
+    from django.db import connection
 
     from broker.models import Grant
 
-    close_old_connections()
+    connection.close()  # it may have been cut by the drill (PostgreSQL restarted)
     figures = checks.Figures(name, requests=len(results))
     figures.errors = Counter(r.kind for r in results if r.kind != "ok")
     figures.recovery = checks.recovery_time(results, fault_end, max(r.sent for r in results))
@@ -361,7 +364,9 @@ def check(
 
     served = [r for r in results if r.kind == "ok"]
     history = checks.token_history(run.sandbox_url, sorted({r.digest for r in served}))
-    figures.stale_served, unknown = checks.stale_tokens(served, history)
+    stale, unknown = checks.stale_tokens(served, history)
+    figures.stale_served = len(stale)
+    figures.notes += stale
     if unknown:
         figures.notes.append(f"{unknown} served tokens unknown to the provider")
     twice = history["refresh_tokens_presented_twice"]

@@ -73,21 +73,26 @@ def token_history(sandbox_url: str, digests: list[str]) -> dict:
     return merged
 
 
-def stale_tokens(results: list[Result], history: dict) -> tuple[int, int]:
-    """(served after the provider had retired or expired them, unknown to the provider)."""
-    stale = unknown = 0
+def stale_tokens(results: list[Result], history: dict) -> tuple[list[str], int]:
+    """(evidence for each token served after the provider had retired or expired it,
+    how many served tokens the provider does not know)."""
+    stale, unknown = [], 0
     for result in results:
         if result.kind != "ok":
             continue
         sent_ms = result.sent * 1000
         retired = history["retired"].get(result.digest)
         expires = history["live"].get(result.digest)
-        if retired is not None:
-            stale += retired < sent_ms
-        elif expires is not None:
-            stale += expires < sent_ms
-        else:
+        if retired is None and expires is None:
             unknown += 1
+        elif retired is not None and retired < sent_ms:
+            stale.append(
+                f"grant {result.grant} via {result.host}: asked {sent_ms - retired:.0f} ms "
+                f"after the provider retired the token (answered in "
+                f"{(result.done - result.sent) * 1000:.0f} ms)"
+            )
+        elif expires is not None and expires < sent_ms:
+            stale.append(f"grant {result.grant}: asked {sent_ms - expires:.0f} ms after expiry")
     return stale, unknown
 
 
