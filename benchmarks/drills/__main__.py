@@ -119,7 +119,12 @@ def seed(run_env: dict[str, str], workdir: Path, sandbox_env: dict, count: int) 
     import django
 
     django.setup()
+    from django.conf import settings
     from django.core.management import call_command
+
+    # The harness observes: a plain connection per check, opened after the drill (a pooled
+    # one would be cut by the PostgreSQL drills before the broker's are).
+    settings.DATABASES["default"]["OPTIONS"].pop("pool", None)
 
     from accounts.models import User
     from broker.models import Grant, ProviderApp
@@ -241,7 +246,7 @@ def provider_faults(run: Run) -> float:
     for payload, seconds in (
         ({"mode": "error500"}, 10),
         ({"mode": "ratelimit", "retry_after": 3}, 10),
-        ({"mode": "slow", "delay": 12}, 15),  # beyond the broker's 10 s provider timeout
+        ({"mode": "slow", "delay": 6}, 15),  # slow, within the broker's 10 s timeout
     ):
         say(f"provider fault {payload} for {seconds} s")
         run.sandbox("/_sandbox/faults", payload)
@@ -251,6 +256,16 @@ def provider_faults(run: Run) -> float:
     say("provider revokes bob's tokens (the victim grant) upstream")
     run.sandbox("/_sandbox/revoke-user", {"username": "bob"})
     return end
+
+
+def provider_beyond_timeout(run: Run) -> float:
+    """Answers that come after the broker gave up (12 s > BROKER_PROVIDER_TIMEOUT 10 s):
+    the provider has rotated, the broker does not know the new refresh token."""
+    run.sandbox("/_sandbox/faults", {"mode": "slow", "delay": 12})
+    say("provider answers after 12 s, for 15 s")
+    time.sleep(15)
+    run.sandbox("/_sandbox/faults", {"mode": "none"})
+    return time.time()
 
 
 def worker_partitioned(run: Run) -> float:
@@ -310,6 +325,7 @@ DRILLS: dict[str, Callable[[Run], float]] = {
     "postgres-restarted": postgres_restarted,
     "postgres-refusing": postgres_refusing,
     "provider-faults": provider_faults,
+    "provider-beyond-timeout": provider_beyond_timeout,
     "worker-partitioned": worker_partitioned,
     "key-rotation": key_rotation,
     "bulk-revocation": bulk_revocation,

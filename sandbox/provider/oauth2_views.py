@@ -42,13 +42,14 @@ def token(request: HttpRequest) -> HttpResponse:
     params = token_request_params(request)
     grant_type = params.get("grant_type", "unknown")
     switches.increment(f"token:{grant_type}")
-    if grant_type == "refresh_token" and settings.SANDBOX_TEST_SWITCHES:
-        switches.record_refresh_presented(params.get("refresh_token", ""))
     fault = switches.claim_fault()
     if fault is not None:
         failure = fault_response(fault)
         if failure is not None:
             return failure
+    if grant_type == "refresh_token" and settings.SANDBOX_TEST_SWITCHES:
+        # Counted only when the token is really looked at: a 500 or 429 consumes nothing.
+        switches.record_refresh_presented(params.get("refresh_token", ""))
     # One transaction around validation and rotation: on SQLite (IMMEDIATE mode) it holds
     # the write lock throughout, so two refreshes racing with the same token are handled
     # one after the other and the loser is a reuse (invalid_grant), as at Atlassian after
