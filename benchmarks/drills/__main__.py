@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -88,6 +88,7 @@ class Run:
     client_id: str
     quick: bool
     presented_twice: int = 0
+    lost: set[str] = field(default_factory=set)  # grants lost in earlier drills
 
     @property
     def env(self) -> dict[str, str]:
@@ -394,11 +395,12 @@ def check(
     figures.served_after_revocation = sum(
         r.grant in revoked_at and r.sent > revoked_at[r.grant] for r in served
     )
-    expected_gone = run.bulk_grants | {run.victim_grant}
+    expected_gone = run.bulk_grants | {run.victim_grant} | run.lost
     for grant in Grant.objects.exclude(status="active"):
         gid = str(grant.id)
         if gid in expected_gone:
             continue
+        run.lost.add(gid)
         figures.lost_grants += 1
         figures.notes.append(
             f"grant {gid} {grant.status}: {grant.last_error or grant.revoked_reason}"
