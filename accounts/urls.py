@@ -1,9 +1,12 @@
-"""Sign-in and sign-out on Django's own auth views (form fields `username`, `password`)."""
+"""Sign-in (password form field names `username`, `password`; single sign-on) and sign-out."""
 
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from accounts import views
+
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", views.logout_view, name="logout"),
+    path("oidc/login", views.oidc_login, name="oidc-login"),
+    path("oidc/callback", views.oidc_callback, name="oidc-callback"),
 ]

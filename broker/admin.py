@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -41,9 +40,10 @@ from broker.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from broker.refresh import claim_now
 from broker.revocation import revoke_grant
 from broker.service_keys import ServiceKeyError, parse_certificate, parse_public_key
-from broker.tasks import refresh_grant
+from broker.tasks import enqueue_refreshes
 
 admin.site.site_header = "OAuth broker administration"
 admin.site.site_title = "OAuth broker admin"
@@ -243,6 +243,8 @@ GRANT_FIELDS = (
     "access_expires_at",
     "refresh_expires_at",
     "refresh_absolute_expires_at",
+    "expiry_warning_sent_at",
+    "redirect_uri",
     "token_version",
     "next_refresh_at",
     "last_refreshed_at",
@@ -308,21 +310,13 @@ class GrantAdmin(AuditedAdmin):
 
     @admin.action(description="Refresh selected grants now", permissions=["change"])
     def refresh_selected(self, request: HttpRequest, queryset: QuerySet[Grant]) -> None:
-        """Queues one refresh task per active grant that can be refreshed; the engine's
-        single flight makes this safe beside scheduled and on-demand refreshes."""
-        grant_ids = [
-            str(pk)
-            for pk in queryset.filter(status=Grant.Status.ACTIVE)
-            .exclude(refresh_token_sealed="")
-            .values_list("pk", flat=True)
-        ]
+        """Claims every selected active grant that can be refreshed, due or not, and queues
+        its refresh task; the engine's single flight makes this safe beside scheduled and
+        on-demand refreshes."""
+        selected = [str(pk) for pk in queryset.values_list("pk", flat=True)]
+        grant_ids = claim_now(selected, on_claimed=enqueue_refreshes)
         for grant_id in grant_ids:
-            admin_event(
-                request,
-                "grant.refresh_requested",
-                grant_id=grant_id,
-            )
-            transaction.on_commit(partial(refresh_grant.delay, grant_id))
+            admin_event(request, "grant.refresh_requested", grant_id=grant_id)
         self.message_user(request, f"{len(grant_ids)} grant(s) queued for refresh.")
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:

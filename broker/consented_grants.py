@@ -47,6 +47,7 @@ def _store(
     grant.consented_at = timezone.now()
     grant.failure_count = 0
     grant.last_error = ""
+    grant.expiry_warning_sent_at = None  # a new consent, a new lifetime to warn about
     fill(grant)
     grant.save()
     if not reconnected:

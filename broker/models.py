@@ -103,6 +103,12 @@ class Grant(SealedFieldsModel):
     refresh_absolute_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="When the refresh token lapses regardless of use"
     )
+    # Set once the user and services were told of refresh_absolute_expires_at (a
+    # conditional UPDATE from null, so concurrent beats tell them once); a consent clears it.
+    expiry_warning_sent_at = models.DateTimeField(null=True, blank=True)
+    # OAuth 2.0: the redirect URI the consent used. Data Center wants the same one on every
+    # refresh, whatever BROKER_PUBLIC_URL has become since.
+    redirect_uri = models.CharField(max_length=2000, blank=True, default="")
     # Bumped by every write of new tokens; a writer that read an older value lost a race.
     token_version = models.PositiveIntegerField(default=0)
 

@@ -27,7 +27,13 @@ from broker.outbound_http import DestinationRefused, post
 
 logger = logging.getLogger(__name__)
 
-EVENTS = ("grant.created", "grant.refresh_failed", "grant.reconnect_required", "grant.revoked")
+EVENTS = (
+    "grant.created",
+    "grant.refresh_failed",
+    "grant.reconnect_required",
+    "grant.revoked",
+    "grant.expiring",
+)
 WEBHOOK_MAX_RETRIES = 6
 WEBHOOK_BACKOFF_SECONDS = (5, 30, 120, 600, 1800, 3600)
 
@@ -92,7 +98,7 @@ def notify(event: str, grant: Grant, **data: Any) -> None:
     for delivery_id in delivery_ids:
         transaction.on_commit(lambda pk=delivery_id: deliver_webhook.delay(pk))  # type: ignore[misc]
 
-    tells_user = event == "grant.reconnect_required" or (
+    tells_user = event in ("grant.reconnect_required", "grant.expiring") or (
         event == "grant.revoked" and data.get("by") == "admin"
     )
     if tells_user and grant.user.email:
@@ -181,6 +187,12 @@ USER_MESSAGES = {
         "An administrator revoked your {provider} connection ({account}). You can connect it "
         "again at {url} if you still need it.",
     ),
+    "grant.expiring": (
+        "Reconnect your {provider} account before {expires}",
+        "Your {provider} connection ({account}) stops working on {expires}: {provider} ends "
+        "every authorization a year after it was given. Reconnect it at {url} before then, "
+        "and services that act for you there keep working.",
+    ),
 }
 
 
@@ -195,6 +207,9 @@ def email_user(grant_id: str, event: str) -> str:
         "provider": grant.provider_app.name,
         "account": grant.account_name or grant.external_account_id,
         "url": f"{settings.BROKER_PUBLIC_URL}/connections/",
+        "expires": f"{grant.refresh_absolute_expires_at:%Y-%m-%d}"
+        if grant.refresh_absolute_expires_at
+        else "",
     }
     send_mail(
         subject.format(**context),

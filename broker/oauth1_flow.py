@@ -9,7 +9,7 @@
    endpoint says which account was connected; the grant is stored or updated.
 
 All signing is Authlib's (broker.oauth1_consumer); all provider HTTP goes through
-`provider_request`, with timeouts and without secrets in logs or messages.
+`provider_request`, within the provider deadline and without secrets in logs or messages.
 """
 
 from __future__ import annotations
@@ -37,14 +37,13 @@ from broker.consent import session_digest
 from broker.consented_grants import store_consent
 from broker.models import Grant, PendingAuthorization, ProviderApp
 from broker.oauth1_consumer import ConsumerMisconfigured, consumer_auth, public_key_pem
+from broker.outbound_http import provider_session
 from broker.provider_account import Account, AccountLookupError, identity_from
 from broker.return_urls import safe_return_url
 from broker.security_headers import no_referrer
 
 logger = logging.getLogger(__name__)
 
-# (connect, read) seconds for every call to the provider.
-PROVIDER_TIMEOUT = (5, 15)
 CONNECTIONS_URL = "/connections/"
 # Jira sends this verifier when the user presses Deny.
 DENIED_VERIFIER = "denied"
@@ -78,14 +77,16 @@ def oauth_problem(response: requests.Response) -> str | None:
 def provider_request(
     method: str, url: str, auth: requests.auth.AuthBase, *, step: str
 ) -> requests.Response:
-    """The one way this flow calls a provider: signed, bounded in time, errors as codes."""
+    """The one way this flow calls a provider: signed, within BROKER_PROVIDER_TIMEOUT in
+    total, errors as codes."""
     # Form posts to Data Center need this header to pass its XSRF check.
     headers = {"X-Atlassian-Token": "no-check", "Accept": "application/json"}
     host = urlsplit(url).netloc
     try:
-        response = requests.request(
-            method, url, auth=auth, headers=headers, timeout=PROVIDER_TIMEOUT, allow_redirects=False
-        )
+        with provider_session(requests.Session()) as session:
+            response = session.request(
+                method, url, auth=auth, headers=headers, allow_redirects=False
+            )
     except requests.Timeout:
         logger.warning("oauth1 %s at %s timed out", step, host)
         raise ProviderError("timeout", step) from None

@@ -391,6 +391,7 @@ def store_grant(
         grant.resources = account.resources
         # What was asked for; the token response's `scope`, when sent, overrides it.
         grant.scopes = pending.scopes
+        grant.redirect_uri = pending.redirect_uri  # Data Center's refreshes repeat it
         # A new consent starts a new refresh-token family, with its own absolute lifetime.
         grant.refresh_absolute_expires_at = None
         apply_token_response(grant, token, now=grant.consented_at, refreshed=False)

@@ -3,7 +3,7 @@
 Right after a code exchange the broker reads the provider's identity document (Atlassian:
 `/me`) and, where the kind has one, its resources list (Atlassian: accessible-resources).
 Both go through `get_json`, the one place with the Bearer header (RFC 6750 section 2.1)
-and the provider timeout.
+and the provider deadline.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import requests
 from authlib.integrations.requests_client import OAuth2Auth
-from django.conf import settings
 
 from broker.models import ProviderApp
+from broker.outbound_http import provider_session
 
 
 class AccountLookupError(Exception):
@@ -38,12 +38,8 @@ class Account:
 def get_json(url: str, access_token: str) -> Any:
     auth = OAuth2Auth({"access_token": access_token, "token_type": "Bearer"})
     try:
-        response = requests.get(
-            url,
-            auth=auth,
-            headers={"Accept": "application/json"},
-            timeout=settings.BROKER_PROVIDER_TIMEOUT,
-        )
+        with provider_session(requests.Session()) as session:
+            response = session.get(url, auth=auth, headers={"Accept": "application/json"})
     except requests.RequestException as exc:
         raise AccountLookupError(f"{url}: {type(exc).__name__}", transient=True) from None
     if response.status_code >= 500 or response.status_code == 429:

@@ -17,13 +17,15 @@ for the few kinds that can issue one), the only code that calls
 Single flight: a Redis lock plus a fencing token in the database
   Each refresh runs under a Redis lock per grant (redis-py `Lock`: SET NX PX with a random
   owner token, released by a script only by its owner). Its timeout (2 x the provider
-  timeout + 10 s) outlasts the HTTP call and the write; waiters block on it for at most
-  2 x the provider timeout, having given their database connection back (so that a pool
-  of a few connections serves any number of waiters; the holder gives its own back during
-  the provider call). The holder re-reads the grant and skips the call when someone else
-  already refreshed; waiters then take the lock in turn, re-read, and find the fresh
-  token. Every write of a refresh's result is a conditional UPDATE on the `token_version`
-  read before the call (and `status=active`), so a holder whose lock expired while it was
+  timeout + 10 s) outlasts the HTTP call, which broker.outbound_http ends within the
+  provider timeout in total however slowly the provider answers, and the write; waiters
+  block on it for at most 2 x the provider timeout, having given their database connection
+  back (so that a pool of a few connections serves any number of waiters; the holder gives
+  its own back during the provider call). The holder re-reads the grant and skips the call
+  when someone else already refreshed; waiters then take the lock in turn, re-read, and
+  find the fresh token, or the failure of the call they waited for. Every write of a
+  refresh's result is a conditional UPDATE on the `token_version` read before the call
+  (and `status=active`), so a holder whose lock expired while it was
   stalled can never overwrite newer tokens or resurrect a revoked grant, and a stale
   `invalid_grant` cannot kill a grant someone else refreshed meanwhile.
   Why not a PostgreSQL row lock (`select_for_update`) held across the HTTP call: it pins a
@@ -91,7 +93,6 @@ from broker import audit, metrics
 from broker.crypto import DecryptionError
 from broker.models import Grant
 from broker.notifications import notify
-from broker.oauth2_flow import redirect_uri_for
 from broker.sealed_fields import keyring
 from broker.token_endpoint import (
     ClientMisconfigured,
@@ -523,7 +524,7 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
     release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
     try:
         response = refresh_upstream(
-            app, refresh_token=refresh_token, redirect_uri=redirect_uri_for(app)
+            app, refresh_token=refresh_token, redirect_uri=grant.redirect_uri
         )
     except GrantRejected as exc:
         mark_reconnect_required(
@@ -639,6 +640,7 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
     started = timezone.now()
     grant = load(grant_id)
     seen_version = grant.token_version
+    seen_failures = grant.failure_count
 
     def refreshed_since_start(candidate: Grant) -> bool:
         return (
@@ -660,7 +662,14 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
     if not rescue_pending(grant.pk) and satisfied(grant):
         return grant
 
-    outcome, current = single_flight(grant_id, needs_refresh=lambda g: not satisfied(g))
+    def failed_meanwhile(candidate: Grant) -> bool:
+        """The refresh this caller waited for failed: single flight shares its result, so
+        the same refresh token does not go upstream again straight away."""
+        return candidate.token_version == seen_version and candidate.failure_count > seen_failures
+
+    outcome, current = single_flight(
+        grant_id, needs_refresh=lambda g: not satisfied(g) and not failed_meanwhile(g)
+    )
     if outcome.result == Result.DATABASE_UNAVAILABLE:
         raise ProviderUnavailable("the refreshed token is not stored yet", retry_after=1)
     if current is None:
@@ -705,7 +714,7 @@ def narrowed_token(grant_id: Any, *, scopes: list[str]) -> TokenResponse:
         release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
         try:
             response = refresh_upstream(
-                app, refresh_token=refresh_token, redirect_uri=redirect_uri_for(app), scopes=scopes
+                app, refresh_token=refresh_token, redirect_uri=grant.redirect_uri, scopes=scopes
             )
         except (ClientMisconfigured, TransientTokenError) as exc:
             # The grant's own refreshes count and report failures; this one only answers.
@@ -782,13 +791,42 @@ def claim_due_grants(
     return ids
 
 
+def claim_now(grant_ids: list[str], *, on_claimed: Callable[[list[str]], None]) -> list[str]:
+    """Claims these grants for refresh whether due or not (an admin's "refresh now"), as the
+    beat claims due ones, so that their task refreshes them once; active grants holding a
+    refresh token only. Calls `on_claimed(ids)` once the claim is committed."""
+    now = timezone.now()
+    refreshable = Grant.objects.filter(pk__in=grant_ids, status=Grant.Status.ACTIVE).exclude(
+        refresh_token_sealed=""
+    )
+    with transaction.atomic():
+        ids = [str(pk) for pk in refreshable.values_list("pk", flat=True)]
+        if ids:
+            refreshable.filter(pk__in=ids).update(
+                refresh_enqueued_at=now, next_refresh_at=now + claim_timeout()
+            )
+            transaction.on_commit(lambda: on_claimed(ids))
+    return ids
+
+
 # -- start-up checks ------------------------------------------------------------------------
 
 
 def check_timing(**kwargs: Any) -> list[checks.CheckMessage]:
-    """The Celery visibility timeout and the claim timeout must outlast the refresh lock,
-    or a slow refresh's task is handed to a second worker, or re-claimed, meanwhile."""
+    """The refresh lock must outlast the provider call it covers (whose total deadline is
+    BROKER_PROVIDER_TIMEOUT), or a second refresh starts while the first is in flight; the
+    Celery visibility timeout and the claim timeout must outlast the lock, or a slow
+    refresh's task is handed to a second worker, or re-claimed, meanwhile."""
     errors: list[checks.CheckMessage] = []
+    if lock_timeout() <= provider_timeout():
+        errors.append(
+            checks.Error(
+                f"BROKER_REFRESH_LOCK_TIMEOUT ({lock_timeout():g}s) must exceed "
+                f"BROKER_PROVIDER_TIMEOUT ({provider_timeout():g}s), the longest a provider "
+                "call can take",
+                id="broker.E103",
+            )
+        )
     visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
     if visibility <= lock_timeout():
         errors.append(

@@ -22,11 +22,11 @@ from django.utils import timezone
 from broker import audit
 from broker.crypto import DecryptionError
 from broker.models import Grant, ProviderApp
+from broker.outbound_http import provider_session
 from broker.sealed_fields import keyring
 
 logger = logging.getLogger(__name__)
 
-UPSTREAM_TIMEOUT_SECONDS = 10
 UPSTREAM_MAX_RETRIES = 5
 UPSTREAM_BACKOFF_SECONDS = (10, 30, 90, 270, 810)
 
@@ -140,17 +140,12 @@ def call_revocation_endpoint(app: ProviderApp, token: str, token_type_hint: str)
         revocation_endpoint_auth_method="client_secret_basic",
     )
     try:
-        response = session.revoke_token(
-            url,
-            token=token,
-            token_type_hint=token_type_hint,
-            timeout=UPSTREAM_TIMEOUT_SECONDS,
-            allow_redirects=False,
-        )
+        with provider_session(session):
+            response = session.revoke_token(
+                url, token=token, token_type_hint=token_type_hint, allow_redirects=False
+            )
     except requests.RequestException as exc:
         raise UpstreamRetryable(type(exc).__name__) from None
-    finally:
-        session.close()
     if response.status_code >= 500:
         raise UpstreamRetryable(f"HTTP {response.status_code}")
     if response.status_code != 200:

@@ -69,7 +69,8 @@ BROKER_PUBLIC_URL = env.str(
 ).rstrip("/")
 BROKER_PROVIDERS_FILE = env.str("BROKER_PROVIDERS_FILE", default="")
 BROKER_ALLOW_HTTP = env.bool("BROKER_ALLOW_HTTP", default=False)
-# Seconds to wait for a provider (token, identity, revocation endpoints).
+# Seconds one call to a provider may take in total, however slowly it answers (token,
+# identity, resources, revocation and OAuth 1.0a endpoints); the refresh lock outlasts it.
 BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
@@ -95,6 +96,23 @@ BROKER_METRICS_ALLOWED_NETWORKS = env.list("BROKER_METRICS_ALLOWED_NETWORKS", de
 # Reverse proxies in front of the broker (hops): the client address is read from
 # X-Forwarded-For counted from the right (broker.client_address); 0 never reads the header.
 BROKER_TRUSTED_PROXIES = env.int("BROKER_TRUSTED_PROXIES", default=0)
+
+# Single sign-on with the company's OpenID Connect provider (accounts.oidc_client); off
+# without an issuer. BROKER_PASSWORD_LOGIN=0 leaves only single sign-on on the web.
+BROKER_OIDC_ISSUER = env.str("BROKER_OIDC_ISSUER", default="")
+BROKER_OIDC_CLIENT_ID = env.str("BROKER_OIDC_CLIENT_ID", default="")
+BROKER_OIDC_CLIENT_SECRET = secret("BROKER_OIDC_CLIENT_SECRET") if BROKER_OIDC_ISSUER else ""
+BROKER_OIDC_NAME = env.str("BROKER_OIDC_NAME", default="single sign-on")
+BROKER_OIDC_SCOPES = env.str("BROKER_OIDC_SCOPES", default="openid email profile")
+BROKER_OIDC_USERNAME_CLAIM = env.str("BROKER_OIDC_USERNAME_CLAIM", default="preferred_username")
+BROKER_OIDC_GROUPS_CLAIM = env.str("BROKER_OIDC_GROUPS_CLAIM", default="groups")
+BROKER_OIDC_ADMIN_GROUPS = env.list("BROKER_OIDC_ADMIN_GROUPS", default=[])
+BROKER_OIDC_AUDITOR_GROUPS = env.list("BROKER_OIDC_AUDITOR_GROUPS", default=[])
+BROKER_PASSWORD_LOGIN = env.bool("BROKER_PASSWORD_LOGIN", default=True)
+if BROKER_OIDC_ISSUER and not BROKER_OIDC_CLIENT_ID:
+    raise ImproperlyConfigured("BROKER_OIDC_ISSUER is set but BROKER_OIDC_CLIENT_ID is not")
+if not BROKER_PASSWORD_LOGIN and not BROKER_OIDC_ISSUER:
+    raise ImproperlyConfigured("BROKER_PASSWORD_LOGIN=0 needs BROKER_OIDC_ISSUER (no sign-in left)")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -176,6 +194,7 @@ CACHES = {
 }
 
 AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = ["accounts.password_login.PasswordBackend"]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/connections/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -246,6 +265,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "broker.consent.purge_expired_consent_state",
         "schedule": 3600.0,
     },
+    # Atlassian refresh tokens die a year after consent: users are told 14 days ahead.
+    "warn-of-expiring-grants": {
+        "task": "broker.expiry_warnings.warn_of_expiring_grants",
+        "schedule": 3600.0,
+    },
     "claim-due-refreshes": {
         "task": "broker.tasks.enqueue_due_refreshes",
         "schedule": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0),
@@ -260,6 +284,7 @@ CELERY_IMPORTS = [
     "broker.notifications",
     "broker.audit",
     "broker.consent",
+    "broker.expiry_warnings",
 ]
 # Keep the Django LOGGING configuration (JSON, redaction) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -27,12 +27,12 @@ from urllib.parse import urlencode
 import requests
 from authlib.common.urls import url_decode
 from authlib.integrations.requests_client import OAuth2Session
-from django.conf import settings
 from django.utils import timezone
 from requests.auth import AuthBase
 
 from broker.catalog import TokenEncoding
 from broker.models import ProviderApp
+from broker.outbound_http import provider_session
 
 # Codes that say the grant (not the client) is bad; anything else from a 4xx JSON error
 # that is not a client error below is treated the same way.
@@ -173,21 +173,16 @@ def post_to_token_endpoint(app: ProviderApp, grant_type: str, **params: Any) -> 
     auth = ParametersAsTheKindWants(
         app.catalog_entry.token_encoding, app.client_id, app.unseal("client_secret") or ""
     )
-    timeout = settings.BROKER_PROVIDER_TIMEOUT
-    session = session_for(app)
     try:
-        if grant_type == "refresh_token":
-            token = session.refresh_token(token_url, auth=auth, timeout=timeout, **params)
-        else:
-            token = session.fetch_token(
-                token_url, grant_type=grant_type, auth=auth, timeout=timeout, **params
-            )
+        with provider_session(session_for(app)) as session:
+            if grant_type == "refresh_token":
+                token = session.refresh_token(token_url, auth=auth, **params)
+            else:
+                token = session.fetch_token(token_url, grant_type=grant_type, auth=auth, **params)
     except requests.Timeout:
         raise TransientTokenError("timeout", "the token endpoint did not answer in time") from None
     except requests.RequestException as exc:
         raise TransientTokenError("network", type(exc).__name__) from None
-    finally:
-        session.close()
     return parse_token(token, app, params.get("refresh_token", ""))
 
 

@@ -30,6 +30,32 @@ def default_database_url() -> str:
     return f"sqlite:///{data_dir / 'sandbox.sqlite3'}"
 
 
+def oidc_private_key() -> str:
+    """The RSA key that signs the sandbox's ID tokens (RS256): SANDBOX_OIDC_KEY_FILE, by
+    default data/sandbox-oidc-rsa.pem, generated on first use. Dev-only."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = Path(
+        env_str("SANDBOX_OIDC_KEY_FILE", str(PROJECT_ROOT / "data" / "sandbox-oidc-rsa.pem"))
+    )
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:  # several sandbox processes may start at once: the first one writes it
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+    return path.read_text()
+
+
 def database_config(url: str) -> dict:
     config = environ.Env.db_url_config(url)
     if config["ENGINE"] == "django.db.backends.sqlite3":
@@ -135,8 +161,14 @@ DATA_CENTER_SCOPES = {
     "SYSTEM_ADMIN": "System administration (Data Center)",
 }
 
+OIDC_SCOPES = {
+    "openid": "Sign you in (OpenID Connect)",
+    "profile": "Your name and username",
+    "email": "Your email address",
+}
+
 OAUTH2_PROVIDER = {
-    "SCOPES": {**ATLASSIAN_SCOPES, **DATA_CENTER_SCOPES},
+    "SCOPES": {**ATLASSIAN_SCOPES, **DATA_CENTER_SCOPES, **OIDC_SCOPES},
     "DEFAULT_SCOPES": ["read:me", "read:jira-work", "offline_access"],
     "OAUTH2_BACKEND_CLASS": "sandbox.provider.oauth2_backend.SandboxOAuthLibCore",
     "ACCESS_TOKEN_EXPIRE_SECONDS": SANDBOX_ACCESS_TOKEN_SECONDS,
@@ -152,6 +184,14 @@ OAUTH2_PROVIDER = {
     "PKCE_REQUIRED": False,
     "ALLOWED_REDIRECT_URI_SCHEMES": ["http", "https"],
     "ALLOWED_SCHEMES": ["http", "https"],
+    # The sandbox is also the OpenID Connect IdP the broker signs people in with (RS256 ID
+    # tokens with a `groups` claim; discovery, JWKS and RP-initiated logout).
+    "OIDC_ENABLED": True,
+    "OIDC_RSA_PRIVATE_KEY": oidc_private_key(),
+    "OIDC_RP_INITIATED_LOGOUT_ENABLED": True,
+    "OIDC_RP_INITIATED_LOGOUT_ALWAYS_PROMPT": False,
+    "OIDC_RP_INITIATED_LOGOUT_STRICT_REDIRECT_URIS": True,
+    "OAUTH2_VALIDATOR_CLASS": "sandbox.provider.oidc.SandboxOAuth2Validator",
 }
 
 # The broker's logging, with its redaction filter: `make dev` merges the sandbox's lines

@@ -1,12 +1,28 @@
 """URLs of the sandbox provider: Atlassian Cloud and Jira Data Center paths."""
 
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path, re_path
+from oauth2_provider import views as dot_views
 from oauth2_provider.views import AuthorizationView
 
 from sandbox.provider import jira_views, oauth1_views, oauth2_views, pages, switch_views
 
 authorize = AuthorizationView.as_view()
+
+# OpenID Connect (the IdP the broker signs people in with), named in django-oauth-toolkit's
+# namespace so that its discovery document links the sandbox's own endpoints.
+oidc_patterns = [
+    path("oauth/authorize", authorize, name="authorize"),
+    path("oauth/token", oauth2_views.token, name="token"),
+    re_path(
+        r"^\.well-known/openid-configuration$",
+        dot_views.ConnectDiscoveryInfoView.as_view(),
+        name="oidc-connect-discovery-info",
+    ),
+    path(".well-known/jwks.json", dot_views.JwksInfoView.as_view(), name="jwks-info"),
+    path("userinfo", dot_views.UserInfoView.as_view(), name="user-info"),
+    path("oidc/logout", dot_views.RPInitiatedLogoutView.as_view(), name="rp-initiated-logout"),
+]
 
 urlpatterns = [
     path("", pages.home, name="home"),
@@ -45,4 +61,6 @@ urlpatterns = [
     path("_sandbox/expire-access-tokens", switch_views.expire_access_tokens),
     path("_sandbox/tokens", switch_views.tokens),
     path("_sandbox/token-history", switch_views.token_history),
+    path("_sandbox/groups", switch_views.groups),
+    path("", include((oidc_patterns, "oauth2_provider"))),
 ]

@@ -3,7 +3,8 @@
 Checks that the broker's and the sandbox's ports are free, uses the Redis answering at
 REDIS_URL (or starts a private one), writes `.env` so that manage.py in another shell uses
 the same settings, migrates both sites, registers the sandbox's apps with the broker,
-creates the demo admin and user if they do not exist yet, then runs the broker
+makes the sandbox the broker's single sign-on IdP (BROKER_OIDC_*, unless the environment
+names another issuer), creates the break-glass demo admin if it does not exist yet, runs the broker
 (runserver), a Celery worker, Celery beat and the sandbox, each output line prefixed with
 its process's name. Ctrl-C stops them all.
 """
@@ -35,12 +36,11 @@ SANDBOX_URL = f"http://localhost:{SANDBOX_PORT}"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 INSTALL_REDIS = "sudo apt-get install redis-server"
 DEMO_ADMIN = ("admin", "admin-broker")
-DEMO_USER = ("alice", "alice-broker")
 ENV_FILE_HEADER = (
     "# Written by `make dev` (git-ignored): the settings its processes run with, so that\n"
     "# `.venv/bin/python manage.py ...` uses them too. make dev rewrites DEBUG,\n"
-    "# BROKER_PUBLIC_URL and REDIS_URL at each start and keeps other lines; the real\n"
-    "# environment wins over every line.\n"
+    "# BROKER_PUBLIC_URL, REDIS_URL and the sandbox's BROKER_OIDC_* at each start and\n"
+    "# keeps other lines; the real environment wins over every line.\n"
 )
 
 _output_lock = threading.Lock()
@@ -117,6 +117,12 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
         + "".join(f"{name}={value}\n" for name, value in values.items())
         + "".join(kept)
     )
+
+
+def env_file_values(path: Path) -> dict[str, str]:
+    """NAME=value lines (as sandbox_setup --sso-env writes them)."""
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
 
 def relay(name: str, stream: IO[str]) -> None:
@@ -210,6 +216,7 @@ def main() -> int:
             "PYTHONUNBUFFERED": "1",
         }
         providers_file = DATA / "providers.dev.toml"
+        sso_env_file = DATA / "sso.dev.env"
         run("manage.py", "migrate", "--no-input", "-v", "0", env=env)
         run("sandbox/manage.py", "migrate", "--no-input", "-v", "0", env=env)
         run(
@@ -219,18 +226,18 @@ def main() -> int:
             BROKER_URL,
             "--out",
             str(providers_file),
+            "--sso-env",
+            str(sso_env_file),
             env=env,
         )
         run("manage.py", "loadproviders", str(providers_file), env=env)
-        run(
-            "manage.py",
-            "createdemousers",
-            "--admin",
-            ":".join(DEMO_ADMIN),
-            "--user",
-            ":".join(DEMO_USER),
-            env=env,
-        )
+        if "BROKER_OIDC_ISSUER" not in os.environ:
+            settings.update(env_file_values(sso_env_file))
+            write_env_file(ENV_FILE, settings)
+            env.update(settings)
+        # The demo people sign in with the sandbox IdP; only the break-glass admin has a
+        # password here (a local "alice" would take the IdP alice's username).
+        run("manage.py", "createdemousers", "--admin", ":".join(DEMO_ADMIN), "--user", "", env=env)
         python = sys.executable
         celery = [python, "-m", "celery", "-A", "broker"]
         commands = {
@@ -247,9 +254,10 @@ def main() -> int:
         }
         children = {name: start(name, command, env) for name, command in commands.items()}
         print(
-            f"\nBroker:  {BROKER_URL}/  (user {DEMO_USER[0]} / {DEMO_USER[1]}; "
-            f"admin {DEMO_ADMIN[0]} / {DEMO_ADMIN[1]} at {BROKER_URL}/admin/)\n"
-            f"Sandbox: {SANDBOX_URL}/  (provider sign-in: alice / alice-sandbox)\n"
+            f"\nBroker:  {BROKER_URL}/  (single sign-on at the sandbox: alice / alice-sandbox, "
+            f"or carol / carol-sandbox, an admin; break-glass admin {DEMO_ADMIN[0]} / "
+            f"{DEMO_ADMIN[1]} at {BROKER_URL}/admin/)\n"
+            f"Sandbox: {SANDBOX_URL}/  (provider and IdP sign-in: alice / alice-sandbox)\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -100,6 +100,16 @@ def sandbox_providers(sandbox_apps, sandbox):
 
 
 @pytest.fixture
+def sandbox_sso(sandbox, live_server, transactional_db, settings):
+    """The live broker signing people in with the sandbox IdP, as `make dev` sets it up."""
+    settings.BROKER_PUBLIC_URL = live_server.url
+    for name, value in sandbox.sso_settings().items():
+        setattr(settings, name, value.split(",") if name.endswith("_GROUPS") else value)
+    yield sandbox
+    sandbox.set_groups("alice", ["engineering"])
+
+
+@pytest.fixture
 def broker_login(live_server) -> Iterator[Callable[[str, str], requests.Session]]:
     """Signs in to the live broker over HTTP; returns the session (a browser's cookie jar).
 

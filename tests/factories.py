@@ -11,6 +11,7 @@ def make_app(slug: str = "acme", *, revoke_url: str = "", secret: str = "app-sec
     endpoints = {
         "authorize": "https://provider.example/authorize",
         "token": "https://provider.example/token",
+        **kw.pop("endpoints", {}),
     }
     if revoke_url:
         endpoints["revoke"] = revoke_url

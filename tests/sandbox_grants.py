@@ -83,6 +83,7 @@ def connect_grant(sandbox, user, *, slug: str = "sandbox", username: str = "alic
         provider_app=app,
         external_account_id=f"sandbox-{username}",
         account_name=username,
+        redirect_uri=redirect_uri,
     )
     apply_token_response(grant, response, refreshed=False)
     grant.save()

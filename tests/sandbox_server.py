@@ -34,7 +34,17 @@ class SandboxServer:
     providers_file: Path
     process: subprocess.Popen
     log_file: Path
+    sso_env_file: Path
     session: requests.Session = field(default_factory=requests.Session)
+
+    def sso_settings(self) -> dict[str, str]:
+        """The broker's BROKER_OIDC_* settings for the sandbox as its OIDC IdP."""
+        lines = self.sso_env_file.read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line)
+
+    def set_groups(self, username: str, groups: list[str]) -> dict[str, Any]:
+        """The user's groups at the IdP, as in the next ID token's `groups` claim."""
+        return self._post("/_sandbox/groups", {"username": username, "groups": groups})
 
     def _post(self, path: str, payload: dict | None = None) -> dict:
         response = self.session.post(
@@ -150,9 +160,13 @@ def launch_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int) -
     env = sandbox_env(data_dir, port, access_token_seconds)
     log_file = data_dir / "sandbox.log"
     providers_file = data_dir / "providers.toml"
+    sso_env_file = data_dir / "sso.env"
     run_manage(["migrate", "--no-input", "-v", "0"], env, log_file)
     run_manage(
-        ["sandbox_setup", "--broker-url", broker_url, "--out", str(providers_file)],
+        [
+            *("sandbox_setup", "--broker-url", broker_url, "--out", str(providers_file)),
+            *("--sso-env", str(sso_env_file)),
+        ],
         env,
         log_file,
     )
@@ -175,4 +189,5 @@ def launch_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int) -
         providers_file=providers_file,
         process=process,
         log_file=log_file,
+        sso_env_file=sso_env_file,
     )

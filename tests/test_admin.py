@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import re
+from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.auth.models import Group
 from django.urls import reverse
+from django.utils import timezone
 
 from broker import audit, service_secrets
 from broker.admin_roles import AUDITOR_GROUP
@@ -28,6 +30,7 @@ from broker.models import (
     WebhookDelivery,
 )
 from tests.factories import make_app, make_service, save_grant
+from tests.sandbox_grants import connect_grant, identity_works, refresh_count
 
 APP_SECRET = "KNOWN-app-secret-5d1e"
 ACCESS = "KNOWN-access-token-77ab"
@@ -493,19 +496,25 @@ def test_a_key_added_in_the_admin_is_named_by_its_thumbprint(client, superuser, 
     assert key.kid == thumbprint(pem)
 
 
-@pytest.mark.django_db
-def test_refresh_now_queues_one_refresh_per_refreshable_grant(
-    client, superuser, data, django_capture_on_commit_callbacks, monkeypatch
+@pytest.mark.sandbox
+@pytest.mark.django_db(transaction=True)
+def test_refresh_now_really_refreshes_grants_that_are_not_due(
+    client, superuser, sandbox, sandbox_apps, owner, eager_celery
 ):
-    from broker import tasks
-
-    queued = []
-    monkeypatch.setattr(tasks.refresh_grant, "delay", queued.append)
-    grant = data["grant"]
+    """Through the real task and refresh engine against the sandbox, run in-process."""
+    grant = connect_grant(sandbox, owner)
+    dead = connect_grant(sandbox, owner, username="bob")
+    Grant.objects.filter(pk=dead.pk).update(status=Grant.Status.RECONNECT_REQUIRED)
+    Grant.objects.filter(pk=grant.pk).update(next_refresh_at=timezone.now() + timedelta(hours=1))
+    before = refresh_count(sandbox)
     client.force_login(superuser)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = post_action(client, "grant", "refresh_selected", [grant.pk])
+    response = post_action(client, "grant", "refresh_selected", [grant.pk, dead.pk])
     assert response.status_code == 302
-    assert queued == [str(grant.pk)]
-    event = AuditEvent.objects.get(action="grant.refresh_requested")
+    assert refresh_count(sandbox) == before + 1  # the dead grant is left alone
+    refreshed = Grant.objects.get(pk=grant.pk)
+    assert refreshed.token_version == grant.token_version + 1
+    assert refreshed.unseal("access_token") != grant.unseal("access_token")
+    assert refreshed.refresh_enqueued_at is None and refreshed.last_refreshed_at
+    assert identity_works(sandbox, refreshed.unseal("access_token"))
+    [event] = AuditEvent.objects.filter(action="grant.refresh_requested")
     assert (event.actor_type, event.grant_id) == ("admin", grant.pk)

@@ -143,3 +143,12 @@ def test_demo_users_are_created_once_and_never_reset(settings, django_user_model
     alice.refresh_from_db()
     assert alice.check_password("alice-changed-it")  # her sessions stay valid
     assert "user alice: exists, left as it is" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_make_dev_creates_no_local_user_to_take_the_sandbox_idps_usernames(
+    settings, django_user_model
+):
+    settings.DEBUG = True
+    call_command("createdemousers", "--user", "", stdout=io.StringIO())
+    assert list(django_user_model.objects.values_list("username", flat=True)) == ["admin"]

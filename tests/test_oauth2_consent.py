@@ -7,9 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+import requests
 from django.utils import timezone
 
 from broker.models import AuditEvent, Grant, PendingAuthorization, ProviderApp
+from broker.refresh import ensure_fresh
 from tests.consent_driver import (
     answer_consent,
     callback_url,
@@ -499,3 +501,24 @@ def test_a_new_grant_is_announced_to_subscribed_services_once(alice, live_server
 
     visit(alice, callback_url(alice, live_server.url, "sandbox"))  # a reconnect is no new grant
     assert WebhookDelivery.objects.filter(event="grant.created").count() == 1
+
+
+def test_a_data_center_grant_refreshes_with_its_consents_redirect_uri_after_the_url_moved(
+    alice, live_server, sandbox, settings
+):
+    """Data Center checks that a refresh repeats the consent's redirect_uri: moving
+    BROKER_PUBLIC_URL afterwards must not kill the grants made before."""
+    visit(alice, callback_url(alice, live_server.url, "sandbox-dc"))
+    grant = Grant.objects.get()
+    assert grant.redirect_uri == f"{live_server.url}/oauth/callback/sandbox-dc"
+    settings.BROKER_PUBLIC_URL = "https://broker.moved.example"
+    fresh = ensure_fresh(grant.pk, min_ttl=1, force_refresh=True)
+    assert fresh.status == Grant.Status.ACTIVE
+    assert fresh.token_version == grant.token_version + 1
+    assert fresh.unseal("access_token") != grant.unseal("access_token")
+    myself = requests.get(
+        f"{sandbox.url}/rest/api/2/myself",
+        headers={"Authorization": f"Bearer {fresh.unseal('access_token')}"},
+        timeout=10,
+    )
+    assert myself.status_code == 200

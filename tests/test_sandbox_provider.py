@@ -280,17 +280,22 @@ def test_data_center_code_flow_with_query_string_and_pkce(
     token = response.json()
     assert token["scope"] == "READ WRITE"
 
-    # Data Center repeats redirect_uri on refresh; the sandbox accepts it.
+    # Data Center wants the consent's redirect_uri repeated on refresh: a bare
+    # invalid_grant without it or with another one, and the token is not consumed.
+    refresh_params = {
+        "grant_type": "refresh_token",
+        "client_id": app["client_id"],
+        "client_secret": app["client_secret"],
+        "refresh_token": token["refresh_token"],
+    }
+    for wrong_redirect in ({}, {"redirect_uri": "https://moved.example/oauth/callback/x"}):
+        refused = requests.post(
+            token_url, params={**refresh_params, **wrong_redirect}, timeout=TIMEOUT
+        )
+        assert refused.status_code == 400
+        assert refused.json() == {"error": "invalid_grant"}
     refreshed = requests.post(
-        token_url,
-        params={
-            "grant_type": "refresh_token",
-            "client_id": app["client_id"],
-            "client_secret": app["client_secret"],
-            "refresh_token": token["refresh_token"],
-            "redirect_uri": redirect_uri,
-        },
-        timeout=TIMEOUT,
+        token_url, params={**refresh_params, "redirect_uri": redirect_uri}, timeout=TIMEOUT
     )
     assert refreshed.status_code == 200, refreshed.text
     myself = requests.get(

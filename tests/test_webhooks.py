@@ -109,6 +109,8 @@ def test_a_4xx_is_not_retried(owner, local_server, eager_celery):
         "http://10.0.0.1/hook",
         "http://169.254.169.254/latest/meta-data/",
         "http://[::ffff:10.0.0.1]/hook",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 to 169.254.169.254
+        "http://[2002:c0a8:105::1]/hook",  # 6to4 from 192.168.1.5
         "http://192.168.1.5:8080/",
         "http://0.0.0.0/",
         "https://user:pass@hooks.example/",
@@ -139,6 +141,37 @@ def test_loopback_is_refused_unless_allow_listed(owner, local_server, eager_cele
     revoke_grant(save_grant(owner, app, 2).pk, actor_type="admin", actor="root", reason="x")
     assert len(local_server.requests) == 1
     assert len(no_connections) == 1  # the spy sees real connections
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 (RFC 6052) of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # ... of 169.254.169.254, the cloud metadata service
+        "64:ff9b::a00:1",  # ... of 10.0.0.1
+        "64:ff9b:1::808:808",  # local-use NAT64 (RFC 8215): never public
+        "2002:7f00:1::1",  # 6to4 (RFC 3056) of 127.0.0.1
+        "2002:a9fe:a9fe::1",
+        "2002:ac10:1::1",  # ... of 172.16.0.1
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::a9fe:a9fe",
+        "::ffff:0:a00:1",  # IPv4-translated (RFC 2765) 10.0.0.1
+        "::ffff:7f00:1",  # IPv4-mapped
+        "::ffff:169.254.169.254",
+    ],
+)
+def test_ipv6_addresses_wrapping_a_non_public_ipv4_address_are_refused(address):
+    with override_settings(BROKER_WEBHOOK_ALLOWED_NETWORKS=[]):
+        with pytest.raises(outbound_http.DestinationRefused):
+            outbound_http.check_address(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700::1111"]
+)
+def test_ipv6_addresses_wrapping_a_public_ipv4_address_pass(address):
+    with override_settings(BROKER_WEBHOOK_ALLOWED_NETWORKS=[]):
+        outbound_http.check_address(address)
 
 
 def test_the_guard_refuses_names_resolving_to_private_addresses():

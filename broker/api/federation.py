@@ -10,8 +10,11 @@ Trust is configured, per issuer, in BROKER_TRUSTED_ISSUERS (JSON list):
       "applications": {"<calling app id>": "<broker client id>"}}]
 
 (`jwks_file` may replace `jwks_uri`.) The token must be signed by a key of that JWKS and
-carry that `iss`, `aud`, `tid`, `idtyp=app`, a mapped `azp`/`appid` and the required role;
-Entra issues app tokens with no roles at all, so the explicit application map is required.
+carry that `iss`, `aud`, `tid`, a mapped `azp`/`appid` and the required role, and be an app
+(not a user's) token: `idtyp=app`, or, since `idtyp` is an optional claim an app must ask
+for, Microsoft's documented app-only test (no `scp`, `roles` present, `oid` equal to
+`sub`). Entra issues app tokens with no roles at all, so the explicit application map is
+required.
 """
 
 from __future__ import annotations
@@ -100,6 +103,26 @@ def _decode(token: str, config: dict[str, Any]) -> dict[str, Any]:
     return claims
 
 
+def is_app_token(claims: dict[str, Any]) -> bool:
+    """An application's own token, not one acting for a user (a delegated token).
+
+    `idtyp` says so when the app registration asked for it (an optional claim); without
+    it, Microsoft's documented test: a delegated token carries `scp`, an app-only one does
+    not and carries `roles`, and its `oid` (the caller's object id) equals `sub`.
+    """
+    if "idtyp" in claims:
+        return claims["idtyp"] == "app"
+    roles, oid, sub = claims.get("roles"), claims.get("oid"), claims.get("sub")
+    return (
+        "scp" not in claims
+        and isinstance(roles, list)
+        and bool(roles)
+        and isinstance(oid, str)
+        and bool(oid)
+        and oid == sub
+    )
+
+
 def verify(token: str) -> str:
     """Validates an app token from a trusted issuer; returns the broker client id it maps to."""
     try:
@@ -122,8 +145,8 @@ def verify(token: str) -> str:
         raise FederatedTokenRejected(f"claims: {exc.error} {exc.description or ''}") from None
     if config.get("tenant") and claims.get("tid") != config["tenant"]:
         raise FederatedTokenRejected("wrong tenant")
-    if claims.get("idtyp") != "app":
-        raise FederatedTokenRejected("not an app token (idtyp must be app)")
+    if not is_app_token(claims):
+        raise FederatedTokenRejected("not an app token (idtyp=app, or no scp, roles, oid=sub)")
     application = claims.get("azp") or claims.get("appid")
     mapped = config.get("applications", {}).get(application)
     if not isinstance(mapped, str):

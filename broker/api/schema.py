@@ -338,7 +338,13 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "listGrants",
                     "summary": "Grants this service may see (never tokens; none of a "
-                    "deactivated user)",
+                    "deactivated user), a page at a time",
+                    "description": (
+                        "Grants in creation order, at most `limit` (default and maximum "
+                        "1000) per answer. `next` is the URL of the following page (the same "
+                        "filters and a `cursor`), or null on the last page: follow it until "
+                        "it is null to see every grant."
+                    ),
                     "security": [{"brokerToken": ["grants:read"]}],
                     "parameters": [
                         {
@@ -358,6 +364,23 @@ def openapi_document() -> dict[str, Any]:
                                 "type": "string",
                                 "enum": ["active", "reconnect_required", "revoked"],
                             },
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": "Grants per page",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 1000,
+                                "default": 1000,
+                            },
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "Where a page starts: taken from a previous `next`",
+                            "schema": {"type": "string"},
                         },
                     ],
                     "responses": {
@@ -501,9 +524,18 @@ def openapi_document() -> dict[str, Any]:
                 "Grant": grant_schema,
                 "GrantList": {
                     "type": "object",
-                    "required": ["grants"],
+                    "required": ["grants", "next"],
                     "properties": {
-                        "grants": {"type": "array", "items": {"$ref": "#/components/schemas/Grant"}}
+                        "grants": {
+                            "type": "array",
+                            "maxItems": 1000,
+                            "items": {"$ref": "#/components/schemas/Grant"},
+                        },
+                        "next": {
+                            "type": ["string", "null"],
+                            "format": "uri",
+                            "description": "The next page's URL; null on the last page",
+                        },
                     },
                 },
                 "AccessToken": {

@@ -17,7 +17,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
 from broker import audit, connect_links, metrics, oauth1_signing, refresh
-from broker.api import grant_lookup, ratelimit, rules, tokens
+from broker.api import grant_lookup, pagination, ratelimit, rules, tokens
 from broker.api.auth import (
     BASIC_CHALLENGE,
     ClientAuthFailed,
@@ -47,7 +47,6 @@ MAX_MIN_TTL_MARGIN = 30
 # How stale last_used_at may get before a request writes it again (keeps the hot path
 # free of writes when one service calls often).
 LAST_USED_RESOLUTION = timedelta(seconds=60)
-GRANT_LIST_LIMIT = 1000
 
 
 def _no_store(response: HttpResponse) -> HttpResponse:
@@ -208,8 +207,9 @@ def _iso(moment: datetime | None) -> str | None:
 
 @api_view("GET", scope="grants:read", denied="token.denied")
 def list_grants(request: ServiceRequest) -> HttpResponse:
-    """The grants this service may see, never their tokens."""
-    allowed = {"user", "provider", "status"}
+    """The grants this service may see, never their tokens; a page at a time (`limit`,
+    `cursor`), with the next page's URL in `next`."""
+    allowed = {"user", "provider", "status", "limit", "cursor"}
     for name, values in request.GET.lists():
         if name not in allowed:
             raise invalid_request(f"unknown query parameter {name!r}")
@@ -229,6 +229,9 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
                 f"query parameter 'status' must be one of {', '.join(Grant.Status.values)}"
             )
         grants = grants.filter(status=status)
+    rows, next_page = pagination.page(
+        request, grants, limit=pagination.page_limit(request.GET.get("limit"))
+    )
     body = [
         {
             "id": str(grant.pk),
@@ -243,9 +246,9 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
             "access_expires_at": _iso(grant.access_expires_at),
             "last_used_at": _iso(grant.last_used_at),
         }
-        for grant in grants.order_by("created_at")[:GRANT_LIST_LIMIT]
+        for grant in rows
     ]
-    return _no_store(JsonResponse({"grants": body}))
+    return _no_store(JsonResponse({"grants": body, "next": next_page}))
 
 
 def _find_grant(request: ServiceRequest, body: dict[str, Any]) -> tuple[Grant, rules.Permission]:

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_POST
+from oauth2_provider.models import Application
 from oauth2_provider.oauth2_backends import get_oauthlib_core
 from oauth2_provider.views import RevokeTokenView, TokenView
 
@@ -34,6 +35,19 @@ def fault_response(fault: switches.Fault) -> HttpResponse | None:
     return None
 
 
+def dc_refresh_without_its_redirect_uri(request: HttpRequest, params: dict[str, str]) -> bool:
+    """Jira Data Center wants a refresh to repeat the consent's redirect_uri (a bare
+    invalid_grant otherwise); DOT does not check it, so this does, against the URIs the
+    client registered."""
+    if request.resolver_match is None or request.resolver_match.url_name != "dc-token":
+        return False
+    if params.get("grant_type") != "refresh_token":
+        return False
+    client = Application.objects.filter(client_id=params.get("client_id", "")).first()
+    redirect_uri = params.get("redirect_uri", "")
+    return client is None or not redirect_uri or not client.redirect_uri_allowed(redirect_uri)
+
+
 @csrf_exempt
 @require_POST
 @sensitive_post_parameters("client_secret", "code", "refresh_token")
@@ -50,6 +64,8 @@ def token(request: HttpRequest) -> HttpResponse:
     if grant_type == "refresh_token" and settings.SANDBOX_TEST_SWITCHES:
         # Counted only when the token is really looked at: a 500 or 429 consumes nothing.
         switches.record_refresh_presented(params.get("refresh_token", ""))
+    if dc_refresh_without_its_redirect_uri(request, params):
+        return JsonResponse({"error": "invalid_grant"}, status=400)
     # One transaction around validation and rotation: on SQLite (IMMEDIATE mode) it holds
     # the write lock throughout, so two refreshes racing with the same token are handled
     # one after the other and the loser is a reuse (invalid_grant), as at Atlassian after

@@ -101,3 +101,16 @@ def token_history(request: HttpRequest) -> JsonResponse:
     if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
         return bad_request("access_tokens must be a list of SHA-256 hex digests")
     return JsonResponse(switches.token_history(digests))
+
+
+@switch
+@require_POST
+def groups(request: HttpRequest) -> JsonResponse:
+    """Sets a demo user's groups, as an IdP administrator would between two sign-ins."""
+    data = json_object(request) or {}
+    username, names = str(data.get("username", "")), data.get("groups")
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return bad_request("groups must be a list of names")
+    if not switches.set_groups(username, names):
+        return JsonResponse({"error": "not_found", "error_description": "no such user"}, status=404)
+    return JsonResponse({"username": username, "groups": sorted(names)})

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -172,3 +173,12 @@ def token_history(access_token_digests: list[str]) -> dict:
         "refresh_tokens_presented": presented,
         "refresh_tokens_presented_twice": reused,
     }
+
+
+def set_groups(username: str, names: list[str]) -> bool:
+    """Puts the user in exactly these groups (the IdP's `groups` claim); False if no such user."""
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        return False
+    user.groups.set([Group.objects.get_or_create(name=name)[0] for name in names])
+    return True

@@ -245,7 +245,12 @@ def dc_grant(sandbox, apps, owner, settings) -> Grant:
         redirect_uri=f"{BROKER_URL}/oauth/callback/sandbox-dc",
         code_verifier=verifier,
     )
-    grant = Grant(user=owner, provider_app=app, external_account_id="alice-dc")
+    grant = Grant(
+        user=owner,
+        provider_app=app,
+        external_account_id="alice-dc",
+        redirect_uri=f"{BROKER_URL}/oauth/callback/sandbox-dc",  # as the consent stores it
+    )
     apply_token_response(grant, response, refreshed=False)
     grant.access_expires_at = timezone.now()
     grant.save()

@@ -120,6 +120,40 @@ def test_it_refuses_app_tokens_that_do_not_fit(api, trusted, idp_key, change):
     assert audit_events(action="service.auth_failed", outcome="denied")
 
 
+# The service principal's object id: `oid` and `sub` of its app-only tokens.
+SERVICE_PRINCIPAL = "0f0e0d0c-0b0a-0908-0706-050403020100"
+WITHOUT_IDTYP = {"idtyp": None, "oid": SERVICE_PRINCIPAL, "sub": SERVICE_PRINCIPAL}
+
+
+def test_an_app_token_without_the_optional_idtyp_passes_microsofts_app_only_test(
+    api, trusted, idp_key
+):
+    response = exchange(api, app_token(idp_key, **WITHOUT_IDTYP))
+    assert response.status_code == 200, response.content
+    assert tokens.parse(response.json()["access_token"]).client_id == "reports-az"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # A user's (delegated) token for the same app: scp, the user's oid, a pairwise sub.
+        {"scp": "access_as_user", "roles": None, "sub": "pairwise-subject-of-the-user"},
+        {"scp": "access_as_user"},  # scp means delegated, even beside roles and oid=sub
+        {"roles": None},
+        {"roles": []},
+        {"sub": "another-subject"},
+        {"oid": None},
+        {"oid": None, "sub": None},
+        {"idtyp": "user"},  # when idtyp is there, it decides
+    ],
+)
+def test_without_idtyp_user_tokens_are_still_refused(api, trusted, idp_key, change):
+    response = exchange(api, app_token(idp_key, **{**WITHOUT_IDTYP, **change}))
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+    assert "access_token" not in response.json()
+    assert audit_events(action="service.auth_failed", outcome="denied")
+
+
 def test_it_refuses_a_token_signed_by_a_key_outside_the_jwks(api, trusted):
     impostor = new_key("idp-1")  # same kid, other key
     assert exchange(api, app_token(impostor)).status_code == 401

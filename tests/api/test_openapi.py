@@ -92,6 +92,10 @@ def run_every_operation(schema, headers) -> list[str]:
             database=None,
         )
         def check(case) -> None:
+            if case.query:
+                # A page cursor is opaque: made-up ones are refused (400), and those the API
+                # issues are followed in tests/api/test_grant_list_pages.py.
+                case.query.pop("cursor", None)
             case.call_and_validate(headers=headers)
 
         check()

@@ -231,6 +231,16 @@ def test_it_lists_the_grants_it_may_see_without_tokens(broker, grant, jira_grant
     )
 
 
+def test_it_lists_every_grant_past_the_brokers_page_size(broker, grant, owner):
+    Grant.objects.bulk_create(
+        Grant(user=owner, provider_app=grant.provider_app, external_account_id=f"acct-{n}")
+        for n in range(1200)
+    )
+    listed = broker.grants(provider="sandbox")
+    assert len(listed) == len({g.id for g in listed}) == 1201
+    assert {g.provider for g in listed} == {"sandbox"}
+
+
 def test_it_creates_a_connect_link(broker, service, owner, broker_url, broker_login):
     link = broker.connect_link("alice", "sandbox", f"{broker_url}/connections/")
     assert link.url.startswith(f"{broker_url}/")

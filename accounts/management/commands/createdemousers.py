@@ -24,7 +24,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--admin", default="admin:admin-broker")
-        parser.add_argument("--user", default="alice:alice-broker")
+        # `make dev` passes an empty --user: its people sign in with the sandbox IdP.
+        parser.add_argument("--user", default="alice:alice-broker", help="'' for none")
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -33,6 +34,8 @@ class Command(BaseCommand):
         users = get_user_model()
         made = []
         for value, staff in ((options["admin"], True), (options["user"], False)):
+            if not value:
+                continue
             username, password = credentials(value)
             # Changing an existing user's password would end every session it has.
             user, created = users.objects.get_or_create(

@@ -15,7 +15,7 @@ from base64 import b64encode
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypedDict
-from urllib.parse import quote_plus
+from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 import requests
 
@@ -72,6 +72,33 @@ class _Cached:
         if remaining < min_ttl:
             return None
         return replace(self.token, expires_in=int(remaining))
+
+
+@dataclass(frozen=True)
+class BearerTokenSource:
+    """The provider token an auth object sends for one grant, and its replacement after the
+    provider refused it (shared by the requests and httpx auths)."""
+
+    client: BrokerClient
+    target: Subject
+    min_ttl: int
+    scopes: tuple[str, ...] | None
+
+    def token(self) -> str:
+        return self.client.access_token(
+            **self.target, min_ttl=self.min_ttl, scopes=self.scopes
+        ).access_token
+
+    def renewed(self, refused: str) -> str:
+        """After the provider answered 401 to the token `refused`: a token from a forced
+        refresh, unless another caller already replaced `refused` in the cache (so that a
+        burst of 401s for one token costs one refresh, not one each)."""
+        current = self.token()
+        if current != refused:
+            return current
+        return self.client.access_token(
+            **self.target, min_ttl=self.min_ttl, scopes=self.scopes, force_refresh=True
+        ).access_token
 
 
 class BrokerClient:
@@ -134,10 +161,18 @@ class BrokerClient:
         status: str | None = None,
     ) -> list[Grant]:
         """The grants this service may see (never their tokens), oldest first; filtered by
-        the broker username, the provider app slug and the status when given."""
+        the broker username, the provider app slug and the status when given. Every page:
+        the broker answers at most 1,000 at a time and names the next page in `next`."""
         params = {"user": user, "provider": provider, "status": status}
-        body = self._call("GET", "/api/v1/grants", params={k: v for k, v in params.items() if v})
-        return [Grant.from_json(grant) for grant in body["grants"]]
+        query: dict[str, str] = {k: v for k, v in params.items() if v}
+        grants: list[Grant] = []
+        while True:
+            body = self._call("GET", "/api/v1/grants", params=query)
+            grants += [Grant.from_json(grant) for grant in body["grants"]]
+            if not body.get("next"):
+                return grants
+            # Only the next page's query: the path stays relative to this client's base URL.
+            query = dict(parse_qsl(urlsplit(body["next"]).query))
 
     def access_token(
         self,
@@ -230,9 +265,7 @@ class BrokerClient:
     ) -> RequestsBearerAuth:
         """An auth for `requests` that sends the user's provider token as a Bearer token,
         and on a 401 from the provider gets a token from a forced refresh and retries once."""
-        return RequestsBearerAuth(
-            self, subject(user, grant, provider), min_ttl=min_ttl, scopes=scopes
-        )
+        return RequestsBearerAuth(self._token_source(user, grant, provider, min_ttl, scopes))
 
     def requests_oauth1_auth(
         self, *, user: str | None = None, grant: str | None = None, provider: str | None = None
@@ -259,24 +292,22 @@ class BrokerClient:
                 'httpx_auth needs httpx: pip install "oauth-broker-client[httpx]"'
             ) from exc
 
-        return HttpxBearerAuth(self, subject(user, grant, provider), min_ttl=min_ttl, scopes=scopes)
+        return HttpxBearerAuth(self._token_source(user, grant, provider, min_ttl, scopes))
 
-    # --- for the auth objects -----------------------------------------------------------
-
-    def _renewed_token(
+    def _token_source(
         self,
-        refused: str,
-        target: Subject,
+        user: str | None,
+        grant: str | None,
+        provider: str | None,
         min_ttl: int,
         scopes: Collection[str] | None,
-    ) -> ProviderToken:
-        """After the provider answered 401 to the token `refused`: a token from a forced
-        refresh, unless another caller already replaced `refused` in the cache (so that a
-        burst of 401s for one token costs one refresh, not one each)."""
-        current = self.access_token(**target, min_ttl=min_ttl, scopes=scopes)
-        if current.access_token != refused:
-            return current
-        return self.access_token(**target, min_ttl=min_ttl, scopes=scopes, force_refresh=True)
+    ) -> BearerTokenSource:
+        return BearerTokenSource(
+            self,
+            subject(user, grant, provider),
+            min_ttl,
+            tuple(scopes) if scopes is not None else None,
+        )
 
     # --- plumbing ----------------------------------------------------------------------
 

@@ -6,50 +6,30 @@ It sends a user's provider token as a Bearer token (RFC 6750); when the provider
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection, Generator
+from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
 import httpx
 
 if TYPE_CHECKING:
-    from broker_client.client import BrokerClient, Subject
+    from broker_client.client import BearerTokenSource
 
 
 class HttpxBearerAuth(httpx.Auth):
     # httpx reads the body before the first send, so that the retry can send it again.
     requires_request_body = True
 
-    def __init__(
-        self,
-        client: BrokerClient,
-        target: Subject,
-        *,
-        min_ttl: int,
-        scopes: Collection[str] | None,
-    ) -> None:
-        self._client = client
-        self._target = target
-        self._min_ttl = min_ttl
-        self._scopes = tuple(scopes) if scopes is not None else None
-
-    def _token(self) -> str:
-        return self._client.access_token(
-            **self._target, min_ttl=self._min_ttl, scopes=self._scopes
-        ).access_token
-
-    def _renewed(self, refused: str) -> str:
-        return self._client._renewed_token(
-            refused, self._target, self._min_ttl, self._scopes
-        ).access_token
+    def __init__(self, source: BearerTokenSource) -> None:
+        self._source = source
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         request.read()
-        token = self._token()
+        token = self._source.token()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:
-            request.headers["Authorization"] = f"Bearer {self._renewed(token)}"
+            request.headers["Authorization"] = f"Bearer {self._source.renewed(token)}"
             yield request
 
     async def async_auth_flow(
@@ -57,10 +37,10 @@ class HttpxBearerAuth(httpx.Auth):
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         await request.aread()
         # The broker client blocks: its calls run in a worker thread, not on the event loop.
-        token = await anyio.to_thread.run_sync(self._token)
+        token = await anyio.to_thread.run_sync(self._source.token)
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:
-            fresh = await anyio.to_thread.run_sync(self._renewed, token)
+            fresh = await anyio.to_thread.run_sync(self._source.renewed, token)
             request.headers["Authorization"] = f"Bearer {fresh}"
             yield request

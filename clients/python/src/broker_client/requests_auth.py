@@ -8,14 +8,14 @@ each request for an OAuth 1.0a grant (Jira / Confluence Data Center).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.auth import AuthBase
 
 if TYPE_CHECKING:
-    from broker_client.client import BrokerClient, Subject
+    from broker_client.client import BearerTokenSource, BrokerClient, Subject
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
@@ -33,23 +33,11 @@ def _rewinder(body: object) -> Callable[[], object] | None:
 
 
 class RequestsBearerAuth(AuthBase):
-    def __init__(
-        self,
-        client: BrokerClient,
-        target: Subject,
-        *,
-        min_ttl: int,
-        scopes: Collection[str] | None,
-    ) -> None:
-        self._client = client
-        self._target = target
-        self._min_ttl = min_ttl
-        self._scopes = tuple(scopes) if scopes is not None else None
+    def __init__(self, source: BearerTokenSource) -> None:
+        self._source = source
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        token = self._client.access_token(
-            **self._target, min_ttl=self._min_ttl, scopes=self._scopes
-        ).access_token
+        token = self._source.token()
         request.headers["Authorization"] = f"Bearer {token}"
         rewind = _rewinder(request.body)
         if rewind is None:
@@ -59,10 +47,10 @@ class RequestsBearerAuth(AuthBase):
             if response.status_code != 401:
                 return response
             response.close()  # before asking the broker, which may raise
-            fresh = self._client._renewed_token(token, self._target, self._min_ttl, self._scopes)
+            fresh = self._source.renewed(token)
             rewind()
             retry = response.request.copy()
-            retry.headers["Authorization"] = f"Bearer {fresh.access_token}"
+            retry.headers["Authorization"] = f"Bearer {fresh}"
             # Sent by the transport itself, which runs no hooks: this is the only retry.
             resent: requests.Response = response.connection.send(retry, **send)
             resent.history.append(response)

@@ -1,5 +1,6 @@
 """Create the sandbox's demo users and provider registrations, and write the broker's
-providers file (the TOML that `manage.py loadproviders` reads). Safe to re-run."""
+providers file (the TOML that `manage.py loadproviders` reads) and, with --sso-env, the
+broker's single sign-on settings for the sandbox as an OIDC IdP. Safe to re-run."""
 
 import hashlib
 import hmac
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from oauth2_provider.models import Application
@@ -21,7 +23,17 @@ from sandbox.provider.models import OAuth1Consumer
 DEMO_USERS = [
     ("alice", "alice-sandbox", "Alice", "Anders"),
     ("bob", "bob-sandbox", "Bob", "Brown"),
+    ("carol", "carol-sandbox", "Carol", "Chen"),
 ]
+# The `groups` claim of each demo user's ID token (sandbox.provider.oidc): carol administers
+# the broker, bob audits it (BROKER_OIDC_ADMIN_GROUPS / BROKER_OIDC_AUDITOR_GROUPS below).
+DEMO_GROUPS = {
+    "alice": ["engineering"],
+    "bob": ["broker-auditors"],
+    "carol": ["broker-admins", "engineering"],
+}
+ADMIN_GROUP, AUDITOR_GROUP = "broker-admins", "broker-auditors"
+SSO_CLIENT_ID = "broker-sso"
 RSA_CONSUMER_KEY = "broker-sandbox-rsa"
 HMAC_CONSUMER_KEY = "broker-sandbox-hmac"
 PRIVATE_KEY_FILENAME = "sandbox-jira-rsa.pem"
@@ -97,6 +109,9 @@ def ensure_users() -> None:
         user.email = f"{username}@sandbox.example"
         user.set_password(password)
         user.save()
+        user.groups.set(
+            [Group.objects.get_or_create(name=name)[0] for name in DEMO_GROUPS[username]]
+        )
 
 
 def ensure_oauth2_app(app: OAuth2App, broker_url: str) -> None:
@@ -112,6 +127,42 @@ def ensure_oauth2_app(app: OAuth2App, broker_url: str) -> None:
             "skip_authorization": False,
         },
     )
+
+
+def sso_client_secret() -> str:
+    return derived_secret("oidc-client-secret:broker")
+
+
+def ensure_sso_app(broker_url: str) -> None:
+    """The broker as an OpenID Connect relying party: its people sign in with the sandbox."""
+    Application.objects.update_or_create(
+        client_id=SSO_CLIENT_ID,
+        defaults={
+            "name": "Broker single sign-on",
+            "client_type": Application.CLIENT_CONFIDENTIAL,
+            "authorization_grant_type": Application.GRANT_AUTHORIZATION_CODE,
+            "redirect_uris": f"{broker_url}/accounts/oidc/callback",
+            "post_logout_redirect_uris": f"{broker_url}/accounts/login/",
+            "client_secret": sso_client_secret(),
+            "hash_client_secret": True,
+            "algorithm": Application.RS256_ALGORITHM,
+            # A company IdP asks nothing of its people when they sign in to an internal app.
+            "skip_authorization": True,
+        },
+    )
+
+
+def sso_settings() -> str:
+    """The broker's BROKER_OIDC_* settings for the sandbox IdP, as NAME=value lines."""
+    values = {
+        "BROKER_OIDC_ISSUER": settings.OAUTH2_PROVIDER["OIDC_ISS_ENDPOINT"],
+        "BROKER_OIDC_CLIENT_ID": SSO_CLIENT_ID,
+        "BROKER_OIDC_CLIENT_SECRET": sso_client_secret(),
+        "BROKER_OIDC_NAME": "Sandbox SSO",
+        "BROKER_OIDC_ADMIN_GROUPS": ADMIN_GROUP,
+        "BROKER_OIDC_AUDITOR_GROUPS": AUDITOR_GROUP,
+    }
+    return "".join(f"{name}={value}\n" for name, value in values.items())
 
 
 def ensure_oauth1_consumers(private_key: rsa.RSAPrivateKey) -> None:
@@ -204,8 +255,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--broker-url", required=True, help="the broker's public URL")
         parser.add_argument("--out", required=True, help="where to write the providers TOML")
+        parser.add_argument("--sso-env", help="where to write the broker's BROKER_OIDC_* lines")
 
-    def handle(self, *args: object, broker_url: str, out: str, **options: object) -> None:
+    def handle(
+        self, *args: object, broker_url: str, out: str, sso_env: str | None, **options: object
+    ) -> None:
         broker_url = broker_url.rstrip("/")
         out_path = Path(out).resolve()
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +269,10 @@ class Command(BaseCommand):
             ensure_users()
             for app in OAUTH2_APPS:
                 ensure_oauth2_app(app, broker_url)
+            ensure_sso_app(broker_url)
             ensure_oauth1_consumers(private_key)
         out_path.write_text(providers_toml(private_key_path))
+        if sso_env:
+            Path(sso_env).write_text(sso_settings())
         users = ", ".join(f"{name}/{password}" for name, password, _, _ in DEMO_USERS)
         self.stdout.write(f"sandbox ready: demo users {users}; providers file {out_path}")

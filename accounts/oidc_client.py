@@ -1,0 +1,175 @@
+"""Single sign-on with the company's OpenID Connect provider, on Authlib's Django client.
+
+Authlib does the protocol: discovery, the authorization request with `state`, `nonce` and
+PKCE S256 (kept in the session), the code exchange, and the ID token's checks (signature
+by the JWKS, fetched again once when a `kid` is unknown so the IdP can roll its keys;
+`iss`, `aud`, `exp`, `iat`, `nonce`, `at_hash`). This module adds what Authlib leaves to
+the application: the discovery document must name the configured issuer (OIDC Discovery
+4.3), ID tokens are accepted only with asymmetric algorithms (never `none`, never HS256,
+which would let anyone holding the public key sign), an ID token is required, and the
+callback's `iss` must match where the IdP sends one (RFC 9207).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import requests
+from authlib.common.errors import AuthlibBaseError
+from authlib.integrations.django_client import OAuth
+from authlib.integrations.django_client.apps import DjangoOAuth2App
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from joserfc.errors import JoseError
+
+# JWS algorithms accepted for ID tokens (RFC 7518 3.1): public-key signatures only.
+ASYMMETRIC_ALGORITHMS = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+]  # fmt: skip
+CALLBACK_PATH = "/accounts/oidc/callback"
+
+
+class SignInRefused(Exception):
+    """Single sign-on cannot complete; `title` and `message` are shown to the person."""
+
+    def __init__(self, title: str, message: str) -> None:
+        super().__init__(message)
+        self.title = title
+        self.message = message
+
+
+def enabled() -> bool:
+    return bool(settings.BROKER_OIDC_ISSUER)
+
+
+def redirect_uri() -> str:
+    return f"{settings.BROKER_PUBLIC_URL}{CALLBACK_PATH}"
+
+
+@functools.cache
+def _client(
+    issuer: str, client_id: str, client_secret: str, scopes: str, timeout: float
+) -> DjangoOAuth2App:
+    """One client per configuration, so discovery and the JWKS are fetched once."""
+    client: DjangoOAuth2App = OAuth().register(
+        "oidc",
+        client_id=client_id,
+        client_secret=client_secret,
+        server_metadata_url=f"{issuer.rstrip('/')}/.well-known/openid-configuration",
+        client_kwargs={
+            "scope": scopes,
+            "code_challenge_method": "S256",
+            "default_timeout": timeout,
+        },
+    )
+    return client
+
+
+def unreachable(exc: Exception) -> SignInRefused:
+    return SignInRefused(
+        "Single sign-on is unavailable",
+        "The broker could not reach the sign-in service. Try again in a moment; if it "
+        f"persists, tell your administrator ({type(exc).__name__}).",
+    )
+
+
+def client() -> DjangoOAuth2App:
+    """The configured client with its discovery document loaded and checked."""
+    oidc = _client(
+        settings.BROKER_OIDC_ISSUER,
+        settings.BROKER_OIDC_CLIENT_ID,
+        settings.BROKER_OIDC_CLIENT_SECRET,
+        settings.BROKER_OIDC_SCOPES,
+        settings.BROKER_PROVIDER_TIMEOUT,
+    )
+    try:
+        metadata = oidc.load_server_metadata()
+    except (requests.RequestException, ValueError) as exc:
+        raise unreachable(exc) from exc
+    if metadata.get("issuer") != settings.BROKER_OIDC_ISSUER:
+        oidc.server_metadata.clear()  # fetched again at the next attempt
+        raise SignInRefused(
+            "Single sign-on is misconfigured",
+            "The sign-in service's discovery document names another issuer than "
+            "BROKER_OIDC_ISSUER; tell your administrator.",
+        )
+    # Authlib verifies with the algorithms the IdP lists: keep only public-key ones.
+    listed = metadata.get("id_token_signing_alg_values_supported") or ["RS256"]
+    metadata["id_token_signing_alg_values_supported"] = [
+        alg for alg in listed if alg in ASYMMETRIC_ALGORITHMS
+    ] or ["RS256"]
+    return oidc
+
+
+def authorize_redirect(request: HttpRequest) -> HttpResponse:
+    """Sends the browser to the IdP; state, nonce and the PKCE verifier stay in the session."""
+    oidc = client()
+    try:
+        response: HttpResponse = oidc.authorize_redirect(request, redirect_uri())
+    except (requests.RequestException, AuthlibBaseError) as exc:
+        raise unreachable(exc) from exc
+    return response
+
+
+def verified_claims(request: HttpRequest) -> tuple[dict[str, Any], str]:
+    """The callback's ID token claims, every check passed, and the raw ID token (kept for
+    RP-initiated logout's `id_token_hint`). Raises SignInRefused."""
+    oidc = client()
+    issuer = oidc.server_metadata["issuer"]
+    sent_issuer = request.GET.get("iss")
+    if sent_issuer is not None and sent_issuer != issuer:
+        raise SignInRefused(
+            "Sign-in refused",
+            "The answer came from another sign-in service than the one configured (RFC 9207 "
+            "issuer mismatch). Nothing was changed; start again from the sign-in page.",
+        )
+    if sent_issuer is None and oidc.server_metadata.get(
+        "authorization_response_iss_parameter_supported"
+    ):
+        raise SignInRefused(
+            "Sign-in refused",
+            "The answer did not say which sign-in service sent it although that service "
+            "always does (RFC 9207). Start again from the sign-in page.",
+        )
+    if request.GET.get("error"):
+        raise SignInRefused(
+            "Sign-in was not completed",
+            "The sign-in service did not sign you in "
+            f"({request.GET.get('error_description') or request.GET['error']}).",
+        )
+    try:
+        token = oidc.authorize_access_token(request)
+    except requests.RequestException as exc:
+        raise unreachable(exc) from exc
+    except (AuthlibBaseError, JoseError, ValueError, KeyError, TypeError) as exc:
+        raise SignInRefused(
+            "Sign-in refused",
+            "The sign-in answer could not be verified (expired, replayed, or not meant for "
+            f"this broker: {type(exc).__name__}). Nothing was changed; start again from the "
+            "sign-in page.",
+        ) from exc
+    claims = token.get("userinfo")
+    if not claims or not isinstance(token.get("id_token"), str):
+        raise SignInRefused(
+            "Sign-in refused",
+            "The sign-in service answered without an ID token; check that its client is set "
+            "up for OpenID Connect with the `openid` scope.",
+        )
+    return dict(claims), token["id_token"]
+
+
+def logout_url(id_token: str) -> str | None:
+    """RP-initiated logout at the IdP (OIDC RP-Initiated Logout 1.0), if it has one."""
+    try:
+        oidc = client()
+    except SignInRefused:
+        return None
+    if not oidc.server_metadata.get("end_session_endpoint"):
+        return None
+    url: str = oidc.create_logout_url(
+        post_logout_redirect_uri=f"{settings.BROKER_PUBLIC_URL}{settings.LOGIN_URL}",
+        id_token_hint=id_token,
+        client_id=settings.BROKER_OIDC_CLIENT_ID,
+    )["url"]
+    return url
