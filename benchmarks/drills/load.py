@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import requests
 
 REQUEST_TIMEOUT = 35  # above the broker's longest wait (2 x 10 s for another refresh)
+# Broker tokens last BROKER_API_TOKEN_SECONDS (300 s): renewed before, as a service should.
+BROKER_TOKEN_RENEW_SECONDS = 240
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,14 @@ class Load:
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
         self._token = ""
+        self._token_at = 0.0
         self._token_lock = threading.Lock()
 
     def broker_token(self, session: requests.Session, stale: str = "") -> str:
         """A broker token for the service (one shared by all threads, renewed on 401)."""
         with self._token_lock:
-            if self._token and self._token != stale:
+            fresh = time.monotonic() - self._token_at < BROKER_TOKEN_RENEW_SECONDS
+            if self._token and self._token != stale and fresh:
                 return self._token
             for url in list(self.web_urls.values()) * 10:
                 try:
@@ -88,6 +92,7 @@ class Load:
                     continue
                 if response.status_code == 200:
                     self._token = response.json()["access_token"]
+                    self._token_at = time.monotonic()
                     return self._token
                 time.sleep(0.5)
             return self._token
@@ -120,6 +125,7 @@ class Load:
             next_at = max(next_at + self.interval, time.monotonic())
             turn += 1
             host = hosts[turn % len(hosts)]
+            token = self.broker_token(sessions[host], stale="")
             grant = pick.choice(self.grants)
             result, token = self._one(sessions[host], host, grant, token)
             with self._lock:
