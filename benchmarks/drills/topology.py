@@ -127,7 +127,11 @@ class Process:
                 pass
 
     def stop(self, timeout: float = 20) -> None:
-        self.signal_group(signal.SIGTERM)
+        """SIGTERM to the main process only (a graceful stop: gunicorn's master and Celery's
+        main process let their children finish what they are doing), then SIGKILL to the
+        group if it takes longer than `timeout`."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
