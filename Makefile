@@ -23,5 +23,6 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 	$(BIN)/python manage.py makemigrations --check --dry-run --settings=tests.settings
 	test ! -f sandbox/manage.py || $(BIN)/python sandbox/manage.py makemigrations --check --dry-run

@@ -3,7 +3,7 @@ from its working directory by default): `gunicorn broker.wsgi -b 0.0.0.0:8000`.
 
 Threaded workers (gthread): a request waiting on another process's single-flight refresh
 (up to 2 x BROKER_PROVIDER_TIMEOUT) blocks one thread, not a whole process, and holds no
-database connection meanwhile (broker.refresh), so many threads share a small pool of
+database connection meanwhile (broker.refresh.engine), so many threads share a small pool of
 connections (BROKER_DB_POOL_MAX_SIZE per process). Sizing: README, "Deployment at scale".
 """
 
@@ -19,7 +19,7 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30
 # Behind a proxy that keeps connections open.
 keepalive = 5
-# The broker logs one line per request itself (broker.logging_config).
+# The broker logs one line per request itself (broker.ops.logging_config).
 accesslog = None
 # No control socket: its default path is shared by every gunicorn of the same user.
 control_socket_disable = True

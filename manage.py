@@ -9,7 +9,7 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broker.settings")
     from django.core.management import execute_from_command_line
 
-    from broker.startup import configuration_errors_exit
+    from broker.ops.startup import configuration_errors_exit
 
     with configuration_errors_exit():
         execute_from_command_line(sys.argv)

@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 
 from accounts.models import ExternalIdentity, User
 from accounts.oidc_client import SignInRefused
-from broker.admin_roles import AUDITOR_GROUP
+from broker.admin.roles import AUDITOR_GROUP
 
 # The longest user and group names Django's auth models hold.
 NAME_MAX_LENGTH = 150

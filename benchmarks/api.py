@@ -90,9 +90,9 @@ def create_fixtures() -> tuple[str, str, str]:
     from django.utils import timezone
 
     from accounts.models import User
-    from broker import service_secrets
+    from broker.api import service_secrets
+    from broker.infra.redis_connection import redis_client
     from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
-    from broker.redis_connection import redis_client
 
     redis_client().flushdb()  # DB 12 belongs to this benchmark
     Grant.objects.all().delete()

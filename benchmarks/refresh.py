@@ -115,10 +115,10 @@ def main() -> None:
     from django.utils import timezone
 
     from accounts.models import User
-    from broker import tasks
     from broker.models import Grant, ProviderApp
-    from broker.token_endpoint import TokenResponse
-    from broker.token_store import apply_token_response
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh import tasks
+    from broker.refresh.schedule import apply_token_response
     from tests.sandbox_server import MANAGE, sandbox_env, start_sandbox
 
     call_command("migrate", verbosity=0)

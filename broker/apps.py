@@ -8,10 +8,10 @@ class BrokerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from broker import refresh
+        # Imported once the app registry is ready: these modules import the models.
+        from broker.admin.roles import sync_after_migrate
+        from broker.refresh import engine
 
-        checks.register(refresh.check_timing)
-        from broker.admin_roles import sync_after_migrate
-
+        checks.register(engine.check_timing)
         # After the auth app has created this app's permissions (it connects first).
         post_migrate.connect(sync_after_migrate, sender=self, dispatch_uid="broker-auditor")

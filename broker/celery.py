@@ -6,8 +6,8 @@ from typing import Any
 from celery import Celery
 from django.conf import settings
 
-from broker.logging_config import connect_task_logging
-from broker.startup import configuration_errors_exit
+from broker.ops.logging_config import connect_task_logging
+from broker.ops.startup import configuration_errors_exit
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broker.settings")
 

@@ -1,6 +1,6 @@
 """The broker's data: provider apps, grants, services and their rules, audit, pending consents.
 
-Every token, secret and private key lives in a sealed column (broker.sealed_fields); rows
+Every token, secret and private key lives in a sealed column (broker.crypto.sealed_fields); rows
 that hold one get a UUID primary key made in Python, so the ciphertext can be bound to the
 row before the first save.
 """
@@ -8,7 +8,7 @@ row before the first save.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -17,8 +17,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from broker.catalog import KINDS, ProviderKind, get_kind, resolve_endpoints
-from broker.sealed_fields import SealedFieldsModel, sealed_column
+from broker.crypto.sealed_fields import SealedFieldsModel, sealed_column
+from broker.providers.catalog import KINDS, ProviderKind, get_kind, resolve_endpoints
 
 PENDING_AUTHORIZATION_LIFETIME = timedelta(minutes=10)
 
@@ -68,6 +68,11 @@ class ProviderApp(SealedFieldsModel):
 
     def endpoint(self, name: str) -> str | None:
         return self.endpoint_urls().get(name)
+
+
+# A grant whose refresh token dies regardless of use is shown as needing reconnection
+# this long before it does (and its user is emailed: broker.notify.expiry_warnings).
+RECONNECT_WARNING = timedelta(days=14)
 
 
 class Grant(SealedFieldsModel):
@@ -153,9 +158,13 @@ class Grant(SealedFieldsModel):
     def needs_reconnect_soon(self) -> bool:
         """The refresh token dies regardless of use soon (Atlassian: 365 days after consent):
         the user page, the admin and the API show this so the user reconnects in time."""
-        from broker.token_store import needs_reconnect_soon  # token_store imports this module
+        return self.reconnect_needed_by(timezone.now())
 
-        return needs_reconnect_soon(self)
+    def reconnect_needed_by(self, now: datetime) -> bool:
+        """True when the refresh token's absolute lifetime ends within RECONNECT_WARNING."""
+        if self.refresh_absolute_expires_at is None:
+            return False
+        return self.refresh_absolute_expires_at - now <= RECONNECT_WARNING
 
     def access_token_valid_for(self, seconds: float) -> bool:
         """True when the stored access token exists and stays valid at least `seconds` more."""

@@ -10,8 +10,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from broker.crypto import KeyRing, KeyRingError
-from broker.logging_config import logging_settings
+from broker.crypto.key_ring import KeyRing, KeyRingError
+from broker.ops.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # NAME=value lines read before anything else, never overriding the real environment: by
@@ -75,7 +75,7 @@ BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
-# Refresh engine (broker.refresh): grants claimed per beat query and per beat run, how long
+# Refresh engine (broker.refresh.engine): grants claimed per beat query and per beat run, how long
 # a claim lasts before the beat takes the grant again, retry backoff (seconds).
 BROKER_REFRESH_BATCH_SIZE = env.int("BROKER_REFRESH_BATCH_SIZE", default=500)
 BROKER_REFRESH_MAX_BATCHES = env.int("BROKER_REFRESH_MAX_BATCHES", default=20)
@@ -84,7 +84,7 @@ BROKER_REFRESH_BACKOFF_BASE = env.float("BROKER_REFRESH_BACKOFF_BASE", default=5
 BROKER_REFRESH_BACKOFF_MAX = env.float("BROKER_REFRESH_BACKOFF_MAX", default=300.0)
 BROKER_REFRESH_TASK_MAX_RETRIES = env.int("BROKER_REFRESH_TASK_MAX_RETRIES", default=5)
 BROKER_REFRESH_TASK_MAX_COUNTDOWN = env.float("BROKER_REFRESH_TASK_MAX_COUNTDOWN", default=120.0)
-# Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.lock_timeout).
+# Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.engine.lock_timeout).
 BROKER_REFRESH_LOCK_TIMEOUT = env.float("BROKER_REFRESH_LOCK_TIMEOUT", default=0.0) or None
 # Webhook targets must be public addresses unless they fall in one of these networks
 # (CIDR, comma-separated), e.g. an internal service's subnet.
@@ -94,7 +94,7 @@ BROKER_WEBHOOK_ALLOWED_NETWORKS = env.list("BROKER_WEBHOOK_ALLOWED_NETWORKS", de
 BROKER_METRICS_TOKEN = env.str("BROKER_METRICS_TOKEN", default="")
 BROKER_METRICS_ALLOWED_NETWORKS = env.list("BROKER_METRICS_ALLOWED_NETWORKS", default=[])
 # Reverse proxies in front of the broker (hops): the client address is read from
-# X-Forwarded-For counted from the right (broker.client_address); 0 never reads the header.
+# X-Forwarded-For counted from the right (broker.infra.client_address); 0 never reads the header.
 BROKER_TRUSTED_PROXIES = env.int("BROKER_TRUSTED_PROXIES", default=0)
 
 # Single sign-on with the company's OpenID Connect provider (accounts.oidc_client); off
@@ -126,19 +126,19 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "broker.logging_config.RequestLogMiddleware",
+    "broker.ops.logging_config.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves /static/ from STATIC_ROOT (collectstatic): gunicorn serves nothing else.
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "broker.request_guard.RefuseNulMiddleware",
-    "broker.security_headers.ContentSecurityPolicyMiddleware",
+    "broker.ops.request_guard.RefuseNulMiddleware",
+    "broker.ops.security_headers.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "broker.database_busy.DatabaseBusyMiddleware",
+    "broker.ops.database_busy.DatabaseBusyMiddleware",
 ]
 
 ROOT_URLCONF = "broker.urls"
@@ -172,7 +172,7 @@ else:
     # PostgreSQL: a bounded pool of connections per process (psycopg_pool), so that
     # processes x BROKER_DB_POOL_MAX_SIZE stays under the server's max_connections however
     # many threads serve requests. A request that finds no free connection waits
-    # BROKER_DB_POOL_TIMEOUT seconds, then gets 503 + Retry-After (broker.database_busy).
+    # BROKER_DB_POOL_TIMEOUT seconds, then gets 503 + Retry-After (broker.ops.database_busy).
     # The pool keeps connections itself: Django's persistent connections must be off.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
@@ -247,7 +247,7 @@ CONTENT_SECURITY_POLICY = (
 
 # Celery: JSON only, one task at a time per worker process, acknowledged after it ran so a
 # killed worker's task is delivered again. The visibility timeout must outlast the refresh
-# lock (see broker.refresh) so a slow task is not handed to a second worker meanwhile.
+# lock (see broker.refresh.engine) so a slow task is not handed to a second worker meanwhile.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_SERIALIZER = "json"
@@ -259,7 +259,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
-    # The internal API buffers its audit events in Redis (broker.audit.record_soon).
+    # The internal API buffers its audit events in Redis (broker.audit.trail.record_soon).
     "flush-audit-buffer": {"task": "broker.audit.flush_buffer", "schedule": 5.0},
     "purge-expired-consent-state": {
         "task": "broker.consent.purge_expired_consent_state",
@@ -277,14 +277,15 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "options": {"expires": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0)},
     },
 }
-# Task modules besides broker.tasks (each concern keeps its tasks beside its logic).
+# Task modules besides broker.refresh.tasks (each concern keeps its tasks beside its logic).
 CELERY_IMPORTS = [
-    "broker.revocation",
-    "broker.bulk_revocation",
-    "broker.notifications",
-    "broker.audit",
-    "broker.consent",
-    "broker.expiry_warnings",
+    "broker.refresh.tasks",
+    "broker.revocation.revoke",
+    "broker.revocation.bulk",
+    "broker.notify.dispatch",
+    "broker.audit.trail",
+    "broker.consent.pending",
+    "broker.notify.expiry_warnings",
 ]
 # Keep the Django LOGGING configuration (JSON, redaction) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -3,7 +3,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from broker import connect_links, connections, health, metrics, oauth1_flow, oauth2_flow
+from broker.consent import connect_links, connections, oauth1_flow, oauth2_flow
+from broker.ops import health, metrics
 
 
 def no_favicon(request: HttpRequest) -> HttpResponse:
@@ -13,7 +14,7 @@ def no_favicon(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/connections/", permanent=False)),
+    path("", RedirectView.as_view(pattern_name="connections", permanent=False)),
     path("accounts/", include("accounts.urls")),
     path("connections/", connections.my_connections, name="connections"),
     path("connections/<uuid:grant_id>/disconnect", connections.disconnect, name="disconnect"),
@@ -29,4 +30,4 @@ urlpatterns = [
     path("favicon.ico", no_favicon),
 ]
 
-handler400 = "broker.error_pages.bad_request"
+handler400 = "broker.ops.error_pages.bad_request"

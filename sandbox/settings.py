@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import environ
 
-from broker.logging_config import logging_settings
+from broker.ops.logging_config import logging_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # One line per request, without the query strings that carry codes and tokens.
-    "broker.logging_config.RequestLogMiddleware",
+    "broker.ops.logging_config.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -1,5 +1,5 @@
 """Real grants from the sandbox without the broker's consent views: sign in at the sandbox,
-press Allow, exchange the code with broker.token_endpoint, store with apply_token_response.
+press Allow, exchange the code with broker.providers.oauth2_client, store with apply_token_response.
 
 Also: the environment for subprocesses (Celery workers, contenders) that must use the
 test's database and Redis.
@@ -17,10 +17,10 @@ import requests
 from authlib.integrations.requests_client import OAuth2Session
 from django.db import connection
 
+from broker.consent.oauth2_flow import redirect_uri_for
 from broker.models import Grant, ProviderApp
-from broker.oauth2_flow import redirect_uri_for
-from broker.token_endpoint import exchange_code
-from broker.token_store import apply_token_response
+from broker.providers.oauth2_client import exchange_code
+from broker.refresh.schedule import apply_token_response
 
 TIMEOUT = 10
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

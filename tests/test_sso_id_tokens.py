@@ -19,7 +19,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
 from accounts.models import ExternalIdentity, User
-from broker.admin_roles import AUDITOR_GROUP
+from broker.admin.roles import AUDITOR_GROUP
 
 pytestmark = pytest.mark.django_db
 CLIENT_ID = "broker-test"

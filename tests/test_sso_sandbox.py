@@ -9,7 +9,7 @@ import requests
 from django.contrib.auth.models import Group
 
 from accounts.models import ExternalIdentity, User
-from broker.admin_roles import AUDITOR_GROUP
+from broker.admin.roles import AUDITOR_GROUP
 from tests.consent_driver import TIMEOUT, sign_in_to_sandbox
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]

@@ -16,13 +16,13 @@ from urllib.parse import unquote_plus
 
 from django.http import HttpRequest
 
-from broker import audit, service_secrets
-from broker.api import client_assertions, federation, ratelimit, tokens
+from broker.api import client_assertions, federation, ratelimit, service_secrets, tokens
 from broker.api.errors import ApiError
 from broker.api.schema import matchable
-from broker.client_address import client_ip
+from broker.audit import trail
+from broker.infra.client_address import client_ip
+from broker.infra.redis_connection import redis_client
 from broker.models import ServiceClient
-from broker.redis_connection import redis_client
 
 BEARER_CHALLENGE = 'Bearer realm="broker"'
 BASIC_CHALLENGE = 'Basic realm="broker"'
@@ -43,10 +43,10 @@ def _token_failure(
     """401 invalid_token, audited; 429 unaudited for a caller beyond the failure throttle."""
     if ratelimit.count_failure("bearer", client_id, client_ip(request)):
         return ratelimit.Throttled()
-    audit.service_event(
+    trail.service_event(
         "service.auth_failed",
         client_id,
-        outcome=audit.Outcome.DENIED,
+        outcome=trail.Outcome.DENIED,
         request=request,
         reason=reason,
         path=request.path,
@@ -84,10 +84,10 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
     if not tokens.is_current(token, cached):
         raise _token_failure(request, "service disabled or credentials retired", token.client_id)
     if ratelimit.exceeded(count):
-        audit.service_event(
+        trail.service_event(
             "token.denied",
             token.client_id,
-            outcome=audit.Outcome.DENIED,
+            outcome=trail.Outcome.DENIED,
             request=request,
             reason="rate_limited",
             status=429,
@@ -100,10 +100,10 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
             {"Retry-After": str(ratelimit.retry_after())},
         )
     if scope is not None and scope not in token.scopes:
-        audit.service_event(
+        trail.service_event(
             "token.denied",
             token.client_id,
-            outcome=audit.Outcome.DENIED,
+            outcome=trail.Outcome.DENIED,
             request=request,
             reason="insufficient_scope",
             status=403,

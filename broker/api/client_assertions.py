@@ -17,14 +17,15 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.urls import reverse
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
 from broker.api.schema import matchable
+from broker.api.service_keys import certificate_current, public_jwk
+from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.models import ServiceClient, ServiceKey
-from broker.redis_connection import KEY_PREFIX, redis_client
-from broker.service_keys import certificate_current, public_jwk
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")
@@ -37,7 +38,7 @@ class AssertionRejected(Exception):
 
 
 def token_endpoint_url() -> str:
-    return f"{settings.BROKER_PUBLIC_URL}/api/v1/oauth/token"
+    return settings.BROKER_PUBLIC_URL + reverse("api-token")
 
 
 def unverified_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,11 +11,12 @@ import redis
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from broker import audit
 from broker.api.auth import authenticate_bearer
-from broker.api.errors import ApiError, error_response
-from broker.database_busy import busy_response, is_database_busy
-from broker.logging_config import name_service
+from broker.api.errors import ApiError
+from broker.audit import trail
+from broker.ops.database_busy import busy_response, is_database_busy
+from broker.ops.error_pages import error_response
+from broker.ops.logging_config import name_service
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,10 @@ def api_view(
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 if token is not None and denied:
-                    audit.service_event(
+                    trail.service_event(
                         denied,
                         token.client_id,
-                        outcome=audit.Outcome.DENIED,
+                        outcome=trail.Outcome.DENIED,
                         request=request,
                         reason=exc.error,
                         status=exc.status,

@@ -6,9 +6,7 @@ from typing import Any
 
 from django.http import JsonResponse
 
-# Descriptions may quote what the caller sent (a parameter name, a scope): never echo more
-# than this, whatever the caller sent.
-DESCRIPTION_LIMIT = 300
+from broker.ops.error_pages import error_response
 
 
 class ApiError(Exception):
@@ -32,18 +30,6 @@ class ApiError(Exception):
 
     def response(self) -> JsonResponse:
         return error_response(self.status, self.error, self.description, self.headers)
-
-
-def error_response(
-    status: int, error: str, description: str, headers: dict[str, str] | None = None
-) -> JsonResponse:
-    if len(description) > DESCRIPTION_LIMIT:
-        description = description[: DESCRIPTION_LIMIT - 1] + "…"
-    response = JsonResponse({"error": error, "error_description": description}, status=status)
-    response["Cache-Control"] = "no-store"
-    for name, value in (headers or {}).items():
-        response[name] = value
-    return response
 
 
 # One body for "does not exist" and "exists but this service may not see it" (never reveal).

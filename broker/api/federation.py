@@ -31,6 +31,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from broker.api.client_assertions import AssertionRejected, unverified_parts
+from broker.infra.outbound_http import provider_session
 
 ALGORITHMS = ("RS256", "PS256", "ES256")
 JWKS_CACHE_SECONDS = 600
@@ -70,9 +71,12 @@ def _load_jwks(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("jwks_file"):
         data: dict[str, Any] = json.loads(Path(config["jwks_file"]).read_text())
         return data
-    response = requests.get(config["jwks_uri"], timeout=HTTP_TIMEOUT)
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
+    # A total deadline, like every provider call: the key set is fetched while a service
+    # waits for its broker token.
+    with provider_session(requests.Session(), seconds=HTTP_TIMEOUT) as session:
+        response = session.get(config["jwks_uri"])
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
     return body
 
 

@@ -24,7 +24,7 @@ from django.conf import settings
 from redis.client import Pipeline
 
 from broker.api.errors import ApiError
-from broker.redis_connection import KEY_PREFIX, redis_client
+from broker.infra.redis_connection import KEY_PREFIX, redis_client
 
 WINDOW = 60
 

@@ -16,11 +16,12 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
+from django.urls import reverse
 
 from broker.api.errors import ApiError, invalid_request
 from broker.api.tokens import API_SCOPES
 
-# No URL may carry NUL (broker.request_guard answers 400).
+# No URL may carry NUL (broker.ops.request_guard answers 400).
 NO_NUL = "^[^\\u0000]*$"
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list of strings"}
 JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}
@@ -242,7 +243,7 @@ def _json_body(fields: tuple[Field, ...], *, one_grant: bool = False) -> dict[st
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of /api/v1/, served at /api/v1/openapi.json."""
-    token_url = f"{settings.BROKER_PUBLIC_URL}/api/v1/oauth/token"
+    token_url = settings.BROKER_PUBLIC_URL + reverse("api-token")
     string: dict[str, Any] = {"type": "string"}
     text = string
     grant_schema = {

@@ -24,8 +24,8 @@ from typing import Any
 from django.conf import settings
 from django.db.models import F
 
+from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.models import ServiceClient
-from broker.redis_connection import KEY_PREFIX, redis_client
 
 PREFIX = "bkt_"
 GENERATION_TTL = 5  # seconds a cached credentials generation is trusted
@@ -139,15 +139,6 @@ def is_current(token: BrokerToken, cached: bytes | None) -> bool:
 
 def forget_generation(service_id: uuid.UUID | str) -> None:
     redis_client().delete(generation_key(service_id))
-
-
-def retire_issued_tokens(service: ServiceClient) -> None:
-    """Kills every broker token issued so far to `service` (disable, secret rotated out)."""
-    ServiceClient.objects.filter(pk=service.pk).update(
-        credentials_generation=F("credentials_generation") + 1
-    )
-    service.refresh_from_db(fields=["credentials_generation"])
-    forget_generation(service.pk)
 
 
 def disable_service(service: ServiceClient) -> None:

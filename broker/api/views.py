@@ -16,7 +16,6 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker import audit, connect_links, metrics, oauth1_signing, refresh
 from broker.api import grant_lookup, pagination, ratelimit, rules, tokens
 from broker.api.auth import (
     BASIC_CHALLENGE,
@@ -25,7 +24,7 @@ from broker.api.auth import (
     authenticate_client,
 )
 from broker.api.decorators import api_view
-from broker.api.errors import ApiError, error_response, invalid_request, not_visible
+from broker.api.errors import ApiError, invalid_request, not_visible
 from broker.api.schema import (
     ACCESS_TOKEN_FIELDS,
     CONNECT_LINK_FIELDS,
@@ -34,11 +33,17 @@ from broker.api.schema import (
     openapi_document,
     parse_json_body,
 )
-from broker.client_address import client_ip
-from broker.logging_config import name_service
+from broker.audit import trail
+from broker.consent import connect_links
+from broker.consent.return_urls import safe_return_url
+from broker.infra.client_address import client_ip
+from broker.infra.redis_connection import redis_client
 from broker.models import Grant, ProviderApp
-from broker.redis_connection import redis_client
-from broker.return_urls import safe_return_url
+from broker.ops import metrics
+from broker.ops.error_pages import error_response
+from broker.ops.logging_config import name_service
+from broker.providers import oauth1_signing
+from broker.refresh import engine
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +143,10 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
     except ClientAuthFailed as exc:
         if ratelimit.count_failure("client", exc.client_id, address):
             return _no_store(ratelimit.Throttled().response())
-        audit.service_event(
+        trail.service_event(
             "service.auth_failed",
             exc.client_id,
-            outcome=audit.Outcome.DENIED,
+            outcome=trail.Outcome.DENIED,
             request=request,
             reason=exc.reason,
             method=exc.method,
@@ -158,17 +163,17 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
         # Malformed requests before authentication count toward the throttle too.
         if not client_id and ratelimit.count_failure("client", "", address):
             return _no_store(ratelimit.Throttled().response())
-        audit.service_event(
+        trail.service_event(
             "service.auth_failed",
             client_id,
-            outcome=audit.Outcome.DENIED,
+            outcome=trail.Outcome.DENIED,
             request=request,
             reason=exc.error,
             description=exc.description,
         )
         return _no_store(exc.response())
     access_token, expires_in = tokens.issue(client.service, scopes, not_after=client.not_after)
-    audit.service_event(
+    trail.service_event(
         "service.authenticated",
         client_id,
         request=request,
@@ -339,23 +344,23 @@ def _too_wide(grant: Grant, carried: list[str], beyond_rule: list[str], why: str
 # What the refresh engine may raise instead of giving a token.
 REFRESH_REFUSALS = (
     Grant.DoesNotExist,
-    refresh.UserDeactivated,
-    refresh.ReconnectRequired,
-    refresh.ProviderUnavailable,
+    engine.UserDeactivated,
+    engine.ReconnectRequired,
+    engine.ProviderUnavailable,
 )
 
 
 def _refusal(grant: Grant, exc: Exception) -> ApiError:
     """One of REFRESH_REFUSALS as the API's error."""
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
-    if isinstance(exc, refresh.ReconnectRequired):
+    if isinstance(exc, engine.ReconnectRequired):
         return ApiError(
             409,
             "reconnect_required",
             "the grant is no longer valid at the provider; the user must connect again",
             **concerning,
         )
-    if isinstance(exc, refresh.ProviderUnavailable):
+    if isinstance(exc, engine.ProviderUnavailable):
         return ApiError(
             503,
             "temporarily_unavailable",
@@ -413,7 +418,7 @@ def _served(
     service = request.broker_token
     _note_use(grant, service.service_id)
     metrics.count_token_issue(service.client_id, counted_as)
-    audit.service_event(
+    trail.service_event(
         action,
         service.client_id,
         grant_id=grant.pk,
@@ -432,12 +437,12 @@ def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     if (
         not force_refresh
         and grant.access_token_valid_for(min_ttl)
-        and not refresh.rescue_pending(grant.pk)
+        and not engine.rescue_pending(grant.pk)
     ):
         return grant
 
     try:
-        return refresh.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
+        return engine.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
     except REFRESH_REFUSALS as exc:
         raise _refusal(grant, exc) from None
 
@@ -453,8 +458,8 @@ def _narrowed(
     if not wanted:
         raise _too_wide(grant, carried, beyond_rule, "it carries none they allow")
     try:
-        response = refresh.narrowed_token(grant.pk, scopes=wanted)
-    except refresh.NarrowingRefused as exc:
+        response = engine.narrowed_token(grant.pk, scopes=wanted)
+    except engine.NarrowingRefused as exc:
         why = f"the provider refused a narrower token: {exc}"
         raise _too_wide(grant, carried, beyond_rule, why) from None
     except REFRESH_REFUSALS as exc:
@@ -622,7 +627,7 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
         scopes=sorted(set(requested)) if requested is not None else [],
         return_to=body["return_to"],
     )
-    audit.service_event(
+    trail.service_event(
         "connect_link.created",
         service.client_id,
         subject_user=user.username,

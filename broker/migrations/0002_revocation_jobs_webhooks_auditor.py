@@ -10,7 +10,7 @@ def create_auditor_group(apps, schema_editor):
     """The auditor group with view-only permissions on every broker model."""
     from django.contrib.auth.management import create_permissions
 
-    from broker.admin_roles import sync_auditor_group
+    from broker.admin.roles import sync_auditor_group
 
     # Permissions are normally created after all migrations ran; make them exist now.
     config = apps.get_app_config("broker")

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import base64
-import secrets
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
-from django.utils import timezone
 
-from broker import audit, service_secrets
 from broker.api import rules
+from broker.audit import trail
+from broker.infra.redis_connection import redis_client
 from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
-from broker.redis_connection import redis_client
+from tests.factories import consented_grant, service_and_secret
 
 TOKEN_URL = "/api/v1/oauth/token"
 ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_access"]
@@ -26,7 +24,7 @@ ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_acc
 @pytest.fixture(autouse=True)
 def empty_audit_buffer() -> None:
     """Buffered events of an earlier test must not land in this test's database."""
-    redis_client().delete(audit.BUFFER_KEY, audit.FLUSH_LOCK_KEY)
+    redis_client().delete(trail.BUFFER_KEY, trail.FLUSH_LOCK_KEY)
     rules.forget_cached_rules()
 
 
@@ -53,7 +51,7 @@ def token_issues(service: ServiceClient, outcome: str) -> float:
 
 
 def audit_events(**filters: Any) -> list[AuditEvent]:
-    audit.flush_buffer()
+    trail.flush_buffer()
     return list(AuditEvent.objects.filter(**filters).order_by("at", "id"))
 
 
@@ -109,37 +107,10 @@ def jira_dc(db) -> ProviderApp:
     return app
 
 
-def make_grant(user, app: ProviderApp, **fields: Any) -> Grant:
-    """A grant row as the OAuth flow would leave it, with sealed tokens."""
-    values: dict[str, Any] = {
-        "external_account_id": f"acct-{user.username}-{app.slug}",
-        "account_name": user.username.title(),
-        "account_email": f"{user.username}@example.com",
-        "scopes": list(app.scopes),
-        "resources": [{"id": "cloud-1", "url": "https://acme.atlassian.net", "name": "acme"}],
-        "access_expires_at": timezone.now() + timedelta(hours=1),
-        **fields,
-    }
-    grant = Grant(user=user, provider_app=app, **values)
-    grant.seal("access_token", f"at-{secrets.token_hex(8)}")
-    grant.seal("refresh_token", f"rt-{secrets.token_hex(8)}")
-    if app.protocol == "oauth1":
-        grant.seal("token_secret", f"ts-{secrets.token_hex(8)}")
-    grant.save()
-    return grant
-
-
 @pytest.fixture
 def grant(owner, atlassian) -> Grant:
     """Alice's grant, carrying exactly the scopes the `rule` fixture allows."""
-    return make_grant(owner, atlassian, scopes=["read:me", "read:jira-work"])
-
-
-def make_service(name: str = "reporting") -> tuple[ServiceClient, str]:
-    service = ServiceClient.objects.create(
-        client_id=f"{name}-{secrets.token_hex(4)}", name=name.title()
-    )
-    return service, service_secrets.new_secret(service)
+    return consented_grant(owner, atlassian, scopes=["read:me", "read:jira-work"])
 
 
 def basic(client_id: str, secret: str) -> str:
@@ -166,7 +137,7 @@ def fetch_token(api: Client, service: ServiceClient, secret: str, **form: str) -
 
 @pytest.fixture
 def service_with_secret(db) -> tuple[ServiceClient, str]:
-    return make_service()
+    return service_and_secret()
 
 
 @pytest.fixture

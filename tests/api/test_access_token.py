@@ -10,7 +10,8 @@ from django.utils import timezone
 from broker.api import rules
 from broker.api.views import capped_min_ttl
 from broker.models import Grant
-from tests.api.conftest import audit_events, make_grant, token_issues
+from tests.api.conftest import audit_events, token_issues
+from tests.factories import consented_grant
 
 pytestmark = pytest.mark.django_db
 
@@ -79,7 +80,9 @@ def test_it_finds_the_grant_by_user_and_provider(api, grant, rule, bearer):
 def test_a_token_carrying_a_scope_the_rules_do_not_allow_is_refused(
     api, owner, atlassian, rule, bearer
 ):
-    wide = make_grant(owner, atlassian, scopes=["read:me", "read:jira-work", "write:jira-work"])
+    wide = consented_grant(
+        owner, atlassian, scopes=["read:me", "read:jira-work", "write:jira-work"]
+    )
     before = Grant.objects.filter(pk=wide.pk).values().get()
     for body in ({"grant": str(wide.pk)}, {"grant": str(wide.pk), "scopes": ["read:me"]}):
         response = post(api, body, bearer())
@@ -108,7 +111,7 @@ def test_it_records_last_use_cheaply(api, grant, rule, bearer, django_assert_max
 
 
 def test_a_scope_the_grant_lacks_is_a_403_naming_it(api, owner, atlassian, rule, bearer):
-    narrow = make_grant(owner, atlassian, scopes=["read:me"])
+    narrow = consented_grant(owner, atlassian, scopes=["read:me"])
     response = post(
         api, {"grant": str(narrow.pk), "scopes": ["read:me", "read:jira-work"]}, bearer()
     )
@@ -141,7 +144,7 @@ def test_an_oauth1_grant_is_sent_to_sign(api, owner, jira_dc, service_with_secre
     from broker.models import AccessRule
 
     AccessRule.objects.create(service=service_with_secret[0], provider_app=jira_dc, can_sign=True)
-    oauth1 = make_grant(owner, jira_dc, access_expires_at=None)
+    oauth1 = consented_grant(owner, jira_dc, access_expires_at=None)
     response = post(api, {"grant": str(oauth1.pk)}, bearer())
     assert response.status_code == 400 and "/api/v1/sign" in response.json()["error_description"]
 
@@ -204,10 +207,10 @@ def test_server_errors_are_json_and_say_nothing_inside(api, grant, rule, bearer,
 
 def test_min_ttl_is_capped_to_the_token_lifetime_minus_a_margin(owner, atlassian):
     now = timezone.now()
-    hour = make_grant(
+    hour = consented_grant(
         owner, atlassian, consented_at=now, access_expires_at=now + timedelta(hours=1)
     )
-    short = make_grant(
+    short = consented_grant(
         owner,
         atlassian,
         external_account_id="other",
@@ -220,8 +223,8 @@ def test_min_ttl_is_capped_to_the_token_lifetime_minus_a_margin(owner, atlassian
 
 
 def test_grants_list_filters_and_never_shows_tokens(api, owner, outsider, atlassian, rule, bearer):
-    mine = make_grant(owner, atlassian)
-    theirs = make_grant(outsider, atlassian)
+    mine = consented_grant(owner, atlassian)
+    theirs = consented_grant(outsider, atlassian)
     Grant.objects.filter(pk=theirs.pk).update(status="reconnect_required")
     headers = bearer()
     everything = api.get("/api/v1/grants", **headers)
@@ -260,8 +263,8 @@ def test_a_rescued_refresh_is_applied_before_a_stored_token_is_served(api, grant
     tokens are superseded at the provider, so the valid-looking stored one is not served."""
     from django.utils import timezone
 
-    from broker.refresh import Rescue, rescue_pending, stash_rescue
-    from broker.token_endpoint import TokenResponse
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh.engine import Rescue, rescue_pending, stash_rescue
 
     rescued = TokenResponse(
         access_token="rescued-access",
@@ -291,8 +294,8 @@ def narrowing_app(monkeypatch, local_server):
     whose token endpoint is the local fake (the sandbox narrows its refresh tokens)."""
     from dataclasses import replace
 
-    from broker import catalog
     from broker.models import ProviderApp
+    from broker.providers import catalog
 
     kind = replace(catalog.KINDS["oauth2"], narrower_tokens_on_refresh=True)
     monkeypatch.setattr(catalog, "KINDS", {**catalog.KINDS, "oauth2": kind})
@@ -329,7 +332,7 @@ def test_a_kind_that_can_narrow_tokens_serves_one_with_only_the_rules_scopes(
 
     from broker.models import AccessRule
 
-    grant = make_grant(owner, narrowing_app, scopes=["read", "write"])
+    grant = consented_grant(owner, narrowing_app, scopes=["read", "write"])
     AccessRule.objects.create(
         service=service_with_secret[0], provider_app=narrowing_app, scopes=["read"]
     )
@@ -361,7 +364,7 @@ def test_a_token_the_provider_did_not_narrow_is_never_handed_out(
 ):
     from broker.models import AccessRule
 
-    grant = make_grant(owner, narrowing_app, scopes=["read", "write"])
+    grant = consented_grant(owner, narrowing_app, scopes=["read", "write"])
     AccessRule.objects.create(
         service=service_with_secret[0], provider_app=narrowing_app, scopes=["read"]
     )
@@ -386,7 +389,7 @@ def test_a_refresh_token_a_narrowed_refresh_rotates_anyway_is_kept(
 
     from broker.models import AccessRule
 
-    grant = make_grant(owner, narrowing_app, scopes=["read", "write"])
+    grant = consented_grant(owner, narrowing_app, scopes=["read", "write"])
     AccessRule.objects.create(
         service=service_with_secret[0], provider_app=narrowing_app, scopes=["read"]
     )
@@ -403,7 +406,7 @@ def test_a_refresh_token_a_narrowed_refresh_rotates_anyway_is_kept(
 def test_a_rotating_kind_cannot_claim_to_narrow_tokens():
     from dataclasses import replace
 
-    from broker import catalog
+    from broker.providers import catalog
 
     with pytest.raises(ValueError, match="rotating"):
         replace(catalog.KINDS["atlassian"], narrower_tokens_on_refresh=True)

@@ -1,4 +1,4 @@
-"""Buffered audit events (broker.audit.record_soon / flush_buffer): none lost."""
+"""Buffered audit events (broker.audit.trail.record_soon / flush_buffer): none lost."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from broker import audit
+from broker.audit import trail
+from broker.infra.redis_connection import redis_client
 from broker.models import AuditEvent
-from broker.redis_connection import redis_client
 from tests.api.conftest import metric_value
 
 pytestmark = pytest.mark.django_db
@@ -16,27 +16,27 @@ pytestmark = pytest.mark.django_db
 
 def test_buffered_events_reach_the_database_on_flush():
     for n in range(3):
-        audit.record_soon(
+        trail.record_soon(
             "token.issued", actor_type="service", actor="svc", service="svc", scopes=["a"], n=n
         )
     assert not AuditEvent.objects.exists()
-    assert redis_client().llen(audit.BUFFER_KEY) == 3
-    assert audit.flush_buffer(batch=2) == 3
+    assert redis_client().llen(trail.BUFFER_KEY) == 3
+    assert trail.flush_buffer(batch=2) == 3
     events = list(AuditEvent.objects.order_by("at"))
     assert [e.detail["n"] for e in events] == [0, 1, 2]
     assert events[0].scopes == ["a"] and events[0].at is not None
-    assert redis_client().llen(audit.BUFFER_KEY) == 0
+    assert redis_client().llen(trail.BUFFER_KEY) == 0
 
 
 def test_the_celery_task_flushes(settings):
-    audit.record_soon("service.authenticated", actor_type="service", actor="svc")
-    assert audit.flush_buffer_task.apply().get() == 1
+    trail.record_soon("service.authenticated", actor_type="service", actor="svc")
+    assert trail.flush_buffer_task.apply().get() == 1
     assert "flush-audit-buffer" in settings.CELERY_BEAT_SCHEDULE
 
 
 def test_events_go_straight_to_the_database_when_redis_is_down(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    audit.record_soon("token.denied", actor_type="service", actor="svc", outcome="denied")
+    trail.record_soon("token.denied", actor_type="service", actor="svc", outcome="denied")
     assert AuditEvent.objects.filter(action="token.denied", outcome="denied").count() == 1
 
 
@@ -48,32 +48,32 @@ def test_a_full_buffer_writes_events_directly_and_counts_them(settings):
     settings.BROKER_AUDIT_BUFFER_MAX = 2
     before = detours("written_directly")
     for n in range(3):
-        audit.record_soon("token.issued", actor_type="service", actor="svc", n=n)
-    assert redis_client().llen(audit.BUFFER_KEY) == 2
+        trail.record_soon("token.issued", actor_type="service", actor="svc", n=n)
+    assert redis_client().llen(trail.BUFFER_KEY) == 2
     assert [e.detail["n"] for e in AuditEvent.objects.all()] == [2]
     assert detours("written_directly") == before + 1
-    assert audit.flush_buffer() == 2
+    assert trail.flush_buffer() == 2
     assert sorted(e.detail["n"] for e in AuditEvent.objects.all()) == [0, 1, 2]
 
 
 def test_a_failed_insert_leaves_the_events_in_the_buffer(monkeypatch):
-    audit.record_soon("token.issued", actor_type="service", actor="svc")
+    trail.record_soon("token.issued", actor_type="service", actor="svc")
 
     def fail(*args, **kwargs):
         raise RuntimeError("database went away")
 
     monkeypatch.setattr(AuditEvent.objects, "bulk_create", fail)
     with pytest.raises(RuntimeError):
-        audit.flush_buffer()
-    assert redis_client().llen(audit.BUFFER_KEY) == 1
+        trail.flush_buffer()
+    assert redis_client().llen(trail.BUFFER_KEY) == 1
     monkeypatch.undo()
-    assert audit.flush_buffer() == 1
+    assert trail.flush_buffer() == 1
 
 
 def test_client_supplied_values_cannot_poison_the_buffer():
     """A claimed client id with NUL or beyond the column's length is still stored (on
     PostgreSQL NUL would fail the whole batch)."""
-    audit.record_soon(
+    trail.record_soon(
         "service.auth_failed",
         actor_type="service",
         actor="evil\x00" + "x" * 300,
@@ -81,8 +81,8 @@ def test_client_supplied_values_cannot_poison_the_buffer():
         outcome="denied",
         reason="unknown client \x00",
     )
-    audit.record_soon("service.authenticated", actor_type="service", actor="fine")
-    assert audit.flush_buffer() == 2
+    trail.record_soon("service.authenticated", actor_type="service", actor="fine")
+    assert trail.flush_buffer() == 2
     stored = AuditEvent.objects.get(action="service.auth_failed")
     assert stored.service.startswith("evil\\x00") and len(stored.service) == 64
     assert "\x00" not in stored.detail["reason"]
@@ -101,20 +101,20 @@ def test_a_poison_event_is_set_aside_and_counted_and_the_others_flow():
         }
     )
     malformed = b"{not json"
-    redis_client().rpush(audit.BUFFER_KEY, surrogate, malformed)
-    audit.record_soon("service.authenticated", actor_type="service", actor="fine")
+    redis_client().rpush(trail.BUFFER_KEY, surrogate, malformed)
+    trail.record_soon("service.authenticated", actor_type="service", actor="fine")
     before = detours("set_aside")
-    assert audit.flush_buffer() == 1
+    assert trail.flush_buffer() == 1
     assert list(AuditEvent.objects.values_list("actor", flat=True)) == ["fine"]
-    assert redis_client().llen(audit.BUFFER_KEY) == 0
-    assert redis_client().lrange(audit.DEAD_LETTER_KEY, -2, -1) == [surrogate.encode(), malformed]
+    assert redis_client().llen(trail.BUFFER_KEY) == 0
+    assert redis_client().lrange(trail.DEAD_LETTER_KEY, -2, -1) == [surrogate.encode(), malformed]
     assert detours("set_aside") == before + 2
-    audit.record_soon("service.authenticated", actor_type="service", actor="later")
-    assert audit.flush_buffer() == 1
+    trail.record_soon("service.authenticated", actor_type="service", actor="later")
+    assert trail.flush_buffer() == 1
 
 
 def test_recorded_values_are_storable_and_bounded():
-    audit.record_soon(
+    trail.record_soon(
         "service.auth_failed",
         actor_type="service",
         actor="\ud800" * 1000,
@@ -123,13 +123,13 @@ def test_recorded_values_are_storable_and_bounded():
         nested={"\udfff" + "k" * 600: [["deep", ["deeper", ["deepest", ["too deep"]]]]]},
         many=list(range(1000)),
     )
-    assert audit.flush_buffer() == 1
+    assert trail.flush_buffer() == 1
     event = AuditEvent.objects.get()
     assert event.actor.startswith("\\ud800") and len(event.actor) == 255
-    assert len(event.detail["reason"]) == audit.DETAIL_TEXT_LIMIT
-    assert len(event.detail["many"]) == audit.DETAIL_ITEMS_LIMIT
+    assert len(event.detail["reason"]) == trail.DETAIL_TEXT_LIMIT
+    assert len(event.detail["many"]) == trail.DETAIL_ITEMS_LIMIT
     (key,) = event.detail["nested"]
-    assert key.startswith("\\udfff") and len(key) == audit.DETAIL_TEXT_LIMIT
+    assert key.startswith("\\udfff") and len(key) == trail.DETAIL_TEXT_LIMIT
     assert event.detail["nested"][key] == [["deep", "…"]]  # four levels of containers
     assert len(json.dumps(event.detail)) < 10_000
 
@@ -138,19 +138,19 @@ def test_the_flush_lock_is_released_only_by_its_owner(monkeypatch):
     """A flush that outlived its lock (a slow batch) must not delete the lock another
     flusher took meanwhile, and must stop rather than read the same head again."""
     for n in range(3):
-        audit.record_soon("token.issued", actor_type="service", actor="svc", n=n)
-    insert = audit._insert
+        trail.record_soon("token.issued", actor_type="service", actor="svc", n=n)
+    insert = trail._insert
 
     def slow_insert(raw_events):
         # Meanwhile the lock expired and another flusher took it.
-        redis_client().set(audit.FLUSH_LOCK_KEY, "another-flusher", ex=60)
+        redis_client().set(trail.FLUSH_LOCK_KEY, "another-flusher", ex=60)
         return insert(raw_events)
 
-    monkeypatch.setattr(audit, "_insert", slow_insert)
-    assert audit.flush_buffer(batch=1) == 1
-    assert redis_client().get(audit.FLUSH_LOCK_KEY) == b"another-flusher"
-    assert redis_client().llen(audit.BUFFER_KEY) == 2
+    monkeypatch.setattr(trail, "_insert", slow_insert)
+    assert trail.flush_buffer(batch=1) == 1
+    assert redis_client().get(trail.FLUSH_LOCK_KEY) == b"another-flusher"
+    assert redis_client().llen(trail.BUFFER_KEY) == 2
     monkeypatch.undo()
-    assert audit.flush_buffer() == 0  # the other flusher holds the lock
-    redis_client().delete(audit.FLUSH_LOCK_KEY)
-    assert audit.flush_buffer() == 2
+    assert trail.flush_buffer() == 0  # the other flusher holds the lock
+    redis_client().delete(trail.FLUSH_LOCK_KEY)
+    assert trail.flush_buffer() == 2

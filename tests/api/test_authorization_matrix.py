@@ -13,7 +13,8 @@ import pytest
 
 from broker.api import tokens
 from broker.models import AccessRule, ConnectLink, Grant
-from tests.api.conftest import audit_events, fetch_token, make_grant, make_service
+from tests.api.conftest import audit_events, fetch_token
+from tests.factories import consented_grant, service_and_secret
 
 pytestmark = pytest.mark.django_db
 
@@ -102,10 +103,10 @@ def test_authorization_matrix(
 ):
     expected = EXPECTED[endpoint][SCENARIOS.index(scenario)]
     grants = {
-        "atlassian": make_grant(owner, atlassian, scopes=["read:me", "read:jira-work"]),
-        "jira": make_grant(owner, jira_dc),
+        "atlassian": consented_grant(owner, atlassian, scopes=["read:me", "read:jira-work"]),
+        "jira": consented_grant(owner, jira_dc),
     }
-    service, secret = make_service()
+    service, secret = service_and_secret()
     _rules(scenario, service, atlassian, jira_dc, other_app, group)
     if scenario == "expired_broker_token":
         token, _ = tokens.issue(service, tokens.API_SCOPES, not_after=time.time() - 1)
@@ -157,8 +158,8 @@ def test_authorization_matrix(
 
 
 def test_an_invisible_grant_looks_exactly_like_a_missing_one(api, owner, atlassian, other_app):
-    visible_to_nobody = make_grant(owner, other_app)
-    service, secret = make_service()
+    visible_to_nobody = consented_grant(owner, other_app)
+    service, secret = service_and_secret()
     AccessRule.objects.create(service=service, provider_app=atlassian)
     headers = {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
     hidden = api.post(
@@ -186,8 +187,8 @@ def test_an_invisible_grant_looks_exactly_like_a_missing_one(api, owner, atlassi
 
 def test_a_group_rule_covers_members_only(api, owner, outsider, atlassian, group):
     owner.groups.add(group)
-    mine, theirs = make_grant(owner, atlassian), make_grant(outsider, atlassian)
-    service, secret = make_service()
+    mine, theirs = consented_grant(owner, atlassian), consented_grant(outsider, atlassian)
+    service, secret = service_and_secret()
     AccessRule.objects.create(service=service, provider_app=atlassian, users_group=group)
     headers = {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
     listed = api.get("/api/v1/grants", **headers).json()["grants"]

@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from broker import connect_links
+from broker.consent import connect_links
 from broker.models import ConnectLink, PendingAuthorization
 from tests.api.conftest import audit_events
 

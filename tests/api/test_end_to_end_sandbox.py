@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.management import call_command
 
 from broker.models import Grant, ProviderApp
-from broker.token_endpoint import exchange_code
-from broker.token_store import apply_token_response
-from tests.api.conftest import fetch_token, make_service
+from broker.providers.oauth2_client import exchange_code
+from broker.refresh.schedule import apply_token_response
+from tests.api.conftest import fetch_token
 from tests.api.test_private_key_jwt import assertion, claims_for, public_pem, request_token
+from tests.factories import service_and_secret
 from tests.sandbox_server import SandboxServer, start_sandbox
 from tests.test_sandbox_provider import BROKER_URL, authorization_code, oauth1_dance, read_toml
 
@@ -260,7 +261,7 @@ def dc_grant(sandbox, apps, owner, settings) -> Grant:
 
 def service_with_rule(api, name: str, *rule_args: str) -> dict[str, str]:
     """A new secret service with one rule (`addaccessrule` arguments); its bearer header."""
-    service, secret = make_service(name)
+    service, secret = service_and_secret(name)
     call_command("addaccessrule", service.client_id, *rule_args, stdout=StringIO())
     return {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
 
@@ -299,7 +300,7 @@ def test_a_deactivated_users_grant_is_neither_served_nor_refreshed_until_reactiv
 ):
     from django.utils import timezone
 
-    from broker import refresh
+    from broker.refresh import engine
 
     Grant.objects.filter(pk=sandbox_grant.pk).update(next_refresh_at=timezone.now())
     owner.is_active = False
@@ -310,17 +311,17 @@ def test_a_deactivated_users_grant_is_neither_served_nor_refreshed_until_reactiv
     assert response.status_code == 404 and "access_token" not in response.json()
     listed = api.get("/api/v1/grants", **broker_token(api, key_service)).json()["grants"]
     assert listed == []
-    assert refresh.claim_due_grants(on_claimed=lambda ids: None) == []
-    assert refresh.refresh_grant_now(sandbox_grant.pk).result == refresh.Result.GONE
-    with pytest.raises(refresh.UserDeactivated):
-        refresh.ensure_fresh(sandbox_grant.pk, min_ttl=60, force_refresh=True)
+    assert engine.claim_due_grants(on_claimed=lambda ids: None) == []
+    assert engine.refresh_grant_now(sandbox_grant.pk).result == engine.Result.GONE
+    with pytest.raises(engine.UserDeactivated):
+        engine.ensure_fresh(sandbox_grant.pk, min_ttl=60, force_refresh=True)
     assert sandbox.counters()["token"]["refresh_token"] == 0  # nothing went upstream
     kept = Grant.objects.get(pk=sandbox_grant.pk)
     assert kept.status == Grant.Status.ACTIVE and kept.has_secret("refresh_token")
 
     owner.is_active = True
     owner.save(update_fields=["is_active"])
-    assert refresh.claim_due_grants(on_claimed=lambda ids: None) == [str(sandbox_grant.pk)]
+    assert engine.claim_due_grants(on_claimed=lambda ids: None) == [str(sandbox_grant.pk)]
     restored = access_token(api, key_service, min_ttl=60)
     assert restored.status_code == 200, restored.content
     assert restored.json()["expires_in"] >= 60

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from broker.models import Grant
-from tests.api.conftest import make_grant
+from tests.factories import consented_grant
 
 pytestmark = pytest.mark.django_db
 
@@ -72,11 +72,11 @@ def test_a_grant_created_between_pages_is_neither_skipped_nor_repeated(
     api, owner, other_app, atlassian, rule, bearer
 ):
     headers = bearer()
-    first = [make_grant(owner, atlassian, external_account_id=f"a{n}") for n in range(3)]
+    first = [consented_grant(owner, atlassian, external_account_id=f"a{n}") for n in range(3)]
     page = api.get("/api/v1/grants", {"limit": "2"}, **headers).json()
     assert [g["id"] for g in page["grants"]] == [str(g.pk) for g in first[:2]]
     Grant.objects.filter(pk=first[0].pk).update(status="revoked")  # changes nothing here
-    late = make_grant(owner, atlassian, external_account_id="late")
+    late = consented_grant(owner, atlassian, external_account_id="late")
     query = {k: v[0] for k, v in parse_qs(urlsplit(page["next"]).query).items()}
     rest = api.get("/api/v1/grants", query, **headers).json()
     assert [g["id"] for g in rest["grants"]] == [str(first[2].pk), str(late.pk)]

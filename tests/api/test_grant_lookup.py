@@ -8,13 +8,13 @@ import pytest
 
 from broker.api.grant_lookup import COLUMNS, grant_by_id
 from broker.models import Grant
-from tests.api.conftest import make_grant
+from tests.factories import consented_grant
 
 pytestmark = pytest.mark.django_db
 
 
 def test_it_matches_the_orm_column_for_column(owner, atlassian, django_assert_num_queries):
-    grant = make_grant(owner, atlassian)
+    grant = consented_grant(owner, atlassian)
     expected = Grant.objects.select_related("provider_app", "user").get(pk=grant.pk)
     with django_assert_num_queries(1):
         loaded = grant_by_id(str(grant.pk))

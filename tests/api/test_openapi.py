@@ -15,7 +15,8 @@ from hypothesis import settings as hypothesis_settings
 
 from broker.models import AccessRule
 from broker.wsgi import application
-from tests.api.conftest import fetch_token, make_grant, make_service
+from tests.api.conftest import fetch_token
+from tests.factories import consented_grant, service_and_secret
 
 pytestmark = pytest.mark.django_db
 
@@ -55,9 +56,9 @@ def database_kept_open():
 
 
 def test_the_api_behaves_as_its_openapi_document_says(api, owner, atlassian, jira_dc):
-    make_grant(owner, atlassian)
-    make_grant(owner, jira_dc, access_expires_at=None)
-    service, secret = make_service()
+    consented_grant(owner, atlassian)
+    consented_grant(owner, jira_dc, access_expires_at=None)
+    service, secret = service_and_secret()
     AccessRule.objects.create(
         service=service, provider_app=atlassian, can_create_connect_links=True
     )

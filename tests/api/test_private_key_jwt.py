@@ -21,8 +21,7 @@ from django.core.management import call_command
 from joserfc import jwt
 from joserfc.jwk import JWKRegistry
 
-from broker import service_keys
-from broker.api import tokens
+from broker.api import service_keys, tokens
 from broker.models import ServiceClient, ServiceKey
 from tests.api.conftest import audit_events, post_form
 

@@ -6,7 +6,8 @@ import pytest
 
 from broker.api import tokens
 from broker.models import AccessRule, Grant
-from tests.api.conftest import audit_events, fetch_token, make_grant, make_service, token_issues
+from tests.api.conftest import audit_events, fetch_token, token_issues
+from tests.factories import consented_grant, service_and_secret
 
 pytestmark = pytest.mark.django_db
 MYSELF = "https://jira.acme.example/rest/api/2/myself"
@@ -14,11 +15,11 @@ MYSELF = "https://jira.acme.example/rest/api/2/myself"
 
 @pytest.fixture
 def signer(api, owner, jira_dc, atlassian):
-    service, secret = make_service("jira-bot")
+    service, secret = service_and_secret("jira-bot")
     AccessRule.objects.create(service=service, provider_app=jira_dc, can_sign=True)
     AccessRule.objects.create(service=service, provider_app=atlassian, can_sign=True)
     headers = {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
-    return service, headers, make_grant(owner, jira_dc, access_expires_at=None)
+    return service, headers, consented_grant(owner, jira_dc, access_expires_at=None)
 
 
 def sign(api, headers, **body):
@@ -27,15 +28,15 @@ def sign(api, headers, **body):
 
 def test_an_oauth2_grant_is_sent_to_access_token(api, signer, owner, atlassian):
     _, headers, _ = signer
-    oauth2 = make_grant(owner, atlassian)
+    oauth2 = consented_grant(owner, atlassian)
     response = sign(api, headers, grant=str(oauth2.pk), method="GET", url=MYSELF)
     assert response.status_code == 400 and "access-token" in response.json()["error_description"]
 
 
 def test_signing_needs_a_rule_with_sign(api, owner, jira_dc):
-    service, _ = make_service("reader")
+    service, _ = service_and_secret("reader")
     AccessRule.objects.create(service=service, provider_app=jira_dc, can_sign=False)
-    grant = make_grant(owner, jira_dc, access_expires_at=None)
+    grant = consented_grant(owner, jira_dc, access_expires_at=None)
     token, _ = tokens.issue(service, tokens.API_SCOPES)  # as if another rule allowed signing
     response = sign(
         api,
@@ -88,9 +89,9 @@ def test_it_signs_nothing_for_another_host_or_a_bad_method(api, signer, method, 
 def test_signing_ignores_scopes_oauth1_tokens_do_not_have(api, owner, jira_dc):
     """The scope promise is about OAuth 2.0 tokens: an OAuth 1.0a grant's scopes (a label at
     most) never block a signature, whatever the signing rule's scopes."""
-    service, secret = make_service("jira-reader")
+    service, secret = service_and_secret("jira-reader")
     AccessRule.objects.create(service=service, provider_app=jira_dc, scopes=["READ"], can_sign=True)
-    grant = make_grant(owner, jira_dc, access_expires_at=None, scopes=["READ", "WRITE"])
+    grant = consented_grant(owner, jira_dc, access_expires_at=None, scopes=["READ", "WRITE"])
     headers = {"HTTP_AUTHORIZATION": f"Bearer {fetch_token(api, service, secret)['access_token']}"}
     response = sign(api, headers, grant=str(grant.pk), method="GET", url=MYSELF)
     assert response.status_code == 200, response.content

@@ -8,23 +8,22 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from broker import service_secrets
-from broker.api import tokens
+from broker.api import service_secrets, tokens
 from broker.models import ServiceClient
 from tests.api.conftest import (
     TOKEN_URL,
     audit_events,
     basic,
     fetch_token,
-    make_service,
     post_form,
 )
+from tests.factories import service_and_secret
 
 pytestmark = pytest.mark.django_db
 
 
 def test_it_issues_a_broker_token_with_client_secret_basic(api):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     response = post_form(
         api,
         {"grant_type": "client_credentials"},
@@ -45,7 +44,7 @@ def test_it_issues_a_broker_token_with_client_secret_basic(api):
 
 
 def test_it_issues_a_broker_token_with_client_secret_post(api):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     body = post_form(
         api,
         {
@@ -58,13 +57,13 @@ def test_it_issues_a_broker_token_with_client_secret_post(api):
 
 
 def test_it_stores_only_a_keyed_digest_of_the_secret(api):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     service.refresh_from_db()
     assert secret.startswith("bks_") and len(secret) >= 40
     assert secret not in (service.secret_digest, service.previous_secret_digest)
     assert service.secret_last4 == secret[-4:]
-    assert service_secrets.verify_secret(service, secret)
-    assert not service_secrets.verify_secret(service, secret[:-1] + "x")
+    assert service_secrets.matched_secret(service, secret) is not None
+    assert service_secrets.matched_secret(service, secret[:-1] + "x") is None
 
 
 @pytest.mark.parametrize(
@@ -72,7 +71,7 @@ def test_it_stores_only_a_keyed_digest_of_the_secret(api):
     ["wrong secret", "unknown client", "no authentication", "disabled"],
 )
 def test_it_refuses_bad_client_credentials_with_invalid_client(api, form_or_header):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     headers = {}
     form = {"grant_type": "client_credentials"}
     if form_or_header == "wrong secret":
@@ -103,7 +102,7 @@ def test_it_refuses_bad_client_credentials_with_invalid_client(api, form_or_head
     ],
 )
 def test_it_answers_rfc6749_errors(api, form, error):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     response = post_form(api, form, HTTP_AUTHORIZATION=basic(service.client_id, secret))
     assert response.status_code == 400
     assert response.json()["error"] == error
@@ -112,7 +111,7 @@ def test_it_answers_rfc6749_errors(api, form, error):
 
 
 def test_it_refuses_two_authentication_methods_at_once(api):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     response = post_form(
         api,
         {
@@ -126,7 +125,7 @@ def test_it_refuses_two_authentication_methods_at_once(api):
 
 
 def test_it_refuses_repeated_parameters_and_json_bodies(api):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     auth = basic(service.client_id, secret)
     repeated = api.post(
         TOKEN_URL,
@@ -145,14 +144,14 @@ def test_it_refuses_repeated_parameters_and_json_bodies(api):
 
 
 def test_it_narrows_api_scopes_on_request(api):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     body = fetch_token(api, service, secret, scope="tokens:read")
     assert body["scope"] == "tokens:read"
     assert tokens.parse(body["access_token"]).scopes == ("tokens:read",)
 
 
 def test_a_rotated_secret_keeps_working_for_its_grace_period_only(api):
-    service, old = make_service()
+    service, old = service_and_secret()
     new = service_secrets.rotate_secret(service, timedelta(minutes=10))
     assert new != old
     for secret in (old, new):
@@ -174,16 +173,16 @@ def test_a_rotated_secret_keeps_working_for_its_grace_period_only(api):
 
 
 def test_rotation_without_grace_kills_the_old_secret_and_its_tokens(api):
-    service, old = make_service()
+    service, old = service_and_secret()
     old_token = fetch_token(api, service, old)["access_token"]
     assert api.get("/api/v1/ping", HTTP_AUTHORIZATION=f"Bearer {old_token}").status_code == 200
     service_secrets.rotate_secret(service, timedelta(0))
-    assert not service_secrets.verify_secret(service, old)
+    assert service_secrets.matched_secret(service, old) is None
     assert api.get("/api/v1/ping", HTTP_AUTHORIZATION=f"Bearer {old_token}").status_code == 401
 
 
 def test_disabling_a_service_kills_its_broker_tokens_at_once(api):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     token = fetch_token(api, service, secret)["access_token"]
     headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
     assert api.get("/api/v1/ping", **headers).status_code == 200
@@ -194,7 +193,7 @@ def test_disabling_a_service_kills_its_broker_tokens_at_once(api):
 
 def test_disabling_in_the_admin_kills_tokens_within_seconds(api):
     """An edit that bypasses disable_service() is noticed when the cached generation lapses."""
-    service, secret = make_service()
+    service, secret = service_and_secret()
     token = fetch_token(api, service, secret)["access_token"]
     headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
     assert api.get("/api/v1/ping", **headers).status_code == 200
@@ -204,7 +203,7 @@ def test_disabling_in_the_admin_kills_tokens_within_seconds(api):
 
 
 def test_it_refuses_expired_and_forged_broker_tokens(api, settings):
-    service, secret = make_service()
+    service, secret = service_and_secret()
     settings.BROKER_API_TOKEN_SECONDS = 1
     token = fetch_token(api, service, secret)["access_token"]
     body, _, signature = token.rpartition(".")
@@ -219,7 +218,7 @@ def test_it_refuses_expired_and_forged_broker_tokens(api, settings):
 
 def test_it_limits_each_service_to_its_rate(api, settings):
     settings.BROKER_API_RATE_LIMIT = 3
-    service, secret = make_service()
+    service, secret = service_and_secret()
     token = fetch_token(api, service, secret)["access_token"]  # the token request counts too
     headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
     assert [api.get("/api/v1/ping", **headers).status_code for _ in range(3)] == [200, 200, 429]
@@ -227,7 +226,7 @@ def test_it_limits_each_service_to_its_rate(api, settings):
     assert limited.status_code == 429 and 1 <= int(limited["Retry-After"]) <= 61
     assert limited.json()["error"] == "rate_limited"
     # Another service has its own budget.
-    other, other_secret = make_service("other")
+    other, other_secret = service_and_secret("other")
     other_token = fetch_token(api, other, other_secret)["access_token"]
     assert api.get("/api/v1/ping", HTTP_AUTHORIZATION=f"Bearer {other_token}").status_code == 200
     assert audit_events(action="token.denied", service=service.client_id)

@@ -19,11 +19,12 @@ from broker_client import (
     ReconnectRequired,
 )
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from django.db.models import F
 from django.utils import timezone
 
-from broker.api.tokens import retire_issued_tokens
+from broker.api.service_secrets import rotate_secret
+from broker.api.tokens import forget_generation
 from broker.models import Grant, ServiceClient
-from broker.service_secrets import rotate_secret
 from tests.client.conftest import (
     ACCESS_TOKEN_SECONDS,
     add_rule,
@@ -129,7 +130,11 @@ def test_threads_share_one_authentication(broker, service, grant):
 
 def test_a_retired_broker_token_is_replaced_once(broker, service, grant):
     broker.access_token(user="alice", provider="sandbox", scopes=["read:me"])
-    retire_issued_tokens(ServiceClient.objects.get(client_id=service["client_id"]))
+    # Every broker token issued so far dies (as when a secret is rotated out).
+    ServiceClient.objects.filter(client_id=service["client_id"]).update(
+        credentials_generation=F("credentials_generation") + 1
+    )
+    forget_generation(ServiceClient.objects.get(client_id=service["client_id"]).pk)
 
     token = broker.access_token(user="alice", provider="sandbox", scopes=["read:jira-work"])
 

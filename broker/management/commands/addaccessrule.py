@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
-from broker import audit
+from broker.audit import trail
 from broker.models import AccessRule, ProviderApp, ServiceClient
 
 
@@ -63,9 +63,9 @@ class Command(BaseCommand):
                 "can_create_connect_links": options["connect_links"],
             },
         )
-        audit.record(
+        trail.record(
             "admin.change",
-            actor_type=audit.ActorType.ADMIN,
+            actor_type=trail.ActorType.ADMIN,
             actor="manage.py",
             service=service.client_id,
             provider=app.slug,

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from broker import service_keys
+from broker.api import service_keys
 from broker.models import ServiceClient
 
 

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.text import slugify
 
-from broker import service_keys, service_secrets
+from broker.api import service_keys, service_secrets
 from broker.models import ServiceClient
 
 

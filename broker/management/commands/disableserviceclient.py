@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from broker import audit
 from broker.api import tokens
+from broker.audit import trail
 from broker.models import ServiceClient
 
 
@@ -23,9 +23,9 @@ class Command(BaseCommand):
         if service is None:
             raise CommandError(f"no service client {options['client_id']!r}")
         tokens.disable_service(service)
-        audit.record(
+        trail.record(
             "admin.change",
-            actor_type=audit.ActorType.ADMIN,
+            actor_type=trail.ActorType.ADMIN,
             actor="manage.py",
             service=service.client_id,
             change="service disabled",

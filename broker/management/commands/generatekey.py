@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from broker.crypto import KeyRing
+from broker.crypto.key_ring import KeyRing
 
 
 class Command(BaseCommand):

@@ -8,9 +8,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from broker import providers_file
 from broker.models import ProviderApp
-from broker.oauth1_consumer import public_key_pem
+from broker.providers import providers_file
+from broker.providers.oauth1_consumer import public_key_pem
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from broker.key_rotation import reencrypt_all
+from broker.crypto.key_rotation import reencrypt_all
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from broker.bulk_revocation import CriteriaError, create_job, enqueue_job, run_job
+from broker.revocation.bulk import CriteriaError, create_job, enqueue_job, run_job
 
 
 class Command(BaseCommand):

@@ -1,0 +1,85 @@
+"""The "My connections" pages: the signed-in user's grants, Connect, Reconnect, Disconnect."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts.requests import AuthenticatedRequest
+from broker.consent.start import begin
+from broker.models import Grant, ProviderApp
+from broker.revocation.revoke import revoke_grant
+
+
+def user_revoke_url(grant: Grant) -> str:
+    """Where the user can also remove the broker's access at the provider, if known."""
+    app = grant.provider_app
+    path = app.catalog_entry.user_revoke_path
+    if not path or path.startswith(("https://", "http://")):
+        return path
+    return f"{app.base_url.rstrip('/')}{path}" if app.base_url else ""
+
+
+@login_required
+def my_connections(request: AuthenticatedRequest) -> HttpResponse:
+    grants = list(
+        Grant.objects.filter(user=request.user)
+        .exclude(status=Grant.Status.REVOKED)
+        .select_related("provider_app")
+        .order_by("provider_app__name", "account_name")
+    )
+    apps = ProviderApp.objects.filter(enabled=True).order_by("name")
+    return render(request, "connections/list.html", {"grants": grants, "apps": apps})
+
+
+@login_required
+@require_POST
+def connect(request: AuthenticatedRequest, slug: str) -> HttpResponse:
+    """The Connect (and Reconnect) button: a CSRF-protected POST that starts consent.
+    Optional form fields: `scopes` (space-separated, narrows the app's; what the user's grant
+    holds is always asked for too) and `return_to`."""
+    app = get_object_or_404(ProviderApp, slug=slug, enabled=True)
+    scopes = request.POST.get("scopes", "").split() or None
+    return begin(request, app, scopes=scopes, return_to=request.POST.get("return_to", ""))
+
+
+def users_live_grant(request: AuthenticatedRequest, grant_id: uuid.UUID) -> Grant:
+    """The signed-in user's grant; another user's grant is as missing as a made-up id."""
+    grant = (
+        Grant.objects.select_related("provider_app")
+        .filter(pk=grant_id, user=request.user)
+        .exclude(status=Grant.Status.REVOKED)
+        .first()
+    )
+    if grant is None:
+        raise Http404("No such connection")
+    return grant
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def disconnect(request: AuthenticatedRequest, grant_id: uuid.UUID) -> HttpResponse:
+    """GET asks for confirmation; POST (CSRF-protected) revokes the grant here and, where
+    the provider has a revocation endpoint, there too (RFC 7009, in the background)."""
+    grant = users_live_grant(request, grant_id)
+    if request.method == "POST":
+        revoke_grant(
+            grant.id,
+            actor_type="user",
+            actor=request.user.get_username(),
+            reason="disconnected by user",
+            request=request,
+        )
+        messages.success(request, f"{grant.provider_app.name} is disconnected.")
+        return redirect("connections")
+    context = {
+        "grant": grant,
+        "revocable_upstream": bool(grant.provider_app.endpoint("revoke")),
+        "user_revoke_url": user_revoke_url(grant),
+    }
+    return render(request, "connections/disconnect.html", context)

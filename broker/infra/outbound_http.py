@@ -1,0 +1,340 @@
+"""The one HTTP client for the broker's outbound requests.
+
+Provider endpoints (token, identity, resources, revocation, OAuth 1.0a) and the identity
+providers' key sets (JWKS): `provider_session`.
+Every call made through it ends within BROKER_PROVIDER_TIMEOUT seconds in total: connect,
+TLS, headers, body and redirects together. requests' own timeouts bound each connect and
+each read, not the exchange, so a server trickling one byte a second would keep a call
+(and the refresh lock around it) alive indefinitely; here a watchdog shuts the sockets
+down when the deadline passes, and the call fails with `DeadlineExceeded`, a Timeout.
+
+Webhook URLs (typed in by operators or services): `post`. Such a URL must not become a way
+into the broker's own network (SSRF): every address the host name resolves to must be
+public, unless it falls in BROKER_WEBHOOK_ALLOWED_NETWORKS. The check runs where the
+socket is opened, on the very address connected to, so a DNS answer that changes between a
+check and the connection (rebinding) cannot slip through. Timeouts are short, redirects are
+not followed, and proxies from the environment are ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+from urllib3 import ProxyManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+CONNECT_TIMEOUT_SECONDS = 3.05
+READ_TIMEOUT_SECONDS = 10
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class DestinationRefused(Exception):
+    """The URL's host is not a public address (or not allow-listed); nothing was sent."""
+
+
+def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in settings.BROKER_WEBHOOK_ALLOWED_NETWORKS]
+
+
+# IPv6 ranges whose last 32 bits are an IPv4 address that the packets end up at: IPv4-
+# mapped (RFC 4291 2.5.5.2), IPv4-compatible (2.5.5.1, deprecated), IPv4-translated
+# (RFC 2765), NAT64's well-known prefix (RFC 6052). 6to4 (RFC 3056, 2002::/16) carries
+# one in bits 16-48 (`sixtofour`).
+IPV4_EMBEDDING_NETWORKS = [
+    ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+]
+# NAT64's local-use prefix (RFC 8215): where the IPv4 address sits is up to the operator,
+# so none of it counts as public.
+LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in network for network in IPV4_EMBEDDING_NETWORKS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def check_address(address: str) -> IPAddress:
+    """Refuses private, loopback, link-local, reserved and multicast addresses, also when an
+    IPv6 address only wraps one (::ffff:10.0.0.1, 64:ff9b::127.0.0.1, 2002:a9fe:a9fe::)."""
+    ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in LOCAL_NAT64 and not is_allowed(ip):
+            raise DestinationRefused(f"{ip} is not a public address (local-use NAT64)")
+        ip = embedded_ipv4(ip) or ip  # where the packets end up is what counts
+    if is_allowed(ip):
+        return ip
+    if not ip.is_global or ip.is_multicast:
+        raise DestinationRefused(f"{ip} is not a public address")
+    return ip
+
+
+def is_allowed(ip: IPAddress) -> bool:
+    return any(ip in network for network in allowed_networks())
+
+
+def resolve_checked(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, all checked; refuses if any one is not allowed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise DestinationRefused(f"cannot resolve {host}: {exc.strerror}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise DestinationRefused(f"{host} has no address")
+    for address in addresses:
+        check_address(address)
+    return addresses
+
+
+class _GuardedConnectionMixin:
+    """Connects only to an address that passed `resolve_checked`."""
+
+    _dns_host: str
+    port: int
+
+    def _new_conn(self) -> socket.socket:
+        addresses = resolve_checked(self._dns_host, self.port)
+        self._dns_host = addresses[0]  # connect to the checked address, not a new lookup
+        return super()._new_conn()  # type: ignore[misc]
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _GuardedHTTPConnectionPool,
+            "https": _GuardedHTTPSConnectionPool,
+        }
+
+
+def check_url(url: str) -> None:
+    """Refuses URLs that are not http(s), carry credentials, or point at a refused address."""
+    parts = urlsplit(url)
+    schemes = {"https", "http"} if settings.BROKER_ALLOW_HTTP or settings.DEBUG else {"https"}
+    if parts.scheme not in schemes:
+        raise DestinationRefused(f"scheme {parts.scheme!r} is not allowed")
+    if parts.username or parts.password:
+        raise DestinationRefused("URLs with credentials are not allowed")
+    if not parts.hostname:
+        raise DestinationRefused("the URL has no host")
+    resolve_checked(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def post(url: str, body: bytes, headers: Mapping[str, str]) -> requests.Response:
+    """POSTs `body`; raises DestinationRefused before anything is sent to a refused host, and
+    requests.RequestException for network errors. The response body is not read."""
+    check_url(url)
+    with requests.Session() as session:
+        session.trust_env = False  # no proxies or .netrc credentials from the environment
+        adapter = _GuardedAdapter(max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        response = session.post(
+            url,
+            data=body,
+            headers=dict(headers),
+            timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
+            allow_redirects=False,
+            stream=True,
+        )
+        response.close()
+        return response
+
+
+# -- provider calls: one total deadline per call ------------------------------------------------
+
+SessionT = TypeVar("SessionT", bound=requests.Session)
+
+
+class DeadlineExceeded(requests.Timeout):
+    """The call had no complete answer within its total deadline; it was cut off."""
+
+
+class Deadline:
+    """The moment by which a whole call must be over, and the watchdog that enforces it:
+    when it passes, the sockets of the call's connections are shut down, so a read blocked
+    on a trickling server returns at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends_at = time.monotonic() + seconds
+        self.passed = threading.Event()
+        self._connections: list[HTTPConnection] = []
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._watchdog = threading.Timer(seconds, self._cut_off)
+        self._watchdog.daemon = True
+
+    def remaining(self) -> float:
+        return max(0.0, self.ends_at - time.monotonic())
+
+    def start(self) -> None:
+        self.ends_at = time.monotonic() + self.seconds
+        self._watchdog.start()
+
+    def cancel(self) -> None:
+        self._watchdog.cancel()
+
+    def watch(self, connection: HTTPConnection) -> None:
+        """Connecting or sending: whatever socket the connection holds when time is up."""
+        with self._lock:
+            self._connections.append(connection)
+        if self.passed.is_set():
+            self._cut_off()
+
+    def watch_socket(self, sock: socket.socket | None) -> None:
+        """The socket an answer is read from, which http.client may detach from its
+        connection (`Connection: close`) and hand to the response."""
+        if sock is not None:
+            with self._lock:
+                self._sockets.append(sock)
+        if self.passed.is_set():
+            self._cut_off()
+
+    def _cut_off(self) -> None:
+        with self._lock:
+            self.passed.set()
+            sockets = [c.sock for c in self._connections if c.sock is not None] + self._sockets
+        for sock in sockets:
+            try:
+                # The plain socket's shutdown, also for a TLS socket: it wakes a blocked
+                # read without touching the TLS state the reading thread is using.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+
+# The deadline of the call running in this thread, for the connections it opens or reuses.
+_current_deadline: ContextVar[Deadline | None] = ContextVar("provider_call_deadline", default=None)
+
+
+class _WatchedConnectionMixin:
+    """Hands every connection a call uses, new or kept alive, to that call's watchdog."""
+
+    sock: socket.socket | None
+
+    def connect(self) -> None:
+        deadline = _current_deadline.get()
+        if deadline is not None:
+            deadline.watch(self)  # type: ignore[arg-type]
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        deadline = _current_deadline.get()
+        if deadline is not None:
+            deadline.watch(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
+        if deadline is not None:
+            deadline.watch_socket(self.sock)
+
+
+class _WatchedHTTPConnection(_WatchedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """Sends each request (redirects included) with what is left of one deadline, and reads
+    the body before the deadline too."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, ProxyManager):  # an HTTP(S) proxy from the environment
+            manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        remaining = self.deadline.remaining()
+        if remaining <= 0 or self.deadline.passed.is_set():
+            raise self.exceeded(request)
+        kwargs["timeout"] = (min(CONNECT_TIMEOUT_SECONDS, remaining), remaining)
+        token = _current_deadline.set(self.deadline)
+        try:
+            response = super().send(request, *args, **kwargs)
+            response.content  # noqa: B018 (the body belongs to the call, and to its deadline)
+        except requests.RequestException as exc:
+            if self.deadline.passed.is_set():
+                raise self.exceeded(request) from exc
+            raise
+        finally:
+            _current_deadline.reset(token)
+        if self.deadline.passed.is_set():  # the cut-off may look like a normal end of body
+            raise self.exceeded(request)
+        return response
+
+    def exceeded(self, request: requests.PreparedRequest) -> DeadlineExceeded:
+        host = urlsplit(request.url or "").hostname
+        return DeadlineExceeded(
+            f"{host} gave no complete answer within {self.deadline.seconds:g} s", request=request
+        )
+
+
+@contextmanager
+def provider_session(session: SessionT, *, seconds: float | None = None) -> Iterator[SessionT]:
+    """`session` (a plain one, or Authlib's) for one call to a provider: everything sent
+    through it inside the `with` block ends within `seconds` (BROKER_PROVIDER_TIMEOUT by
+    default) from entering it, or raises DeadlineExceeded. The session is closed on leaving."""
+    deadline = Deadline(seconds if seconds is not None else settings.BROKER_PROVIDER_TIMEOUT)
+    adapter = _DeadlineAdapter(deadline)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    deadline.start()
+    try:
+        yield session
+    finally:
+        deadline.cancel()
+        session.close()

@@ -1,0 +1,40 @@
+"""The one place the broker builds Redis clients.
+
+By default the timeouts are short, so a dead Redis answers fast: health checks, metrics and
+the internal API's hot path (broker token checks, rate limits, replay caches, the audit
+buffer). The refresh engine asks for longer ones (`socket_timeout`, `connect_timeout`): a
+lock or rescue lost to a slow Redis would cost a refresh that already reached the provider.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+
+TIMEOUT_SECONDS = 0.5
+# Connections idle this long are pinged before use, so a Redis restart costs no command.
+HEALTH_CHECK_INTERVAL_SECONDS = 30
+# Prefix of the broker's own keys (the Django cache adds its own).
+KEY_PREFIX = "broker:"
+
+
+@lru_cache(maxsize=8)
+def _client(url: str, socket_timeout: float, connect_timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
+    )
+
+
+def redis_client(
+    url: str | None = None,
+    *,
+    socket_timeout: float = TIMEOUT_SECONDS,
+    connect_timeout: float = TIMEOUT_SECONDS,
+) -> redis.Redis:
+    """A client for `url` (default REDIS_URL), shared per URL and timeouts in the process."""
+    return _client(url or settings.REDIS_URL, socket_timeout, connect_timeout)

@@ -1,0 +1,1 @@
+"""Telling services (webhooks) and users (email) what happened to a grant."""

@@ -1,0 +1,1 @@
+"""Running the broker: logging, metrics, health, middleware, error pages, start-up checks."""

@@ -1,0 +1,275 @@
+"""Logging: plain or JSON lines, one per request and per Celery task, and no secret ever.
+
+Redaction happens in ONE place: `RedactingFilter`, attached to the root handler (and to
+Django's own handlers, which are routed to it), so every record from every library passes
+through it before it is written. It removes known sensitive parameters and headers from
+the message, its arguments and any traceback, and strips query strings and user info from
+URLs. Code should still not log secrets; this is the net under it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+REDACTED = "[REDACTED]"
+SENSITIVE_KEYS = (
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "client_secret",
+    "code",
+    "code_verifier",
+    "oauth_verifier",
+    "oauth_token",
+    "oauth_token_secret",
+    "token_secret",
+    "request_token_secret",
+    "consumer_secret",
+    "oauth_signature",
+    "client_assertion",
+    "password",
+    "token",
+    "secret",
+    "webhook_secret",
+    "authorization",
+    "private_key",
+    "assertion",
+    # OAuth state binds a consent in progress to its browser session.
+    "state",
+)
+_KEYS = "|".join(sorted(SENSITIVE_KEYS, key=len, reverse=True))
+# A key starts a word, or follows a percent-encoded character (`%26code%3D...`).
+_KEY_START = r"(?:(?<![A-Za-z0-9_%])|(?<=%[0-9A-Fa-f]{2}))"
+_PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    # URLs: drop user info and the query string (credentialed or code-carrying URLs).
+    (
+        re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\s/@?#]*@)?([^\s?#\"'<>]*)\?[^\s#\"'<>]*"),
+        r"\1\2?" + REDACTED,
+    ),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@?#]*@"), r"\1"),
+    # "key": "value" / 'key': 'value' (JSON, Python reprs of dicts and headers).
+    (
+        re.compile(rf"(?i)([\"'](?:{_KEYS})[\"']\s*[:=,]\s*)([\"'])(?:\\.|(?!\2).)*\2"),
+        rf"\1\2{REDACTED}\2",
+    ),
+    # Header lines and free text: "Authorization: Bearer xyz", "Authorization=Basic ...".
+    (re.compile(r"(?i)\b(authorization\s*[:=]\s*)[^\n,;]*"), rf"\1{REDACTED}"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {REDACTED}"),
+    # key=value in forms, query strings and OAuth 1.0a headers (oauth_token="..."), also
+    # percent-encoded inside another URL's parameter (refresh_token%3D...%26...).
+    (
+        re.compile(rf"(?i){_KEY_START}((?:{_KEYS})(?:=|%3D))(\"[^\"]*\"|(?:(?!%26)[^&\s,;\"'])+)"),
+        rf"\1{REDACTED}",
+    ),
+    # key: value in free text, YAML and header-like lines ("refresh_token: abc").
+    (
+        re.compile(rf"(?i){_KEY_START}((?:{_KEYS})\s*:\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&\"'<>]+)"),
+        rf"\1{REDACTED}",
+    ),
+    # The broker's own issued secrets are recognisable by their prefix.
+    (re.compile(r"\bbk[sw]_[A-Za-z0-9_-]+"), REDACTED),
+]
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record so that no handler can write a secret it carried."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed format string: keep what can be kept
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            # Formatters reuse exc_text when it is set, so the raw traceback is never printed.
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for name in EXTRA_FIELDS:
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, redact(value))
+        return True
+
+
+# Structured fields the request and task log lines carry (JSON keys).
+EXTRA_FIELDS = (
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "user",
+    "service",
+    "task",
+    "task_id",
+    "state",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in EXTRA_FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, default=str)
+
+
+JsonFormatter.converter = time.gmtime
+
+
+def max_level(*levels: str) -> str:
+    return max(levels, key=logging.getLevelName)
+
+
+def logging_settings(level: str, log_format: str) -> dict[str, Any]:
+    """The LOGGING dict: one console handler, with the redacting filter, for everything.
+
+    Django's own loggers are re-pointed at it (their default handlers would bypass the
+    filter: `django.server` prints request lines with query strings, `mail_admins` mails
+    request details)."""
+    if log_format not in ("plain", "json"):
+        raise ValueError("LOG_FORMAT must be plain or json")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": "broker.ops.logging_config.RedactingFilter"}},
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+            "json": {"()": "broker.ops.logging_config.JsonFormatter"},
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": log_format,
+                "filters": ["redact"],
+            }
+        },
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            "django": {"handlers": [], "level": level, "propagate": True},
+            # runserver's access lines would repeat broker.request's line for each request
+            # (and print query strings); failures still reach django.request.
+            "django.server": {"handlers": [], "level": "CRITICAL", "propagate": True},
+            "celery": {"handlers": [], "level": level, "propagate": True},
+            # broker.task logs each run once; Celery's "received" / "succeeded" lines, and
+            # beat's "Sending due task" every few seconds, would only repeat it. Warnings
+            # and errors (a task failed, a message could not be sent) still show.
+            **{
+                name: {"handlers": [], "level": max_level(level, "WARNING"), "propagate": True}
+                for name in ("celery.beat", "celery.app.trace", "celery.worker.strategy")
+            },
+        },
+    }
+
+
+request_logger = logging.getLogger("broker.request")
+task_logger = logging.getLogger("broker.task")
+
+
+def name_service(request: HttpRequest, client_id: str) -> None:
+    """Records which service made `request` (once it proved it), for its request log line."""
+    request.service_client_id = client_id  # type: ignore[attr-defined]
+
+
+class RequestLogMiddleware:
+    """One line per request: method, path (never the query string), status, duration, and
+    who asked: the signed-in user's id, or the service that `name_service` recorded."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.monotonic()
+        response = self.get_response(request)
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        user = getattr(request, "user", None)
+        user_id = user.pk if user is not None and user.is_authenticated else None
+        service = getattr(request, "service_client_id", None)
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": duration_ms,
+            "user": user_id,
+            "service": service,
+        }
+        who = f" service={service}" if service else f" user={user_id}" if user_id else ""
+        request_logger.info(
+            "%s %s %s %sms%s",
+            request.method,
+            request.path,
+            response.status_code,
+            duration_ms,
+            who,
+            extra=fields,
+        )
+        return response
+
+
+_task_started: dict[str, float] = {}
+
+
+def on_task_prerun(task_id: str | None = None, **kwargs: Any) -> None:
+    if task_id:
+        _task_started[task_id] = time.monotonic()
+
+
+def on_task_postrun(
+    task_id: str | None = None,
+    task: Any = None,
+    state: str | None = None,
+    retval: Any = None,
+    **kwargs: Any,
+) -> None:
+    """One line per task run: name, id, final state, duration; never its arguments.
+
+    A frequent housekeeping task (declared with `quiet_when_idle=True`) that succeeded and
+    found nothing to do (returned 0) logs at DEBUG: no line every few seconds when idle."""
+    started = _task_started.pop(task_id or "", None)
+    duration_ms = round((time.monotonic() - started) * 1000, 1) if started else None
+    name = getattr(task, "name", "?")
+    idle = state == "SUCCESS" and not retval and getattr(task, "quiet_when_idle", False)
+    task_logger.log(
+        logging.DEBUG if idle else logging.INFO,
+        "task %s %s %s %sms",
+        name,
+        task_id,
+        state,
+        duration_ms,
+        extra={"task": name, "task_id": task_id, "state": state, "duration_ms": duration_ms},
+    )
+
+
+def connect_task_logging() -> None:
+    from celery.signals import task_postrun, task_prerun
+
+    task_prerun.connect(on_task_prerun, weak=False, dispatch_uid="broker-task-prerun")
+    task_postrun.connect(on_task_postrun, weak=False, dispatch_uid="broker-task-postrun")

@@ -1,0 +1,31 @@
+"""Requests refused before any view sees them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from broker.ops.error_pages import bad_request
+
+
+class RefuseNulMiddleware:
+    """A NUL character in the path or a query parameter is a 400 (JSON under /api/, a page
+    in the browser: broker.ops.error_pages).
+
+    No URL the broker serves or a provider sends back (callback `state`, `oauth_token`,
+    admin search and filters) carries one, and PostgreSQL refuses to compare text holding
+    it, so without this every view that looks a URL value up would fail with a 500.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path or any(
+            "\x00" in name or any("\x00" in value for value in values)
+            for name, values in request.GET.lists()
+        ):
+            # Answered here rather than raised: Django would log a traceback per request.
+            return bad_request(request)
+        return self.get_response(request)

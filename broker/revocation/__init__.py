@@ -1,0 +1,1 @@
+"""Revoking grants, one (here and at the provider) or many (bulk jobs)."""

@@ -1,0 +1,405 @@
+"""The refresh engine against the sandbox (2-second access tokens) and real Redis."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+import pytest
+import requests
+from django.db import OperationalError, transaction
+from django.utils import timezone
+
+from broker.models import (
+    AccessRule,
+    AuditEvent,
+    Grant,
+    ProviderApp,
+    ServiceClient,
+    WebhookDelivery,
+)
+from broker.refresh import engine
+from broker.refresh.engine import (
+    ProviderUnavailable,
+    ReconnectRequired,
+    Result,
+    ensure_fresh,
+    refresh_grant_now,
+)
+from tests.sandbox_grants import (
+    connect_grant,
+    identity_works,
+    refresh_count,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sandbox]
+
+
+@pytest.fixture
+def grant(sandbox, sandbox_apps, owner):
+    return connect_grant(sandbox, owner)
+
+
+def wait_until_expired(grant: Grant) -> None:
+    remaining = (grant.access_expires_at - timezone.now()).total_seconds()
+    time.sleep(max(0.0, remaining) + 0.05)
+
+
+def claim(grant: Grant) -> None:
+    """What the beat does for a due grant (without enqueueing)."""
+    Grant.objects.filter(pk=grant.pk).update(next_refresh_at=timezone.now())
+    assert engine.claim_due_grants(on_claimed=lambda ids: None) == [str(grant.pk)]
+
+
+def stored(grant: Grant) -> Grant:
+    return Grant.objects.get(pk=grant.pk)
+
+
+def sealed_columns(grant: Grant) -> list[str]:
+    return [getattr(grant, f"{name}_sealed") for name in Grant.SEALED_FIELDS]
+
+
+# -- the happy paths -----------------------------------------------------------------------
+
+
+def test_a_valid_stored_token_is_served_without_calling_the_provider(sandbox, grant):
+    before = refresh_count(sandbox)
+    served = ensure_fresh(grant.pk, min_ttl=0)
+    assert served.unseal("access_token") == grant.unseal("access_token")
+    assert refresh_count(sandbox) == before
+
+
+def test_an_expired_token_is_refreshed_on_demand(sandbox, grant):
+    wait_until_expired(grant)
+    before = refresh_count(sandbox)
+    served = ensure_fresh(grant.pk, min_ttl=1)
+    assert refresh_count(sandbox) == before + 1
+    assert served.access_token_valid_for(1)
+    assert served.unseal("access_token") != grant.unseal("access_token")
+    assert served.unseal("refresh_token") != grant.unseal("refresh_token")
+    assert served.token_version == grant.token_version + 1
+    assert identity_works(sandbox, served.unseal("access_token"))
+    assert AuditEvent.objects.filter(grant_id=grant.pk, action="grant.refreshed").count() == 1
+
+
+def test_ten_rotations_in_a_row_keep_working_and_superseded_tokens_are_rejected(sandbox, grant):
+    before = refresh_count(sandbox)
+    superseded = []
+    current = grant
+    for _ in range(10):
+        superseded.append(current.unseal("refresh_token"))
+        fresh = ensure_fresh(grant.pk, min_ttl=1, force_refresh=True)
+        assert fresh.token_version == current.token_version + 1
+        assert fresh.unseal("refresh_token") not in superseded
+        assert identity_works(sandbox, fresh.unseal("access_token"))
+        current = fresh
+    assert refresh_count(sandbox) == before + 10
+    # Straight to the sandbox with a superseded refresh token: refused (and, as at
+    # Atlassian after the reuse window, the whole family dies with it).
+    app = ProviderApp.objects.get(slug="sandbox")
+    reuse = requests.post(
+        app.endpoint("token"),
+        json={
+            "grant_type": "refresh_token",
+            "client_id": app.client_id,
+            "client_secret": app.unseal("client_secret"),
+            "refresh_token": superseded[-1],
+        },
+        timeout=10,
+    )
+    assert reuse.status_code in (400, 401, 403)
+    assert reuse.json()["error"] == "invalid_grant"
+
+
+def test_force_refresh_returns_a_token_from_a_refresh_after_the_call(sandbox, grant):
+    before = refresh_count(sandbox)
+    fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+    assert refresh_count(sandbox) == before + 1
+    assert fresh.unseal("access_token") != grant.unseal("access_token")
+    assert fresh.last_refreshed_at >= grant.updated_at
+
+
+def test_a_task_refreshes_a_claimed_grant_once_and_a_duplicate_does_nothing(sandbox, grant):
+    claim(grant)
+    before = refresh_count(sandbox)
+    assert refresh_grant_now(grant.pk, retries_left=3).result == Result.REFRESHED
+    assert refresh_grant_now(grant.pk, retries_left=3).result == Result.NOT_NEEDED
+    assert refresh_count(sandbox) == before + 1
+    after = stored(grant)
+    assert after.refresh_enqueued_at is None
+    assert after.next_refresh_at > timezone.now()
+    assert after.next_refresh_at < after.access_expires_at
+
+
+def test_a_task_for_a_missing_or_inactive_grant_returns_quietly(sandbox, grant):
+    before = refresh_count(sandbox)
+    assert refresh_grant_now("00000000-0000-0000-0000-000000000000").result == Result.GONE
+    claim(grant)
+    Grant.objects.filter(pk=grant.pk).update(status=Grant.Status.REVOKED)
+    assert refresh_grant_now(grant.pk).result == Result.GONE
+    assert refresh_count(sandbox) == before
+    with pytest.raises(ReconnectRequired):
+        ensure_fresh(grant.pk, min_ttl=0)
+
+
+def test_refreshing_inside_an_open_transaction_is_refused_before_calling_upstream(sandbox, grant):
+    wait_until_expired(grant)
+    before = refresh_count(sandbox)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        ensure_fresh(grant.pk, min_ttl=1)
+    assert refresh_count(sandbox) == before
+    assert stored(grant).token_version == grant.token_version
+
+
+def test_the_reconnect_soon_flag_is_visible_on_the_grant(grant):
+    assert grant.refresh_absolute_expires_at is not None  # Atlassian: 365 days
+    assert not grant.needs_reconnect_soon
+    Grant.objects.filter(pk=grant.pk).update(
+        refresh_absolute_expires_at=timezone.now() + timedelta(days=3)
+    )
+    assert stored(grant).needs_reconnect_soon
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_a_500_is_retried_while_the_current_token_is_still_served(sandbox, grant):
+    subscribed_service(grant.provider_app)
+    claim(grant)
+    sandbox.faults(mode="error500", times=1)
+    outcome = refresh_grant_now(grant.pk, retries_left=3)
+    assert outcome.result == Result.PROVIDER_FAILED
+    assert outcome.task_retry_in is not None and outcome.task_retry_in >= 1
+    failed = stored(grant)
+    assert failed.status == Grant.Status.ACTIVE
+    assert failed.failure_count == 1
+    assert failed.last_error.startswith("http_500")
+    assert failed.refresh_enqueued_at is not None  # the task keeps its claim for the retry
+    assert failed.unseal("refresh_token") == grant.unseal("refresh_token")
+    # The stored token is still served while valid, with no call upstream.
+    before = refresh_count(sandbox)
+    assert ensure_fresh(grant.pk, min_ttl=0).unseal("access_token") == grant.unseal("access_token")
+    assert refresh_count(sandbox) == before
+    # The retry succeeds and clears the failure.
+    assert refresh_grant_now(grant.pk, retries_left=2).result == Result.REFRESHED
+    healed = stored(grant)
+    assert (healed.failure_count, healed.last_error, healed.status) == (0, "", "active")
+    event = AuditEvent.objects.get(grant_id=grant.pk, action="grant.refresh_failed")
+    assert event.detail["reason"] == "provider_unavailable"
+    assert not WebhookDelivery.objects.exists()  # transient trouble is not broadcast
+
+
+def test_a_500_without_a_valid_token_left_is_provider_unavailable_not_reconnect(sandbox, grant):
+    wait_until_expired(grant)
+    sandbox.faults(mode="error500")
+    with pytest.raises(ProviderUnavailable) as raised:
+        ensure_fresh(grant.pk, min_ttl=1)
+    assert raised.value.retry_after >= 1
+    failed = stored(grant)
+    assert failed.status == Grant.Status.ACTIVE
+    assert failed.has_secret("refresh_token")
+    assert failed.next_refresh_at > timezone.now()  # backoff for the beat
+
+
+def test_a_429_honours_retry_after(sandbox, grant):
+    wait_until_expired(grant)
+    sandbox.faults(mode="ratelimit", retry_after=30, times=1)
+    started = timezone.now()
+    with pytest.raises(ProviderUnavailable) as raised:
+        ensure_fresh(grant.pk, min_ttl=1)
+    assert raised.value.retry_after >= 30
+    failed = stored(grant)
+    assert failed.next_refresh_at >= started + timedelta(seconds=30)
+    assert failed.last_error.startswith("http_429")
+    assert failed.status == Grant.Status.ACTIVE
+
+
+def test_force_refresh_with_the_provider_failing_is_provider_unavailable(sandbox, grant):
+    sandbox.faults(mode="error500")
+    with pytest.raises(ProviderUnavailable):
+        ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+    # Without force, the still-valid token is served.
+    assert ensure_fresh(grant.pk, min_ttl=0).unseal("access_token") == grant.unseal("access_token")
+
+
+def test_a_refresh_slower_than_the_timeout_is_retried_not_reconnect(
+    reuse_window_apps, owner, settings
+):
+    """The provider may have processed a request the broker gave up on: the retry reuses
+    the refresh token inside Atlassian's reuse window and the grant lives on."""
+    sandbox = reuse_window_apps
+    grant = connect_grant(sandbox, owner)
+    settings.BROKER_PROVIDER_TIMEOUT = 1
+    claim(grant)
+    sandbox.faults(mode="slow", delay=2.5, times=1)
+    try:
+        outcome = refresh_grant_now(grant.pk, retries_left=3)
+    finally:
+        sandbox.faults(mode="none")
+    assert outcome.result == Result.PROVIDER_FAILED
+    failed = stored(grant)
+    assert failed.last_error.startswith("timeout")
+    assert failed.status == Grant.Status.ACTIVE
+    time.sleep(2)  # the sandbox finishes the abandoned request meanwhile
+    assert refresh_grant_now(grant.pk, retries_left=2).result == Result.REFRESHED
+    fresh = ensure_fresh(grant.pk, min_ttl=1, force_refresh=True)
+    assert identity_works(sandbox, fresh.unseal("access_token"))
+
+
+def subscribed_service(app: ProviderApp) -> ServiceClient:
+    service = ServiceClient(client_id="svc", name="Svc", webhook_url="https://svc.example/hook")
+    service.seal("webhook_secret", "whsec")
+    service.save()
+    AccessRule.objects.create(service=service, provider_app=app)
+    return service
+
+
+def test_an_upstream_revoke_makes_the_grant_reconnect_required_in_one_cycle(sandbox, grant):
+    service = subscribed_service(grant.provider_app)
+    sandbox.revoke_user("alice")
+    claim(grant)
+    assert refresh_grant_now(grant.pk, retries_left=3).result == Result.RECONNECT_REQUIRED
+    dead = stored(grant)
+    assert dead.status == Grant.Status.RECONNECT_REQUIRED
+    assert sealed_columns(dead) == ["", "", ""]
+    assert dead.next_refresh_at is None and dead.refresh_enqueued_at is None
+    assert dead.last_error.startswith("invalid_grant")
+    event = AuditEvent.objects.get(grant_id=grant.pk, action="grant.reconnect_required")
+    assert event.outcome == "failure" and event.subject_user == "alice"
+    # Subscribed services are told (broker.notify.dispatch), once.
+    delivery = WebhookDelivery.objects.get(service=service, grant_id=grant.pk)
+    assert delivery.event == "grant.reconnect_required"
+    assert '"status":"reconnect_required"' in delivery.body
+    with pytest.raises(ReconnectRequired):
+        ensure_fresh(grant.pk, min_ttl=0)
+    # Nothing more goes upstream for a dead grant.
+    before = refresh_count(sandbox)
+    assert engine.claim_due_grants(on_claimed=lambda ids: None) == []
+    assert refresh_grant_now(grant.pk).result == Result.GONE
+    assert refresh_count(sandbox) == before
+
+
+def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, caplog):
+    app = ProviderApp.objects.get(slug="sandbox")
+    service = subscribed_service(app)
+    real_secret = app.unseal("client_secret")
+    app.seal("client_secret", "wrong-secret")
+    app.save()
+    claim(grant)
+    with caplog.at_level(logging.ERROR, logger="broker.refresh.engine"):
+        outcome = refresh_grant_now(grant.pk, retries_left=0)
+    assert outcome.result == Result.CLIENT_MISCONFIGURED
+    assert outcome.task_retry_in is None  # no retries left: back to the beat
+    kept = stored(grant)
+    assert kept.status == Grant.Status.ACTIVE
+    assert kept.unseal("refresh_token") == grant.unseal("refresh_token")
+    assert kept.refresh_enqueued_at is None and kept.next_refresh_at > timezone.now()
+    event = AuditEvent.objects.get(grant_id=grant.pk, action="grant.refresh_failed")
+    assert event.detail["reason"] == "client_misconfigured"
+    assert event.detail["error"].startswith("invalid_client")
+    assert WebhookDelivery.objects.get(service=service).event == "grant.refresh_failed"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("rejected the client of app sandbox" in line for line in errors)
+    for secret in ("wrong-secret", real_secret, grant.unseal("refresh_token")):
+        assert all(secret not in line for line in errors)
+        assert secret not in str(event.detail)
+    # Fixed by an admin: the same refresh token still works (it was never consumed).
+    app.seal("client_secret", real_secret)
+    app.save()
+    claim(grant)
+    assert refresh_grant_now(grant.pk).result == Result.REFRESHED
+
+
+def test_a_lock_held_elsewhere_is_busy_never_an_authorization_failure(sandbox, grant, settings):
+    settings.BROKER_PROVIDER_TIMEOUT = 0.5  # callers wait 2 x this for the lock
+    wait_until_expired(grant)
+    held = engine.lock_redis().lock(f"broker:refresh-lock:{grant.pk}", timeout=10)
+    assert held.acquire(blocking=False)
+    before = refresh_count(sandbox)
+    try:
+        with pytest.raises(ProviderUnavailable):
+            ensure_fresh(grant.pk, min_ttl=1)
+        claim(grant)
+        outcome = refresh_grant_now(grant.pk, retries_left=2)
+    finally:
+        held.release()
+    assert outcome.result == Result.BUSY and outcome.task_retry_in
+    assert refresh_count(sandbox) == before
+    untouched = stored(grant)
+    assert untouched.status == Grant.Status.ACTIVE and untouched.failure_count == 0
+
+
+def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, grant, monkeypatch):
+    wait_until_expired(grant)
+    real_persist = engine.persist_refresh
+    calls = []
+
+    def database_away_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_persist(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "persist_refresh", database_away_once)
+    before = refresh_count(sandbox)
+    with pytest.raises(ProviderUnavailable):
+        ensure_fresh(grant.pk, min_ttl=1)
+    assert refresh_count(sandbox) == before + 1
+    assert stored(grant).token_version == grant.token_version  # nothing written
+    rescued = engine.lock_redis().get(f"broker:refresh-rescue:{grant.pk}")
+    assert rescued is not None
+    assert engine.lock_redis().ttl(f"broker:refresh-rescue:{grant.pk}") <= 600
+    rescue = engine.read_rescue(grant.pk)
+    assert rescue.response.refresh_token.encode() not in rescued  # sealed, not plaintext
+    assert rescue.response.access_token.encode() not in rescued
+
+    served = ensure_fresh(grant.pk, min_ttl=1)
+    assert refresh_count(sandbox) == before + 1  # applied from the rescue, no second call
+    assert served.unseal("refresh_token") == rescue.response.refresh_token
+    assert served.unseal("access_token") == rescue.response.access_token
+    assert engine.lock_redis().get(f"broker:refresh-rescue:{grant.pk}") is None
+    # The stored refresh token is the rotated one: the strict sandbox accepts it.
+    again = ensure_fresh(grant.pk, min_ttl=1, force_refresh=True)
+    assert again.status == Grant.Status.ACTIVE
+    assert identity_works(sandbox, again.unseal("access_token"))
+
+
+def test_a_rescued_response_only_opens_for_its_own_grant(sandbox, sandbox_apps, owner):
+    from broker.providers.oauth2_client import TokenResponse
+
+    first = connect_grant(sandbox, owner)
+    second = connect_grant(sandbox, owner, username="bob")
+    response = TokenResponse("at", "rt", 2, None, "Bearer")
+    rescue = engine.Rescue(response, based_on_version=1, received_at=timezone.now())
+    assert engine.stash_rescue(first.pk, rescue)
+    client = engine.lock_redis()
+    sealed_for_first = client.get(f"broker:refresh-rescue:{first.pk}")
+    client.set(f"broker:refresh-rescue:{second.pk}", sealed_for_first)
+    assert engine.read_rescue(second.pk) is None  # does not decrypt: dropped
+    assert client.get(f"broker:refresh-rescue:{second.pk}") is None
+    assert engine.read_rescue(first.pk).response.refresh_token == "rt"
+    engine.drop_rescue(first.pk)
+
+
+def test_a_pending_rescue_is_applied_before_the_stored_token_is_served(sandbox, grant, monkeypatch):
+    real_persist = engine.persist_refresh
+    calls = []
+
+    def database_away_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("database is locked")
+        return real_persist(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "persist_refresh", database_away_once)
+    with pytest.raises(ProviderUnavailable):
+        ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+    rescue = engine.read_rescue(grant.pk)
+    # The stored access token still looks valid, but the provider replaced it: the
+    # rescued one is served instead, with no second call upstream.
+    before = refresh_count(sandbox)
+    served = ensure_fresh(grant.pk, min_ttl=0)
+    assert served.unseal("access_token") == rescue.response.access_token
+    assert served.unseal("access_token") != grant.unseal("access_token")
+    assert refresh_count(sandbox) == before
