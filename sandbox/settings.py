@@ -6,6 +6,7 @@ It is never imported by the broker's settings.
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 
@@ -72,9 +73,9 @@ def database_config(url: str) -> dict:
 
 SECRET_KEY = env_str("SANDBOX_SECRET_KEY", "sandbox-dev-only-secret-key-not-for-production")
 DEBUG = True
-ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
-
 SANDBOX_PUBLIC_URL = env_str("SANDBOX_PUBLIC_URL", "http://localhost:8001").rstrip("/")
+# Its own public host too: the fault drills serve it on an address of their bridge.
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", urlsplit(SANDBOX_PUBLIC_URL).hostname or "localhost"]
 SANDBOX_ACCESS_TOKEN_SECONDS = env_int("SANDBOX_ACCESS_TOKEN_SECONDS", 3600)
 SANDBOX_TEST_SWITCHES = os.environ.get("SANDBOX_TEST_SWITCHES", "") == "1"
 

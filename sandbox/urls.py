@@ -60,6 +60,7 @@ urlpatterns = [
     path("_sandbox/revoke-user", switch_views.revoke_user),
     path("_sandbox/expire-access-tokens", switch_views.expire_access_tokens),
     path("_sandbox/tokens", switch_views.tokens),
+    path("_sandbox/token-history", switch_views.token_history),
     path("_sandbox/groups", switch_views.groups),
     path("", include((oidc_patterns, "oauth2_provider"))),
 ]

@@ -1,6 +1,7 @@
 """The sandbox provider, driven over real HTTP with requests and Authlib's clients."""
 
 import base64
+import hashlib
 import os
 import subprocess
 import sys
@@ -362,6 +363,54 @@ def test_refresh_rotates_and_reuse_kills_the_family(sandbox: SandboxServer, apps
     )
     assert newest.status_code == 400
     assert newest.json()["error"] == "invalid_grant"
+
+
+def test_token_history_dates_rotated_tokens_and_counts_refresh_reuse(
+    sandbox: SandboxServer, apps: dict
+) -> None:
+    app = apps["sandbox-generic"]
+    code, _ = authorization_code(sandbox, app, "sandbox-generic")
+    client = OAuth2Session(
+        app["client_id"],
+        app["client_secret"],
+        redirect_uri=f"{BROKER_URL}/oauth/callback/sandbox-generic",
+    )
+    first = client.fetch_token(app["endpoints"]["token"], code=code)
+    digests = [hashlib.sha256(first["access_token"].encode()).hexdigest()]
+
+    def history() -> dict:
+        response = requests.post(
+            f"{sandbox.url}/_sandbox/token-history", json={"access_tokens": digests}, timeout=10
+        )
+        assert response.status_code == 200
+        return response.json()
+
+    before = history()
+    assert list(before["live"]) == digests and before["retired"] == {}
+    rotated_after = time.time() * 1000
+    second = client.refresh_token(app["endpoints"]["token"], refresh_token=first["refresh_token"])
+    digests.append(hashlib.sha256(second["access_token"].encode()).hexdigest())
+    after_rotation = history()
+    assert after_rotation["retired"][digests[0]] >= rotated_after - 1000
+    assert list(after_rotation["live"]) == [digests[1]]
+    assert (
+        after_rotation["refresh_tokens_presented_twice"] == before["refresh_tokens_presented_twice"]
+    )
+    # A 500 consumes nothing: the same token sent again after it is not a reuse.
+    sandbox.faults(mode="error500", times=1)
+    failed = json_token_request(
+        sandbox, app, grant_type="refresh_token", refresh_token=second["refresh_token"]
+    )
+    assert failed.status_code == 500
+    assert history()["refresh_tokens_presented_twice"] == before["refresh_tokens_presented_twice"]
+    json_token_request(
+        sandbox, app, grant_type="refresh_token", refresh_token=first["refresh_token"]
+    )
+    reused = history()
+    assert reused["refresh_tokens_presented_twice"] == before["refresh_tokens_presented_twice"] + 1
+    assert digests[1] in reused["retired"]  # the reuse revoked the family
+    bad = requests.post(f"{sandbox.url}/_sandbox/token-history", json={"access_tokens": 1})
+    assert bad.status_code == 400
 
 
 def test_access_tokens_expire(sandbox: SandboxServer, apps: dict) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+import redis
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -18,6 +19,9 @@ from broker.ops.error_pages import error_response
 from broker.ops.logging_config import name_service
 
 log = logging.getLogger(__name__)
+
+# A Redis outage (restart, failover) lasts seconds: the service is told when to come back.
+REDIS_DOWN_RETRY_AFTER_SECONDS = 2
 
 View = Callable[..., HttpResponse]
 
@@ -62,6 +66,16 @@ def api_view(
                         **exc.audit,
                     )
                 return exc.response()
+            except redis.RedisError as exc:
+                # Broker tokens cannot be checked without Redis (a disabled service's
+                # tokens must stop at once): refuse, as an outage, not as a failure.
+                log.warning("Redis unavailable on %s: %s", request.path, type(exc).__name__)
+                return error_response(
+                    503,
+                    "temporarily_unavailable",
+                    "the broker cannot reach Redis; retry shortly",
+                    {"Retry-After": str(REDIS_DOWN_RETRY_AFTER_SECONDS)},
+                )
             except Exception as exc:
                 if is_database_busy(exc):
                     return busy_response(request)

@@ -4,8 +4,10 @@ Each process holds a bounded pool of PostgreSQL connections (settings: BROKER_DB
 A request that finds every connection in use waits BROKER_DB_POOL_TIMEOUT seconds, then
 psycopg_pool raises PoolTimeout (Django wraps it in OperationalError). Without the pool, or
 when the server itself is full, PostgreSQL refuses the connection with SQLSTATE 53300
-("sorry, too many clients already", "too many connections for role"). Both mean the same
-to the caller: busy, try again in a moment.
+("sorry, too many clients already", "too many connections for role"). A pooled connection
+that the server ended (a restart, pg_terminate_backend: SQLSTATE 57P01-57P03, or class 08)
+fails the one query that finds it dead, and the pool then drops it. All mean the same to
+the caller: busy, try again in a moment.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 2
 TOO_MANY_CONNECTIONS = "53300"
 TOO_MANY_CONNECTIONS_TEXT = ("too many clients", "too many connections")
+# admin_shutdown, crash_shutdown, cannot_connect_now; class 08 is "connection exception".
+CONNECTION_ENDED = ("57P01", "57P02", "57P03")
 
 
 def is_database_busy(exc: BaseException) -> bool:
@@ -35,7 +39,10 @@ def is_database_busy(exc: BaseException) -> bool:
     cause = exc.__cause__ or exc
     if isinstance(cause, PoolTimeout):
         return True
-    if getattr(cause, "sqlstate", None) == TOO_MANY_CONNECTIONS:
+    sqlstate = getattr(cause, "sqlstate", None) or ""
+    if sqlstate == TOO_MANY_CONNECTIONS or sqlstate in CONNECTION_ENDED:
+        return True
+    if sqlstate.startswith("08"):
         return True
     # Refusals at connection time carry no SQLSTATE in psycopg: only the server's text.
     return any(text in str(cause) for text in TOO_MANY_CONNECTIONS_TEXT)

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class ProviderConfig(AppConfig):
@@ -13,3 +14,10 @@ class ProviderConfig(AppConfig):
         from sandbox.provider import oauth1_rsa
 
         oauth1_rsa.install()
+        if settings.SANDBOX_TEST_SWITCHES:
+            from django.db.models.signals import post_delete
+            from oauth2_provider.models import AccessToken
+
+            from sandbox.provider import switches
+
+            post_delete.connect(switches.record_access_token_retired, sender=AccessToken)

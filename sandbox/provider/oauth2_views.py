@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 
+from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -60,6 +61,9 @@ def token(request: HttpRequest) -> HttpResponse:
         failure = fault_response(fault)
         if failure is not None:
             return failure
+    if grant_type == "refresh_token" and settings.SANDBOX_TEST_SWITCHES:
+        # Counted only when the token is really looked at: a 500 or 429 consumes nothing.
+        switches.record_refresh_presented(params.get("refresh_token", ""))
     if dc_refresh_without_its_redirect_uri(request, params):
         return JsonResponse({"error": "invalid_grant"}, status=400)
     # One transaction around validation and rotation: on SQLite (IMMEDIATE mode) it holds

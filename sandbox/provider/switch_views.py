@@ -95,6 +95,16 @@ def tokens(request: HttpRequest) -> JsonResponse:
 
 @switch
 @require_POST
+def token_history(request: HttpRequest) -> JsonResponse:
+    data = json_object(request)
+    digests = None if data is None else data.get("access_tokens")
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        return bad_request("access_tokens must be a list of SHA-256 hex digests")
+    return JsonResponse(switches.token_history(digests))
+
+
+@switch
+@require_POST
 def groups(request: HttpRequest) -> JsonResponse:
     """Sets a demo user's groups, as an IdP administrator would between two sign-ins."""
     data = json_object(request) or {}

@@ -1,8 +1,11 @@
-"""Test switches: injected token-endpoint faults, request counters, upstream revocation.
+"""Test switches: injected token-endpoint faults, request counters, upstream revocation,
+and the token history that fault drills check the broker against.
 
 All state is in the database so every thread and process of the sandbox shares it.
 """
 
+import hashlib
+import time
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
@@ -119,6 +122,56 @@ def live_token_counts(username: str) -> dict[str, int]:
         "oauth1_access_tokens": OAuth1AccessToken.objects.filter(
             user__username=username, revoked__isnull=True, expires__gt=now
         ).count(),
+    }
+
+
+# Token history (benchmarks/drills): kept as Counter rows, so no table of its own.
+# "refresh-presented:<sha256>" counts how often a refresh token was sent to the token
+# endpoint; "retired:<sha256>" holds when (epoch ms) an access token stopped being valid
+# because it was rotated out or revoked (django-oauth-toolkit deletes the row then).
+PRESENTED_PREFIX = "refresh-presented:"
+RETIRED_PREFIX = "retired:"
+
+
+def token_digest(token: str) -> str:
+    """django-oauth-toolkit's token_checksum: SHA-256 of the raw token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def record_refresh_presented(refresh_token: str) -> None:
+    increment(PRESENTED_PREFIX + token_digest(refresh_token))
+
+
+def record_access_token_retired(sender: type, instance: AccessToken, **kwargs: object) -> None:
+    """post_delete receiver (connected only when the test switches are on)."""
+    Counter.objects.get_or_create(
+        name=RETIRED_PREFIX + instance.token_checksum,
+        defaults={"value": int(time.time() * 1000)},
+    )
+
+
+def token_history(access_token_digests: list[str]) -> dict:
+    """For each access token digest: live (its expiry, epoch ms), retired (when), or
+    unknown; and how many refresh tokens were presented more than once."""
+    live = {
+        checksum: int(expires.timestamp() * 1000)
+        for checksum, expires in AccessToken.objects.filter(
+            token_checksum__in=access_token_digests
+        ).values_list("token_checksum", "expires")
+    }
+    retired = {
+        name.removeprefix(RETIRED_PREFIX): value
+        for name, value in Counter.objects.filter(
+            name__in=[RETIRED_PREFIX + digest for digest in access_token_digests]
+        ).values_list("name", "value")
+    }
+    reused = Counter.objects.filter(name__startswith=PRESENTED_PREFIX, value__gt=1).count()
+    presented = Counter.objects.filter(name__startswith=PRESENTED_PREFIX).count()
+    return {
+        "live": live,
+        "retired": retired,
+        "refresh_tokens_presented": presented,
+        "refresh_tokens_presented_twice": reused,
     }
 
 

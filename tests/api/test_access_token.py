@@ -410,3 +410,15 @@ def test_a_rotating_kind_cannot_claim_to_narrow_tokens():
 
     with pytest.raises(ValueError, match="rotating"):
         replace(catalog.KINDS["atlassian"], narrower_tokens_on_refresh=True)
+
+
+def test_while_redis_is_unreachable_it_answers_json_503_with_retry_after(
+    api, grant, rule, bearer, settings
+):
+    headers = bearer()
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    response = post(api, {"grant": str(grant.pk)}, headers)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "2"
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert "access_token" not in response.json()

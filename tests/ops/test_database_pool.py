@@ -183,6 +183,33 @@ def test_a_request_that_gets_no_connection_is_answered_503_with_retry_after(tabl
     assert "Traceback" not in log_file.read_text()
 
 
+def test_a_pooled_connection_the_server_ended_is_answered_503_then_replaced(tmp_path):
+    """A PostgreSQL restart (or pg_terminate_backend) ends the pool's idle connections; the
+    request that finds one dead is told to retry (JSON 503 + Retry-After), not 500, and the
+    next one gets a new connection."""
+    service = ServiceClient.objects.create(client_id="pool-ended", name="Pool ended")
+    secret = service_secrets.new_secret(service)
+    log_file = tmp_path / "gunicorn.log"
+    pool = {"WEB_CONCURRENCY": "1", "BROKER_DB_POOL_MIN_SIZE": "1", "BROKER_DB_POOL_MAX_SIZE": "1"}
+    # libpq's PGAPPNAME names gunicorn's connections, so that only they are ended.
+    with gunicorn(log_file, PGAPPNAME="broker-pool-ended", **pool) as url:
+        assert token_request(url, service.client_id, secret).status_code == 200
+        with psycopg.connect(database_url(), autocommit=True) as admin:
+            ended_count = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'broker-pool-ended'"
+            ).fetchone()
+        assert ended_count and ended_count[0] >= 1
+        ended = token_request(url, service.client_id, secret)
+        after = token_request(url, service.client_id, secret)
+
+    assert ended.status_code == 503
+    assert ended.json()["error"] == "temporarily_unavailable"
+    assert int(ended.headers["Retry-After"]) > 0
+    assert after.status_code == 200
+    assert "Traceback" not in log_file.read_text()
+
+
 def test_a_server_refusing_connections_counts_as_busy(transactional_db):
     """PostgreSQL's own refusal (too many connections, SQLSTATE 53300), as Django raises
     it, is "busy"; other connection failures are not."""

@@ -1,0 +1,1 @@
+"""Fault drills on a multi-host deployment: `python -m benchmarks.drills --help`."""

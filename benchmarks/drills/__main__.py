@@ -1,0 +1,518 @@
+"""Fault drills on a multi-host deployment (issue 15): nothing lost, no wrong token served.
+
+    sudo .venv/bin/python -m benchmarks.drills [--quick] [--only NAME ...] [--keep-logs]
+
+Needs root (ip netns, a bridge, a private PostgreSQL run as the postgres user). Builds a
+bridge and one network namespace per broker host (topology.py), runs a private Redis, a
+private PostgreSQL cluster and the sandbox provider on the bridge, 2 gunicorn web hosts,
+2 Celery worker hosts and 2 beat processes, seeds grants holding real short-lived sandbox
+tokens, and then runs each drill while the load (load.py) plays services fetching tokens
+through both web hosts. After each drill the invariants (checks.py) are checked and a
+table of figures is printed. Exits non-zero when an invariant failed. Everything started
+is stopped, and the network removed, however the run ends (Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import requests
+
+from benchmarks.drills import checks, topology
+from benchmarks.drills.load import Load, Result
+from benchmarks.drills.topology import HOSTS, PG_ADDRESS, PG_PORT, REDIS_ADDRESS, Topology
+
+DATABASE = "drills_broker"
+BROKER_ROLE = "drills_broker"
+BULK_USER = "drills-bulk"
+VICTIM_USER = "drills-victim"
+SUPERUSER_DSN = f"postgres://postgres@{PG_ADDRESS}:{PG_PORT}/{DATABASE}"
+
+
+def say(message: str) -> None:
+    print(f"drills: {message}", flush=True)
+
+
+def new_key() -> str:
+    return f"k{secrets.token_hex(3)}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+
+
+def broker_env(workdir: Path) -> dict[str, str]:
+    web_hosts = [address for host, address in HOSTS.items() if host.startswith("web")]
+    return {
+        "PATH": f"{topology.VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "broker.settings",
+        "BROKER_ENV_FILE": "",
+        "DEBUG": "0",
+        "BROKER_ALLOW_HTTP": "1",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "BROKER_ENCRYPTION_KEYS": new_key(),
+        "BROKER_PUBLIC_URL": f"http://{web_hosts[0]}:{topology.WEB_PORT}",
+        "ALLOWED_HOSTS": ",".join(web_hosts),
+        "DATABASE_URL": f"postgres://{BROKER_ROLE}@{PG_ADDRESS}:{PG_PORT}/{DATABASE}",
+        "REDIS_URL": f"redis://{REDIS_ADDRESS}:{topology.REDIS_PORT}/0",
+        "BROKER_DATA_DIR": str(workdir / "data"),
+        "BROKER_REFRESH_BEAT_SECONDS": "2",
+        "BROKER_API_RATE_LIMIT": "1000000",
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_THREADS": "8",
+        "BROKER_DB_POOL_MAX_SIZE": "8",
+    }
+
+
+@dataclass
+class Run:
+    topology: Topology
+    sandbox_url: str
+    load: Load
+    grants: list[str]
+    bulk_grants: set[str]
+    victim_grant: str
+    client_id: str
+    quick: bool
+    presented_twice: int = 0
+    lost: set[str] = field(default_factory=set)  # grants lost in earlier drills
+    victim_revoked: bool = False
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.topology.broker_env
+
+    def sandbox(self, path: str, payload: dict) -> dict:
+        response = requests.post(f"{self.sandbox_url}{path}", json=payload, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+def create_database() -> None:
+    with psycopg.connect(
+        f"postgres://postgres@{PG_ADDRESS}:{PG_PORT}/postgres", autocommit=True
+    ) as conn:
+        # Not a superuser: CONNECTION LIMIT applies to it (the refusing drill).
+        conn.execute(f"CREATE ROLE {BROKER_ROLE} LOGIN")
+        conn.execute(f"CREATE DATABASE {DATABASE} OWNER {BROKER_ROLE}")
+
+
+def seed(run_env: dict[str, str], workdir: Path, sandbox_env: dict, count: int) -> dict:
+    """Users, grants holding freshly minted sandbox tokens, a service client and its rule.
+
+    Grants: `count` for 20 users (sandbox user alice's tokens), 100 for BULK_USER (bulk
+    revocation), and one for VICTIM_USER holding bob's tokens (revoked upstream)."""
+    topology.manage(run_env, "migrate", "--no-input", "-v", "0")
+    os.environ.update(run_env)
+    os.environ["DATABASE_URL"] = SUPERUSER_DSN
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    # The harness observes: a plain connection per check, opened after the drill (a pooled
+    # one would be cut by the PostgreSQL drills before the broker's are).
+    settings.DATABASES["default"]["OPTIONS"].pop("pool", None)
+
+    from accounts.models import User
+    from broker.models import Grant, ProviderApp
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh.schedule import apply_token_response
+    from tests.sandbox_server import MANAGE
+
+    call_command("loadproviders", str(workdir / "sandbox" / "providers.toml"), verbosity=0)
+    app = ProviderApp.objects.get(slug="sandbox")
+
+    def mint(username: str, n: int) -> list[dict]:
+        out = workdir / f"tokens-{username}.json"
+        subprocess.run(
+            [sys.executable, str(MANAGE), "sandbox_mint_tokens", "--client-id", app.client_id]
+            + ["--username", username, "--count", str(n), "--out", str(out)],
+            env=sandbox_env,
+            cwd=topology.ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        return json.loads(out.read_text())
+
+    users = [User.objects.create_user(f"drills-{n}", password=None) for n in range(20)]
+    bulk_user = User.objects.create_user(BULK_USER, password=None)
+    owners = [users[n % 20] for n in range(count)] + [bulk_user] * 100
+    grants = []
+    for n, (owner, token) in enumerate(zip(owners, mint("alice", len(owners)), strict=True)):
+        grants.append(Grant(user=owner, provider_app=app, external_account_id=f"drills-{n}"))
+        grants[-1]._token = token  # type: ignore[attr-defined]
+    victim = Grant(
+        user=User.objects.create_user(VICTIM_USER, password=None),
+        provider_app=app,
+        external_account_id="drills-victim",
+    )
+    victim._token = mint("bob", 1)[0]  # type: ignore[attr-defined]
+    grants.append(victim)
+    for grant in grants:
+        token = grant._token  # type: ignore[attr-defined]
+        response = TokenResponse(
+            token["access_token"],
+            token["refresh_token"],
+            token["expires_in"],
+            token["scope"].split(),
+            "Bearer",
+        )
+        apply_token_response(grant, response, refreshed=False)
+    Grant.objects.bulk_create(grants, batch_size=200)
+    created = json.loads(topology.manage(run_env, "createserviceclient", "Drills", "--json"))
+    topology.manage(run_env, "addaccessrule", created["client_id"], "--provider", "sandbox")
+    return {
+        "grants": [str(g.id) for g in grants],
+        "bulk": {str(g.id) for g in grants if g.user.username == BULK_USER},
+        "victim": str(victim.id),
+        "client_id": created["client_id"],
+        "client_secret": created["client_secret"],
+    }
+
+
+# -- the drills --------------------------------------------------------------------------
+# Each takes the run, makes its fault, ends it, and returns the fault's end (epoch s).
+
+
+def kill_and_restart(run: Run, host: str, down_seconds: float) -> float:
+    run.topology.kill_host(host)
+    say(f"{host} SIGKILLed; back in {down_seconds:.0f} s")
+    time.sleep(down_seconds)
+    run.topology.start_host(host)
+    run.topology.wait_host_ready(host)
+    return time.time()
+
+
+def worker_killed(run: Run) -> float:
+    # Refreshes take 1.5 s upstream, so the worker dies with some in flight.
+    run.sandbox("/_sandbox/faults", {"mode": "slow", "delay": 1.5})
+    time.sleep(4)
+    try:
+        return kill_and_restart(run, "worker1", 5)
+    finally:
+        run.sandbox("/_sandbox/faults", {"mode": "none"})
+
+
+def web_killed(run: Run) -> float:
+    return kill_and_restart(run, "web1", 5)
+
+
+def redis_restarted(run: Run) -> float:
+    redis = run.topology.processes.pop("redis")
+    redis.stop()
+    say("redis stopped; starting it again in 5 s")
+    time.sleep(5)
+    run.topology.start_redis()
+    return time.time()
+
+
+def redis_flushed(run: Run) -> float:
+    run.topology.redis().flushall()
+    return time.time()
+
+
+def postgres_restarted(run: Run) -> float:
+    run.topology.pg_ctl("restart", "-m", "fast")
+    return time.time()
+
+
+def postgres_refusing(run: Run) -> float:
+    with psycopg.connect(SUPERUSER_DSN, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {DATABASE} CONNECTION LIMIT 0")
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+            [BROKER_ROLE],
+        )
+        say("PostgreSQL refuses the broker's connections for 20 s")
+        time.sleep(20)
+        conn.execute(f"ALTER DATABASE {DATABASE} CONNECTION LIMIT -1")
+    return time.time()
+
+
+def provider_faults(run: Run) -> float:
+    for payload, seconds in (
+        ({"mode": "error500"}, 10),
+        ({"mode": "ratelimit", "retry_after": 3}, 10),
+        ({"mode": "slow", "delay": 6}, 15),  # slow, within the broker's 10 s timeout
+    ):
+        say(f"provider fault {payload} for {seconds} s")
+        run.sandbox("/_sandbox/faults", payload)
+        time.sleep(seconds)
+    run.sandbox("/_sandbox/faults", {"mode": "none"})
+    end = time.time()
+    say("provider revokes bob's tokens (the victim grant) upstream")
+    run.sandbox("/_sandbox/revoke-user", {"username": "bob"})
+    run.victim_revoked = True
+    return end
+
+
+def provider_beyond_timeout(run: Run) -> float:
+    """Answers that come after the broker gave up (12 s > BROKER_PROVIDER_TIMEOUT 10 s):
+    the provider has rotated, the broker does not know the new refresh token."""
+    run.sandbox("/_sandbox/faults", {"mode": "slow", "delay": 12})
+    say("provider answers after 12 s, for 15 s")
+    time.sleep(15)
+    run.sandbox("/_sandbox/faults", {"mode": "none"})
+    return time.time()
+
+
+def worker_partitioned(run: Run) -> float:
+    topology.partition_from("worker1", REDIS_ADDRESS)
+    say("worker1 cut off from Redis for 30 s")
+    try:
+        time.sleep(30)
+    finally:
+        topology.heal_partition("worker1", REDIS_ADDRESS)
+    return time.time()
+
+
+def rolling_restart(run: Run) -> None:
+    for host in HOSTS:
+        run.topology.restart_host(host)
+
+
+def key_rotation(run: Run) -> float:
+    old = run.env["BROKER_ENCRYPTION_KEYS"]
+    key = topology.manage(run.env, "generatekey").strip()
+    run.env["BROKER_ENCRYPTION_KEYS"] = f"{key},{old}"
+    say("new key first; rolling restart")
+    rolling_restart(run)
+    say(topology.manage(run.env, "reencrypt").strip().replace("\n", "; "))
+    run.env["BROKER_ENCRYPTION_KEYS"] = key
+    say("old key removed; rolling restart")
+    rolling_restart(run)
+    return time.time()
+
+
+def bulk_revocation(run: Run) -> float:
+    say(
+        topology.manage(run.env, "revokegrants", "--user", BULK_USER, "--reason", "drill")
+        .strip()
+        .replace("\n", "; ")
+    )
+    from django.db import connection
+
+    from broker.models import Grant
+
+    connection.close()
+    topology.wait_until(
+        lambda: (
+            not Grant.objects.filter(user__username=BULK_USER).exclude(status="revoked").exists()
+        ),
+        120,
+        "the 100 grants revoked",
+    )
+    return time.time()
+
+
+DRILLS: dict[str, Callable[[Run], float]] = {
+    "worker-killed": worker_killed,
+    "web-killed": web_killed,
+    "redis-restarted": redis_restarted,
+    "redis-flushed": redis_flushed,
+    "postgres-restarted": postgres_restarted,
+    "postgres-refusing": postgres_refusing,
+    "provider-faults": provider_faults,
+    "provider-beyond-timeout": provider_beyond_timeout,
+    "worker-partitioned": worker_partitioned,
+    "key-rotation": key_rotation,
+    "bulk-revocation": bulk_revocation,
+}
+QUICK = ["web-killed", "worker-killed", "redis-flushed", "bulk-revocation"]
+
+
+# -- invariants --------------------------------------------------------------------------
+
+
+def wait_for_audit(run: Run, started: float) -> int:
+    """token.issued events recorded since `started`, once the beat's flushes settled."""
+    from datetime import UTC, datetime
+
+    from django.db import connection
+
+    from broker.models import AuditEvent
+
+    since = datetime.fromtimestamp(started, UTC)
+    last, stable_since = -1, time.monotonic()
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        try:
+            count = AuditEvent.objects.filter(
+                action="token.issued", actor=run.client_id, at__gte=since
+            ).count()
+            buffered = run.topology.redis().llen("broker:audit:buffer")
+        except Exception:  # noqa: BLE001 - the database may still be coming back
+            connection.close()
+            time.sleep(1)
+            continue
+        if count != last:
+            last, stable_since = count, time.monotonic()
+        elif buffered == 0 and time.monotonic() - stable_since > 6:
+            return count
+        time.sleep(1)
+    return last
+
+
+def check(
+    run: Run, name: str, results: list[Result], started: float, fault_end: float
+) -> checks.Figures:
+    from django.db import connection
+
+    from broker.models import Grant
+
+    connection.close()  # it may have been cut by the drill (PostgreSQL restarted)
+    figures = checks.Figures(name, requests=len(results))
+    figures.errors = Counter(r.kind for r in results if r.kind != "ok")
+    figures.recovery = checks.recovery_time(results, fault_end, max(r.sent for r in results))
+    figures.bad_5xx = sum(r.kind.startswith("bad-") for r in results)
+
+    served = [r for r in results if r.kind == "ok"]
+    history = checks.token_history(run.sandbox_url, sorted({r.digest for r in served}))
+    stale, unknown = checks.stale_tokens(served, history)
+    figures.stale_served = len(stale)
+    figures.notes += stale
+    if unknown:
+        figures.notes.append(f"{unknown} served tokens unknown to the provider")
+    twice = history["refresh_tokens_presented_twice"]
+    figures.refresh_twice, run.presented_twice = twice - run.presented_twice, twice
+
+    revoked_at = {
+        str(g.id): g.revoked_at.timestamp() for g in Grant.objects.filter(revoked_at__isnull=False)
+    }
+    figures.served_after_revocation = sum(
+        r.grant in revoked_at and r.sent > revoked_at[r.grant] for r in served
+    )
+    # The victim may be gone only once the provider revoked it (provider-faults).
+    expected_gone = (
+        run.bulk_grants | run.lost | ({run.victim_grant} if run.victim_revoked else set())
+    )
+    for grant in Grant.objects.exclude(status="active"):
+        gid = str(grant.id)
+        if gid in expected_gone:
+            continue
+        run.lost.add(gid)
+        figures.lost_grants += 1
+        figures.notes.append(
+            f"grant {gid} {grant.status}: {grant.last_error or grant.revoked_reason}"
+        )
+    victim = Grant.objects.get(id=run.victim_grant)
+    if victim.status != "active":
+        figures.notes.append(f"victim grant {victim.status}: {victim.last_error}")
+
+    events = wait_for_audit(run, started)
+    figures.audit_lost = max(0, len(served) - events)
+    if events != len(served):
+        figures.notes.append(f"token.issued events {events} for {len(served)} tokens served")
+    return figures
+
+
+def run_drill(run: Run, name: str) -> checks.Figures:
+    settle = 8 if run.quick else 15
+    say(f"== {name}")
+    started = time.time()
+    run.load.start()
+    try:
+        time.sleep(4 if run.quick else 8)
+        fault_end = DRILLS[name](run)
+        time.sleep(settle)
+    finally:
+        run.load.stop()
+    results = run.load.since(started)
+    figures = check(run, name, results, started, fault_end)
+    checks.print_table([figures])
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument("--only", nargs="+", choices=list(DRILLS), default=None)
+    parser.add_argument("--grants", type=int, default=None, help="besides the 101 revoked")
+    parser.add_argument("--keep-logs", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("drills: needs root (ip netns, bridge, a PostgreSQL cluster)", file=sys.stderr)
+        return 2
+    names = args.only or (QUICK if args.quick else list(DRILLS))
+    grant_count = args.grants or (100 if args.quick else 300)
+    token_seconds = 60 if args.quick else 90
+    bound = 170 + 60 * len(names) if args.quick else 300 + 150 * len(names)
+
+    def give_up(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum} (time bound {bound} s)")
+
+    signal.signal(signal.SIGTERM, give_up)
+    signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(bound)
+    workdir = Path(tempfile.mkdtemp(prefix="broker-drills-"))
+    os.chmod(workdir, 0o755)
+    net = Topology(workdir, broker_env(workdir))
+    rows: list[checks.Figures] = []
+    started = time.monotonic()
+    try:
+        topology.create_network()
+        net.start_redis()
+        net.start_postgres()
+        create_database()
+        sandbox_url, _ = net.start_sandbox(token_seconds)
+        say(f"network, Redis, PostgreSQL and the sandbox up ({time.monotonic() - started:.0f} s)")
+        seeded = seed(net.broker_env, workdir, net.sandbox_env, grant_count)
+        topology.manage(net.broker_env, "collectstatic", "--no-input", "-v", "0")
+        for host in HOSTS:
+            net.start_host(host)
+        for host in HOSTS:
+            net.wait_host_ready(host)
+        say(f"{len(seeded['grants'])} grants, 6 hosts up ({time.monotonic() - started:.0f} s)")
+        load = Load(
+            {h: net.web_url(h) for h in HOSTS if h.startswith("web")},
+            seeded["grants"],
+            seeded["client_id"],
+            seeded["client_secret"],
+            threads=8,
+            rate=25 if args.quick else 40,
+        )
+        run = Run(
+            net,
+            sandbox_url,
+            load,
+            seeded["grants"],
+            seeded["bulk"],
+            seeded["victim"],
+            seeded["client_id"],
+            args.quick,
+        )
+        for name in names:
+            rows.append(run_drill(run, name))
+    except KeyboardInterrupt as exc:
+        say(f"interrupted: {exc}")
+    except Exception as exc:
+        say(f"FAILED: {type(exc).__name__}: {exc}")
+        args.keep_logs = True
+    finally:
+        signal.alarm(0)
+        net.close()
+    print()
+    checks.print_table(rows)
+    say(f"{len(rows)}/{len(names)} drills in {time.monotonic() - started:.0f} s; logs {workdir}")
+    if not args.keep_logs:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return 0 if len(rows) == len(names) and all(r.passed for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The drill's private network and every process on it.
+
+A Linux bridge in the root namespace carries the services' addresses (Redis, PostgreSQL,
+the sandbox provider, each on its own address so one can be cut off alone); each broker
+host (web, worker, beat) lives in a network namespace joined to the bridge by a veth
+pair. Every address is in the benchmarking range 198.18.0.0/15 and exists only on this
+bridge. Everything started here is recorded and stopped by `Topology.close()`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+BRIDGE = "drills-br0"
+PREFIX = 24
+GATEWAY = "198.18.0.1"
+REDIS_ADDRESS, REDIS_PORT = "198.18.0.2", 26379
+PG_ADDRESS, PG_PORT = "198.18.0.3", 25432
+SANDBOX_ADDRESS, SANDBOX_PORT = "198.18.0.4", 28001
+WEB_PORT = 8000
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql"))
+# name -> (namespace address, role)
+HOSTS = {
+    "web1": "198.18.0.11",
+    "web2": "198.18.0.12",
+    "worker1": "198.18.0.21",
+    "worker2": "198.18.0.22",
+    "beat1": "198.18.0.31",
+    "beat2": "198.18.0.32",
+}
+
+
+def sh(*args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=60, **kwargs)  # type: ignore[call-overload]
+
+
+def namespace(host: str) -> str:
+    return f"drills-{host}"
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> float:
+    """Polls `condition`; returns the seconds it took, or raises after `seconds`."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            if condition():
+                return time.monotonic() - started
+        except Exception:  # noqa: BLE001 - a service still starting answers with anything
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out after {seconds:.0f}s waiting for {what}")
+
+
+def remove_network() -> None:
+    """Deletes the namespaces and bridge of this harness (a previous run's leftovers too);
+    first kills whatever still runs inside those namespaces (only drills start processes
+    there)."""
+    existing = sh("ip", "netns", "list", check=False).stdout.split()
+    for host in HOSTS:
+        name = namespace(host)
+        if name not in existing:
+            continue
+        for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        sh("ip", "netns", "del", name, check=False)
+        sh("ip", "link", "del", f"drv-{host}", check=False)
+    sh("ip", "link", "del", BRIDGE, check=False)
+
+
+def create_network() -> None:
+    remove_network()
+    sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    for address in (GATEWAY, REDIS_ADDRESS, PG_ADDRESS, SANDBOX_ADDRESS):
+        sh("ip", "addr", "add", f"{address}/{PREFIX}", "dev", BRIDGE)
+    sh("ip", "link", "set", BRIDGE, "up")
+    for host, address in HOSTS.items():
+        name, veth = namespace(host), f"drv-{host}"
+        sh("ip", "netns", "add", name)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+        sh("ip", "link", "set", veth, "master", BRIDGE, "up")
+        sh("ip", "-n", name, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0")
+        sh("ip", "-n", name, "link", "set", "eth0", "up")
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+
+def partition_from(host: str, address: str) -> None:
+    """Packets from `host` to `address` are dropped (a blackhole route in its namespace)."""
+    sh("ip", "-n", namespace(host), "route", "add", "blackhole", f"{address}/32")
+
+
+def heal_partition(host: str, address: str) -> None:
+    sh("ip", "-n", namespace(host), "route", "del", "blackhole", f"{address}/32", check=False)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    log_offset: int = 0  # where this run of the process starts in its (appended) log
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, signum: int) -> None:
+        """Its whole process group (started with a session of its own): gunicorn's and
+        Celery's children go with their parent."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM to the main process only (a graceful stop: gunicorn's master and Celery's
+        main process let their children finish what they are doing), then SIGKILL to the
+        group if it takes longer than `timeout`."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait(timeout=10)
+        # Children that outlived their parent (a SIGKILLed master's workers).
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Topology:
+    workdir: Path
+    broker_env: dict[str, str]
+    processes: dict[str, Process] = field(default_factory=dict)
+    pg_data: Path | None = None
+
+    # -- generic -------------------------------------------------------------------------
+
+    def start(
+        self, name: str, args: list[str], *, host: str | None = None, env: dict | None = None
+    ) -> Process:
+        command = ["ip", "netns", "exec", namespace(host), *args] if host else args
+        log = self.workdir / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env if env is not None else self.broker_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        process = Process(name, popen, log, offset)
+        self.processes[name] = process
+        return process
+
+    def close(self) -> None:
+        """Stops everything, in reverse order of starting; never raises."""
+        for process in reversed(list(self.processes.values())):
+            try:
+                process.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"drills: stopping {process.name}: {exc}", file=sys.stderr)
+        self.stop_postgres()
+        remove_network()
+
+    # -- Redis ---------------------------------------------------------------------------
+
+    def start_redis(self) -> None:
+        data = self.workdir / "redis"
+        data.mkdir(exist_ok=True)
+        self.start(
+            "redis",
+            [
+                "redis-server",
+                "--bind",
+                REDIS_ADDRESS,
+                "--port",
+                str(REDIS_PORT),
+                "--dir",
+                str(data),
+                # Persistence on: a restart keeps what was written (a flush is its own drill).
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ],
+            env={"PATH": os.environ["PATH"]},
+        )
+        wait_until(lambda: self.redis().ping(), 20, "redis")
+
+    def redis(self):  # noqa: ANN201 - redis.Redis
+        import redis
+
+        return redis.Redis(host=REDIS_ADDRESS, port=REDIS_PORT, socket_timeout=5)
+
+    # -- PostgreSQL ----------------------------------------------------------------------
+
+    def pg_ctl(self, *args: str) -> None:
+        assert self.pg_data is not None
+        sh(
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.pg_data),
+            "-l",
+            str(self.workdir / "postgresql.log"),
+            "-w",
+            "-t",
+            "60",
+            *args,
+        )
+
+    def start_postgres(self) -> None:
+        """A private cluster (initdb into the work directory), run as the postgres user,
+        listening on its bridge address only; trust for the bridge's range."""
+        postgres = pwd.getpwnam("postgres")
+        self.pg_data = self.workdir / "pgdata"
+        os.chown(self.workdir, postgres.pw_uid, postgres.pw_gid)
+        (self.workdir / "postgresql.log").touch()
+        os.chown(self.workdir / "postgresql.log", postgres.pw_uid, postgres.pw_gid)
+        sh(
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.pg_data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        )
+        with (self.pg_data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"listen_addresses = '{PG_ADDRESS}'\nport = {PG_PORT}\n"
+                f"unix_socket_directories = '{self.workdir}'\nmax_connections = 300\n"
+                "fsync = off\nfull_page_writes = off\nshared_buffers = 64MB\n"
+            )
+        (self.pg_data / "pg_hba.conf").write_text(
+            "local all all trust\nhost all all 198.18.0.0/15 trust\n"
+        )
+        self.pg_ctl("start")
+
+    def stop_postgres(self) -> None:
+        if self.pg_data is not None and (self.pg_data / "postmaster.pid").exists():
+            try:
+                self.pg_ctl("stop", "-m", "immediate")
+            except Exception as exc:  # noqa: BLE001
+                print(f"drills: stopping PostgreSQL: {exc}", file=sys.stderr)
+
+    # -- the sandbox provider ------------------------------------------------------------
+
+    def start_sandbox(self, access_token_seconds: int) -> tuple[str, Path]:
+        """Migrated, registered for the broker, serving on its bridge address; returns its
+        URL and the providers file to load into the broker."""
+        from tests.sandbox_server import MANAGE, sandbox_env
+
+        data = self.workdir / "sandbox"
+        data.mkdir(exist_ok=True)
+        url = f"http://{SANDBOX_ADDRESS}:{SANDBOX_PORT}"
+        env = sandbox_env(data, SANDBOX_PORT, access_token_seconds)
+        env["SANDBOX_PUBLIC_URL"] = url
+        for key in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE_BROKER"):
+            env.pop(key, None)
+        env["DJANGO_SETTINGS_MODULE"] = "sandbox.settings"
+        providers = data / "providers.toml"
+        for args in (
+            ["migrate", "--no-input", "-v", "0"],
+            ["sandbox_setup", "--broker-url", self.broker_env["BROKER_PUBLIC_URL"]]
+            + ["--out", str(providers)],
+        ):
+            sh(sys.executable, str(MANAGE), *args, env=env, cwd=ROOT)
+        self.sandbox_env = env
+        self.start(
+            "sandbox",
+            [sys.executable, str(MANAGE), "runserver", f"{SANDBOX_ADDRESS}:{SANDBOX_PORT}"]
+            + ["--noreload"],
+            env=env,
+        )
+        wait_until(
+            lambda: requests.get(f"{url}/_sandbox/counters", timeout=2).ok, 60, "the sandbox"
+        )
+        return url, providers
+
+    # -- broker hosts --------------------------------------------------------------------
+
+    def start_host(self, host: str) -> Process:
+        address = HOSTS[host]
+        if host.startswith("web"):
+            args = [str(VENV_BIN / "gunicorn"), "--bind", f"{address}:{WEB_PORT}"]
+        elif host.startswith("worker"):
+            args = [str(VENV_BIN / "celery"), "-A", "broker", "worker", "--loglevel", "INFO"]
+            args += ["-c", "2", "-n", f"drills-{host}@%h"]
+        else:
+            args = [str(VENV_BIN / "celery"), "-A", "broker", "beat", "--loglevel", "INFO"]
+            args += ["--schedule", str(self.workdir / f"{host}-schedule")]
+        return self.start(host, args, host=host)
+
+    def web_url(self, host: str) -> str:
+        return f"http://{HOSTS[host]}:{WEB_PORT}"
+
+    def wait_host_ready(self, host: str, seconds: float = 90) -> None:
+        process = self.processes[host]
+        marker = b"maxinterval" if host.startswith("beat") else b" ready."
+
+        def ready() -> bool:
+            if host.startswith("web"):
+                return requests.get(f"{self.web_url(host)}/readyz", timeout=2).status_code == 200
+            return marker in process.log.read_bytes()[process.log_offset :]
+
+        wait_until(lambda: process.alive() and ready(), seconds, f"{host} ready")
+
+    def kill_host(self, host: str) -> None:
+        """SIGKILL to every process in the host's namespace, as when the machine dies."""
+        for pid in sh("ip", "netns", "pids", namespace(host), check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.processes[host].popen.wait(timeout=10)
+
+    def restart_host(self, host: str) -> None:
+        old = self.processes.pop(host)
+        old.stop()
+        self.start_host(host)
+        self.wait_host_ready(host)
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
