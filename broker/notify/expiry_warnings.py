@@ -28,11 +28,10 @@ BATCH_SIZE = 200
 
 def warning_due(now: datetime) -> QuerySet[Grant]:
     """Active grants whose refresh token dies of age within the warning period, not warned.
-    A deactivated user is not told (their grants are not served); reactivated in time, they
-    are warned at the next beat."""
+    No join here: the conditional UPDATE in `warn` must stay a single-table WHERE, which
+    PostgreSQL re-checks on the locked row (a joined filter becomes a subquery it does not)."""
     return Grant.objects.filter(
         status=Grant.Status.ACTIVE,
-        user__is_active=True,
         expiry_warning_sent_at__isnull=True,
         refresh_absolute_expires_at__gt=now,
         refresh_absolute_expires_at__lte=now + RECONNECT_WARNING,
@@ -60,7 +59,14 @@ def warn_of_expiring_grants() -> int:
     """Beat: warns about every grant that entered its warning period; returns how many."""
     now = timezone.now()
     warned = 0
-    due = warning_due(now).order_by("refresh_absolute_expires_at").values_list("pk", flat=True)
+    # Deactivated users are not told (their grants are not served); reactivated in time,
+    # they are warned at the next beat.
+    due = (
+        warning_due(now)
+        .filter(user__is_active=True)
+        .order_by("refresh_absolute_expires_at")
+        .values_list("pk", flat=True)
+    )
     while ids := [str(pk) for pk in due[:BATCH_SIZE]]:
         # Each id leaves the due set, warned by this run or by a concurrent one.
         warned += sum(warn(grant_id, now) for grant_id in ids)
