@@ -29,6 +29,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DataError, IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
+from redis.client import Pipeline
 from redis.exceptions import LockError
 
 from broker.infra.client_address import client_ip
@@ -284,3 +285,44 @@ def service_event(
         outcome=outcome,
         **fields,
     )
+
+
+def queue_service_event(
+    pipe: Pipeline,
+    action: str,
+    client_id: str,
+    *,
+    outcome: str = Outcome.SUCCESS,
+    grant_id: uuid.UUID | str | None = None,
+    subject_user: str = "",
+    provider: str = "",
+    scopes: Iterable[str] = (),
+    request: HttpRequest | None = None,
+    **detail: Any,
+) -> dict[str, Any]:
+    """`service_event`'s buffered push, added to `pipe` so that it rides in a round trip the
+    caller makes anyway (one result: 0 when the buffer is full). Returns the event: give it
+    to `store_unpushed` when the pipeline failed or the push answered 0."""
+    fields = _fields(
+        action,
+        ActorType.SERVICE,
+        client_id,
+        outcome,
+        grant_id,
+        subject_user,
+        provider,
+        client_id,
+        scopes,
+        request,
+        detail,
+    )
+    payload = json.dumps(fields, cls=DjangoJSONEncoder)
+    pipe.eval(PUSH_IF_ROOM, 1, BUFFER_KEY, payload, settings.BROKER_AUDIT_BUFFER_MAX)
+    return fields
+
+
+def store_unpushed(fields: dict[str, Any]) -> None:
+    """Writes an event Redis did not take (down, or the buffer full) directly."""
+    log.warning("audit buffer unavailable or full; writing %s directly", fields["action"])
+    metrics.count_audit_detour("written_directly")
+    AuditEvent.objects.create(**fields)

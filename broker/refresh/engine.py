@@ -91,6 +91,7 @@ from django.utils import timezone
 from broker.audit import trail
 from broker.crypto.key_ring import DecryptionError
 from broker.crypto.sealed_fields import keyring
+from broker.infra import serving_versions
 from broker.infra.redis_connection import redis_client
 from broker.models import Grant
 from broker.notify.dispatch import notify
@@ -361,7 +362,10 @@ def persist_refresh(
     fields = apply_token_response(grant, response, now=received_at, refreshed=True)
     values = {name: getattr(grant, name) for name in fields if name != "updated_at"}
     values["updated_at"] = timezone.now()
-    with transaction.atomic(durable=True):
+    with (
+        serving_versions.writing(serving_versions.grant_scope(grant.pk)),
+        transaction.atomic(durable=True),
+    ):
         written = Grant.objects.filter(
             pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
         ).update(**values)
@@ -411,7 +415,10 @@ def mark_reconnect_required(grant: Grant, *, seen_version: int, error: str, reas
     not kill the grant."""
     now = timezone.now()
     wiped = dict.fromkeys(grant.wipe_secrets(), "")
-    with transaction.atomic(durable=True):
+    with (
+        serving_versions.writing(serving_versions.grant_scope(grant.pk)),
+        transaction.atomic(durable=True),
+    ):
         written = Grant.objects.filter(
             pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
         ).update(
