@@ -91,19 +91,21 @@ def queue_prefetch(request: HttpRequest, pipe: Pipeline) -> Callable[[Sequence[o
     returns what to call with their results, which sets `request.serving`."""
     grant_id = _grant_id_in_body(request)
     scopes = [serving_versions.RULES]
+    exists = []
     if grant_id is not None:
         scopes.append(serving_versions.grant_scope(grant_id))
-        pipe.exists(engine.RESCUE_KEY.format(grant_id=grant_id))
-    serving_versions.queue_read(pipe, scopes)
+        exists.append(engine.RESCUE_KEY.format(grant_id=grant_id))
+    serving_versions.queue_read(pipe, scopes, exists)
 
     def finish(results: Sequence[object]) -> None:
-        rescue = None
-        if grant_id is not None:
-            rescue, results = bool(results[0]), results[1:]
-        rules_stamp = serving_versions.stamp_of(scopes[:1], results[:2])
+        [read] = results
+        assert isinstance(read, list)
+        versions = read[: 2 * len(scopes)]
+        rescue = bool(read[-1]) if grant_id is not None else None
+        rules_stamp = serving_versions.stamp_of(scopes[:1], versions[:2])
         grant_stamp = None
         if grant_id is not None:
-            grant_stamp = serving_versions.stamp_of(scopes, results)
+            grant_stamp = serving_versions.stamp_of(scopes, versions)
         request.serving = Prefetched(grant_id, rules_stamp, grant_stamp, rescue)  # type: ignore[attr-defined]
 
     return finish

@@ -63,13 +63,28 @@ def _writers_key(scope: str) -> str:
 # -- readers ------------------------------------------------------------------------------
 
 
-def queue_read(pipe: Pipeline, scopes: Sequence[str]) -> int:
-    """Adds the reads of `scopes` to `pipe`; returns how many results they take."""
-    now = time.time()
-    for scope in scopes:
-        pipe.get(_version_key(scope))
-        pipe.zcount(_writers_key(scope), now, "+inf")
-    return 2 * len(scopes)
+# One command for all the reads (a pipeline of GET + ZCOUNT per scope costs several times
+# its CPU on both sides): per scope its version (nil when missing) and its writers in
+# flight, then EXISTS of each extra key.
+READ = """
+local out = {}
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  out[2 * i - 1] = redis.call('GET', KEYS[2 * i - 1]) or false
+  out[2 * i] = redis.call('ZCOUNT', KEYS[2 * i], ARGV[1], '+inf')
+end
+for i = 2 * n + 1, #KEYS do
+  out[#out + 1] = redis.call('EXISTS', KEYS[i])
+end
+return out
+"""
+
+
+def queue_read(pipe: Pipeline, scopes: Sequence[str], exists: Sequence[str] = ()) -> None:
+    """Adds the reads of `scopes` (and EXISTS of each `exists` key) to `pipe` as one
+    command; its result is a list: version and writers of each scope, then 0/1 per key."""
+    keys = [key for scope in scopes for key in (_version_key(scope), _writers_key(scope))]
+    pipe.eval(READ, len(keys) + len(exists), *keys, *exists, time.time(), len(scopes))
 
 
 def stamp_of(scopes: Sequence[str], results: Sequence[object]) -> Stamp | None:

@@ -7,7 +7,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from broker.api import rules
 from broker.api.views import capped_min_ttl
 from broker.models import Grant
 from tests.api.conftest import audit_events, token_issues
