@@ -144,6 +144,8 @@ def test_a_row_loaded_before_a_commit_is_never_served_after_it(api, grant, warm)
     writer = serving_versions.begin_write(scope)
     fetch(api, grant, warm)  # loads the active row while the writer is in flight
     Grant.objects.filter(pk=grant.pk).update(status=Grant.Status.REVOKED)  # the commit
+    refused = fetch(api, grant, warm)  # after the commit, before the writer settled
+    assert refused.status_code == 409 and "access_token" not in refused.json()
     serving_versions.end_write(writer, scope)
     refused = fetch(api, grant, warm)
     assert refused.status_code == 409 and "access_token" not in refused.json()
