@@ -74,6 +74,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -248,6 +249,55 @@ def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
                 log.warning("refresh lock for grant %s expired before release", grant_id)
             except redis.RedisError as exc:
                 log.warning("refresh lock for grant %s not released: %s", grant_id, exc)
+
+
+# Callers waiting for another's refresh of a grant: one thread per process polls Redis for
+# the lock's release, the others of the process wait for its finding.
+WAIT_POLL_SECONDS = 0.02
+
+
+class _Wait:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.found: bool | None = False
+
+
+_waits: dict[str, _Wait] = {}
+_waits_guard = threading.Lock()
+
+
+def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> bool | None:
+    """Waits, holding no lock and no database connection, until no refresh of the grant is
+    in flight (its lock is free). None: none was in flight; True: one ended meanwhile;
+    False: still running after `wait` seconds, or Redis could not tell."""
+    key = LOCK_KEY.format(grant_id=grant_id)
+    with _waits_guard:
+        waiting = _waits.get(key)
+        leader = waiting is None
+        if waiting is None:
+            waiting = _waits[key] = _Wait()
+    if not leader:
+        return waiting.found if waiting.done.wait(wait) else False
+    try:
+        deadline = time.monotonic() + wait
+        client = lock_redis()
+        if not client.exists(key):
+            waiting.found = None
+            return None
+        release_database_connection()
+        while time.monotonic() < deadline:
+            time.sleep(WAIT_POLL_SECONDS)
+            if not client.exists(key):
+                waiting.found = True
+                return True
+        return False
+    except redis.RedisError as exc:
+        log.warning("grant %s: refresh in flight unknown (%s)", grant_id, type(exc).__name__)
+        return False
+    finally:
+        with _waits_guard:
+            _waits.pop(key, None)
+        waiting.done.set()
 
 
 @dataclass(frozen=True)
@@ -571,10 +621,12 @@ def single_flight(
     *,
     needs_refresh: Callable[[Grant], bool],
     task_may_retry: bool = False,
+    reload: bool = True,
 ) -> tuple[RefreshOutcome, Grant | None]:
     """Takes the grant's lock, applies any rescued response, re-reads the grant and calls
     the provider only if `needs_refresh` still says so. Returns the outcome and the grant
-    as stored afterwards (None when it is gone)."""
+    as stored afterwards (None when it is gone; also after a provider call when `reload`
+    is False: the worker needs only the outcome, and one query less)."""
     with refresh_lock(grant_id, wait=lock_wait()) as held:
         if not held:
             # Someone else's refresh is still running (or Redis is away): what is stored
@@ -610,8 +662,8 @@ def single_flight(
             return RefreshOutcome(Result.RECONNECT_REQUIRED), load_or_none(grant_id)
         require_no_outer_transaction()
         outcome = call_upstream(grant, task_may_retry=task_may_retry)
-        if outcome.result == Result.DATABASE_UNAVAILABLE:
-            return outcome, None  # the database is away; the response waits in Redis
+        if outcome.result == Result.DATABASE_UNAVAILABLE or not reload:
+            return outcome, None  # (the database is away; the response waits in Redis)
         return outcome, load_or_none(grant_id)
 
 
@@ -673,6 +725,14 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
         """The refresh this caller waited for failed: single flight shares its result, so
         the same refresh token does not go upstream again straight away."""
         return candidate.token_version == seen_version and candidate.failure_count > seen_failures
+
+    # Another caller's refresh in flight is waited for without its lock: all its waiters
+    # take its token at once when it ends, instead of taking the lock in turn to see it.
+    if wait_for_refresh_in_flight(grant_id, wait=lock_wait()):
+        ended = load(grant_id)
+        require_usable(ended)
+        if satisfied(ended) and not rescue_pending(ended.pk):
+            return ended
 
     outcome, current = single_flight(
         grant_id, needs_refresh=lambda g: not satisfied(g) and not failed_meanwhile(g)
@@ -762,6 +822,7 @@ def refresh_grant_now(grant_id: Any, *, retries_left: int = 0) -> RefreshOutcome
         grant_id,
         needs_refresh=lambda g: is_due(g, timezone.now()),
         task_may_retry=retries_left > 0,
+        reload=False,
     )
     if outcome.result in (Result.BUSY, Result.DATABASE_UNAVAILABLE) and retries_left > 0:
         # The claim stays (its lease runs out on its own if these retries are lost too).
