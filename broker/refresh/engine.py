@@ -256,20 +256,31 @@ def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
 WAIT_POLL_SECONDS = 0.02
 
 
+@dataclass(frozen=True)
+class RefreshEnded:
+    """What the waiters of a process found once the refresh they waited for ended: the
+    grant as stored then (None if gone; shared by them: read it, never change it), and
+    whether a rescued response waits (then nothing stored may be served)."""
+
+    grant: Grant | None
+    rescue_pending: bool
+
+
 class _Wait:
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.found: bool | None = False
+        self.ended: RefreshEnded | None = None
 
 
 _waits: dict[str, _Wait] = {}
 _waits_guard = threading.Lock()
 
 
-def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> bool | None:
+def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> RefreshEnded | None:
     """Waits, holding no lock and no database connection, until no refresh of the grant is
-    in flight (its lock is free). None: none was in flight; True: one ended meanwhile;
-    False: still running after `wait` seconds, or Redis could not tell."""
+    in flight (its lock is free): one thread per process polls Redis and reads the grant
+    once it ended, the others of the process wait for its finding. None when no refresh
+    was in flight, or one still ran after `wait` seconds, or Redis could not tell."""
     key = LOCK_KEY.format(grant_id=grant_id)
     with _waits_guard:
         waiting = _waits.get(key)
@@ -277,23 +288,22 @@ def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> bool | None:
         if waiting is None:
             waiting = _waits[key] = _Wait()
     if not leader:
-        return waiting.found if waiting.done.wait(wait) else False
+        return waiting.ended if waiting.done.wait(wait) else None
     try:
         deadline = time.monotonic() + wait
         client = lock_redis()
         if not client.exists(key):
-            waiting.found = None
             return None
         release_database_connection()
         while time.monotonic() < deadline:
             time.sleep(WAIT_POLL_SECONDS)
             if not client.exists(key):
-                waiting.found = True
-                return True
-        return False
+                waiting.ended = RefreshEnded(load_or_none(grant_id), rescue_pending(grant_id))
+                return waiting.ended
+        return None
     except redis.RedisError as exc:
         log.warning("grant %s: refresh in flight unknown (%s)", grant_id, type(exc).__name__)
-        return False
+        return None
     finally:
         with _waits_guard:
             _waits.pop(key, None)
@@ -728,11 +738,13 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
 
     # Another caller's refresh in flight is waited for without its lock: all its waiters
     # take its token at once when it ends, instead of taking the lock in turn to see it.
-    if wait_for_refresh_in_flight(grant_id, wait=lock_wait()):
-        ended = load(grant_id)
-        require_usable(ended)
-        if satisfied(ended) and not rescue_pending(ended.pk):
-            return ended
+    ended = wait_for_refresh_in_flight(grant_id, wait=lock_wait())
+    if ended is not None:
+        if ended.grant is None:
+            raise Grant.DoesNotExist(f"grant {grant_id} is gone")
+        require_usable(ended.grant)
+        if satisfied(ended.grant) and not ended.rescue_pending:
+            return ended.grant
 
     outcome, current = single_flight(
         grant_id, needs_refresh=lambda g: not satisfied(g) and not failed_meanwhile(g)
