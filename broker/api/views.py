@@ -467,7 +467,9 @@ def _served(
     try:
         _, pushed = pipe.execute()
     except redis.RedisError as exc:
-        log.warning("token issue not counted: %s", type(exc).__name__)
+        log.warning(
+            "audit buffer unavailable (%s); writing %s directly", type(exc).__name__, action
+        )
         pushed = 0
     if not pushed:
         trail.store_unpushed(event)

@@ -322,7 +322,7 @@ def queue_service_event(
 
 
 def store_unpushed(fields: dict[str, Any]) -> None:
-    """Writes an event Redis did not take (down, or the buffer full) directly."""
-    log.warning("audit buffer unavailable or full; writing %s directly", fields["action"])
+    """Writes an event Redis did not take (down, or the buffer full) directly; the caller
+    logs a Redis failure."""
     metrics.count_audit_detour("written_directly")
     AuditEvent.objects.create(**fields)
