@@ -83,7 +83,7 @@ return out
 def queue_read(pipe: Pipeline, scopes: Sequence[str], exists: Sequence[str] = ()) -> None:
     """Adds the reads of `scopes` (and EXISTS of each `exists` key) to `pipe` as one
     command; its result is a list: version and writers of each scope, then 0/1 per key."""
-    keys = [key for scope in scopes for key in (_version_key(scope), _writers_key(scope))]
+    keys = _keys(scopes)
     pipe.eval(READ, len(keys) + len(exists), *keys, *exists, time.time(), len(scopes))
 
 
@@ -118,19 +118,34 @@ def _seed(scopes: Sequence[str]) -> None:
 # -- writers ------------------------------------------------------------------------------
 
 
+# A writer's steps, one command each (per scope: KEYS version, writers; ARGV writer id, now).
+BEGIN = """
+for i = 1, #KEYS, 2 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i + 1], '-inf', ARGV[2])
+  redis.call('ZADD', KEYS[i + 1], ARGV[2] + ARGV[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[i + 1], 2 * ARGV[3])
+  redis.call('INCR', KEYS[i])
+end
+"""
+END = """
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i])
+  redis.call('ZREM', KEYS[i + 1], ARGV[1])
+end
+"""
+
+
+def _keys(scopes: Sequence[str]) -> list[str]:
+    return [key for scope in scopes for key in (_version_key(scope), _writers_key(scope))]
+
+
 def begin_write(*scopes: str) -> str:
     """Before a change commits: bump the versions and register as in flight. Returns the
     writer's id for `end_write`."""
     writer = uuid.uuid4().hex
-    now = time.time()
+    keys = _keys(scopes)
     try:
-        pipe = redis_client().pipeline(transaction=False)
-        for scope in scopes:
-            pipe.zremrangebyscore(_writers_key(scope), "-inf", now)
-            pipe.zadd(_writers_key(scope), {writer: now + WRITE_WINDOW_SECONDS})
-            pipe.expire(_writers_key(scope), 2 * WRITE_WINDOW_SECONDS)
-            pipe.incr(_version_key(scope))
-        pipe.execute()
+        redis_client().eval(BEGIN, len(keys), *keys, writer, time.time(), WRITE_WINDOW_SECONDS)
     except redis.RedisError as exc:
         log.warning(
             "serving versions of %s not bumped (%s): cached copies expire within %ss",
@@ -143,12 +158,9 @@ def begin_write(*scopes: str) -> str:
 
 def end_write(writer: str, *scopes: str) -> None:
     """After the change committed (or rolled back): bump again and leave."""
+    keys = _keys(scopes)
     try:
-        pipe = redis_client().pipeline(transaction=False)
-        for scope in scopes:
-            pipe.incr(_version_key(scope))
-            pipe.zrem(_writers_key(scope), writer)
-        pipe.execute()
+        redis_client().eval(END, len(keys), *keys, writer)
     except redis.RedisError as exc:
         log.warning(
             "serving versions of %s not settled (%s): no caching for up to %ss",
