@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Any, Final, Generic, Literal, NotRequired, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, NotRequired, TypeVar, get_args
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -43,15 +43,19 @@ from broker.models import Grant
 
 # --- the values the API speaks (the views and the document both read them here) --------
 
-CLIENT_CREDENTIALS: Final = "client_credentials"
-TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+GrantType = Literal["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]
+CLIENT_CREDENTIALS, TOKEN_EXCHANGE = get_args(GrantType)
 # RFC 8693 3: the user tokens a service may exchange (all must be JWTs from a trusted issuer).
-SUBJECT_TOKEN_TYPES = [
+SubjectTokenType = Literal[
     "urn:ietf:params:oauth:token-type:id_token",
     "urn:ietf:params:oauth:token-type:jwt",
     "urn:ietf:params:oauth:token-type:access_token",
 ]
+SUBJECT_TOKEN_TYPES: list[str] = list(get_args(SubjectTokenType))
+# RFC 8693 2.2.1: what the exchange issues (TokenResponse's type makes mypy hold them equal).
 ISSUED_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"
+# RFC 7523 2.2 (private_key_jwt).
+ClientAssertionType = Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
 # No URL may carry NUL (broker.ops.request_guard answers 400).
 NO_NUL = "^[^\\u0000]*$"
 
@@ -200,23 +204,15 @@ class ConnectLinkRequest(TypedDict):
 # reads it by hand: its errors follow the RFCs, and unknown parameters are ignored (RFC 6749
 # 3.2).
 class TokenForm(TypedDict):
-    grant_type: Literal["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]
+    grant_type: GrantType
     scope: NotRequired[str]
     subject_token: NotRequired[str]
-    subject_token_type: NotRequired[
-        Literal[
-            "urn:ietf:params:oauth:token-type:id_token",
-            "urn:ietf:params:oauth:token-type:jwt",
-            "urn:ietf:params:oauth:token-type:access_token",
-        ]
-    ]
+    subject_token_type: NotRequired[SubjectTokenType]
     audience: NotRequired[str]
     resource: NotRequired[str]
     client_id: NotRequired[str]
     client_secret: NotRequired[str]
-    client_assertion_type: NotRequired[
-        Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
-    ]
+    client_assertion_type: NotRequired[ClientAssertionType]
     client_assertion: NotRequired[str]
 
 

@@ -197,12 +197,6 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
     if grant_type == TOKEN_EXCHANGE:
         return _no_store(_exchange_or_refusal(request, client, form))
     access_token, expires_in = tokens.issue(client.service, scopes, not_after=client.not_after)
-    answer: TokenResponse = {
-        "access_token": access_token,
-        "token_type": "Bearer",
-        "expires_in": expires_in,
-        "scope": " ".join(scopes),
-    }
     trail.service_event(
         "service.authenticated",
         client_id,
@@ -211,6 +205,12 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
         api_scopes=list(scopes),
         expires_in=expires_in,
     )
+    answer: TokenResponse = {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "scope": " ".join(scopes),
+    }
     return _no_store(JsonResponse(answer))
 
 
@@ -764,14 +764,13 @@ def _exchange(
         subject_issuer=subject.issuer,
         subject_token_type=token_type,
     )
-    answer: TokenResponse = {
+    return {
         "access_token": token,
         "issued_token_type": ISSUED_TOKEN_TYPE,
         "token_type": "Bearer",
         "expires_in": _expires_in(expires_at),
         "scope": " ".join(scopes),
     }
-    return answer
 
 
 def _exchange_or_refusal(
