@@ -9,6 +9,7 @@ checks that every route is declared and every declared status is one the view an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from django.conf import settings
@@ -235,6 +236,13 @@ OPERATIONS = [
 ]
 
 
+@cache
+def _shape_schema(shape: type) -> dict[str, Any]:
+    """A shape's JSON Schema, generated once per process (pydantic takes milliseconds; the
+    document is served to anyone). Read only."""
+    return schema.json_schema(TypeAdapter(shape))
+
+
 class _Components:
     """The shapes the document references, collected while the operations are written."""
 
@@ -242,13 +250,12 @@ class _Components:
         self.schemas: dict[str, Any] = {}
 
     def ref(self, shape: type) -> dict[str, str]:
-        generated = schema.json_schema(TypeAdapter(shape))
-        self.schemas.update(generated.pop("$defs", {}))
-        self.schemas[shape.__name__] = generated
+        if shape.__name__ not in self.schemas:
+            self.schemas[shape.__name__] = self.inline(shape)
         return {"$ref": schema.REF_TEMPLATE.format(model=shape.__name__)}
 
     def inline(self, shape: type) -> dict[str, Any]:
-        generated = schema.json_schema(TypeAdapter(shape))
+        generated = dict(_shape_schema(shape))
         self.schemas.update(generated.pop("$defs", {}))
         return generated
 
@@ -298,8 +305,9 @@ def _operation(operation: Operation, components: _Components) -> dict[str, Any]:
         for name, parameter_schema in query["properties"].items():
             parameter: dict[str, Any] = {"name": name, "in": "query"}
             if "description" in parameter_schema:
-                parameter["description"] = parameter_schema.pop("description")
-            parameters.append({**parameter, "schema": parameter_schema})
+                parameter["description"] = parameter_schema["description"]
+            value_schema = {k: v for k, v in parameter_schema.items() if k != "description"}
+            parameters.append({**parameter, "schema": value_schema})
     if parameters:
         written["parameters"] = parameters
     written["responses"] = {
