@@ -2,7 +2,7 @@
 
 Every operation is declared once below: its route (by URL name, as in broker/api/urls.py),
 method, the request and answer shapes of broker.api.schema, and the statuses it answers.
-The document is generated from these declarations and shapes; tests/api/test_openapi.py
+The document is generated from these declarations and shapes; tests/api/test_api_declarations.py
 checks that every route is declared and every declared status is one the view answers.
 """
 

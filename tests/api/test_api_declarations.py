@@ -57,6 +57,25 @@ def test_every_route_is_declared_with_the_method_its_view_answers(api):
         ]
 
 
+@pytest.mark.parametrize(
+    "operation", [op for op in OPERATIONS if op.scope], ids=lambda op: op.operation_id
+)
+def test_a_broker_token_with_only_the_declared_scope_gets_past_the_scope_check(
+    api, service_with_secret, operation
+):
+    service, secret = service_with_secret
+    AccessRule.objects.create(
+        service=service,
+        provider_app=make_app("acme"),
+        can_sign=True,
+        can_create_connect_links=True,
+    )
+    token = fetch_token(api, service, secret, scope=operation.scope)["access_token"]
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+    response = api.generic(operation.method, reverse(operation.url_name), **headers)
+    assert response.status_code not in (401, 403), response.content
+
+
 @dataclass
 class World:
     """A service with rules for three apps, and Alice's grants of them."""
