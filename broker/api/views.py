@@ -24,7 +24,7 @@ from broker.api.auth import (
     ServiceRequest,
     authenticate_client,
 )
-from broker.api.decorators import api_view
+from broker.api.decorators import api_view, outages_answered
 from broker.api.errors import ApiError, invalid_request, not_visible
 from broker.api.openapi import openapi_document
 from broker.api.schema import (
@@ -127,6 +127,7 @@ def _granted_api_scopes(service_id: Any, requested: str | None) -> tuple[str, ..
 
 @csrf_exempt
 @sensitive_post_parameters("client_secret", "client_assertion", "subject_token")
+@outages_answered
 def token_endpoint(request: HttpRequest) -> HttpResponse:
     """Client credentials grant (RFC 6749 4.4) and token exchange (RFC 8693); errors per
     RFC 6749 5.2 and RFC 8693 2.2.2."""
