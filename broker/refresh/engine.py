@@ -290,6 +290,7 @@ def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> RefreshEnded | 
         if waiting is None:
             waiting = _waits[key] = _Wait()
     if not leader:
+        release_database_connection()
         return waiting.ended if waiting.done.wait(wait) else None
     try:
         deadline = time.monotonic() + wait
