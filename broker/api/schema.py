@@ -358,7 +358,8 @@ def openapi_document() -> dict[str, Any]:
                             "audience, or naming no active user), unsupported_grant_type, "
                             "invalid_scope, invalid_target (token exchange: an app the "
                             "service may not use for this user, or where the user has no "
-                            "grant)"
+                            "grant), api_token_grant (the grant holds an API token, which is "
+                            "never handed out)"
                         ),
                         "401": _error("invalid_client"),
                         "403": _error(
@@ -448,7 +449,10 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": _json_body(ACCESS_TOKEN_FIELDS, one_grant=True),
                     "responses": {
                         "200": _ok("The token", "AccessToken"),
-                        "400": _error("invalid_request (names the field)"),
+                        "400": _error(
+                            "invalid_request (names the field); api_token_grant (the grant "
+                            "holds an API token, which is never handed out: use the proxy)"
+                        ),
                         **_bearer_errors(),
                         "403": _error(
                             "Denied by the access rules (`access_denied`; "
@@ -495,7 +499,8 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": _ok("The header value", "Signature"),
                         "400": _error(
-                            "invalid_request (names the field, or the subject token is not valid)"
+                            "invalid_request (names the field, or the subject token is not "
+                            "valid); api_token_grant (the grant holds an API token)"
                         ),
                         **_bearer_errors(),
                         "403": _error(
