@@ -31,7 +31,7 @@ def expire(grant_id: str, now: datetime) -> bool:
     """Ends one grant whose API token has expired, unless it is no longer active or a new
     token was stored meanwhile; True if this call did (a conditional UPDATE, so two beats
     end it, and tell about it, once)."""
-    wiped = dict.fromkeys(Grant(pk=grant_id).wipe_secrets(), "")
+    wiped = {Grant.sealed_column_name(field): "" for field in Grant.SEALED_FIELDS}
     with transaction.atomic():
         ended = Grant.objects.filter(
             pk=grant_id, status=Grant.Status.ACTIVE, refresh_absolute_expires_at__lte=now

@@ -5,15 +5,17 @@ header refuses an unusable grant by itself, beat or not."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
 from broker.celery import app as celery_app
-from broker.models import Grant, ProviderApp
+from broker.models import Grant, ProviderApp, WebhookDelivery
 from broker.providers.api_token_auth import (
     ApiTokenUnusable,
     basic_authorization,
@@ -76,6 +78,29 @@ def test_an_expired_token_ends_its_grant_once_and_tells_user_and_services(
     [email] = mail.outbox
     assert email.subject == "Your Acme Jira API token has expired"
     assert "ATATT" not in email.body and "/connections/" in email.body
+
+
+def test_two_beats_at_once_end_each_grant_once(owner, site):
+    make_service("scripts", webhook_url="https://hooks.example/x", webhook_secret=SECRET, app=site)
+    grants = [token_grant(owner, site, n, timedelta(seconds=-n - 1)) for n in range(12)]
+    start = threading.Barrier(2)
+    counts: list[int] = []
+
+    def beat() -> None:
+        start.wait()
+        try:
+            counts.append(end_expired_api_tokens())
+        finally:
+            connection.close()
+
+    beats = [threading.Thread(target=beat) for _ in range(2)]
+    for thread in beats:
+        thread.start()
+    for thread in beats:
+        thread.join(timeout=60)
+    assert sum(counts) == len(grants)
+    told = WebhookDelivery.objects.filter(event="grant.reconnect_required")
+    assert sorted(str(d.grant_id) for d in told) == sorted(str(g.pk) for g in grants)
 
 
 def test_a_token_stored_meanwhile_is_not_ended(owner, site):
