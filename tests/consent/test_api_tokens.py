@@ -93,6 +93,7 @@ def test_the_owner_stores_an_api_token_checked_at_the_provider(
 
     listed = alice_browser.get(f"{form_url.rsplit('/connections/', 1)[0]}/connections/")
     assert f'data-grant="{grant.pk}"' in listed.text and made["api_token"] not in listed.text
+    assert f"<dt>API token expires</dt><dd>{made['expires_on']}</dd>" in listed.text
 
 
 def test_the_connect_button_leads_to_the_api_token_form(alice_browser, live_server):
