@@ -46,10 +46,10 @@ from broker.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from broker.providers.api_token_auth import API_TOKEN_KINDS
 from broker.providers.app_validation import app_problems
 from broker.providers.catalog import KINDS
 from broker.providers.oauth1_consumer import ConsumerMisconfigured, public_key_pem
-from broker.refresh.api_token_expiry import API_TOKEN_KINDS
 from broker.refresh.engine import claim_now
 from broker.refresh.tasks import enqueue_refreshes
 from broker.revocation import bulk
@@ -325,13 +325,12 @@ class GrantAdmin(AuditedAdmin):
     readonly_fields = GRANT_FIELDS
     actions = ["revoke_selected", "refresh_selected"]
 
-    # Grants come from consent; the one kind an admin adds is an API token (add_view).
-
     @method_decorator(sensitive_post_parameters("api_token"))
     def add_view(
         self, request: HttpRequest, form_url: str = "", extra_context: Any = None
     ) -> HttpResponse:
-        """ "Add grant": stores an API token for a user, checked at the provider first."""
+        """The "Add grant" page. Grants come from consent, except API tokens: an admin
+        stores one for a user here, checked at the provider first."""
         if not self.has_add_permission(request):
             raise PermissionDenied
         form = AdminApiTokenForm(request.POST if request.method == "POST" else None)

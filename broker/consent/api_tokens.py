@@ -80,11 +80,6 @@ class ApiTokenForm(forms.Form):
         return expires_on
 
 
-def api_token_apps() -> Any:
-    """The enabled apps whose grants hold API tokens."""
-    return [app for app in ProviderApp.objects.filter(enabled=True) if is_api_token_app(app)]
-
-
 def store_api_token(
     user: User,
     app: ProviderApp,

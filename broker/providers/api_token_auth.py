@@ -16,11 +16,16 @@ from requests.auth import HTTPBasicAuth
 
 from broker.models import Grant, ProviderApp
 from broker.providers.account import Account, AccountLookupError, get_json_with, identity_from
+from broker.providers.catalog import KINDS
 
 
 class ApiTokenUnusable(Exception):
     """The grant cannot authenticate a request: not an API-token grant, not active, or its
     token has expired (the beat then marks it reconnect_required). No secret in the message."""
+
+
+# The catalog kinds whose grants hold an API token.
+API_TOKEN_KINDS = tuple(kind.name for kind in KINDS.values() if kind.protocol == "api_token")
 
 
 def is_api_token_app(app: ProviderApp) -> bool:

@@ -18,13 +18,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from broker.models import Grant
-from broker.providers.catalog import KINDS
+from broker.providers.api_token_auth import API_TOKEN_KINDS
 from broker.refresh.engine import announce
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
-API_TOKEN_KINDS = tuple(kind.name for kind in KINDS.values() if kind.protocol == "api_token")
 
 
 def expire(grant_id: str, now: datetime) -> bool:
