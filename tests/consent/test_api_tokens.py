@@ -255,3 +255,14 @@ def test_the_admin_form_refuses_a_date_beyond_a_year_and_an_auditor_cannot_add(
         f"{live_server.url}/admin/broker/grant/add/", timeout=TIMEOUT
     )
     assert page.status_code == 403
+
+
+def test_disconnecting_deletes_the_token(alice_browser, form_url, sandbox, owner, live_server):
+    made = sandbox.api_token("alice")
+    fields = {"email": made["email"], "api_token": made["api_token"]}
+    assert csrf_post(alice_browser, form_url, {**fields, "expires_on": made["expires_on"]}).ok
+    grant = Grant.objects.get(provider_app__slug=SLUG)
+    response = csrf_post(alice_browser, f"{live_server.url}/connections/{grant.pk}/disconnect", {})
+    assert response.status_code == 302
+    revoked = Grant.objects.get(pk=grant.pk)
+    assert revoked.status == "revoked" and not revoked.has_secret("api_token")
