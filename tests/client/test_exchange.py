@@ -4,6 +4,7 @@ of grants that hold API tokens."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -66,6 +67,22 @@ def test_it_exchanges_the_users_token_for_her_provider_token(
     assert count("token.exchanged", assistant["client_id"]) == 1
     # A min_ttl the cached token does not meet asks the broker again.
     client.exchange(alice_signed_in, "sandbox", min_ttl=token.expires_in + 60)
+    assert count("token.exchanged", assistant["client_id"]) == 2
+
+
+def test_a_token_is_cached_no_longer_than_the_users_token_is_valid(
+    client, assistant, idp, owner, grant
+):
+    ExternalIdentity.objects.create(user=owner, issuer=idp.issuer, subject="alice-sub")
+    short = idp.token("alice-sub", exp=int(time.time()) + 2)
+    first = client.exchange(short, "sandbox", min_ttl=0)
+    assert first.expires_in and first.expires_in > 60
+    assert client.exchange(short, "sandbox", min_ttl=0).access_token == first.access_token
+    assert count("token.exchanged", assistant["client_id"]) == 1  # cached
+    time.sleep(2.5)
+    # The user's token has expired: the client asks the broker again (which still accepts
+    # it within its 30 s leeway for clock skew).
+    client.exchange(short, "sandbox", min_ttl=0)
     assert count("token.exchanged", assistant["client_id"]) == 2
 
 

@@ -9,9 +9,10 @@ meant to be shared by all threads of a process.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from base64 import b64encode
+from base64 import b64encode, urlsafe_b64decode
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from hashlib import sha256
@@ -259,10 +260,14 @@ class BrokerClient:
             form["scope"] = " ".join(wanted)
         asked_at = time.monotonic()
         token = ExchangedToken.from_json(self._token_request(form))
+        # Kept no longer than the user's token is valid: once the user's sign-in is over,
+        # the next call asks the broker, which checks it again.
+        lifetimes = [token.expires_in, _seconds_left(subject_token)]
+        kept = min((seconds for seconds in lifetimes if seconds is not None), default=None)
         with self._tokens_lock:
             self._forget_expired()
-            if token.expires_in is not None:
-                self._tokens[key] = _Cached(token, asked_at + token.expires_in)
+            if kept is not None:
+                self._tokens[key] = _Cached(token, asked_at + kept)
         return token
 
     def sign(
@@ -424,6 +429,16 @@ class BrokerClient:
             )
         except requests.RequestException as exc:
             raise BrokerUnreachable("broker_unreachable", str(exc)) from exc
+
+
+def _seconds_left(jwt_token: str) -> float | None:
+    """Seconds until the JWT's `exp`, read without checking it (the broker checks it; this
+    only bounds a cache), or None when it has none or is not a JWT."""
+    try:
+        claims = json.loads(urlsafe_b64decode(jwt_token.split(".")[1] + "=="))
+        return float(claims["exp"]) - time.time()
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _bearer(token: str) -> dict[str, str]:
