@@ -88,6 +88,7 @@ class Run:
     client_id: str
     quick: bool
     presented_twice: int = 0
+    reused_late: int = 0
     lost: set[str] = field(default_factory=set)  # grants lost in earlier drills
     victim_revoked: bool = False
 
@@ -388,8 +389,11 @@ def check(
     figures.notes += stale
     if unknown:
         figures.notes.append(f"{unknown} served tokens unknown to the provider")
+    late = history["refresh_tokens_reused_outside_window"]
+    figures.refresh_twice, run.reused_late = late - run.reused_late, late
     twice = history["refresh_tokens_presented_twice"]
-    figures.refresh_twice, run.presented_twice = twice - run.presented_twice, twice
+    figures.refresh_again_in_window = twice - run.presented_twice - figures.refresh_twice
+    run.presented_twice = twice
 
     revoked_at = {
         str(g.id): g.revoked_at.timestamp() for g in Grant.objects.filter(revoked_at__isnull=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -283,6 +285,42 @@ def test_a_rescued_refresh_is_applied_before_a_stored_token_is_served(api, grant
     grant.refresh_from_db()
     assert grant.unseal("refresh_token") == "rescued-refresh"
     assert not rescue_pending(grant.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_being_refreshed_is_not_served_until_the_refresh_commits(api, grant, rule, bearer):
+    """Another process is refreshing the grant (its lock held, its refresh marked in
+    flight): the provider may already have retired the stored access token (rotation), so
+    the request waits for the refresh's result instead of serving the stored one."""
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh import engine
+
+    lock = engine.lock_redis().lock(
+        engine.LOCK_KEY.format(grant_id=grant.pk), timeout=30, thread_local=False
+    )
+    assert lock.acquire(blocking=False)
+    assert engine.mark_in_flight(grant.pk, grant.token_version)
+    refreshed = TokenResponse("refreshed-access", "refreshed-refresh", 3600, None, "Bearer")
+
+    def the_other_process_commits() -> None:
+        time.sleep(0.5)
+        engine.persist_refresh(
+            engine.load(grant.pk),
+            refreshed,
+            seen_version=grant.token_version,
+            received_at=timezone.now(),
+        )
+        engine.clear_in_flight(grant.pk)
+        lock.release()
+
+    other = threading.Thread(target=the_other_process_commits)
+    started = time.monotonic()
+    other.start()
+    response = post(api, {"grant": str(grant.pk)}, bearer())
+    other.join()
+    assert response.status_code == 200
+    assert response.json()["access_token"] == "refreshed-access"
+    assert 0.5 <= time.monotonic() - started < 5  # until the lock was released
 
 
 # -- kinds that can issue a narrower token ------------------------------------------------------
