@@ -51,17 +51,16 @@ Refreshes in doubt
   after BROKER_PROVIDER_TIMEOUT, leaves the provider with tokens the broker never stored:
   the stored access token is already retired upstream, and the stored refresh token
   consumed. So before each upstream call the holder marks the refresh in flight in Redis
-  (`refresh-in-flight:<grant id>` = the token_version it read, for the reuse window), and
-  clears the mark once the outcome is known (committed, rescued, or an HTTP answer that
-  consumed nothing). While a mark is there the stored access token is never served
-  (`stored_token_in_doubt`, checked by the API in the same round trip as the rescue): a
-  request waits for the refresh in flight, or, if its holder is gone, its lock lapses and
-  the next holder finding the mark for the version it read refreshes at once, presenting
-  the same refresh token again. Inside a reuse window (Atlassian's ten minutes) the
-  provider answers with what it issued the first time and the grant lives on; a provider
-  without one answers invalid_grant, which the grant would have met at its next refresh
-  anyway. The beat's claim lease (BROKER_REFRESH_CLAIM_TIMEOUT) brings back a grant nobody
-  asks for within the window.
+  (`refresh-in-flight:<grant id>` = the token_version it read, for the reuse window); only
+  an HTTP error answer, which consumed nothing, clears it. A stored access token of that
+  version or an older one is never served (`stored_token_in_doubt`, checked by the API in
+  the same round trip as the rescue): a request waits for the refresh in flight and takes
+  its result; if the holder is gone, its lock lapses and the next holder finding the mark
+  for the version it read refreshes at once, presenting the same refresh token again.
+  Inside a reuse window (Atlassian's ten minutes) the provider answers with what it issued
+  the first time and the grant lives on; a provider without one answers invalid_grant,
+  which the grant would have met at its next refresh anyway. The beat's claim lease
+  (BROKER_REFRESH_CLAIM_TIMEOUT) brings back a grant nobody asks for within the window.
 
 Failure taxonomy (as Vault's oauthapp plugin sorts them, via broker.providers.oauth2_client)
 - GrantRejected -> `reconnect_required`, tokens wiped, no next refresh, audit + announce.
@@ -362,10 +361,11 @@ def stored_token_in_doubt(grant: Grant) -> bool:
     except redis.RedisError as exc:
         log.warning("grant %s: cannot check for a rescue (%s)", grant.pk, type(exc).__name__)
         return False
-    # A mark from an older token_version is stale (its refresh committed; the mark's
-    # deletion failed): the next holder drops it.
+    # The mark stays after its refresh committed (until it expires): a request that read
+    # the grant just before the commit still finds it, for the version it read, and takes
+    # the refresh's result instead. Marks from older versions than the one read are spent.
     return bool(rescued) or (
-        in_flight_from is not None and int(in_flight_from) == grant.token_version
+        in_flight_from is not None and int(in_flight_from) >= grant.token_version
     )
 
 
@@ -382,8 +382,8 @@ def mark_in_flight(grant_id: Any, seen_version: int) -> bool:
 
 
 def clear_in_flight(grant_id: Any) -> None:
-    """The refresh's outcome is known. A mark left behind by a Redis error is dropped by the
-    next holder (its version is then older than the grant's)."""
+    """The provider answered with an error: it consumed nothing, the stored tokens stand.
+    (A refresh that stored its result leaves the mark: see `stored_token_in_doubt`.)"""
     try:
         lock_redis().delete(IN_FLIGHT_KEY.format(grant_id=grant_id))
     except redis.RedisError as exc:
@@ -392,16 +392,10 @@ def clear_in_flight(grant_id: Any) -> None:
 
 def previous_refresh_in_doubt(grant: Grant) -> bool:
     """Under the lock: whether an earlier refresh from the stored refresh token has an
-    unknown outcome (its holder died, or the answer came too late). A mark from an older
-    token_version is stale and dropped. Raises RedisError."""
-    key = IN_FLIGHT_KEY.format(grant_id=grant.pk)
-    marked = lock_redis().get(key)
-    if marked is None:
-        return False
-    if int(marked) == grant.token_version:
-        return True
-    lock_redis().delete(key)
-    return False
+    unknown outcome (its holder died, or the answer came too late): its mark names the
+    version read now. Raises RedisError."""
+    marked = lock_redis().get(IN_FLIGHT_KEY.format(grant_id=grant.pk))
+    return marked is not None and int(marked) == grant.token_version
 
 
 # -- database writes ---------------------------------------------------------------------
@@ -607,7 +601,6 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
         mark_reconnect_required(
             grant, seen_version=seen_version, error=describe(exc), reason=exc.error
         )
-        clear_in_flight(grant.pk)
         return RefreshOutcome(Result.RECONNECT_REQUIRED)
     except (ClientMisconfigured, TransientTokenError) as exc:
         if exc.status is not None:
@@ -633,10 +626,8 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
     except DatabaseError as exc:
         log.error("grant %s: refreshed tokens not written (%s); rescued", grant.pk, exc)
         rescue = Rescue(response=response, based_on_version=seen_version, received_at=received_at)
-        if stash_rescue(grant.pk, rescue):
-            clear_in_flight(grant.pk)  # the rescue carries it from here
+        stash_rescue(grant.pk, rescue)
         return RefreshOutcome(Result.DATABASE_UNAVAILABLE, retry_after=1)
-    clear_in_flight(grant.pk)
     if not written:
         log.warning("grant %s changed during its refresh; the newer state was kept", grant.pk)
         return RefreshOutcome(Result.NOT_NEEDED)
@@ -675,6 +666,13 @@ def single_flight(
             return RefreshOutcome(Result.GONE), grant
         if not needs_refresh(grant, in_doubt):
             return RefreshOutcome(Result.NOT_NEEDED), grant
+        if in_doubt:
+            log.warning(
+                "grant %s: the outcome of its last refresh is unknown (answer lost: a process"
+                " died or the provider answered too late); refreshing again with the same"
+                " refresh token, inside the provider's reuse window",
+                grant.pk,
+            )
         if not grant.has_secret("refresh_token"):
             if grant.access_token_valid_for(0):
                 # Nothing to refresh with, but still usable (OAuth 1.0a tokens, providers
