@@ -112,6 +112,22 @@ def test_it_records_last_use_cheaply(api, grant, rule, bearer, django_assert_max
     assert grant.last_used_at == first_use
 
 
+def test_a_spent_refresh_mark_costs_no_query(
+    api, grant, rule, bearer, django_assert_max_num_queries
+):
+    """A refresh's in-flight mark stays a while after it committed: the hot path compares it
+    with the token_version read with the token (one query, no deferred load)."""
+    from broker.refresh import engine
+
+    headers = bearer()
+    post(api, {"grant": str(grant.pk)}, headers)  # the first use writes last_used
+    assert engine.mark_in_flight(grant.pk, grant.token_version - 1)
+    with django_assert_max_num_queries(1):
+        response = post(api, {"grant": str(grant.pk)}, headers)
+    assert response.status_code == 200
+    assert response.json()["access_token"] == grant.unseal("access_token")
+
+
 def test_a_scope_the_grant_lacks_is_a_403_naming_it(api, owner, atlassian, rule, bearer):
     narrow = consented_grant(owner, atlassian, scopes=["read:me"])
     response = post(
