@@ -327,8 +327,9 @@ class LocalCopy:
                 time.sleep(interval)
                 try:
                     self.write()
-                except Exception:  # noqa: BLE001 - the thread must outlive any failure
-                    log.exception("audit copy not written; kept for the next attempt")
+                except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
+                    # Every second while the database is away: one line, no traceback.
+                    log.warning("audit copy not written (%s); kept", type(exc).__name__)
                 finally:
                     # Back to the pool: the request threads need the connections.
                     connection.close()
