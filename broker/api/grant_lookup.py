@@ -4,8 +4,9 @@ current, from the database otherwise.
 A valid-token fetch makes no database query: the grant row (with its app and user) is
 kept per process, stamped with the serving versions (broker.infra.serving_versions) it was
 loaded under. The versions ride in the broker-token check's Redis pipeline
-(`queue_prefetch`, called by broker.api.auth), together with the check for a rescued
-refresh response, so the cache costs no extra round trip. Revocation, refresh, consent,
+(`queue_prefetch`, called by broker.api.auth), so the cache costs no extra round trip
+(whether the stored token is in doubt, broker.refresh.engine.stored_token_in_doubt, is
+checked by the view after it). Revocation, refresh, consent,
 user, group, app, rule and service changes move the versions before and after they
 commit, so no request whose versions were read after such a commit is served the old row.
 Without Redis the request is refused (503) before it gets here.
@@ -24,7 +25,6 @@ from redis.client import Pipeline
 
 from broker.infra import serving_versions
 from broker.models import Grant
-from broker.refresh import engine
 
 # Only what an access-token answer needs; anything else loads on first access (deferred).
 COLUMNS = (
@@ -36,6 +36,9 @@ COLUMNS = (
     "account_email",
     "access_token_sealed",
     "access_expires_at",
+    # Read with the token it versions: the refresh-in-doubt check compares it with the
+    # in-flight mark (loaded later, it could belong to a token committed since).
+    "token_version",
     "consented_at",
     "last_refreshed_at",
     "last_used_at",
@@ -62,7 +65,6 @@ class Prefetched:
     # Serving stamp of the RULES scope, and of (RULES, the grant); None: no cache now.
     rules_stamp: serving_versions.Stamp | None
     grant_stamp: serving_versions.Stamp | None
-    rescue_pending: bool | None
 
 
 @dataclass(frozen=True)
@@ -87,26 +89,23 @@ def _grant_id_in_body(request: HttpRequest) -> uuid.UUID | None:
 
 
 def queue_prefetch(request: HttpRequest, pipe: Pipeline) -> Callable[[Sequence[object]], None]:
-    """Adds the serving versions (and the rescue check) this request needs to `pipe`;
+    """Adds the serving versions this request needs to `pipe`;
     returns what to call with their results, which sets `request.serving`."""
     grant_id = _grant_id_in_body(request)
     scopes = [serving_versions.RULES]
-    exists = []
     if grant_id is not None:
         scopes.append(serving_versions.grant_scope(grant_id))
-        exists.append(engine.RESCUE_KEY.format(grant_id=grant_id))
-    serving_versions.queue_read(pipe, scopes, exists)
+    serving_versions.queue_read(pipe, scopes)
 
     def finish(results: Sequence[object]) -> None:
         [read] = results
         assert isinstance(read, list)
         versions = read[: 2 * len(scopes)]
-        rescue = bool(read[-1]) if grant_id is not None else None
         rules_stamp = serving_versions.stamp_of(scopes[:1], versions[:2])
         grant_stamp = None
         if grant_id is not None:
             grant_stamp = serving_versions.stamp_of(scopes, versions)
-        request.serving = Prefetched(grant_id, rules_stamp, grant_stamp, rescue)  # type: ignore[attr-defined]
+        request.serving = Prefetched(grant_id, rules_stamp, grant_stamp)  # type: ignore[attr-defined]
 
     return finish
 
@@ -146,14 +145,6 @@ def grant_by_id(grant_id: uuid.UUID | str, request: HttpRequest | None = None) -
             _grants.clear()
         _grants[pk] = _Entry(grant, stamp, now)
     return grant
-
-
-def rescue_pending(grant: Grant, request: HttpRequest | None = None) -> bool:
-    """Whether a rescued refresh response waits for the grant (read in the prefetch)."""
-    serving = prefetched(request) if request is not None else None
-    if serving is not None and serving.grant_id == grant.pk and serving.rescue_pending is not None:
-        return serving.rescue_pending
-    return engine.rescue_pending(grant.pk)
 
 
 def forget_cached_grants() -> None:

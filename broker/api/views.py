@@ -483,8 +483,7 @@ def _served(
             "audit buffer unavailable (%s); writing %s directly", type(exc).__name__, action
         )
         pushed = 0
-    if not pushed:
-        trail.store_unpushed(event)
+    trail.pushed_or_written(event, pushed)
 
 
 def _fresh(
@@ -492,12 +491,13 @@ def _fresh(
 ) -> Grant:
     """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight.
 
-    A response rescued to Redis (its database write failed) means the stored tokens are
-    already superseded at the provider: then the engine applies it first."""
+    A response rescued to Redis (its database write failed), or a refresh in flight or cut
+    short, means the stored tokens may be superseded at the provider: then the engine
+    waits for the refresh, or applies or redoes it, first."""
     if (
         not force_refresh
         and grant.access_token_valid_for(min_ttl)
-        and not grant_lookup.rescue_pending(grant, request)
+        and not engine.stored_token_in_doubt(grant)
     ):
         return grant
 
