@@ -38,7 +38,7 @@ class Account:
 def get_json(url: str, access_token: str) -> Any:
     auth = OAuth2Auth({"access_token": access_token, "token_type": "Bearer"})
     try:
-        with provider_session(requests.Session()) as session:
+        with provider_session() as session:
             response = session.get(url, auth=auth, headers={"Accept": "application/json"})
     except requests.RequestException as exc:
         raise AccountLookupError(f"{url}: {type(exc).__name__}", transient=True) from None
