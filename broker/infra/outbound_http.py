@@ -1,7 +1,8 @@
 """The one HTTP client for the broker's outbound requests.
 
-Provider endpoints (token, identity, resources, revocation, OAuth 1.0a) and the identity
-providers' key sets (JWKS): `provider_session`.
+Provider endpoints (token, identity, resources, revocation, OAuth 1.0a), the identity
+providers' key sets (JWKS) and single sign-on's exchanges with the company's IdP
+(discovery, code exchange, JWKS; accounts.oidc_client): `provider_session`.
 Every call made through it ends within BROKER_PROVIDER_TIMEOUT seconds in total: connect,
 TLS, headers, body and redirects together. requests' own timeouts bound each connect and
 each read, not the exchange, so a server trickling one byte a second would keep a call
