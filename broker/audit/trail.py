@@ -1,11 +1,11 @@
 """The one way to write the audit log. Callers pass identifiers, never tokens or secrets.
 
-`record()` inserts at once. `record_soon()` is for hot paths (the internal API): it appends
-the event to a Redis list in one round trip, and `flush_buffer()` (a Celery beat task, every
-few seconds) moves buffered events into AuditEvent in bulk. No event is lost: if Redis
-cannot take it (down, or the buffer is full), the event is inserted directly; a flush
-removes events from the buffer only after their rows are committed (a crash in between
-writes them twice rather than never).
+`record()` inserts at once. `record_soon()`, with the same arguments, is for hot paths
+(the internal API): it appends the event to a Redis list in one round trip, and
+`flush_buffer()` (a Celery beat task, every few seconds) moves buffered events into
+AuditEvent in bulk. No event is lost: if Redis cannot take it (down, or the buffer is
+full), the event is inserted directly; a flush removes events from the buffer only after
+their rows are committed (a crash in between writes them twice rather than never).
 
 Much of what is recorded comes from unauthenticated callers (a claimed client id, a
 parameter name), so every value is made storable on every database and bounded in size
@@ -15,12 +15,13 @@ dead-letter list (DEAD_LETTER_KEY, counted in /metrics) so it never blocks the o
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec
 
 import redis
 from celery import shared_task
@@ -91,19 +92,21 @@ def _clean(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _fields(
+def event_fields(
     action: str,
+    *,
     actor_type: str,
-    actor: str,
-    outcome: str,
-    grant_id: uuid.UUID | str | None,
-    subject_user: str,
-    provider: str,
-    service: str,
-    scopes: Iterable[str],
-    request: HttpRequest | None,
-    detail: dict[str, Any],
+    actor: str = "",
+    outcome: str = Outcome.SUCCESS,
+    grant_id: uuid.UUID | str | None = None,
+    subject_user: str = "",
+    provider: str = "",
+    service: str = "",
+    scopes: Iterable[str] = (),
+    request: HttpRequest | None = None,
+    **detail: Any,
 ) -> dict[str, Any]:
+    """One event's columns: what `record()` and `record_soon()` take."""
     # Callers may pass what a client sent (a claimed client id, a username): keep every
     # value storable, so one odd event cannot block the buffer's bulk insert.
     return {
@@ -122,79 +125,53 @@ def _fields(
     }
 
 
-def record(
-    action: str,
-    *,
-    actor_type: str,
-    actor: str = "",
-    outcome: str = Outcome.SUCCESS,
-    grant_id: uuid.UUID | str | None = None,
-    subject_user: str = "",
-    provider: str = "",
-    service: str = "",
-    scopes: Iterable[str] = (),
-    request: HttpRequest | None = None,
-    **detail: Any,
-) -> AuditEvent:
-    return AuditEvent.objects.create(
-        **_fields(
-            action,
-            actor_type,
-            actor,
-            outcome,
-            grant_id,
-            subject_user,
-            provider,
-            service,
-            scopes,
-            request,
-            detail,
-        )
-    )
+P = ParamSpec("P")
 
 
-def record_soon(
-    action: str,
-    *,
-    actor_type: str,
-    actor: str = "",
-    outcome: str = Outcome.SUCCESS,
-    grant_id: uuid.UUID | str | None = None,
-    subject_user: str = "",
-    provider: str = "",
-    service: str = "",
-    scopes: Iterable[str] = (),
-    request: HttpRequest | None = None,
-    **detail: Any,
-) -> None:
-    """Like `record()`, but buffered in Redis; written to the database by `flush_buffer()`."""
-    fields = _fields(
-        action,
-        actor_type,
-        actor,
-        outcome,
-        grant_id,
-        subject_user,
-        provider,
-        service,
-        scopes,
-        request,
-        detail,
-    )
+def _taking(
+    build: Callable[P, dict[str, Any]],
+) -> Callable[[Callable[[dict[str, Any]], None]], Callable[P, None]]:
+    """A writer of events called with `build`'s arguments (one signature for both writers,
+    checked by mypy); it receives what `build` made of them."""
+
+    def decorate(write: Callable[[dict[str, Any]], None]) -> Callable[P, None]:
+        @functools.wraps(write)
+        def call(*args: P.args, **kwargs: P.kwargs) -> None:
+            write(build(*args, **kwargs))
+
+        return call
+
+    return decorate
+
+
+@_taking(event_fields)
+def record(fields: dict[str, Any]) -> None:
+    """Inserts the event at once, in the caller's transaction."""
+    AuditEvent.objects.create(**fields)
+
+
+@_taking(event_fields)
+def record_soon(fields: dict[str, Any]) -> None:
+    """Buffers the event in Redis (one round trip) for `flush_buffer()`; inserts it at once
+    when Redis cannot take it."""
+    if not _buffered(fields):
+        AuditEvent.objects.create(**fields)
+
+
+def _buffered(fields: dict[str, Any]) -> bool:
+    """Appends the event to the buffer; False if Redis is down or the buffer is full (the
+    flusher is behind): the caller then inserts it, which costs more but loses nothing."""
     try:
-        client = redis_client()
-        pushed = client.register_script(PUSH_IF_ROOM)(
+        pushed = redis_client().register_script(PUSH_IF_ROOM)(
             keys=[BUFFER_KEY],
             args=[json.dumps(fields, cls=DjangoJSONEncoder), settings.BROKER_AUDIT_BUFFER_MAX],
         )
     except redis.RedisError:
-        log.warning("audit buffer unavailable; writing %s directly", action)
+        log.warning("audit buffer unavailable; writing %s directly", fields["action"])
         pushed = 0
     if not pushed:
-        # Redis is down or the buffer is full (the flusher is behind): one direct insert
-        # costs more than a push, but loses nothing.
         metrics.count_audit_detour("written_directly")
-        AuditEvent.objects.create(**fields)
+    return bool(pushed)
 
 
 def _from_buffer(raw: bytes | str) -> AuditEvent:
