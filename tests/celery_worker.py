@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,26 +14,10 @@ from tests.sandbox_grants import subprocess_env
 
 
 def start_worker(log_file: Path, **env: str) -> subprocess.Popen[bytes]:
-    """One solo-pool worker (the task runs in the process a test may kill); returns once it
-    is ready to take tasks. Its output goes to `log_file`."""
-    worker = processes.start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "broker",
-            "worker",
-            "--pool=solo",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            f"--hostname=test-{os.getpid()}-{time.monotonic_ns()}@localhost",
-        ],
-        log_file,
-        env=subprocess_env(**env),
-    )
+    """One worker on this test run's database and Redis; returns once it is ready to take
+    tasks. Its output goes to `log_file`."""
+    hostname = f"test-{os.getpid()}-{time.monotonic_ns()}"
+    worker = processes.start(processes.celery_worker(hostname), log_file, env=subprocess_env(**env))
     wait_until(
         lambda: b" ready." in log_file.read_bytes(),
         60,

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,26 @@ def start(
             stderr=subprocess.STDOUT,
             start_new_session=own_session,
         )
+
+
+def celery_worker(hostname: str, *, loglevel: str = "INFO") -> list[str]:
+    """The command of one solo-pool worker of this checkout (the task runs in the process a
+    test may kill), without the chatter between workers that tests and benchmarks do not
+    need. `hostname` tells workers apart (`name@localhost`)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "broker",
+        "worker",
+        "--pool=solo",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        f"--hostname={hostname}@localhost",
+    ]
 
 
 def wait_until(
