@@ -5,7 +5,7 @@ from django.urls import include, path, re_path
 from oauth2_provider import views as dot_views
 from oauth2_provider.views import AuthorizationView
 
-from sandbox.provider import jira_views, oauth1_views, oauth2_views, pages, switch_views
+from sandbox.provider import api_tokens, jira_views, oauth1_views, oauth2_views, pages, switch_views
 
 authorize = AuthorizationView.as_view()
 
@@ -53,6 +53,9 @@ urlpatterns = [
     # Jira REST resources (OAuth 1.0a or bearer).
     path("rest/api/2/myself", jira_views.myself),
     path("rest/api/2/echo", jira_views.echo),
+    # Atlassian Cloud with an API token (Basic auth), and where demo users make one.
+    path("rest/api/3/myself", api_tokens.myself),
+    path("manage-profile/security/api-tokens", api_tokens.manage, name="api-tokens"),
     # Test switches (404 unless SANDBOX_TEST_SWITCHES=1).
     path("_sandbox/faults", switch_views.faults),
     path("_sandbox/counters", switch_views.counters),
@@ -62,5 +65,6 @@ urlpatterns = [
     path("_sandbox/tokens", switch_views.tokens),
     path("_sandbox/token-history", switch_views.token_history),
     path("_sandbox/groups", switch_views.groups),
+    path("_sandbox/api-tokens", switch_views.api_token),
     path("", include((oidc_patterns, "oauth2_provider"))),
 ]

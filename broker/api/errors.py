@@ -42,3 +42,15 @@ def not_visible(**audit: Any) -> ApiError:
 
 def invalid_request(description: str) -> ApiError:
     return ApiError(400, "invalid_request", description)
+
+
+def api_token_grant(**audit: Any) -> ApiError:
+    """The refusal for a grant that holds an API token: such a token is never handed out, by
+    /access-token, /sign or token exchange alike; only the proxy uses it."""
+    return ApiError(
+        400,
+        "api_token_grant",
+        "this grant holds an API token, which the broker never hands out: call the provider "
+        "through the proxy, /api/v1/proxy/<provider>/<path>",
+        **audit,
+    )
