@@ -372,33 +372,18 @@ def service_event(
 
 
 def queue_service_event(
-    pipe: Pipeline,
-    action: str,
-    client_id: str,
-    *,
-    outcome: str = Outcome.SUCCESS,
-    grant_id: uuid.UUID | str | None = None,
-    subject_user: str = "",
-    provider: str = "",
-    scopes: Iterable[str] = (),
-    request: HttpRequest | None = None,
-    **detail: Any,
+    pipe: Pipeline, action: str, client_id: str, *, outcome: str = Outcome.SUCCESS, **fields: Any
 ) -> str:
     """`service_event`'s buffered push, queued on the caller's pipeline (`queue_push`).
     Returns the event's JSON: pass it, with the push's result, to `pushed_or_written`."""
-    fields = _fields(
+    event = event_fields(
         action,
-        ActorType.SERVICE,
-        client_id,
-        outcome,
-        grant_id,
-        subject_user,
-        provider,
-        client_id,
-        scopes,
-        request,
-        detail,
+        actor_type=ActorType.SERVICE,
+        actor=client_id,
+        service=client_id,
+        outcome=outcome,
+        **fields,
     )
-    raw = json.dumps(fields, cls=DjangoJSONEncoder)
+    raw = json.dumps(event, cls=DjangoJSONEncoder)
     queue_push(pipe, raw)
     return raw
