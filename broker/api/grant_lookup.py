@@ -4,9 +4,12 @@ current, from the database otherwise.
 A valid-token fetch makes no database query: the grant row (with its app and user) is
 kept per process, stamped with the serving versions (broker.infra.serving_versions) it was
 loaded under. The versions ride in the broker-token check's Redis pipeline
-(`queue_prefetch`, called by broker.api.auth), so the cache costs no extra round trip
-(whether the stored token is in doubt, broker.refresh.engine.stored_token_in_doubt, is
-checked by the view after it). Revocation, refresh, consent,
+(`queue_prefetch`, called by broker.api.auth), so the cache costs no extra round trip.
+Whether the stored token is in doubt (broker.refresh.engine.stored_token_in_doubt) is read
+in the same command: for a cached grant the versions vouch that the row is what the
+database held at that instant, so the read counts as made after the grant's; a grant read
+from the database after the prefetch is checked again after its read
+(`stored_token_in_doubt`). Revocation, refresh, consent,
 user, group, app, rule and service changes move the versions before and after they
 commit, so no request whose versions were read after such a commit is served the old row.
 Without Redis the request is refused (503) before it gets here.
@@ -25,6 +28,7 @@ from redis.client import Pipeline
 
 from broker.infra import serving_versions
 from broker.models import Grant
+from broker.refresh import engine
 
 # Only what an access-token answer needs; anything else loads on first access (deferred).
 COLUMNS = (
@@ -65,6 +69,9 @@ class Prefetched:
     # Serving stamp of the RULES scope, and of (RULES, the grant); None: no cache now.
     rules_stamp: serving_versions.Stamp | None
     grant_stamp: serving_versions.Stamp | None
+    # engine.doubt_keys of the grant, read in the same command as grant_stamp.
+    rescued: bool
+    in_flight_from: bytes | None
 
 
 @dataclass(frozen=True)
@@ -93,9 +100,13 @@ def queue_prefetch(request: HttpRequest, pipe: Pipeline) -> Callable[[Sequence[o
     returns what to call with their results, which sets `request.serving`."""
     grant_id = _grant_id_in_body(request)
     scopes = [serving_versions.RULES]
+    rescue_key: list[str] = []
+    in_flight_key: list[str] = []
     if grant_id is not None:
         scopes.append(serving_versions.grant_scope(grant_id))
-    serving_versions.queue_read(pipe, scopes)
+        rescue, in_flight = engine.doubt_keys(grant_id)
+        rescue_key, in_flight_key = [rescue], [in_flight]
+    serving_versions.queue_read(pipe, scopes, exists=rescue_key, get=in_flight_key)
 
     def finish(results: Sequence[object]) -> None:
         [read] = results
@@ -103,9 +114,14 @@ def queue_prefetch(request: HttpRequest, pipe: Pipeline) -> Callable[[Sequence[o
         versions = read[: 2 * len(scopes)]
         rules_stamp = serving_versions.stamp_of(scopes[:1], versions[:2])
         grant_stamp = None
+        rescued, in_flight_from = False, None
         if grant_id is not None:
             grant_stamp = serving_versions.stamp_of(scopes, versions)
-        request.serving = Prefetched(grant_id, rules_stamp, grant_stamp)  # type: ignore[attr-defined]
+            rescued, in_flight_from = bool(read[-2]), read[-1]
+            assert in_flight_from is None or isinstance(in_flight_from, bytes)
+        request.serving = Prefetched(  # type: ignore[attr-defined]
+            grant_id, rules_stamp, grant_stamp, rescued, in_flight_from
+        )
 
     return finish
 
@@ -138,6 +154,8 @@ def grant_by_id(grant_id: uuid.UUID | str, request: HttpRequest | None = None) -
         and entry.stamp == stamp
         and now - entry.loaded_at < serving_versions.MAX_AGE_SECONDS
     ):
+        # What `stored_token_in_doubt` may vouch for with the prefetch's read.
+        request.grant_from_cache = entry.grant  # type: ignore[union-attr]
         return entry.grant
     grant = _load(pk)
     if grant is not None:
@@ -145,6 +163,16 @@ def grant_by_id(grant_id: uuid.UUID | str, request: HttpRequest | None = None) -
             _grants.clear()
         _grants[pk] = _Entry(grant, stamp, now)
     return grant
+
+
+def stored_token_in_doubt(grant: Grant, request: HttpRequest | None = None) -> bool:
+    """engine.stored_token_in_doubt, without a round trip of its own when `grant` is the
+    cached copy this request was served under the prefetch's versions: the doubt keys were
+    read in the same command as those versions, the instant the copy was current."""
+    serving = prefetched(request) if request is not None else None
+    if serving is not None and getattr(request, "grant_from_cache", None) is grant:
+        return engine.in_doubt(grant, serving.rescued, serving.in_flight_from)
+    return engine.stored_token_in_doubt(grant)
 
 
 def forget_cached_grants() -> None:

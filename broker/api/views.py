@@ -497,7 +497,7 @@ def _fresh(
     if (
         not force_refresh
         and grant.access_token_valid_for(min_ttl)
-        and not engine.stored_token_in_doubt(grant)
+        and not grant_lookup.stored_token_in_doubt(grant, request)
     ):
         return grant
 

@@ -65,26 +65,43 @@ def _writers_key(scope: str) -> str:
 
 # One command for all the reads (a pipeline of GET + ZCOUNT per scope costs several times
 # its CPU on both sides): per scope its version (nil when missing) and its writers in
-# flight, then EXISTS of each extra key.
+# flight, then EXISTS of each extra key, then GET of each key to read (nil when missing).
 READ = """
 local out = {}
 local n = tonumber(ARGV[2])
+local last_exists = 2 * n + tonumber(ARGV[3])
 for i = 1, n do
   out[2 * i - 1] = redis.call('GET', KEYS[2 * i - 1]) or false
   out[2 * i] = redis.call('ZCOUNT', KEYS[2 * i], ARGV[1], '+inf')
 end
 for i = 2 * n + 1, #KEYS do
-  out[#out + 1] = redis.call('EXISTS', KEYS[i])
+  if i <= last_exists then
+    out[#out + 1] = redis.call('EXISTS', KEYS[i])
+  else
+    out[#out + 1] = redis.call('GET', KEYS[i]) or false
+  end
 end
 return out
 """
 
 
-def queue_read(pipe: Pipeline, scopes: Sequence[str], exists: Sequence[str] = ()) -> None:
-    """Adds the reads of `scopes` (and EXISTS of each `exists` key) to `pipe` as one
-    command; its result is a list: version and writers of each scope, then 0/1 per key."""
+def queue_read(
+    pipe: Pipeline, scopes: Sequence[str], exists: Sequence[str] = (), get: Sequence[str] = ()
+) -> None:
+    """Adds the reads of `scopes` (EXISTS of each `exists` key, GET of each `get` key) to
+    `pipe` as one command, so all are read at the same instant; its result is a list:
+    version and writers of each scope, then 0/1 per `exists` key, then each `get` value."""
     keys = _keys(scopes)
-    pipe.eval(READ, len(keys) + len(exists), *keys, *exists, time.time(), len(scopes))
+    pipe.eval(
+        READ,
+        len(keys) + len(exists) + len(get),
+        *keys,
+        *exists,
+        *get,
+        time.time(),
+        len(scopes),
+        len(exists),
+    )
 
 
 def stamp_of(scopes: Sequence[str], results: Sequence[object]) -> Stamp | None:

@@ -412,6 +412,11 @@ def drop_rescue(grant_id: Any) -> None:
     lock_redis().delete(RESCUE_KEY.format(grant_id=grant_id))
 
 
+def doubt_keys(grant_id: Any) -> tuple[str, str]:
+    """The keys `stored_token_in_doubt` reads: (EXISTS of the rescue, GET of the mark)."""
+    return RESCUE_KEY.format(grant_id=grant_id), IN_FLIGHT_KEY.format(grant_id=grant_id)
+
+
 def stored_token_in_doubt(grant: Grant) -> bool:
     """Whether the stored access token of `grant` (as read) may already be retired
     upstream: a rescued response waits, or a refresh from its tokens is in flight or was
@@ -419,20 +424,25 @@ def stored_token_in_doubt(grant: Grant) -> bool:
     grant, so that a refresh starting later cannot retire what was read before the check.
     With Redis away there can be no refresh anyway: the stored token is then served while
     valid."""
+    rescue_key, in_flight_key = doubt_keys(grant.pk)
     pipe = lock_redis().pipeline(transaction=False)
-    pipe.exists(RESCUE_KEY.format(grant_id=grant.pk))
-    pipe.get(IN_FLIGHT_KEY.format(grant_id=grant.pk))
+    pipe.exists(rescue_key)
+    pipe.get(in_flight_key)
     try:
         rescued, in_flight_from = pipe.execute()
     except redis.RedisError as exc:
         log.warning("grant %s: cannot check for a rescue (%s)", grant.pk, type(exc).__name__)
         return False
+    return in_doubt(grant, bool(rescued), in_flight_from)
+
+
+def in_doubt(grant: Grant, rescued: bool, in_flight_from: bytes | None) -> bool:
+    """`stored_token_in_doubt` from the values of `doubt_keys`, read after the grant (or at
+    the same instant as a serving version that vouches for it)."""
     # The mark stays after its refresh committed (until it expires): a request that read
     # the grant just before the commit still finds it, for the version it read, and takes
     # the refresh's result instead. Marks from older versions than the one read are spent.
-    return bool(rescued) or (
-        in_flight_from is not None and int(in_flight_from) >= grant.token_version
-    )
+    return rescued or (in_flight_from is not None and int(in_flight_from) >= grant.token_version)
 
 
 def mark_in_flight(grant_id: Any, seen_version: int) -> bool:

@@ -479,3 +479,93 @@ def test_while_redis_is_unreachable_it_answers_json_503_with_retry_after(
     assert response["Retry-After"] == "2"
     assert response.json()["error"] == "temporarily_unavailable"
     assert "access_token" not in response.json()
+
+
+# -- the hot path's Redis round trips ------------------------------------------------------------
+
+
+def redis_sends(monkeypatch) -> list[int]:
+    """Counts what this process sends to Redis (each pipeline or command is one send: one
+    round trip); the sends themselves go through."""
+    import redis.connection
+
+    sends: list[int] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sends.append(1)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    return sends
+
+
+@pytest.mark.django_db(transaction=True)  # commits, so that the caches work
+def test_a_valid_cached_token_costs_two_redis_round_trips(api, grant, rule, bearer, monkeypatch):
+    """The broker-token check's round trip also reads whether the token is in doubt; the
+    second carries the audit event and the metric."""
+    headers = bearer()
+    for _ in range(2):  # seeds the serving versions, then fills the caches
+        post(api, {"grant": str(grant.pk)}, headers)
+    sends = redis_sends(monkeypatch)
+    response = post(api, {"grant": str(grant.pk)}, headers)
+    assert response.status_code == 200
+    assert len(sends) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cached_token_being_refreshed_is_not_served_until_the_refresh_commits(
+    api, grant, rule, bearer
+):
+    """As below, with the grant in the process's cache: the in-flight mark read in the
+    prefetch keeps the cached token from being served."""
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh import engine
+
+    headers = bearer()
+    for _ in range(2):  # seeds the serving versions, then fills the caches
+        assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
+    lock = engine.lock_redis().lock(
+        engine.LOCK_KEY.format(grant_id=grant.pk), timeout=30, thread_local=False
+    )
+    assert lock.acquire(blocking=False)
+    assert engine.mark_in_flight(grant.pk, grant.token_version)
+    refreshed = TokenResponse("refreshed-access", "refreshed-refresh", 3600, None, "Bearer")
+
+    def the_other_process_commits() -> None:
+        time.sleep(0.5)
+        engine.persist_refresh(
+            engine.load(grant.pk),
+            refreshed,
+            seen_version=grant.token_version,
+            received_at=timezone.now(),
+        )
+        engine.clear_in_flight(grant.pk)
+        lock.release()
+
+    other = threading.Thread(target=the_other_process_commits)
+    other.start()
+    response = post(api, {"grant": str(grant.pk)}, headers)
+    other.join()
+    assert response.status_code == 200
+    assert response.json()["access_token"] == "refreshed-access"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cached_token_with_a_rescued_refresh_is_not_served(api, grant, rule, bearer):
+    """A rescued response waits while the grant sits in the process's cache: the rescue
+    flag read in the prefetch sends the request to apply it."""
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh.engine import Rescue, stash_rescue
+
+    headers = bearer()
+    for _ in range(2):  # seeds the serving versions, then fills the caches
+        assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
+    rescued = TokenResponse("rescued-access", "rescued-refresh", 3600, None, "Bearer")
+    stash_rescue(
+        grant.pk,
+        Rescue(response=rescued, based_on_version=grant.token_version, received_at=timezone.now()),
+    )
+    response = post(api, {"grant": str(grant.pk)}, headers)
+    assert response.status_code == 200
+    assert response.json()["access_token"] == "rescued-access"
