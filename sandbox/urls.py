@@ -5,7 +5,14 @@ from django.urls import include, path, re_path
 from oauth2_provider import views as dot_views
 from oauth2_provider.views import AuthorizationView
 
-from sandbox.provider import jira_views, oauth1_views, oauth2_views, pages, switch_views
+from sandbox.provider import (
+    cloud_api_views,
+    jira_views,
+    oauth1_views,
+    oauth2_views,
+    pages,
+    switch_views,
+)
 
 authorize = AuthorizationView.as_view()
 
@@ -53,6 +60,16 @@ urlpatterns = [
     # Jira REST resources (OAuth 1.0a or bearer).
     path("rest/api/2/myself", jira_views.myself),
     path("rest/api/2/echo", jira_views.echo),
+    path("rest/api/2/issue", jira_views.create_issue),
+    # Jira Cloud's REST API under the one API origin (api.atlassian.com/ex/jira/<cloud id>).
+    path("ex/jira/<str:cloud_id>/rest/api/3/myself", cloud_api_views.myself),
+    path("ex/jira/<str:cloud_id>/rest/api/3/search", cloud_api_views.search),
+    path("ex/jira/<str:cloud_id>/rest/api/3/issue", cloud_api_views.create_issue),
+    path(
+        "ex/jira/<str:cloud_id>/rest/api/3/attachment/content/<str:attachment_id>",
+        cloud_api_views.attachment_content,
+    ),
+    path("ex/jira/<str:cloud_id>/rest/api/3/filler", cloud_api_views.filler),
     # Test switches (404 unless SANDBOX_TEST_SWITCHES=1).
     path("_sandbox/faults", switch_views.faults),
     path("_sandbox/counters", switch_views.counters),

@@ -8,7 +8,8 @@ from functools import wraps
 from typing import Any
 
 import redis
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from broker.api.auth import authenticate_bearer
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 # A Redis outage (restart, failover) lasts seconds: the service is told when to come back.
 REDIS_DOWN_RETRY_AFTER_SECONDS = 2
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
+ANY_METHOD = "*"  # the proxy's: every method is forwarded
 
 
 def api_view(
@@ -38,10 +40,10 @@ def api_view(
     def decorate(view: View) -> View:
         @csrf_exempt
         @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             token = None
             try:
-                if request.method != method:
+                if method != ANY_METHOD and request.method != method:
                     raise ApiError(
                         405,
                         "method_not_allowed",

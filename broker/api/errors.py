@@ -42,3 +42,16 @@ def not_visible(**audit: Any) -> ApiError:
 
 def invalid_request(description: str) -> ApiError:
     return ApiError(400, "invalid_request", description)
+
+
+def proxy_only(slug: str, **audit: Any) -> ApiError:
+    """The service's rules let it reach `slug` only through the proxy: no raw token, no
+    signature (either would let it call any path, past its proxy rules)."""
+    return ApiError(
+        403,
+        "proxy_only",
+        f"this service may use {slug!r} only through the proxy (/api/v1/proxy/{slug}/...); "
+        "its access rules hand out no token or signature",
+        provider=slug,
+        **audit,
+    )

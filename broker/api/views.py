@@ -25,7 +25,7 @@ from broker.api.auth import (
     authenticate_client,
 )
 from broker.api.decorators import api_view
-from broker.api.errors import ApiError, invalid_request, not_visible
+from broker.api.errors import ApiError, invalid_request, not_visible, proxy_only
 from broker.api.schema import (
     ACCESS_TOKEN_FIELDS,
     CONNECT_LINK_FIELDS,
@@ -566,6 +566,8 @@ def access_token(request: ServiceRequest) -> HttpResponse:
     """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
     body = parse_json_body(request, ACCESS_TOKEN_FIELDS)
     grant, permission = _find_grant(request, body)
+    if permission.proxy_only:
+        raise proxy_only(grant.provider_app.slug, grant_id=grant.pk)
     if permission.on_behalf_of_only:
         raise _on_behalf_of_required(grant)
     if grant.provider_app.protocol != "oauth2":
@@ -618,6 +620,8 @@ def sign(request: ServiceRequest) -> HttpResponse:
         on_behalf = {"on_behalf_of": True, "subject_issuer": subject.issuer}
     elif permission.on_behalf_of_only:
         raise _on_behalf_of_required(grant)
+    if permission.proxy_only:
+        raise proxy_only(grant.provider_app.slug, grant_id=grant.pk)
     if not permission.can_sign:
         raise ApiError(
             403,
@@ -728,6 +732,8 @@ def _exchange(
             f"this service may not use {slug!r} for this user",
             **on_behalf,
         )
+    if permission.proxy_only:
+        raise proxy_only(app.slug, subject_user=subject.user.username)
     grant = _users_grant(subject.user.username, app.slug)
     if grant is None:
         raise ApiError(400, "invalid_target", f"the user has no grant of {slug!r}", **on_behalf)

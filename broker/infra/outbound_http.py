@@ -7,6 +7,8 @@ TLS, headers, body and redirects together. requests' own timeouts bound each con
 each read, not the exchange, so a server trickling one byte a second would keep a call
 (and the refresh lock around it) alive indefinitely; here a watchdog shuts the sockets
 down when the deadline passes, and the call fails with `DeadlineExceeded`, a Timeout.
+A call sent with `stream=True` (the proxy's) returns once the headers are in; its body is
+read afterwards, still inside the `with provider_session(...)` block and its deadline.
 
 Webhook URLs (typed in by operators or services): `post`. Such a URL must not become a way
 into the broker's own network (SSRF): every address the host name resolves to must be
@@ -305,7 +307,8 @@ class _DeadlineAdapter(HTTPAdapter):
         token = _current_deadline.set(self.deadline)
         try:
             response = super().send(request, *args, **kwargs)
-            response.content  # noqa: B018 (the body belongs to the call, and to its deadline)
+            if not kwargs.get("stream"):
+                response.content  # noqa: B018 (the body belongs to the call and its deadline)
         except requests.RequestException as exc:
             if self.deadline.passed.is_set():
                 raise self.exceeded(request) from exc

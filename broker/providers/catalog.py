@@ -3,6 +3,7 @@
 Flows, the refresh engine and revocation read these entries instead of branching on kind
 names, so a new provider that behaves like an existing kind needs no code. Endpoint
 templates may use `{base_url}` (Data Center apps); every endpoint can be overridden per app.
+`api` is the origin (and path prefix) the proxy forwards a service's calls to.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class ProviderKind:
     # Where a user revokes access themselves when the provider has no revocation endpoint.
     user_revoke_path: str = ""
     signature_methods: tuple[str, ...] = ()
+    # Headers the proxy adds to requests that change something (not GET, HEAD, OPTIONS):
+    # Data Center refuses form posts without `X-Atlassian-Token: no-check` (its XSRF check).
+    proxy_write_headers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.narrower_tokens_on_refresh and self.rotating_refresh_tokens:
@@ -79,15 +83,19 @@ JIRA_MYSELF_IDENTITY = MappingProxyType(
 )
 
 DC_OAUTH2 = {
+    "api": "{base_url}",
     "authorize": "{base_url}/rest/oauth2/latest/authorize",
     "token": "{base_url}/rest/oauth2/latest/token",
 }
 DC_OAUTH1 = {
+    "api": "{base_url}",
     "request_token": "{base_url}/plugins/servlet/oauth/request-token",
     "authorize": "{base_url}/plugins/servlet/oauth/authorize",
     "access_token": "{base_url}/plugins/servlet/oauth/access-token",
     "identity": "{base_url}/rest/api/2/myself",
 }
+
+DC_WRITE_HEADERS = MappingProxyType({"X-Atlassian-Token": "no-check"})
 
 
 def _data_center_oauth2(name: str, label: str, identity: str) -> ProviderKind:
@@ -102,6 +110,7 @@ def _data_center_oauth2(name: str, label: str, identity: str) -> ProviderKind:
         rotating_refresh_tokens=True,
         refresh_token_inactivity_days=90,
         identity_fields=JIRA_MYSELF_IDENTITY,
+        proxy_write_headers=DC_WRITE_HEADERS,
     )
 
 
@@ -115,6 +124,7 @@ def _data_center_oauth1(name: str, label: str, identity: str) -> ProviderKind:
         identity_fields=JIRA_MYSELF_IDENTITY,
         user_revoke_path="/plugins/servlet/oauth/users/access-tokens",
         signature_methods=("RSA-SHA1", "HMAC-SHA1"),
+        proxy_write_headers=DC_WRITE_HEADERS,
     )
 
 
@@ -132,6 +142,7 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                         "token": "https://auth.atlassian.com/oauth/token",
                         "identity": "https://api.atlassian.com/me",
                         "resources": "https://api.atlassian.com/oauth/token/accessible-resources",
+                        "api": "https://api.atlassian.com",
                     }
                 ),
                 token_encoding="json",
@@ -193,8 +204,8 @@ REQUIRED_ENDPOINTS: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
 )
 ENDPOINT_NAMES: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
     {
-        "oauth2": ("authorize", "token", "identity", "resources", "revoke", "issuer"),
-        "oauth1": ("request_token", "authorize", "access_token", "identity"),
+        "oauth2": ("authorize", "token", "identity", "resources", "revoke", "issuer", "api"),
+        "oauth1": ("request_token", "authorize", "access_token", "identity", "api"),
     }
 )
 
