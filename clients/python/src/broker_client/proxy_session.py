@@ -52,8 +52,10 @@ class ProxySession(requests.Session):
         self._naming = naming
 
     def request(  # type: ignore[override]
-        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+        self, method: str | bytes, url: str | bytes, **kwargs: Any
     ) -> requests.Response:
+        """As `requests.Session.request`, with keyword arguments only (as get, post, ...
+        pass them)."""
         target = url.decode() if isinstance(url, bytes) else url
         parts = urlsplit(target)
         if parts.scheme or parts.netloc or target.startswith("//"):
@@ -62,14 +64,14 @@ class ProxySession(requests.Session):
         kwargs.setdefault("timeout", self._client.timeout)
         headers = dict(kwargs.pop("headers", None) or {})
         token = self._client._current_broker_token()
-        response = self._send_once(method, full_url, headers, token, *args, **kwargs)
+        response = self._send_once(method, full_url, headers, token, **kwargs)
         if response.status_code == 401 and response.headers.get("Broker-Error"):
             # The broker token was retired (secret rotated, key removed): once more with a
             # new one. A 401 without Broker-Error is the provider's and is returned as is.
             response.close()
             self._client._drop_broker_token(token)
             token = self._client._current_broker_token()
-            response = self._send_once(method, full_url, headers, token, *args, **kwargs)
+            response = self._send_once(method, full_url, headers, token, **kwargs)
         if response.headers.get("Broker-Error"):
             try:
                 payload = response.json()
@@ -84,7 +86,6 @@ class ProxySession(requests.Session):
         url: str,
         headers: dict[str, str],
         token: str,
-        *args: Any,
         **kwargs: Any,
     ) -> requests.Response:
         sent = {
@@ -93,4 +94,4 @@ class ProxySession(requests.Session):
             **self._naming,
             "Authorization": f"Bearer {token}",
         }
-        return super().request(method, url, *args, headers=sent, **kwargs)
+        return super().request(method, url, headers=sent, **kwargs)
