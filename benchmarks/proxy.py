@@ -19,14 +19,17 @@ per proxied call (utime + stime of the gunicorn processes over the timed loop, f
 from __future__ import annotations
 
 import argparse
+import cProfile
 import io
 import os
+import pstats
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import requests
@@ -102,6 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--profile", action="store_true", help="also print a cProfile of proxied calls in-process"
+    )
     args = parser.parse_args()
 
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"  # fixed keys, HTTP allowed
@@ -186,6 +192,11 @@ def main() -> None:
         sandbox_cpu = cpu_seconds(sandbox.process.pid) - sandbox_cpu_before
         direct.close()
         proxied.close()
+        profile = (
+            profile_proxy(proxied.headers, f"/api/v1/proxy/sandbox/{RESOURCE}")
+            if args.profile
+            else ""
+        )
     finally:
         if broker is not None:
             broker.terminate()
@@ -213,6 +224,28 @@ def main() -> None:
         f"broker CPU per proxied call: {broker_cpu * 1000 / args.calls:.2f} ms "
         f"(sandbox CPU per request, both kinds: {sandbox_cpu * 1000 / (2 * args.calls):.2f} ms)"
     )
+    if profile:
+        print("\ncProfile of proxied calls (in-process, test client, top by cumulative time):")
+        print(profile)
+
+
+def profile_proxy(headers: Any, path: str, calls: int = 200) -> str:
+    """cProfile of the proxy view through the full middleware stack, in this process."""
+    from django.test import Client
+
+    client = Client(HTTP_HOST="127.0.0.1")
+    meta = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()}
+    profiler = cProfile.Profile()
+    for n in range(calls + 20):
+        if n == 20:  # after the warm-up
+            profiler.enable()
+        response = client.get(path, **meta)
+        assert response.status_code == 200, response
+        b"".join(response.streaming_content)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(35)
+    return out.getvalue()
 
 
 if __name__ == "__main__":
