@@ -116,12 +116,15 @@ class Target:
 # --- which grant --------------------------------------------------------------------
 
 
-def _users_grant(username: str, app: ProviderApp) -> Grant | None:
+# Each is one query for the grant with its app (named by its slug) and user.
+
+
+def _users_grant(username: str, slug: str) -> Grant | None:
     """The user's grant of the app; with several accounts, the active one connected last
     (as /api/v1/access-token chooses)."""
     return (
         Grant.objects.select_related("provider_app", "user")
-        .filter(user__username=username, provider_app=app)
+        .filter(user__username=username, provider_app__slug=slug)
         .exclude(status=Grant.Status.REVOKED)
         .order_by(
             Case(When(status="active", then=Value(0)), default=1, output_field=IntegerField()),
@@ -131,13 +134,15 @@ def _users_grant(username: str, app: ProviderApp) -> Grant | None:
     )
 
 
-def _grant_by_id(grant_id: str, app: ProviderApp) -> Grant | None:
+def _grant_by_id(grant_id: str, slug: str) -> Grant | None:
     try:
         pk = uuid.UUID(grant_id)
     except ValueError:
         return None
     return (
-        Grant.objects.select_related("provider_app", "user").filter(pk=pk, provider_app=app).first()
+        Grant.objects.select_related("provider_app", "user")
+        .filter(pk=pk, provider_app__slug=slug)
+        .first()
     )
 
 
@@ -174,19 +179,18 @@ def _target(request: ServiceRequest, slug: str, where: dict[str, Any]) -> Target
             **where,
         )
     service_id = request.broker_token.service_id
-    app = ProviderApp.objects.filter(slug=slug).first() if matchable(slug) else None
-    if app is None or not matchable(grant_id, username):
+    if not matchable(slug, grant_id, username):
         raise not_visible(**where)
     subject = _subject(service_id, subject_token, where) if subject_token else None
     if grant_id:
-        grant = _grant_by_id(grant_id, app)
+        grant = _grant_by_id(grant_id, slug)
     else:
         named_user = username or (subject.user.username if subject else "")
-        grant = _users_grant(named_user, app)
+        grant = _users_grant(named_user, slug)
     if grant is None or (subject is not None and grant.user_id != subject.user.pk):
         raise not_visible(**where, grant_id=grant_id or None, subject_user=username)
     concerning = {**where, "grant_id": grant.pk, "subject_user": grant.user.username}
-    permission = rules.permission(service_id, app, grant.user)
+    permission = rules.permission(service_id, grant.provider_app, grant.user)
     if permission is None:
         raise not_visible(**concerning)
     if subject is None and permission.on_behalf_of_only:
