@@ -10,6 +10,7 @@ from io import StringIO
 from typing import Any
 
 import pytest
+import requests
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -18,7 +19,9 @@ from broker.api import subject_tokens
 from broker.models import AccessRule, Grant, ProviderApp
 from broker.providers.proxy_paths import PathRefused, encoded, matches, segments_of
 from tests.api.conftest import audit_events, basic, fetch_token, post_form
+from tests.api.test_proxy_sandbox import raw_get
 from tests.factories import consented_grant, service_and_secret
+from tests.gunicorn_server import gunicorn
 from tests.subject_idp import AUDIENCE, SubjectIdp
 
 pytestmark = pytest.mark.django_db
@@ -345,3 +348,24 @@ def test_paths_are_forwarded_encoded_again():
     for bad in ("a//b", "a/./b", "a/../b", "..", "a/b%2fc", "a b", "a\\b", "a/@b", "a/b\x00"):
         with pytest.raises(PathRefused):
             segments_of(bad)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_behind_gunicorn_encoded_separators_are_refused(tmp_path, upstream, app, grant, service):
+    """gunicorn passes the request line as sent (RAW_URI): `%2F`, `%2e` and the like are
+    refused there, where a server that decodes the path first would make them separators."""
+    client, secret = service
+    with gunicorn(tmp_path / "gunicorn.log", WEB_CONCURRENCY="1") as url:
+        token = requests.post(
+            f"{url}/api/v1/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client.client_id, secret),
+            timeout=10,
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}", "Broker-User": "alice"}
+        for path in ("v4%2Fuser", "v4%2fuser", "v4/%2E%2E/user", "v4%5Cuser", "v4/%40x"):
+            status, answer = raw_get(url, f"/api/v1/proxy/upstream/{path}", headers)
+            assert (status, answer["Broker-Error"]) == (400, "invalid_path"), path
+        assert upstream.requests == []
+        status, _ = raw_get(url, "/api/v1/proxy/upstream/v4/user", headers)
+    assert status == 200 and [r.path for r in upstream.requests] == ["/api/v4/user"]
