@@ -9,6 +9,10 @@ each read, not the exchange, so a server trickling one byte a second would keep 
 down when the deadline passes, and the call fails with `DeadlineExceeded`, a Timeout.
 A call sent with `stream=True` (the proxy's) returns once the headers are in; its body is
 read afterwards, still inside the `with provider_session(...)` block and its deadline.
+`provider_session(..., keep_alive=True)` (the proxy's) takes its connections from one pool
+per process and leaves them there, so that a call does not open a new TCP and TLS
+connection each time; a deadline then only ever cuts the connections its own call holds
+(a connection goes to whichever call sends on it last).
 
 Webhook URLs (typed in by operators or services): `post`. Such a URL must not become a way
 into the broker's own network (SSRF): every address the host name resolves to must be
@@ -33,7 +37,7 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
-from urllib3 import ProxyManager
+from urllib3 import PoolManager, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -194,7 +198,9 @@ class Deadline:
         self.ends_at = time.monotonic() + seconds
         self.passed = threading.Event()
         self._connections: list[HTTPConnection] = []
-        self._sockets: list[socket.socket] = []
+        # (connection, the socket it sent on): the answer may be read from that socket after
+        # http.client detached it from the connection (`Connection: close`).
+        self._sockets: list[tuple[HTTPConnection, socket.socket]] = []
         self._lock = threading.Lock()
         self._watchdog = threading.Timer(seconds, self._cut_off)
         self._watchdog.daemon = True
@@ -210,25 +216,36 @@ class Deadline:
         self._watchdog.cancel()
 
     def watch(self, connection: HTTPConnection) -> None:
-        """Connecting or sending: whatever socket the connection holds when time is up."""
+        """Connecting or sending: whatever socket the connection holds when time is up,
+        unless another call has sent on the connection since (a kept-alive connection)."""
+        connection._broker_deadline = self  # type: ignore[attr-defined]
         with self._lock:
             self._connections.append(connection)
         if self.passed.is_set():
             self._cut_off()
 
-    def watch_socket(self, sock: socket.socket | None) -> None:
+    def watch_socket(self, connection: HTTPConnection, sock: socket.socket | None) -> None:
         """The socket an answer is read from, which http.client may detach from its
         connection (`Connection: close`) and hand to the response."""
         if sock is not None:
             with self._lock:
-                self._sockets.append(sock)
+                self._sockets.append((connection, sock))
         if self.passed.is_set():
             self._cut_off()
+
+    def _owns(self, connection: HTTPConnection) -> bool:
+        return getattr(connection, "_broker_deadline", None) is self
 
     def _cut_off(self) -> None:
         with self._lock:
             self.passed.set()
-            sockets = [c.sock for c in self._connections if c.sock is not None] + self._sockets
+            sockets = [
+                c.sock for c in self._connections if c.sock is not None and self._owns(c)
+            ] + [
+                sock
+                for connection, sock in self._sockets
+                if self._owns(connection) or connection.sock is not sock
+            ]
         for sock in sockets:
             try:
                 # The plain socket's shutdown, also for a TLS socket: it wakes a blocked
@@ -259,7 +276,7 @@ class _WatchedConnectionMixin:
             deadline.watch(self)  # type: ignore[arg-type]
         super().request(*args, **kwargs)  # type: ignore[misc]
         if deadline is not None:
-            deadline.watch_socket(self.sock)
+            deadline.watch_socket(self, self.sock)  # type: ignore[arg-type]
 
 
 class _WatchedHTTPConnection(_WatchedConnectionMixin, HTTPConnection):
@@ -326,13 +343,44 @@ class _DeadlineAdapter(HTTPAdapter):
         )
 
 
+# Connections kept alive between the calls that ask for it (`keep_alive=True`), per process:
+# up to KEEP_ALIVE_PER_HOST idle ones per host (more are opened when needed, closed after).
+KEEP_ALIVE_PER_HOST = 32
+KEEP_ALIVE_HOSTS = 64
+_kept_alive_lock = threading.Lock()
+_kept_alive: list[PoolManager] = []
+
+
+def _kept_alive_pool() -> PoolManager:
+    with _kept_alive_lock:
+        if not _kept_alive:
+            pool = PoolManager(num_pools=KEEP_ALIVE_HOSTS, maxsize=KEEP_ALIVE_PER_HOST)
+            pool.pool_classes_by_scheme = WATCHED_POOLS
+            _kept_alive.append(pool)
+        return _kept_alive[0]
+
+
+class _KeptAliveDeadlineAdapter(_DeadlineAdapter):
+    """A deadline adapter over the process's pool of kept-alive connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        self.poolmanager = _kept_alive_pool()
+
+    def close(self) -> None:
+        for manager in self.proxy_manager.values():  # the shared pool stays open
+            manager.clear()
+
+
 @contextmanager
-def provider_session(session: SessionT, *, seconds: float | None = None) -> Iterator[SessionT]:
+def provider_session(
+    session: SessionT, *, seconds: float | None = None, keep_alive: bool = False
+) -> Iterator[SessionT]:
     """`session` (a plain one, or Authlib's) for one call to a provider: everything sent
     through it inside the `with` block ends within `seconds` (BROKER_PROVIDER_TIMEOUT by
-    default) from entering it, or raises DeadlineExceeded. The session is closed on leaving."""
+    default) from entering it, or raises DeadlineExceeded. The session is closed on leaving;
+    with `keep_alive`, its connections stay in the process's pool for later calls."""
     deadline = Deadline(seconds if seconds is not None else settings.BROKER_PROVIDER_TIMEOUT)
-    adapter = _DeadlineAdapter(deadline)
+    adapter = (_KeptAliveDeadlineAdapter if keep_alive else _DeadlineAdapter)(deadline)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     deadline.start()

@@ -16,6 +16,7 @@ import pytest
 import requests
 from django.core.management import call_command
 
+from broker.infra import outbound_http
 from broker.models import AccessRule, Grant, ProviderApp
 from tests.api.conftest import audit_events
 from tests.factories import service_and_secret
@@ -332,3 +333,11 @@ def test_every_proxied_call_is_audited_without_the_query(provider, cloud_grant, 
     assert event.detail["path"] == f"/{JIRA}/myself" and event.detail["method"] == "GET"
     assert event.detail["status"] == 200 and event.detail["duration_ms"] >= 0
     assert "s3cr3t" not in str(event.detail)
+
+
+def test_calls_reuse_kept_alive_connections(provider, cloud_grant, service):
+    pool = outbound_http._kept_alive_pool().connection_from_url(provider.url)
+    opened = pool.num_connections
+    for _ in range(3):
+        assert service.call("GET", "sandbox", f"{JIRA}/myself").status_code == 200
+    assert pool.num_connections - opened <= 1
