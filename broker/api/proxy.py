@@ -243,8 +243,7 @@ def _require_live(grant: Grant, where: dict[str, Any]) -> None:
             409,
             "reconnect_required",
             f"the grant is {grant.status}; the user must connect again",
-            grant_id=grant.pk,
-            **where,
+            **{**where, "grant_id": grant.pk},
         )
 
 
@@ -280,13 +279,14 @@ def credentials_for(
     and timestamp, the query and a form body in the base string). Other kinds of grant
     (Basic auth with an API token) plug in here."""
     if grant.provider_app.protocol == "oauth1":
-        form = FORM_CONTENT_TYPE in content_type
+        signed_body = None
+        if FORM_CONTENT_TYPE in content_type and body:
+            try:
+                signed_body = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise oauth1_signing.InvalidSigningRequest("the form body is not UTF-8") from None
         header = oauth1_signing.sign_request(
-            grant,
-            method=method,
-            url=url,
-            body=body.decode() if form and body else None,
-            content_type=content_type or None,
+            grant, method=method, url=url, body=signed_body, content_type=content_type or None
         )
         return {"Authorization": header}
     token = grant.unseal("access_token")
@@ -496,9 +496,9 @@ def _send(
             grant, method=method, url=url, body=body, content_type=headers.get("Content-Type", "")
         )
     except oauth1_signing.GrantNotActive as exc:
-        raise ApiError(409, "reconnect_required", str(exc), grant_id=grant.pk, **where) from None
+        raise ApiError(409, "reconnect_required", str(exc), **where) from None
     except oauth1_signing.SigningError as exc:
-        raise ApiError(400, "invalid_request", str(exc), grant_id=grant.pk, **where) from None
+        raise ApiError(400, "invalid_request", str(exc), **where) from None
     try:
         return session.request(
             method,

@@ -369,3 +369,45 @@ def test_behind_gunicorn_encoded_separators_are_refused(tmp_path, upstream, app,
         assert upstream.requests == []
         status, _ = raw_get(url, "/api/v1/proxy/upstream/v4/user", headers)
     assert status == 200 and [r.path for r in upstream.requests] == ["/api/v4/user"]
+
+
+@pytest.fixture
+def jira_upstream(upstream, jira_dc, owner, service) -> Grant:
+    """An OAuth 1.0a Data Center app whose server is the recording upstream."""
+    jira_dc.base_url = upstream.url
+    jira_dc.save()
+    AccessRule.objects.create(service=service[0], provider_app=jira_dc)
+    return consented_grant(owner, jira_dc, access_expires_at=None)
+
+
+def test_data_center_writes_are_signed_and_carry_the_xsrf_header(
+    api, upstream, jira_upstream, headers
+):
+    proxy = "/api/v1/proxy/jira-acme/rest/api/2/issue"
+    api.post(proxy, "summary=Hi", content_type="application/x-www-form-urlencoded", **headers)
+    body_of(api.get(f"{proxy}/ACME-1", **headers))
+
+    post, get = upstream.requests
+    assert post.headers["x-atlassian-token"] == "no-check"
+    assert "x-atlassian-token" not in get.headers
+    for received in (post, get):
+        assert received.headers["authorization"].startswith("OAuth ")
+        assert 'oauth_consumer_key="broker"' in received.headers["authorization"]
+
+
+def test_a_form_body_that_cannot_be_signed_is_refused_unsent(api, upstream, jira_upstream, headers):
+    response = api.post(
+        "/api/v1/proxy/jira-acme/rest/api/2/issue",
+        b"summary=\xff\xfe",
+        content_type="application/x-www-form-urlencoded",
+        **headers,
+    )
+    assert (response.status_code, response["Broker-Error"]) == (400, "invalid_request")
+    assert upstream.requests == []
+
+
+def test_a_grant_that_needs_the_user_again_is_409_unsent(api, upstream, grant, headers):
+    Grant.objects.filter(pk=grant.pk).update(status=Grant.Status.RECONNECT_REQUIRED)
+    response = api.get(f"{PROXY}/v4/user", **headers)
+    assert (response.status_code, response["Broker-Error"]) == (409, "reconnect_required")
+    assert upstream.requests == []
