@@ -263,10 +263,9 @@ def _renewed(grant: Grant, where: dict[str, Any]) -> Grant:
     """After the provider refused `grant`'s token: the token of a refresh that completed
     since (another call's, if one did; otherwise a forced one, single flight)."""
     try:
-        current = engine.load(grant.pk)
-        if current.token_version != grant.token_version and current.access_token_valid_for(1):
-            return current
-        return engine.ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+        return engine.ensure_fresh(
+            grant.pk, min_ttl=0, force_refresh=True, refused_version=grant.token_version
+        )
     except REFRESH_REFUSALS as exc:
         raise _refusal(grant, exc, where) from None
 

@@ -187,17 +187,19 @@ def test_concurrent_calls_on_an_expired_token_share_one_refresh(provider, cloud_
     provider.expire_access_tokens("alice")
     provider.reset_counters()
     statuses: list[int] = []
+    start = threading.Barrier(4)
 
     def call() -> None:
+        start.wait(timeout=TIMEOUT)
         statuses.append(service.call("GET", "sandbox", f"{JIRA}/myself").status_code)
 
-    threads = [threading.Thread(target=call) for _ in range(3)]
+    threads = [threading.Thread(target=call) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
 
-    assert statuses == [200, 200, 200]
+    assert statuses == [200, 200, 200, 200]
     assert refresh_count(provider) == 1
 
 
