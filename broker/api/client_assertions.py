@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, get_args
 
 from django.conf import settings
 from django.urls import reverse
@@ -22,12 +22,12 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
-from broker.api.schema import matchable
+from broker.api.schema import ClientAssertionType, matchable
 from broker.api.service_keys import certificate_current, public_jwk
 from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.models import ServiceClient, ServiceKey
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+(ASSERTION_TYPE,) = get_args(ClientAssertionType)
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")
 MAX_LIFETIME = 300  # seconds an assertion may reach into the future
 CLOCK_SKEW = 30

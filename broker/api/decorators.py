@@ -8,7 +8,7 @@ from functools import wraps
 from typing import Any
 
 import redis
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
@@ -26,6 +26,36 @@ REDIS_DOWN_RETRY_AFTER_SECONDS = 2
 
 View = Callable[..., HttpResponseBase]
 ANY_METHOD = "*"  # the proxy's: every method is forwarded
+
+
+def redis_down_response(request: HttpRequest, exc: redis.RedisError) -> HttpResponse:
+    """The JSON 503 of an endpoint that cannot work without Redis (rate limits, throttles,
+    broker tokens): an outage the caller retries, never a 500."""
+    log.warning("Redis unavailable on %s: %s", request.path, type(exc).__name__)
+    return error_response(
+        503,
+        "temporarily_unavailable",
+        "the broker cannot reach Redis; retry shortly",
+        {"Retry-After": str(REDIS_DOWN_RETRY_AFTER_SECONDS)},
+    )
+
+
+def outages_answered(view: View) -> View:
+    """For the views outside `api_view` (the token endpoint): Redis down or the database
+    busy is a JSON 503 with Retry-After, not a 500."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            return view(request, *args, **kwargs)
+        except redis.RedisError as exc:
+            return redis_down_response(request, exc)
+        except Exception as exc:
+            if is_database_busy(exc):
+                return busy_response(request)
+            raise
+
+    return wrapper
 
 
 def api_view(
@@ -71,13 +101,7 @@ def api_view(
             except redis.RedisError as exc:
                 # Broker tokens cannot be checked without Redis (a disabled service's
                 # tokens must stop at once): refuse, as an outage, not as a failure.
-                log.warning("Redis unavailable on %s: %s", request.path, type(exc).__name__)
-                return error_response(
-                    503,
-                    "temporarily_unavailable",
-                    "the broker cannot reach Redis; retry shortly",
-                    {"Retry-After": str(REDIS_DOWN_RETRY_AFTER_SECONDS)},
-                )
+                return redis_down_response(request, exc)
             except Exception as exc:
                 if is_database_busy(exc):
                     return busy_response(request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from django.conf import settings
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
@@ -24,15 +24,28 @@ from broker.api.auth import (
     ServiceRequest,
     authenticate_client,
 )
-from broker.api.decorators import api_view
+from broker.api.decorators import api_view, outages_answered
 from broker.api.errors import ApiError, invalid_request, not_visible, proxy_only
+from broker.api.openapi import openapi_document
 from broker.api.schema import (
-    ACCESS_TOKEN_FIELDS,
-    CONNECT_LINK_FIELDS,
-    SIGN_FIELDS,
+    ACCESS_TOKEN_BODY,
+    CLIENT_CREDENTIALS,
+    CONNECT_LINK_BODY,
+    ISSUED_TOKEN_TYPE,
+    SIGN_BODY,
     SUBJECT_TOKEN_TYPES,
+    TOKEN_EXCHANGE,
+    AccessToken,
+    Account,
+    ConnectLink,
+    GrantList,
+    GrantListQuery,
+    GrantNamed,
+    GrantSummary,
+    Ping,
+    Signature,
+    TokenResponse,
     matchable,
-    openapi_document,
     parse_json_body,
 )
 from broker.audit import trail
@@ -112,12 +125,9 @@ def _granted_api_scopes(service_id: Any, requested: str | None) -> tuple[str, ..
     return tuple(s for s in allowed if s in wanted)
 
 
-CLIENT_CREDENTIALS = "client_credentials"
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-
-
 @csrf_exempt
 @sensitive_post_parameters("client_secret", "client_assertion", "subject_token")
+@outages_answered
 def token_endpoint(request: HttpRequest) -> HttpResponse:
     """Client credentials grant (RFC 6749 4.4) and token exchange (RFC 8693); errors per
     RFC 6749 5.2 and RFC 8693 2.2.2."""
@@ -196,22 +206,19 @@ def token_endpoint(request: HttpRequest) -> HttpResponse:
         api_scopes=list(scopes),
         expires_in=expires_in,
     )
-    return _no_store(
-        JsonResponse(
-            {
-                "access_token": access_token,
-                "token_type": "Bearer",
-                "expires_in": expires_in,
-                "scope": " ".join(scopes),
-            }
-        )
-    )
+    answer: TokenResponse = {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "scope": " ".join(scopes),
+    }
+    return _no_store(JsonResponse(answer))
 
 
 # --- grants ----------------------------------------------------------------------------
 
 
-def _account(grant: Grant) -> dict[str, str]:
+def _account(grant: Grant) -> Account:
     return {
         "id": grant.external_account_id,
         "name": grant.account_name,
@@ -219,6 +226,10 @@ def _account(grant: Grant) -> dict[str, str]:
     }
 
 
+@overload
+def _iso(moment: datetime) -> str: ...
+@overload
+def _iso(moment: datetime | None) -> str | None: ...
 def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
@@ -229,7 +240,7 @@ def _iso(moment: datetime | None) -> str | None:
 def list_grants(request: ServiceRequest) -> HttpResponse:
     """The grants this service may see, never their tokens; a page at a time (`limit`,
     `cursor`), with the next page's URL in `next`."""
-    allowed = {"user", "provider", "status", "limit", "cursor"}
+    allowed = GrantListQuery.__required_keys__ | GrantListQuery.__optional_keys__
     for name, values in request.GET.lists():
         if name not in allowed:
             raise invalid_request(f"unknown query parameter {name!r}")
@@ -252,7 +263,7 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
     rows, next_page = pagination.page(
         request, grants, limit=pagination.page_limit(request.GET.get("limit"))
     )
-    body = [
+    body: list[GrantSummary] = [
         {
             "id": str(grant.pk),
             "user": grant.user.username,
@@ -268,7 +279,8 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
         }
         for grant in rows
     ]
-    return _no_store(JsonResponse({"grants": body, "next": next_page}))
+    answer: GrantList = {"grants": body, "next": next_page}
+    return _no_store(JsonResponse(answer))
 
 
 def _users_grant(username: str, provider: str) -> Grant | None:
@@ -287,7 +299,7 @@ def _users_grant(username: str, provider: str) -> Grant | None:
     )
 
 
-def _find_grant(request: ServiceRequest, body: dict[str, Any]) -> tuple[Grant, rules.Permission]:
+def _find_grant(request: ServiceRequest, body: GrantNamed) -> tuple[Grant, rules.Permission]:
     """The grant named by `grant` or by `user` + `provider`, if this service may see it."""
     if "grant" in body:
         if "user" in body or "provider" in body:
@@ -564,7 +576,7 @@ def _on_behalf_of_required(grant: Grant) -> ApiError:
 @api_view("POST", scope="tokens:read", denied="token.denied")
 def access_token(request: ServiceRequest) -> HttpResponse:
     """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
-    body = parse_json_body(request, ACCESS_TOKEN_FIELDS)
+    body = parse_json_body(request, ACCESS_TOKEN_BODY)
     grant, permission = _find_grant(request, body)
     if permission.proxy_only:
         raise proxy_only(grant.provider_app.slug, grant_id=grant.pk)
@@ -590,26 +602,23 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         force_refresh=force_refresh,
         narrowed=narrowed,
     )
-    return _no_store(
-        JsonResponse(
-            {
-                "access_token": token,
-                "token_type": "Bearer",
-                "expires_at": _iso(expires_at),
-                "expires_in": _expires_in(expires_at),
-                "scopes": scopes,
-                "grant": str(grant.pk),
-                "account": _account(grant),
-                "resources": grant.resources,
-            }
-        )
-    )
+    answer: AccessToken = {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_at": _iso(expires_at),
+        "expires_in": _expires_in(expires_at),
+        "scopes": scopes,
+        "grant": str(grant.pk),
+        "account": _account(grant),
+        "resources": grant.resources,
+    }
+    return _no_store(JsonResponse(answer))
 
 
 @api_view("POST", scope="requests:sign", denied="token.denied")
 def sign(request: ServiceRequest) -> HttpResponse:
     """The OAuth 1.0a Authorization header for exactly one request (RFC 5849 3)."""
-    body = parse_json_body(request, SIGN_FIELDS)
+    body = parse_json_body(request, SIGN_BODY)
     grant, permission = _find_grant(request, body)
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     on_behalf: dict[str, Any] = {}
@@ -657,12 +666,12 @@ def sign(request: ServiceRequest) -> HttpResponse:
         path=body["url"].split("?", 1)[0],
         **on_behalf,
     )
-    return _no_store(JsonResponse({"authorization": header}))
+    answer: Signature = {"authorization": header}
+    return _no_store(JsonResponse(answer))
 
 
 # --- token exchange (RFC 8693): acting on behalf of a signed-in user --------------------
 
-ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 RESOURCE_PREFIX = "urn:broker:provider:"
 
 
@@ -702,7 +711,7 @@ def _target_slug(form: dict[str, str]) -> str:
 
 def _exchange(
     request: HttpRequest, client: AuthenticatedClient, form: dict[str, str]
-) -> dict[str, Any]:
+) -> TokenResponse:
     """The provider access token of the user the subject token names (RFC 8693 2.2.1)."""
     service = client.service
     token_type = form.get("subject_token_type")
@@ -798,7 +807,7 @@ def _exchange_or_refusal(
 @api_view("POST", scope="connect-links:create", denied="connect_link.denied")
 def create_connect_link(request: ServiceRequest) -> HttpResponse:
     """A single-use, expiring link that sends one user through consent, then to return_to."""
-    body = parse_json_body(request, CONNECT_LINK_FIELDS)
+    body = parse_json_body(request, CONNECT_LINK_BODY)
     wanted: dict[str, Any] = {"subject_user": body["user"], "provider": body["provider"]}
     if not matchable(body["user"], body["provider"]):
         raise not_visible(subject_user=repr(body["user"]), provider=repr(body["provider"]))
@@ -846,15 +855,16 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
         request=request,
         link=str(link.pk),
     )
-    response = JsonResponse({"url": url, "expires_at": _iso(link.expires_at)}, status=201)
-    return _no_store(response)
+    answer: ConnectLink = {"url": url, "expires_at": _iso(link.expires_at)}
+    return _no_store(JsonResponse(answer, status=201))
 
 
 @api_view("GET")
 def ping(request: ServiceRequest) -> HttpResponse:
     """Checks a broker token; the same wrapper as every endpoint (the benchmark baseline)."""
     token = request.broker_token
-    return _no_store(JsonResponse({"service": token.client_id, "scopes": list(token.scopes)}))
+    answer: Ping = {"service": token.client_id, "scopes": list(token.scopes)}
+    return _no_store(JsonResponse(answer))
 
 
 @api_view("GET", authenticated=False)

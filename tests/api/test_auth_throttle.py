@@ -131,3 +131,15 @@ def test_a_zero_limit_turns_the_throttle_off(api, service_with_secret, settings)
         token_request(api, service.client_id, "wrong", ATTACKER).status_code for _ in range(30)
     }
     assert statuses == {401}
+
+
+def test_while_redis_is_unreachable_the_token_endpoint_answers_json_503_and_issues_nothing(
+    api, service_with_secret, settings
+):
+    service, secret = service_with_secret
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    response = token_request(api, service.client_id, secret, SERVICE_HOST)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "2"
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert "access_token" not in response.json()

@@ -150,3 +150,47 @@ def test_the_lone_surrogate_issuer_attack_does_not_stop_the_audit_trail(api, ser
     failed = audit_events(action="service.auth_failed")
     assert [e.actor for e in failed] == ["\\ud800", "\\ud800"]
     assert AuditEvent.objects.filter(action="service.authenticated", actor=service.client_id)
+
+
+def test_a_huge_unknown_field_name_is_not_echoed_whole(api, rule, bearer):
+    body = json.dumps({"n" * 400_000: 1, "user": "alice", "provider": "atlassian"})
+    response = api.post("/api/v1/access-token", body, content_type="application/json", **bearer())
+    description = assert_json_error(response, 400)["error_description"]
+    assert description == "unknown field '" + "n" * 100 + "'..."
+    assert len(response.content) < 1000
+
+
+@pytest.mark.parametrize(
+    "fields, description",
+    [
+        # The words of the hand-written checks, kept: services may match on them.
+        ({"grant": None}, "field 'grant' must be a string"),
+        ({"grant": "x" * 500_000}, "field 'grant' must be 1 to 2000 characters long"),
+        ({"grant": "not-a-uuid"}, "field 'grant' must be a UUID"),
+        ({"user": "", "provider": "atlassian"}, "field 'user' must be 1 to 150 characters long"),
+        ({"user": ["alice"], "provider": "atlassian"}, "field 'user' must be a string"),
+        ({"min_ttl": "60"}, "field 'min_ttl' must be an integer"),
+        ({"min_ttl": True}, "field 'min_ttl' must be an integer"),
+        ({"min_ttl": 1.5}, "field 'min_ttl' must be an integer"),
+        ({"min_ttl": -1}, "field 'min_ttl' must be at least 0"),
+        ({"force_refresh": 1}, "field 'force_refresh' must be a boolean"),
+        ({"scopes": ["read:me", ""]}, "field 'scopes' must be a list of strings"),
+        ({"scopes": ["s"] * 101}, "field 'scopes' must be a list of strings"),
+        # An unknown field is named before a bad known one.
+        ({"min_ttl": "x", "colour": "red"}, "unknown field 'colour'"),
+    ],
+)
+def test_a_bad_field_is_named_in_few_words_never_with_its_value(
+    api, rule, bearer, fields, description
+):
+    body = json.dumps(fields)
+    response = api.post("/api/v1/access-token", body, content_type="application/json", **bearer())
+    assert assert_json_error(response, 400)["error_description"] == description
+    assert len(response.content) < 1000
+
+
+def test_an_integral_float_is_an_integer(api, rule, bearer, grant):
+    # JSON Schema: 60.0 is an integer; the service is served as for 60.
+    body = json.dumps({"grant": str(grant.pk), "min_ttl": 60.0})
+    response = api.post("/api/v1/access-token", body, content_type="application/json", **bearer())
+    assert response.status_code == 200, response.content
