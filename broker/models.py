@@ -72,15 +72,20 @@ class ProviderApp(SealedFieldsModel):
         return self.endpoint_urls().get(name)
 
 
-# A grant whose refresh token dies regardless of use is shown as needing reconnection
-# this long before it does (and its user is emailed: broker.notify.expiry_warnings).
+# A grant whose refresh token (or API token) dies regardless of use is shown as needing
+# reconnection this long before it does, and its user and services are told then and once
+# more FINAL_WARNING before (broker.notify.expiry_warnings).
 RECONNECT_WARNING = timedelta(days=14)
+FINAL_WARNING = timedelta(days=1)
 
 
 class Grant(SealedFieldsModel):
     """One user's consent at one provider account, and the tokens it yields."""
 
-    SEALED_FIELDS = ("access_token", "refresh_token", "token_secret")
+    # api_token: an Atlassian API token (kinds of protocol "api_token"), sent only by the
+    # proxy as Basic auth and never handed to a service; its own column, so no code path
+    # that serves access tokens can ever read it.
+    SEALED_FIELDS = ("access_token", "refresh_token", "token_secret", "api_token")
 
     class Status(models.TextChoices):
         ACTIVE = "active"
@@ -103,16 +108,20 @@ class Grant(SealedFieldsModel):
     access_token_sealed = sealed_column()
     refresh_token_sealed = sealed_column()
     token_secret_sealed = sealed_column()
+    api_token_sealed = sealed_column()
     access_expires_at = models.DateTimeField(null=True, blank=True)
     refresh_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="When the refresh token lapses if unused"
     )
+    # For an API-token grant: when the API token expires (the date its owner chose).
     refresh_absolute_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="When the refresh token lapses regardless of use"
     )
-    # Set once the user and services were told of refresh_absolute_expires_at (a
-    # conditional UPDATE from null, so concurrent beats tell them once); a consent clears it.
+    # Set once the user and services were told of refresh_absolute_expires_at, 14 days and
+    # 1 day ahead (conditional UPDATEs from null, so concurrent beats tell them once); a
+    # consent clears both.
     expiry_warning_sent_at = models.DateTimeField(null=True, blank=True)
+    final_expiry_warning_sent_at = models.DateTimeField(null=True, blank=True)
     # OAuth 2.0: the redirect URI the consent used. Data Center wants the same one on every
     # refresh, whatever BROKER_PUBLIC_URL has become since.
     redirect_uri = models.CharField(max_length=2000, blank=True, default="")

@@ -272,10 +272,16 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "broker.consent.purge_expired_consent_state",
         "schedule": 3600.0,
     },
-    # Atlassian refresh tokens die a year after consent: users are told 14 days ahead.
+    # Atlassian refresh tokens die a year after consent, API tokens on their expiry date:
+    # users are told 14 days and 1 day ahead.
     "warn-of-expiring-grants": {
         "task": "broker.expiry_warnings.warn_of_expiring_grants",
         "schedule": 3600.0,
+    },
+    # API-token grants become reconnect_required once their token has expired.
+    "end-expired-api-tokens": {
+        "task": "broker.refresh.end_expired_api_tokens",
+        "schedule": 600.0,
     },
     "claim-due-refreshes": {
         "task": "broker.tasks.enqueue_due_refreshes",
@@ -293,6 +299,7 @@ CELERY_IMPORTS = [
     "broker.audit.trail",
     "broker.consent.pending",
     "broker.notify.expiry_warnings",
+    "broker.refresh.api_token_expiry",
 ]
 # Keep the Django LOGGING configuration (JSON, redaction) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

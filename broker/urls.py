@@ -19,6 +19,7 @@ urlpatterns = [
     path("connections/", connections.my_connections, name="connections"),
     path("connections/<uuid:grant_id>/disconnect", connections.disconnect, name="disconnect"),
     path("connect/<slug:slug>", connections.connect, name="connect"),
+    path("connections/api-token/<slug:slug>", connections.api_token, name="api-token"),
     path("oauth/callback/<slug:slug>", oauth2_flow.callback, name="oauth2-callback"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),

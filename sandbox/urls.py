@@ -6,6 +6,7 @@ from oauth2_provider import views as dot_views
 from oauth2_provider.views import AuthorizationView
 
 from sandbox.provider import (
+    api_tokens,
     cloud_api_views,
     jira_views,
     oauth1_views,
@@ -70,6 +71,9 @@ urlpatterns = [
         cloud_api_views.attachment_content,
     ),
     path("ex/jira/<str:cloud_id>/rest/api/3/filler", cloud_api_views.filler),
+    # Atlassian Cloud with an API token (Basic auth), and where demo users make one.
+    path("rest/api/3/myself", api_tokens.myself),
+    path("manage-profile/security/api-tokens", api_tokens.manage, name="api-tokens"),
     # Test switches (404 unless SANDBOX_TEST_SWITCHES=1).
     path("_sandbox/faults", switch_views.faults),
     path("_sandbox/counters", switch_views.counters),
@@ -79,5 +83,6 @@ urlpatterns = [
     path("_sandbox/tokens", switch_views.tokens),
     path("_sandbox/token-history", switch_views.token_history),
     path("_sandbox/groups", switch_views.groups),
+    path("_sandbox/api-tokens", switch_views.api_token),
     path("", include((oidc_patterns, "oauth2_provider"))),
 ]

@@ -88,6 +88,10 @@ class SandboxServer:
     def expire_access_tokens(self, username: str) -> dict[str, Any]:
         return self._post("/_sandbox/expire-access-tokens", {"username": username})
 
+    def api_token(self, username: str, days: int = 30) -> dict[str, str]:
+        """A new Atlassian-like API token of `username`: `email`, `api_token`, `expires_on`."""
+        return self._post("/_sandbox/api-tokens", {"username": username, "days": days})
+
     def tokens(self, username: str) -> dict[str, int]:
         return self._get("/_sandbox/tokens", username=username)
 

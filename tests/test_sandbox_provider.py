@@ -184,6 +184,7 @@ def test_providers_file_lists_every_app(sandbox: SandboxServer, apps: dict) -> N
         "sandbox-generic",
         "sandbox-jira",
         "sandbox-jira-hmac",
+        "sandbox-api-token",
     }
     assert apps["sandbox"]["endpoints"]["token"] == f"{sandbox.url}/oauth/token"
     key_path = Path(apps["sandbox-jira"]["private_key"].removeprefix("file:"))

@@ -18,17 +18,23 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.models import LogEntry
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 
+from accounts.models import User
 from broker.api import service_secrets
 from broker.api.service_keys import ServiceKeyError, parse_certificate, parse_public_key
 from broker.api.tokens import disable_service
 from broker.audit import trail
+from broker.consent.api_tokens import ApiTokenForm, ApiTokenRefused, store_api_token
 from broker.models import (
     AccessRule,
     AuditEvent,
@@ -40,6 +46,7 @@ from broker.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from broker.providers.api_token_auth import API_TOKEN_KINDS
 from broker.providers.app_validation import app_problems
 from broker.providers.catalog import KINDS
 from broker.providers.oauth1_consumer import ConsumerMisconfigured, public_key_pem
@@ -279,6 +286,18 @@ GRANT_FIELDS = (
 )
 
 
+class AdminApiTokenForm(ApiTokenForm):
+    """An admin stores an API token for a user (a service account, a script's owner)."""
+
+    user = forms.ModelChoiceField(queryset=User.objects.filter(is_active=True).order_by("username"))
+    provider_app = forms.ModelChoiceField(
+        queryset=ProviderApp.objects.filter(enabled=True, kind__in=API_TOKEN_KINDS),
+        label="App",
+        help_text="An app of an API-token kind (e.g. atlassian-api-token).",
+    )
+    field_order = ["user", "provider_app", "email", "api_token", "expires_on"]
+
+
 class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=500, strip=True, widget=forms.TextInput(attrs={"size": 60}))
 
@@ -306,8 +325,42 @@ class GrantAdmin(AuditedAdmin):
     readonly_fields = GRANT_FIELDS
     actions = ["revoke_selected", "refresh_selected"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # grants come from consent only
+    @method_decorator(sensitive_post_parameters("api_token"))
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        """The "Add grant" page. Grants come from consent, except API tokens: an admin
+        stores one for a user here, checked at the provider first."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = AdminApiTokenForm(request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            try:
+                grant, replaced = store_api_token(
+                    form.cleaned_data["user"],
+                    form.cleaned_data["provider_app"],
+                    form,
+                    actor_type=trail.ActorType.ADMIN,
+                    actor=actor_name(request),
+                    request=request,
+                )
+            except ApiTokenRefused as exc:
+                form.add_error(None, str(exc))
+            else:
+                done = "replaced" if replaced else "stored"
+                self.message_user(request, f"API token {done} for {grant}.", messages.SUCCESS)
+                return redirect("admin:broker_grant_change", grant.pk)
+        return TemplateResponse(
+            request,
+            "admin/broker/grant/api_token.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Store an API token",
+                "opts": self.model._meta,
+                "form": form,
+            },
+            status=400 if form.is_bound else 200,
+        )
 
     @admin.display(description="account", ordering="account_name")
     def account(self, grant: Grant) -> str:

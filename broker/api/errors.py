@@ -55,3 +55,15 @@ def proxy_only(slug: str, **audit: Any) -> ApiError:
         provider=slug,
         **audit,
     )
+
+
+def api_token_grant(**audit: Any) -> ApiError:
+    """The refusal for a grant that holds an API token: such a token is never handed out, by
+    /access-token, /sign or token exchange alike; only the proxy uses it."""
+    return ApiError(
+        400,
+        "api_token_grant",
+        "this grant holds an API token, which the broker never hands out: call the provider "
+        "through the proxy, /api/v1/proxy/<provider>/<path>",
+        **audit,
+    )

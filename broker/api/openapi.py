@@ -104,7 +104,8 @@ OPERATIONS = [
                 "that is malformed, expired, from an untrusted issuer, badly signed, for "
                 "another audience, or naming no active user), unsupported_grant_type, "
                 "invalid_scope, invalid_target (token exchange: an app the service may not "
-                "use for this user, or where the user has no grant)"
+                "use for this user, or where the user has no grant), api_token_grant (the "
+                "grant holds an API token, which is never handed out)"
             ),
             401: Answer("invalid_client"),
             403: Answer(
@@ -148,7 +149,10 @@ OPERATIONS = [
         json_body=schema.ACCESS_TOKEN_BODY,
         answers={
             200: Answer("The token", schema.AccessToken),
-            400: Answer("invalid_request (names the field)"),
+            400: Answer(
+                "invalid_request (names the field); api_token_grant (the grant holds an API "
+                "token, which is never handed out: use the proxy)"
+            ),
             403: Answer(
                 "Denied by the access rules (`access_denied`; `on_behalf_of_required`: the "
                 "rules serve this grant only with the user's token, by token exchange), or "
@@ -188,7 +192,10 @@ OPERATIONS = [
         ],
         answers={
             200: Answer("The header value", schema.Signature),
-            400: Answer("invalid_request (names the field, or the subject token is not valid)"),
+            400: Answer(
+                "invalid_request (names the field, or the subject token is not valid); "
+                "api_token_grant (the grant holds an API token)"
+            ),
             403: Answer(
                 "No rule lets this service sign for this grant; on_behalf_of_required: only "
                 "with Broker-Subject-Token"

@@ -54,7 +54,7 @@ from broker.api.schema import matchable
 from broker.audit import trail
 from broker.infra.outbound_http import provider_session
 from broker.models import Grant, ProviderApp, ServiceClient
-from broker.providers import oauth1_signing, proxy_paths
+from broker.providers import api_token_auth, oauth1_signing, proxy_paths
 from broker.refresh import engine
 
 log = logging.getLogger(__name__)
@@ -270,13 +270,23 @@ def _renewed(grant: Grant, where: dict[str, Any]) -> Grant:
         raise _refusal(grant, exc, where) from None
 
 
+class CredentialsUnusable(Exception):
+    """The grant cannot authenticate a request now (not active, expired, holds no token):
+    the user must connect again. No secret in the message."""
+
+
 def credentials_for(
     grant: Grant, *, method: str, url: str, body: bytes, content_type: str
 ) -> dict[str, str]:
     """The headers that make this exact request the grant's user's, by the grant's kind:
-    a Bearer token (OAuth 2.0), or a fresh OAuth 1.0a signature (RFC 5849 3: its own nonce
-    and timestamp, the query and a form body in the base string). Other kinds of grant
-    (Basic auth with an API token) plug in here."""
+    a Bearer token (OAuth 2.0), a fresh OAuth 1.0a signature (RFC 5849 3: its own nonce and
+    timestamp, the query and a form body in the base string), or Basic auth with the
+    user's API token (RFC 7617)."""
+    if grant.provider_app.protocol == "api_token":
+        try:
+            return {"Authorization": api_token_auth.basic_authorization(grant)}
+        except api_token_auth.ApiTokenUnusable as exc:
+            raise CredentialsUnusable(str(exc)) from None
     if grant.provider_app.protocol == "oauth1":
         signed_body = None
         if FORM_CONTENT_TYPE in content_type and body:
@@ -290,7 +300,7 @@ def credentials_for(
         return {"Authorization": header}
     token = grant.unseal("access_token")
     if not token:
-        raise oauth1_signing.GrantNotActive(f"grant {grant.pk} holds no token")
+        raise CredentialsUnusable(f"grant {grant.pk} holds no token")
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -494,7 +504,7 @@ def _send(
         credentials = credentials_for(
             grant, method=method, url=url, body=body, content_type=headers.get("Content-Type", "")
         )
-    except oauth1_signing.GrantNotActive as exc:
+    except (CredentialsUnusable, oauth1_signing.GrantNotActive) as exc:
         raise ApiError(409, "reconnect_required", str(exc), **where) from None
     except oauth1_signing.SigningError as exc:
         raise ApiError(400, "invalid_request", str(exc), **where) from None

@@ -25,7 +25,13 @@ from broker.api.auth import (
     authenticate_client,
 )
 from broker.api.decorators import api_view, outages_answered
-from broker.api.errors import ApiError, invalid_request, not_visible, proxy_only
+from broker.api.errors import (
+    ApiError,
+    api_token_grant,
+    invalid_request,
+    not_visible,
+    proxy_only,
+)
 from broker.api.openapi import openapi_document
 from broker.api.schema import (
     ACCESS_TOKEN_BODY,
@@ -582,6 +588,8 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         raise proxy_only(grant.provider_app.slug, grant_id=grant.pk)
     if permission.on_behalf_of_only:
         raise _on_behalf_of_required(grant)
+    if grant.provider_app.protocol == "api_token":
+        raise api_token_grant(grant_id=grant.pk, provider=grant.provider_app.slug)
     if grant.provider_app.protocol != "oauth2":
         raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
     force_refresh = body.get("force_refresh", False)
@@ -638,6 +646,8 @@ def sign(request: ServiceRequest) -> HttpResponse:
             f"no access rule lets this service sign requests for {grant.provider_app.slug!r}",
             **concerning,
         )
+    if grant.provider_app.protocol == "api_token":
+        raise api_token_grant(**concerning)
     if grant.provider_app.protocol != "oauth1":
         raise invalid_request("this is an OAuth 2.0 grant: use /api/v1/access-token")
     _require_live(grant)
@@ -746,6 +756,8 @@ def _exchange(
     grant = _users_grant(subject.user.username, app.slug)
     if grant is None:
         raise ApiError(400, "invalid_target", f"the user has no grant of {slug!r}", **on_behalf)
+    if app.protocol == "api_token":
+        raise api_token_grant(**on_behalf)
     if app.protocol != "oauth2":
         raise ApiError(
             400,

@@ -8,11 +8,15 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.requests import AuthenticatedRequest
+from broker.audit import trail
+from broker.consent.api_tokens import ApiTokenForm, ApiTokenRefused, store_api_token
 from broker.consent.start import begin
 from broker.models import Grant, ProviderApp
+from broker.providers.api_token_auth import is_api_token_app
 from broker.revocation.revoke import revoke_grant
 
 
@@ -83,3 +87,35 @@ def disconnect(request: AuthenticatedRequest, grant_id: uuid.UUID) -> HttpRespon
         "user_revoke_url": user_revoke_url(grant),
     }
     return render(request, "connections/disconnect.html", context)
+
+
+@sensitive_post_parameters("api_token")
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_token(request: AuthenticatedRequest, slug: str) -> HttpResponse:
+    """Storing an API token (apps of an "api_token" kind): the owner's email, the token and
+    its expiry date. The token is checked at the provider before it is stored; storing a
+    new token for the same account replaces the old one in the same grant."""
+    app = get_object_or_404(ProviderApp, slug=slug, enabled=True)
+    if not is_api_token_app(app):
+        raise Http404("This app does not take API tokens")
+    form = ApiTokenForm(request.POST if request.method == "POST" else None)
+    if form.is_valid():
+        try:
+            grant, replaced = store_api_token(
+                request.user,
+                app,
+                form,
+                actor_type=trail.ActorType.USER,
+                actor=request.user.get_username(),
+                request=request,
+            )
+        except ApiTokenRefused as exc:
+            form.add_error(None, str(exc))
+        else:
+            who = grant.account_name or grant.account_email
+            done = "has a new API token" if replaced else "is connected"
+            messages.success(request, f"{app.name} {done} ({who}).")
+            return redirect("connections")
+    status = 400 if form.is_bound else 200
+    return render(request, "connections/api_token.html", {"app": app, "form": form}, status=status)

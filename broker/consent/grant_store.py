@@ -47,7 +47,8 @@ def _store(
     grant.consented_at = timezone.now()
     grant.failure_count = 0
     grant.last_error = ""
-    grant.expiry_warning_sent_at = None  # a new consent, a new lifetime to warn about
+    # A new consent, a new lifetime to warn about.
+    grant.expiry_warning_sent_at = grant.final_expiry_warning_sent_at = None
     fill(grant)
     grant.save()
     if not reconnected:

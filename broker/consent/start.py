@@ -4,6 +4,7 @@ service connect links call; it hands over to the OAuth 2.0 or the OAuth 1.0a flo
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 
 from broker.consent import oauth1_flow, oauth2_flow
 from broker.models import ProviderApp
@@ -20,6 +21,9 @@ def begin(
     callback and then to `return_to` if `broker.consent.return_urls.safe_return_url` accepts it.
     `scopes` may narrow the app's scopes, never widen them (OAuth 2.0 only); the provider
     is still asked for whatever the user's grant already holds (consent is incremental)."""
+    if app.protocol == "api_token":
+        # Nothing to consent to at the provider: the user stores a token they made there.
+        return redirect("api-token", app.slug)
     if app.protocol == "oauth1":
         response: HttpResponse = oauth1_flow.begin_consent(request, app, return_to=return_to)
         return response

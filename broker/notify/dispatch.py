@@ -197,13 +197,33 @@ USER_MESSAGES = {
 }
 
 
+# Grants holding an API token (protocol "api_token") end when the token does; the user
+# makes a new token at the provider and stores it, there is nothing to reconnect.
+API_TOKEN_MESSAGES = {
+    **USER_MESSAGES,
+    "grant.reconnect_required": (
+        "Your {provider} API token has expired",
+        "The API token you stored for {provider} ({account}) has expired or was refused, so "
+        "services that act for you there fail. Create a new API token at {provider} and "
+        "store it at {url}.",
+    ),
+    "grant.expiring": (
+        "Your {provider} API token expires on {expires}",
+        "The API token you stored for {provider} ({account}) expires on {expires}. Create a "
+        "new one at {provider} and store it at {url} before then, and services that act "
+        "for you there keep working.",
+    ),
+}
+
+
 @shared_task(name="broker.notifications.email_user")
 def email_user(grant_id: str, event: str) -> str:
     """Emails the grant's owner about an event that needs their attention (no secrets)."""
     grant = Grant.objects.select_related("user", "provider_app").filter(pk=grant_id).first()
     if grant is None or not grant.user.email or event not in USER_MESSAGES:
         return "skipped"
-    subject, text = USER_MESSAGES[event]
+    is_api_token = grant.provider_app.protocol == "api_token"
+    subject, text = (API_TOKEN_MESSAGES if is_api_token else USER_MESSAGES)[event]
     context = {
         "provider": grant.provider_app.name,
         "account": grant.account_name or grant.external_account_id,

@@ -3,7 +3,8 @@
 Right after a code exchange the broker reads the provider's identity document (Atlassian:
 `/me`) and, where the kind has one, its resources list (Atlassian: accessible-resources).
 Both go through `get_json`, the one place with the Bearer header (RFC 6750 section 2.1)
-and the provider deadline.
+and the provider deadline. An API token's account (Basic auth) is read the same way
+(broker.providers.api_token_auth).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from broker.models import ProviderApp
 class AccountLookupError(Exception):
     """The identity or resources could not be read; `transient` says whether to try again."""
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.status = status  # the provider's HTTP status, when it answered
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,20 @@ class Account:
 
 
 def get_json(url: str, access_token: str) -> Any:
-    auth = OAuth2Auth({"access_token": access_token, "token_type": "Bearer"})
+    return get_json_with(url, OAuth2Auth({"access_token": access_token, "token_type": "Bearer"}))
+
+
+def get_json_with(url: str, auth: requests.auth.AuthBase) -> Any:
     try:
         with provider_session(requests.Session()) as session:
             response = session.get(url, auth=auth, headers={"Accept": "application/json"})
     except requests.RequestException as exc:
         raise AccountLookupError(f"{url}: {type(exc).__name__}", transient=True) from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise AccountLookupError(f"{url}: HTTP {response.status_code}", transient=True)
-    if response.status_code >= 400:
-        raise AccountLookupError(f"{url}: HTTP {response.status_code}", transient=False)
+    status = response.status_code
+    if status >= 500 or status == 429:
+        raise AccountLookupError(f"{url}: HTTP {status}", transient=True, status=status)
+    if status >= 400:
+        raise AccountLookupError(f"{url}: HTTP {status}", transient=False, status=status)
     try:
         return response.json()
     except ValueError:

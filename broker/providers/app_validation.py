@@ -92,6 +92,8 @@ def app_problems(
                     Problem("endpoints", f"endpoints.{name} is required for kind {kind.name!r}")
                 )
 
+    if kind.protocol == "api_token":
+        return problems  # no client: each grant holds its user's own credential
     if kind.protocol == "oauth2":
         if not client_id:
             problems.append(Problem("client_id", "field 'client_id' is required"))

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-Protocol = Literal["oauth2", "oauth1"]
+# "api_token": no OAuth at all; the user (or an admin) stores an email and an API token
+# that the proxy sends as HTTP Basic auth (Atlassian Cloud's API tokens).
+Protocol = Literal["oauth2", "oauth1", "api_token"]
 TokenEncoding = Literal["json", "form", "query"]
 
 
@@ -177,6 +179,22 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 "{base_url}/rest/api/user/current",
             ),
             ProviderKind(
+                # Atlassian Cloud API tokens: Basic auth with the account's email and a
+                # token the user created at id.atlassian.com, expiring within a year. The
+                # base URL is the site (https://acme.atlassian.net), the API's origin.
+                name="atlassian-api-token",
+                label="Atlassian Cloud API token (email + token)",
+                protocol="api_token",
+                endpoints=MappingProxyType(
+                    {"api": "{base_url}", "identity": "{base_url}/rest/api/3/myself"}
+                ),
+                requires_base_url=True,
+                identity_fields=MappingProxyType(
+                    {"id": ("accountId",), "name": ("displayName",), "email": ("emailAddress",)}
+                ),
+                user_revoke_path="https://id.atlassian.com/manage-profile/security/api-tokens",
+            ),
+            ProviderKind(
                 name="oauth2",
                 label="Any OAuth 2.0 provider",
                 protocol="oauth2",
@@ -200,12 +218,14 @@ REQUIRED_ENDPOINTS: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
     {
         "oauth2": ("authorize", "token"),
         "oauth1": ("request_token", "authorize", "access_token"),
+        "api_token": ("api", "identity"),
     }
 )
 ENDPOINT_NAMES: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
     {
         "oauth2": ("authorize", "token", "identity", "resources", "revoke", "issuer", "api"),
         "oauth1": ("request_token", "authorize", "access_token", "identity", "api"),
+        "api_token": ("api", "identity"),
     }
 )
 

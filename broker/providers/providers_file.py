@@ -127,7 +127,15 @@ def parse_app(path: Path, slug: str, table: Any) -> AppSpec:
 
     endpoints = table.get("endpoints", {})
     base_url = text("base_url")
-    if kind.protocol == "oauth2":
+    if kind.protocol == "api_token":
+        client_fields = ("client_id", "client_secret", "consumer_key", "consumer_secret")
+        for key in (*client_fields, "private_key", "signature_method"):
+            if key in table:
+                raise ProvidersFileError(
+                    f"{where}: field {key!r} does not apply: API tokens are stored per grant"
+                )
+        client_id, secret, private_key, signature_method = "", "", "", ""
+    elif kind.protocol == "oauth2":
         for key in ("consumer_key", "consumer_secret", "private_key", "signature_method"):
             if key in table:
                 raise ProvidersFileError(f"{where}: field {key!r} is for OAuth 1.0a apps")

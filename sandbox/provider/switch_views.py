@@ -2,14 +2,16 @@
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from sandbox.provider import switches
+from sandbox.provider import api_tokens, identity, switches
 from sandbox.provider.models import FaultMode
 
 
@@ -114,3 +116,26 @@ def groups(request: HttpRequest) -> JsonResponse:
     if not switches.set_groups(username, names):
         return JsonResponse({"error": "not_found", "error_description": "no such user"}, status=404)
     return JsonResponse({"username": username, "groups": sorted(names)})
+
+
+@switch
+@require_POST
+def api_token(request: HttpRequest) -> JsonResponse:
+    """Makes an API token for a demo user, expiring in `days` (default 30; 0 or less: an
+    already expired one), as the user would on the API tokens page."""
+    data = json_object(request) or {}
+    user = get_user_model().objects.filter(username=str(data.get("username", ""))).first()
+    if user is None:
+        return JsonResponse({"error": "not_found", "error_description": "no such user"}, status=404)
+    try:
+        days = int(data.get("days", 30))
+    except (TypeError, ValueError):
+        return bad_request("days must be an integer")
+    expires_on = datetime.now(UTC).date() + timedelta(days=days)
+    return JsonResponse(
+        {
+            "email": identity.email(user),
+            "api_token": api_tokens.issue(user, expires_on),
+            "expires_on": f"{expires_on:%Y-%m-%d}",
+        }
+    )

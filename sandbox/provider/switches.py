@@ -89,6 +89,8 @@ def counter_values() -> dict:
         "revoke": values.get("revoke", 0),
         "oauth1_access_token": values.get("oauth1_access_token", 0),
         "requests": requests,
+        # Calls with Basic auth (API tokens), accepted or not.
+        "api_token_basic": values.get("api_token_basic", 0),
     }
 
 

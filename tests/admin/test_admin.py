@@ -131,7 +131,8 @@ OBJECT_OF = {
     "revocationjob": "job",
     "webhookdelivery": "delivery",
 }
-ADDABLE = {"providerapp", "serviceclient", "revocationjob"}
+# Grants: the add page stores an API token (the one kind of grant not made by consent).
+ADDABLE = {"providerapp", "grant", "serviceclient", "revocationjob"}
 
 
 def admin_pages(data) -> list[tuple[str, str, str]]:

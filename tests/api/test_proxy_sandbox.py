@@ -16,6 +16,7 @@ import pytest
 import requests
 from django.core.management import call_command
 
+from broker.consent.api_tokens import ApiTokenForm, store_api_token
 from broker.infra import outbound_http
 from broker.models import AccessRule, Grant, ProviderApp
 from tests.api.conftest import audit_events
@@ -343,3 +344,31 @@ def test_calls_reuse_kept_alive_connections(provider, cloud_grant, service):
     for _ in range(3):
         assert service.call("GET", "sandbox", f"{JIRA}/myself").status_code == 200
     assert pool.num_connections - opened <= 1
+
+
+def test_an_api_token_grant_is_sent_as_basic_auth(provider, apps, owner, service):
+    made = provider.api_token("alice", days=200)
+    form = ApiTokenForm(
+        data={
+            "email": made["email"],
+            "api_token": made["api_token"],
+            "expires_on": made["expires_on"],
+        }
+    )
+    assert form.is_valid(), form.errors
+    app = ProviderApp.objects.get(slug="sandbox-api-token")
+    grant, _ = store_api_token(owner, app, form, actor_type="admin", actor="test", request=None)
+    AccessRule.objects.create(service=service.client, provider_app=app)
+    provider.reset_counters()
+
+    myself = service.call("GET", "sandbox-api-token", "rest/api/3/myself")
+
+    assert myself.status_code == 200, myself.text
+    assert myself.json()["accountId"] == "sandbox-alice"
+    assert made["api_token"] not in myself.text
+    assert provider.counters()["api_token_basic"] == 1
+    assert seen(provider) == {"GET /rest/api/3/myself": 1}
+    Grant.objects.filter(pk=grant.pk).update(status=Grant.Status.RECONNECT_REQUIRED)
+    refused = service.call("GET", "sandbox-api-token", "rest/api/3/myself")
+    assert (refused.status_code, refused.headers["Broker-Error"]) == (409, "reconnect_required")
+    assert provider.counters()["api_token_basic"] == 1

@@ -9,21 +9,41 @@ from typing import Any
 
 import pytest
 import requests
-from broker_client import BrokerClient
+from broker_client import BrokerClient, InvalidRequest
 
+from accounts.models import ExternalIdentity
 from tests.client.conftest import add_rule, create_service, private_pem, public_pem, sandbox_app
 from tests.sandbox_grants import PROJECT_ROOT, connect_grant
+from tests.subject_idp import AUDIENCE
 
 pytestmark = pytest.mark.sandbox
 
 GUIDE = PROJECT_ROOT / "docs" / "client.md"
 
 
+# How each test below finds its example: a text only that example holds.
+MARKERS = (
+    'BrokerClient("https://broker.example"',
+    "for grant in broker.grants(",
+    "def profile_page(",
+    "requests_oauth1_auth",
+)
+
+
+def blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
+
+
 def example(marker: str) -> str:
     """The guide's one Python block that contains `marker`."""
-    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
-    [found] = [block for block in blocks if marker in block]
+    [found] = [block for block in blocks() if marker in block]
     return found
+
+
+def test_every_example_in_the_guide_is_run_by_a_test():
+    """A new example in docs/client.md needs its test (and a marker here)."""
+    for block in blocks():
+        assert [marker for marker in MARKERS if marker in block], block
 
 
 @pytest.fixture
@@ -82,24 +102,31 @@ def test_the_cron_job(run, service, grant, sandbox, django_user_model, capsys):
 
 
 def test_the_web_app(
-    run, grant, tmp_path, settings, django_user_model, broker_url, rsa_key, broker_login
+    run, grant, tmp_path, settings, django_user_model, broker_url, rsa_key, broker_login, idp
 ):
     settings.BROKER_RETURN_URL_ALLOWLIST = ["https://app.example"]
     (tmp_path / "web-public.pem").write_text(public_pem(rsa_key))
-    web = create_service("--public-key", str(tmp_path / "web-public.pem"))
-    add_rule(web["client_id"], "sandbox", "--connect-links")
+    web = create_service(
+        "--public-key", str(tmp_path / "web-public.pem"), "--subject-audience", AUDIENCE
+    )
+    add_rule(web["client_id"], "sandbox", "--on-behalf-of", "--connect-links")
     (tmp_path / "web.pem").write_text(private_pem(rsa_key))
-    django_user_model.objects.create_user("bob", "bob@example.com", "bob-broker")
+    bob = django_user_model.objects.create_user("bob", "bob@example.com", "bob-broker")
+    for user in (grant.user, bob):  # both signed in to the app with the company IdP
+        ExternalIdentity.objects.create(user=user, issuer=idp.issuer, subject=f"{user}-sub")
 
     key_file = str(tmp_path / "web.pem")
     env = {"BROKER_CLIENT_ID": web["client_id"], "BROKER_PRIVATE_KEY_FILE": key_file}
     names = run(example("def profile_page("), env)
 
-    assert names["profile_page"]("alice") == {"name": "Alice Anders"}
-    connect = names["profile_page"]("bob")  # not connected yet
+    assert names["profile_page"]("alice", idp.token("alice-sub")) == {"name": "Alice Anders"}
+    connect = names["profile_page"]("bob", idp.token("bob-sub"))  # not connected yet
     assert connect["connect_url"].startswith(f"{broker_url}/")
     page = broker_login("bob", "bob-broker").get(connect["connect_url"], timeout=10)
     assert page.status_code == 200 and "data-connect-link" in page.text
+    # A token of someone else's audience gets nothing, not even a connect link.
+    with pytest.raises(InvalidRequest):
+        names["profile_page"]("alice", idp.token("alice-sub", aud="another-app"))
 
 
 def test_the_data_center_script(run, service, jira_grant, capsys):

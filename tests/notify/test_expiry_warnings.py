@@ -1,5 +1,6 @@
-"""Refresh tokens that die of age (Atlassian: 365 days after consent): the user and the
-subscribed services are told 14 days ahead, once per grant and consent."""
+"""Refresh tokens that die of age (Atlassian: 365 days after consent) and API tokens that
+expire: the user and the subscribed services are told 14 days and 1 day ahead, once per
+warning, grant and consent."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 
 from broker.celery import app as celery_app
 from broker.consent.grant_store import store_consent
-from broker.models import Grant, WebhookDelivery
+from broker.models import Grant, ProviderApp, WebhookDelivery
 from broker.notify.expiry_warnings import warn_of_expiring_grants
 from tests.factories import make_app, make_service, save_grant
 
@@ -48,7 +49,10 @@ def test_users_and_services_are_told_once_two_weeks_before_the_refresh_token_die
     body = json.loads(hook.body)
     assert body["grant"]["id"] == str(soon.pk)
     expires = soon.refresh_absolute_expires_at
-    assert body["data"] == {"refresh_expires_at": expires.isoformat().replace("+00:00", "Z")}
+    assert body["data"] == {
+        "refresh_expires_at": expires.isoformat().replace("+00:00", "Z"),
+        "final": False,
+    }
     [email] = mail.outbox
     assert email.to == ["alice@example.com"]
     assert email.subject == f"Reconnect your Atlassian account before {expires:%Y-%m-%d}"
@@ -121,3 +125,52 @@ def test_the_beat_runs_the_warnings():
     assert "broker.expiry_warnings.warn_of_expiring_grants" in scheduled
     celery_app.loader.import_default_modules()
     assert "broker.expiry_warnings.warn_of_expiring_grants" in celery_app.tasks
+
+
+def test_a_final_warning_comes_one_day_before_and_only_once(owner, local_server, eager_celery):
+    app = make_app("atlassian", kind="atlassian", name="Atlassian")
+    make_service("reports", webhook_url=f"{local_server.url}/hook", webhook_secret=SECRET, app=app)
+    grant = expiring_in(10, owner, app, 1)
+    assert warn_of_expiring_grants() == 1  # the first warning
+    Grant.objects.filter(pk=grant.pk).update(
+        refresh_absolute_expires_at=timezone.now() + timedelta(hours=20)
+    )
+    assert warn_of_expiring_grants() == 1  # the final one
+    assert warn_of_expiring_grants() == 0
+
+    finals = [json.loads(hook.body)["data"]["final"] for hook in local_server.requests]
+    assert finals == [False, True]
+    assert len(mail.outbox) == 2
+    told = Grant.objects.get(pk=grant.pk)
+    assert told.expiry_warning_sent_at < told.final_expiry_warning_sent_at
+
+
+def test_a_grant_first_seen_within_a_day_gets_the_final_warning_alone(owner, eager_celery):
+    app = make_app("atlassian", kind="atlassian")
+    grant = expiring_in(0.5, owner, app, 1)
+    assert warn_of_expiring_grants() == 1
+    assert warn_of_expiring_grants() == 0
+    assert len(mail.outbox) == 1
+    told = Grant.objects.get(pk=grant.pk)
+    # The first warning counts as given: it never comes late.
+    assert told.expiry_warning_sent_at == told.final_expiry_warning_sent_at is not None
+
+
+def test_an_api_token_is_warned_about_in_its_own_words(owner, eager_celery):
+    site = ProviderApp.objects.create(
+        slug="acme-site", kind="atlassian-api-token", name="Acme Jira", base_url="https://a.example"
+    )
+    grant = Grant(
+        user=owner,
+        provider_app=site,
+        external_account_id="acct-1",
+        account_email="alice@example.com",
+        refresh_absolute_expires_at=timezone.now() + timedelta(days=14),
+    )
+    grant.seal("api_token", "ATATT-secret")
+    grant.save()
+    assert warn_of_expiring_grants() == 1
+    [email] = mail.outbox
+    expires = grant.refresh_absolute_expires_at
+    assert email.subject == f"Your Acme Jira API token expires on {expires:%Y-%m-%d}"
+    assert "Create a new one" in email.body and "ATATT" not in email.body

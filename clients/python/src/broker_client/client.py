@@ -9,11 +9,13 @@ meant to be shared by all threads of a process.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from base64 import b64encode
+from base64 import b64encode, urlsafe_b64decode
 from collections.abc import Collection
 from dataclasses import dataclass, replace
+from hashlib import sha256
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
@@ -24,7 +26,7 @@ from broker_client.assertions import ASSERTION_TYPE, AssertionSigner
 from broker_client.errors import BrokerError, BrokerUnreachable, error_for
 from broker_client.proxy_session import ProxySession, naming_headers
 from broker_client.requests_auth import RequestsBearerAuth, RequestsOAuth1Auth
-from broker_client.results import ConnectLink, Grant, ProviderToken
+from broker_client.results import ConnectLink, ExchangedToken, Grant, ProviderToken
 
 if TYPE_CHECKING:
     from broker_client.httpx_auth import HttpxBearerAuth
@@ -35,6 +37,10 @@ TOKEN_PATH = "/api/v1/oauth/token"
 # A broker token is renewed this long before it expires, so that no call carries a token
 # that dies on the way.
 BROKER_TOKEN_MARGIN = 30.0
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
+EXCHANGE_KEY = "exchange"  # first item of an exchanged token's cache key (grant ids are UUIDs)
 
 CacheKey = tuple[str, str, str, tuple[str, ...] | None]
 
@@ -64,10 +70,10 @@ class _BrokerToken:
 
 @dataclass(frozen=True)
 class _Cached:
-    token: ProviderToken
+    token: ProviderToken | ExchangedToken
     expires_at: float  # time.monotonic()
 
-    def handed_out(self, min_ttl: int) -> ProviderToken | None:
+    def handed_out(self, min_ttl: int) -> ProviderToken | ExchangedToken | None:
         """The token with its remaining lifetime, if it still lasts `min_ttl` seconds."""
         remaining = self.expires_at - time.monotonic()
         if remaining < min_ttl:
@@ -201,9 +207,9 @@ class BrokerClient:
         if not force_refresh:
             with self._tokens_lock:
                 cached = self._tokens.get(key)
-            token = cached.handed_out(min_ttl) if cached else None
-            if token is not None:
-                return token
+            handed_out = cached.handed_out(min_ttl) if cached else None
+            if isinstance(handed_out, ProviderToken):
+                return handed_out
         if force_refresh:
             body["force_refresh"] = True
         if wanted is not None:
@@ -215,6 +221,54 @@ class BrokerClient:
             # A token of unknown lifetime is not kept: only the broker knows when it dies.
             if token.expires_in is not None:
                 self._tokens[key] = _Cached(token, asked_at + token.expires_in)
+        return token
+
+    def exchange(
+        self,
+        subject_token: str,
+        provider: str,
+        *,
+        scope: Collection[str] | None = None,
+        subject_token_type: str = ID_TOKEN_TYPE,
+        min_ttl: int = DEFAULT_MIN_TTL,
+    ) -> ExchangedToken:
+        """The provider access token of the user `subject_token` names, for acting on their
+        behalf (RFC 8693 token exchange at `/api/v1/oauth/token`).
+
+        `subject_token` is the signed-in user's token from the company IdP (an ID token by
+        default; give `subject_token_type` for a JWT access token), whose `aud` must be one
+        the broker registered for this service. `provider` is the app's slug; `scope` the
+        scopes the caller needs (the rules and the grant must hold them). The answer is
+        cached per user token, provider and scope while it lasts `min_ttl` seconds.
+        Refusals: `InvalidRequest` (`invalid_request`: a bad or expired user token),
+        `InvalidTarget` (an app this service may not use for the user, or no grant),
+        `ApiTokenGrant` (the grant holds an API token: use the proxy)."""
+        wanted = tuple(sorted(scope)) if scope is not None else None
+        # The user's token is a secret: the cache holds its digest only.
+        key: CacheKey = (EXCHANGE_KEY, sha256(subject_token.encode()).hexdigest(), provider, wanted)
+        with self._tokens_lock:
+            cached = self._tokens.get(key)
+        handed_out = cached.handed_out(min_ttl) if cached else None
+        if isinstance(handed_out, ExchangedToken):
+            return handed_out
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": subject_token_type,
+            "audience": provider,
+        }
+        if wanted is not None:
+            form["scope"] = " ".join(wanted)
+        asked_at = time.monotonic()
+        token = ExchangedToken.from_json(self._token_request(form))
+        # Kept no longer than the user's token is valid: once the user's sign-in is over,
+        # the next call asks the broker, which checks it again.
+        lifetimes = [token.expires_in, _seconds_left(subject_token)]
+        kept = min((seconds for seconds in lifetimes if seconds is not None), default=None)
+        with self._tokens_lock:
+            self._forget_expired()
+            if kept is not None:
+                self._tokens[key] = _Cached(token, asked_at + kept)
         return token
 
     def sign(
@@ -357,19 +411,26 @@ class BrokerClient:
             if self._broker_token is not None and self._broker_token.value == refused:
                 self._broker_token = None
 
-    def _authenticate(self) -> _BrokerToken:
-        """RFC 6749 4.4 client credentials, authenticated per RFC 6749 2.3.1 or RFC 7523."""
-        form = {"grant_type": "client_credentials"}
+    def _token_request(self, form: dict[str, str]) -> dict[str, Any]:
+        """A request to the token endpoint with this service's client authentication
+        (RFC 6749 2.3.1 client_secret_basic, or RFC 7523 private_key_jwt)."""
         headers: dict[str, str] = {}
         if self._signer is not None:
-            form["client_assertion_type"] = ASSERTION_TYPE
-            form["client_assertion"] = self._signer.assertion()
+            form = {
+                **form,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": self._signer.assertion(),
+            }
         else:
             # RFC 6749 2.3.1: id and secret are form-urlencoded before Basic encoding.
             pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret or '')}"
             headers["Authorization"] = "Basic " + b64encode(pair.encode()).decode()
+        return _json(self._send("POST", TOKEN_PATH, headers, data=form))
+
+    def _authenticate(self) -> _BrokerToken:
+        """RFC 6749 4.4 client credentials."""
         asked_at = time.monotonic()
-        body = _json(self._send("POST", TOKEN_PATH, headers, data=form))
+        body = self._token_request({"grant_type": "client_credentials"})
         expires_in = float(body["expires_in"])
         margin = min(BROKER_TOKEN_MARGIN, expires_in / 2)
         return _BrokerToken(body["access_token"], asked_at + expires_in - margin)
@@ -384,6 +445,16 @@ class BrokerClient:
             )
         except requests.RequestException as exc:
             raise BrokerUnreachable("broker_unreachable", str(exc)) from exc
+
+
+def _seconds_left(jwt_token: str) -> float | None:
+    """Seconds until the JWT's `exp`, read without checking it (the broker checks it; this
+    only bounds a cache), or None when it has none or is not a JWT."""
+    try:
+        claims = json.loads(urlsafe_b64decode(jwt_token.split(".")[1] + "=="))
+        return float(claims["exp"]) - time.time()
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _bearer(token: str) -> dict[str, str]:

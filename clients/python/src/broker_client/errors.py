@@ -32,6 +32,16 @@ class InvalidRequest(BrokerError):
     """400 (or 415): the request is malformed; the description names the field."""
 
 
+class InvalidTarget(InvalidRequest):
+    """400 `invalid_target` (token exchange, RFC 8693 2.2.2): this service may not use that
+    app for the user, or the user has no grant of it."""
+
+
+class ApiTokenGrant(InvalidRequest):
+    """400 `api_token_grant`: the grant holds an API token (Atlassian Basic auth), which the
+    broker never hands out; call the provider through the broker's proxy instead."""
+
+
 class AuthenticationError(BrokerError):
     """401: the broker refused the service's credentials (`invalid_client`), or its broker
     token even after one fresh authentication (`invalid_token`)."""
@@ -77,6 +87,14 @@ _BY_STATUS: dict[int, type[BrokerError]] = {
 }
 
 
+# Codes that say more than their status.
+_BY_CODE: dict[tuple[int, str], type[BrokerError]] = {
+    (403, "insufficient_scope"): InsufficientScope,
+    (400, "invalid_target"): InvalidTarget,
+    (400, "api_token_grant"): ApiTokenGrant,
+}
+
+
 def _seconds(retry_after: str | None) -> int | None:
     """Retry-After in delta-seconds, the form the broker sends (RFC 9110 10.2.3)."""
     if retry_after is None or not retry_after.strip().isdigit():
@@ -91,6 +109,5 @@ def error_for(status: int, payload: Any, retry_after: str | None = None) -> Brok
     else:
         error, description = "unexpected_response", f"HTTP {status} without a JSON error"
     cls = _BY_STATUS.get(status, BrokerUnreachable if status >= 500 else BrokerError)
-    if cls is Forbidden and error == "insufficient_scope":
-        cls = InsufficientScope
+    cls = _BY_CODE.get((status, error), cls)
     return cls(error, description, status=status, retry_after=_seconds(retry_after))

@@ -91,6 +91,31 @@ class ProviderToken:
 
 
 @dataclass(frozen=True)
+class ExchangedToken:
+    """A user's provider access token from a token exchange (RFC 8693 2.2.1), for acting
+    on behalf of the user whose IdP token was presented.
+
+    `expires_in` counts from when this value was handed out; `scopes` are the scopes the
+    token really carries."""
+
+    access_token: str = field(repr=False)
+    expires_in: int | None
+    scopes: tuple[str, ...]
+    issued_token_type: str = "urn:ietf:params:oauth:token-type:access_token"
+    token_type: str = "Bearer"
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ExchangedToken:
+        return cls(
+            access_token=body["access_token"],
+            expires_in=body.get("expires_in"),
+            scopes=tuple(str(body.get("scope") or "").split()),
+            issued_token_type=body.get("issued_token_type", cls.issued_token_type),
+            token_type=body.get("token_type", "Bearer"),
+        )
+
+
+@dataclass(frozen=True)
 class ConnectLink:
     """A single-use URL that sends one user through consent (`POST /api/v1/connect-links`)."""
 

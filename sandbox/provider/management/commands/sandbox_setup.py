@@ -247,6 +247,12 @@ def providers_toml(private_key_path: Path) -> str:
         f"consumer_key = {toml_string(HMAC_CONSUMER_KEY)}",
         f"consumer_secret = {toml_string(hmac_consumer_secret())}",
         'signature_method = "HMAC-SHA1"',
+        "",
+        "# Atlassian Cloud API tokens (Basic auth): make one at /manage-profile/security/",
+        "[apps.sandbox-api-token]",
+        'kind = "atlassian-api-token"',
+        'name = "Sandbox Atlassian (API token)"',
+        f"base_url = {toml_string(base)}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('broker', '0004_subject_audiences_on_behalf_of'),
+        ('broker', '0005_api_tokens'),
     ]
 
     operations = [
