@@ -409,6 +409,11 @@ def test_token_history_dates_rotated_tokens_and_counts_refresh_reuse(
     )
     reused = history()
     assert reused["refresh_tokens_presented_twice"] == before["refresh_tokens_presented_twice"] + 1
+    assert reused["reuse_window_seconds"] == 0  # the strict sandbox: every reuse is late
+    assert (
+        reused["refresh_tokens_reused_outside_window"]
+        == before["refresh_tokens_reused_outside_window"] + 1
+    )
     assert digests[1] in reused["retired"]  # the reuse revoked the family
     bad = requests.post(f"{sandbox.url}/_sandbox/token-history", json={"access_tokens": 1})
     assert bad.status_code == 400

@@ -88,8 +88,9 @@ class Run:
     client_id: str
     quick: bool
     presented_twice: int = 0
+    reused_late: int = 0
     lost: set[str] = field(default_factory=set)  # grants lost in earlier drills
-    victim_revoked: bool = False
+    victim_revoked_at: float | None = None  # when the provider revoked it (epoch s)
 
     @property
     def env(self) -> dict[str, str]:
@@ -256,8 +257,8 @@ def provider_faults(run: Run) -> float:
     run.sandbox("/_sandbox/faults", {"mode": "none"})
     end = time.time()
     say("provider revokes bob's tokens (the victim grant) upstream")
+    run.victim_revoked_at = time.time()
     run.sandbox("/_sandbox/revoke-user", {"username": "bob"})
-    run.victim_revoked = True
     return end
 
 
@@ -383,13 +384,32 @@ def check(
 
     served = [r for r in results if r.kind == "ok"]
     history = checks.token_history(run.sandbox_url, sorted({r.digest for r in served}))
-    stale, unknown = checks.stale_tokens(served, history)
+    # A revocation at the provider is announced to nobody (Atlassian has no revocation
+    # notice): a broker learns of it at the grant's next refresh, so the victim's stored
+    # token served meanwhile is counted apart, not as a broker fault.
+    unannounced = [
+        r
+        for r in served
+        if run.victim_revoked_at is not None
+        and r.grant == run.victim_grant
+        and r.sent >= run.victim_revoked_at
+    ]
+    stale, unknown = checks.stale_tokens([r for r in served if r not in unannounced], history)
     figures.stale_served = len(stale)
     figures.notes += stale
+    late, _ = checks.stale_tokens(unannounced, history)
+    if late:
+        figures.notes.append(
+            f"{len(late)} tokens of the victim grant served after the provider revoked it"
+            " unannounced, before its next refresh found out (not counted as stale)"
+        )
     if unknown:
         figures.notes.append(f"{unknown} served tokens unknown to the provider")
+    late = history["refresh_tokens_reused_outside_window"]
+    figures.refresh_twice, run.reused_late = late - run.reused_late, late
     twice = history["refresh_tokens_presented_twice"]
-    figures.refresh_twice, run.presented_twice = twice - run.presented_twice, twice
+    figures.refresh_again_in_window = twice - run.presented_twice - figures.refresh_twice
+    run.presented_twice = twice
 
     revoked_at = {
         str(g.id): g.revoked_at.timestamp() for g in Grant.objects.filter(revoked_at__isnull=False)
@@ -399,7 +419,9 @@ def check(
     )
     # The victim may be gone only once the provider revoked it (provider-faults).
     expected_gone = (
-        run.bulk_grants | run.lost | ({run.victim_grant} if run.victim_revoked else set())
+        run.bulk_grants
+        | run.lost
+        | ({run.victim_grant} if run.victim_revoked_at is not None else set())
     )
     for grant in Grant.objects.exclude(status="active"):
         gid = str(grant.id)

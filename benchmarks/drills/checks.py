@@ -21,7 +21,8 @@ class Figures:
     errors: Counter[str] = field(default_factory=Counter)
     recovery: str = ""
     lost_grants: int = 0
-    refresh_twice: int = 0
+    refresh_twice: int = 0  # outside the provider's reuse window
+    refresh_again_in_window: int = 0
     stale_served: int = 0
     served_after_revocation: int = 0
     audit_lost: int = 0
@@ -70,6 +71,10 @@ def token_history(sandbox_url: str, digests: list[str]) -> dict:
         merged["retired"].update(data["retired"])
         merged["refresh_tokens_presented"] = data["refresh_tokens_presented"]
         merged["refresh_tokens_presented_twice"] = data["refresh_tokens_presented_twice"]
+        merged["refresh_tokens_reused_outside_window"] = data[
+            "refresh_tokens_reused_outside_window"
+        ]
+        merged["reuse_window_seconds"] = data["reuse_window_seconds"]
     return merged
 
 
@@ -103,7 +108,7 @@ def print_table(rows: list[Figures]) -> None:
         "errors by kind",
         "recovery",
         "lost grants",
-        "refresh x2",
+        "refresh x2 late",
         "stale served",
         "after revoke",
         "audit lost",
@@ -120,7 +125,12 @@ def print_table(rows: list[Figures]) -> None:
                 errors or "-",
                 row.recovery,
                 str(row.lost_grants),
-                str(row.refresh_twice),
+                str(row.refresh_twice)
+                + (
+                    f" ({row.refresh_again_in_window} in window)"
+                    if row.refresh_again_in_window
+                    else ""
+                ),
                 str(row.stale_served),
                 str(row.served_after_revocation),
                 str(row.audit_lost),

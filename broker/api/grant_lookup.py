@@ -28,6 +28,9 @@ COLUMNS = (
     "account_email",
     "access_token_sealed",
     "access_expires_at",
+    # Read with the token it versions: the refresh-in-doubt check compares it with the
+    # in-flight mark (loaded later, it could belong to a token committed since).
+    "token_version",
     "consented_at",
     "last_refreshed_at",
     "last_used_at",

@@ -476,12 +476,13 @@ def _served(
 def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight.
 
-    A response rescued to Redis (its database write failed) means the stored tokens are
-    already superseded at the provider: then the engine applies it first."""
+    A response rescued to Redis (its database write failed), or a refresh in flight or cut
+    short, means the stored tokens may be superseded at the provider: then the engine
+    waits for the refresh, or applies or redoes it, first."""
     if (
         not force_refresh
         and grant.access_token_valid_for(min_ttl)
-        and not engine.rescue_pending(grant.pk)
+        and not engine.stored_token_in_doubt(grant)
     ):
         return grant
 

@@ -1,11 +1,17 @@
 """The one way to write the audit log. Callers pass identifiers, never tokens or secrets.
 
-`record()` inserts at once. `record_soon()` is for hot paths (the internal API): it appends
-the event to a Redis list in one round trip, and `flush_buffer()` (a Celery beat task, every
-few seconds) moves buffered events into AuditEvent in bulk. No event is lost: if Redis
-cannot take it (down, or the buffer is full), the event is inserted directly; a flush
-removes events from the buffer only after their rows are committed (a crash in between
-writes them twice rather than never).
+`record()` inserts at once. `record_soon()` is for hot paths (the internal API): no database
+round trip per event. Each buffered event is kept twice, in two failure domains:
+- in a Redis list (one round trip, or a command in the caller's pipeline: `queue_push`),
+  which `flush_buffer()` (a Celery beat task, every few seconds) moves into AuditEvent in
+  bulk, removing events only after their rows are committed; survives the recording
+  process being killed;
+- in the recording process's memory, which a thread of that process writes every
+  BROKER_AUDIT_COPY_SECONDS (`write_local_copy`); survives Redis losing its data (a flush,
+  a restart without persistence, a failover).
+Both inserts ignore rows already there: every event carries a unique `event_id`, so an
+event is stored once however many copies (or retried flushes) reach the database. If Redis
+cannot take an event (down, or the buffer is full), it is inserted directly.
 
 Much of what is recorded comes from unauthenticated callers (a claimed client id, a
 parameter name), so every value is made storable on every database and bounded in size
@@ -15,9 +21,14 @@ dead-letter list (DEAD_LETTER_KEY, counted in /metrics) so it never blocks the o
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -26,7 +37,7 @@ import redis
 from celery import shared_task
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DataError, IntegrityError, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from redis.exceptions import LockError
@@ -45,6 +56,9 @@ DEAD_LETTER_MAX = 10_000  # the newest unstorable events kept for an operator to
 FLUSH_LOCK_KEY = f"{KEY_PREFIX}audit:flush-lock"
 FLUSH_LOCK_SECONDS = 60
 FLUSH_BATCH = 1000
+# The in-memory copy holds at most this many events (the newest): a database away for long
+# leaves the rest to the Redis buffer.
+LOCAL_COPY_MAX = 50_000
 # Bounds of what one event may hold: a caller cannot make the broker store megabytes.
 DETAIL_TEXT_LIMIT = 500
 DETAIL_ITEMS_LIMIT = 100
@@ -107,6 +121,7 @@ def _fields(
     # Callers may pass what a client sent (a claimed client id, a username): keep every
     # value storable, so one odd event cannot block the buffer's bulk insert.
     return {
+        "event_id": str(uuid.uuid4()),
         "at": timezone.now(),
         "action": _text(action, 64),
         "actor_type": actor_type,
@@ -181,20 +196,33 @@ def record_soon(
         request,
         detail,
     )
+    raw = json.dumps(fields, cls=DjangoJSONEncoder)
     try:
-        client = redis_client()
-        pushed = client.register_script(PUSH_IF_ROOM)(
-            keys=[BUFFER_KEY],
-            args=[json.dumps(fields, cls=DjangoJSONEncoder), settings.BROKER_AUDIT_BUFFER_MAX],
-        )
+        pipe = redis_client().pipeline(transaction=False)
+        queue_push(pipe, raw)
+        (pushed,) = pipe.execute()
     except redis.RedisError:
         log.warning("audit buffer unavailable; writing %s directly", action)
         pushed = 0
-    if not pushed:
-        # Redis is down or the buffer is full (the flusher is behind): one direct insert
-        # costs more than a push, but loses nothing.
-        metrics.count_audit_detour("written_directly")
-        AuditEvent.objects.create(**fields)
+    pushed_or_written(raw, pushed)
+
+
+def queue_push(pipe: redis.client.Pipeline, raw: str) -> None:
+    """Queues the buffer push of one event (`raw`: its JSON, as `record_soon` builds it) on
+    the caller's pipeline, so that the event costs no round trip of its own. Once the
+    pipeline ran, the caller must pass the push's result to `pushed_or_written`."""
+    pipe.eval(PUSH_IF_ROOM, 1, BUFFER_KEY, raw, settings.BROKER_AUDIT_BUFFER_MAX)
+
+
+def pushed_or_written(raw: str, pushed: int) -> None:
+    """After the push: keeps the process's own copy of a buffered event, or, when Redis did
+    not take it (down: pushed 0 too, or the buffer full because the flusher is behind),
+    inserts it directly: one insert costs more than a push, but loses nothing."""
+    if pushed:
+        _local.keep(raw)
+        return
+    metrics.count_audit_detour("written_directly")
+    _from_buffer(raw).save(force_insert=True)
 
 
 def _from_buffer(raw: bytes | str) -> AuditEvent:
@@ -204,7 +232,9 @@ def _from_buffer(raw: bytes | str) -> AuditEvent:
 
 
 def _insert(raw_events: list[bytes | str]) -> list[bytes | str]:
-    """Stores the buffered events; returns those that cannot be stored (poison).
+    """Stores the buffered events, but not those already stored (the other copy, or an
+    earlier flush that failed after its insert); returns those that cannot be stored
+    (poison).
 
     Bulk insert; if the batch fails on a bad event, row by row so that only that event is
     set aside instead of the whole buffer being stuck behind it. A database that is down
@@ -212,7 +242,7 @@ def _insert(raw_events: list[bytes | str]) -> list[bytes | str]:
     try:
         events = [_from_buffer(raw) for raw in raw_events]
         with transaction.atomic():
-            AuditEvent.objects.bulk_create(events)
+            AuditEvent.objects.bulk_create(events, ignore_conflicts=True)
         return []
     except UNSTORABLE:
         log.warning("audit batch insert failed on a bad event; inserting events one by one")
@@ -221,7 +251,7 @@ def _insert(raw_events: list[bytes | str]) -> list[bytes | str]:
         try:
             event = _from_buffer(raw)
             with transaction.atomic():
-                event.save()
+                AuditEvent.objects.bulk_create([event], ignore_conflicts=True)
         except UNSTORABLE:
             log.exception("an audit event cannot be stored; moved to %s", DEAD_LETTER_KEY)
             poison.append(raw)
@@ -265,6 +295,86 @@ def flush_buffer(batch: int = FLUSH_BATCH) -> int:
         except LockError:
             pass  # expired, perhaps taken by another flusher since: theirs to release
     return written
+
+
+class LocalCopy:
+    """This process's copy of the events it buffered, until its writer thread stored them.
+
+    The thread starts with the first event kept (in each process: a forked child starts
+    its own, with an empty copy) and is a daemon; what it has not written at a normal exit
+    is written by an atexit hook. A process killed outright loses its copy: the Redis
+    buffer still holds those events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: deque[str] = deque(maxlen=LOCAL_COPY_MAX)
+        self._pid = 0
+
+    def keep(self, raw: str) -> None:
+        interval = float(settings.BROKER_AUDIT_COPY_SECONDS)
+        if interval <= 0:
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._events.clear()  # the parent's, which the parent writes itself
+                self._start_writer(interval)
+            self._events.append(raw)
+
+    def _start_writer(self, interval: float) -> None:
+        def run() -> None:
+            while True:
+                time.sleep(interval)
+                try:
+                    self.write()
+                except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
+                    # Every second while the database is away: one line, no traceback.
+                    log.warning("audit copy not written (%s); kept", type(exc).__name__)
+                finally:
+                    # Back to the pool: the request threads need the connections.
+                    connection.close()
+
+        threading.Thread(target=run, name="audit-copy-writer", daemon=True).start()
+        atexit.register(self.write_at_exit)
+
+    def write_at_exit(self) -> None:
+        try:
+            self.write()
+        except Exception:  # noqa: BLE001 - the buffer's flusher still has them
+            log.warning("audit copy not written at exit", exc_info=True)
+
+    def discard(self) -> None:
+        """Forgets the copy, as a process killed outright does."""
+        with self._lock:
+            self._events.clear()
+
+    def write(self) -> int:
+        """Inserts the events kept so far (those already stored are skipped); returns how
+        many were attempted. On a database error they are kept for the next attempt (the
+        newest LOCAL_COPY_MAX)."""
+        with self._lock:
+            raw_events = list(self._events)
+            self._events.clear()
+        if not raw_events:
+            return 0
+        try:
+            for start in range(0, len(raw_events), FLUSH_BATCH):
+                # Unstorable events are dropped here: the buffer's flusher sets them aside.
+                _insert(raw_events[start : start + FLUSH_BATCH])  # type: ignore[arg-type]
+        except Exception:
+            with self._lock:
+                self._events = deque(raw_events + list(self._events), maxlen=LOCAL_COPY_MAX)
+            raise
+        return len(raw_events)
+
+
+_local = LocalCopy()
+
+
+def write_local_copy() -> int:
+    """Writes this process's copy of its buffered events now (its thread does so every
+    BROKER_AUDIT_COPY_SECONDS); returns how many events it held."""
+    return _local.write()
 
 
 @shared_task(name="broker.audit.flush_buffer", ignore_result=True, quiet_when_idle=True)

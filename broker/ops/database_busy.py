@@ -6,8 +6,9 @@ psycopg_pool raises PoolTimeout (Django wraps it in OperationalError). Without t
 when the server itself is full, PostgreSQL refuses the connection with SQLSTATE 53300
 ("sorry, too many clients already", "too many connections for role"). A pooled connection
 that the server ended (a restart, pg_terminate_backend: SQLSTATE 57P01-57P03, or class 08)
-fails the one query that finds it dead, and the pool then drops it. All mean the same to
-the caller: busy, try again in a moment.
+fails the one query that finds it dead, and the pool then drops it; when the server's
+goodbye never arrived (the socket closed under a restart, a network cut) libpq says so
+only in words. All mean the same to the caller: busy, try again in a moment.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ TOO_MANY_CONNECTIONS = "53300"
 TOO_MANY_CONNECTIONS_TEXT = ("too many clients", "too many connections")
 # admin_shutdown, crash_shutdown, cannot_connect_now; class 08 is "connection exception".
 CONNECTION_ENDED = ("57P01", "57P02", "57P03")
+# libpq's words for a connection lost without a SQLSTATE (found by the PostgreSQL drills).
+CONNECTION_LOST_TEXT = (
+    "server closed the connection unexpectedly",
+    "could not receive data from server",
+    "could not send data to server",
+    "the connection is lost",
+)
 
 
 def is_database_busy(exc: BaseException) -> bool:
@@ -44,8 +52,9 @@ def is_database_busy(exc: BaseException) -> bool:
         return True
     if sqlstate.startswith("08"):
         return True
-    # Refusals at connection time carry no SQLSTATE in psycopg: only the server's text.
-    return any(text in str(cause) for text in TOO_MANY_CONNECTIONS_TEXT)
+    # Refusals at connection time and connections lost mid-query carry no SQLSTATE in
+    # psycopg: only the text.
+    return any(text in str(cause) for text in TOO_MANY_CONNECTIONS_TEXT + CONNECTION_LOST_TEXT)
 
 
 def busy_response(request: HttpRequest) -> HttpResponse:

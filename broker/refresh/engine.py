@@ -46,6 +46,22 @@ Persist first
   so the consumed refresh token is never sent again after a success. A response without a
   refresh token keeps the stored one (`broker.refresh.schedule.apply_token_response`).
 
+Refreshes in doubt
+  A worker killed between the provider's answer and the commit, or an answer that comes
+  after BROKER_PROVIDER_TIMEOUT, leaves the provider with tokens the broker never stored:
+  the stored access token is already retired upstream, and the stored refresh token
+  consumed. So before each upstream call the holder marks the refresh in flight in Redis
+  (`refresh-in-flight:<grant id>` = the token_version it read, for the reuse window); only
+  an HTTP error answer, which consumed nothing, clears it. A stored access token of that
+  version or an older one is never served (`stored_token_in_doubt`, checked by the API in
+  the same round trip as the rescue): a request waits for the refresh in flight and takes
+  its result; if the holder is gone, its lock lapses and the next holder finding the mark
+  for the version it read refreshes at once, presenting the same refresh token again.
+  Inside a reuse window (Atlassian's ten minutes) the provider answers with what it issued
+  the first time and the grant lives on; a provider without one answers invalid_grant,
+  which the grant would have met at its next refresh anyway. The beat's claim lease
+  (BROKER_REFRESH_CLAIM_TIMEOUT) brings back a grant nobody asks for within the window.
+
 Failure taxonomy (as Vault's oauthapp plugin sorts them, via broker.providers.oauth2_client)
 - GrantRejected -> `reconnect_required`, tokens wiped, no next refresh, audit + announce.
 - ClientMisconfigured -> ERROR log and `grant.refresh_failed` (reason client_misconfigured)
@@ -109,6 +125,7 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "broker:refresh-lock:{grant_id}"
 RESCUE_KEY = "broker:refresh-rescue:{grant_id}"
+IN_FLIGHT_KEY = "broker:refresh-in-flight:{grant_id}"
 # Atlassian tolerates reuse of a consumed refresh token for ten minutes; a rescued response
 # older than that is worthless anyway.
 RESCUE_TTL_SECONDS = 600
@@ -329,6 +346,58 @@ def drop_rescue(grant_id: Any) -> None:
     lock_redis().delete(RESCUE_KEY.format(grant_id=grant_id))
 
 
+def stored_token_in_doubt(grant: Grant) -> bool:
+    """Whether the stored access token of `grant` (as read) may already be retired
+    upstream: a rescued response waits, or a refresh from its tokens is in flight or was
+    cut short (see "Refreshes in doubt"). One Redis round trip; call it after reading the
+    grant, so that a refresh starting later cannot retire what was read before the check.
+    With Redis away there can be no refresh anyway: the stored token is then served while
+    valid."""
+    pipe = lock_redis().pipeline(transaction=False)
+    pipe.exists(RESCUE_KEY.format(grant_id=grant.pk))
+    pipe.get(IN_FLIGHT_KEY.format(grant_id=grant.pk))
+    try:
+        rescued, in_flight_from = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("grant %s: cannot check for a rescue (%s)", grant.pk, type(exc).__name__)
+        return False
+    # The mark stays after its refresh committed (until it expires): a request that read
+    # the grant just before the commit still finds it, for the version it read, and takes
+    # the refresh's result instead. Marks from older versions than the one read are spent.
+    return bool(rescued) or (
+        in_flight_from is not None and int(in_flight_from) >= grant.token_version
+    )
+
+
+def mark_in_flight(grant_id: Any, seen_version: int) -> bool:
+    """Before an upstream call: False if Redis cannot take the mark (then no call)."""
+    try:
+        lock_redis().set(
+            IN_FLIGHT_KEY.format(grant_id=grant_id), seen_version, ex=RESCUE_TTL_SECONDS
+        )
+    except redis.RedisError as exc:
+        log.warning("grant %s: refresh not marked in flight (%s)", grant_id, type(exc).__name__)
+        return False
+    return True
+
+
+def clear_in_flight(grant_id: Any) -> None:
+    """The provider answered with an error: it consumed nothing, the stored tokens stand.
+    (A refresh that stored its result leaves the mark: see `stored_token_in_doubt`.)"""
+    try:
+        lock_redis().delete(IN_FLIGHT_KEY.format(grant_id=grant_id))
+    except redis.RedisError as exc:
+        log.warning("grant %s: in-flight mark not cleared (%s)", grant_id, type(exc).__name__)
+
+
+def previous_refresh_in_doubt(grant: Grant) -> bool:
+    """Under the lock: whether an earlier refresh from the stored refresh token has an
+    unknown outcome (its holder died, or the answer came too late): its mark names the
+    version read now. Raises RedisError."""
+    marked = lock_redis().get(IN_FLIGHT_KEY.format(grant_id=grant.pk))
+    return marked is not None and int(marked) == grant.token_version
+
+
 # -- database writes ---------------------------------------------------------------------
 
 
@@ -521,6 +590,8 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
     seen_version = grant.token_version
     app = grant.provider_app
     refresh_token = grant.unseal("refresh_token") or ""
+    if not mark_in_flight(grant.pk, seen_version):
+        return RefreshOutcome(Result.BUSY, retry_after=1)
     release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
     try:
         response = refresh_upstream(
@@ -532,6 +603,10 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
         )
         return RefreshOutcome(Result.RECONNECT_REQUIRED)
     except (ClientMisconfigured, TransientTokenError) as exc:
+        if exc.status is not None:
+            # The provider answered with an error: it consumed nothing. A timeout or a
+            # broken connection leaves the refresh in doubt (it may have been processed).
+            clear_in_flight(grant.pk)
         misconfigured = isinstance(exc, ClientMisconfigured)
         delay, keep_claim = record_failure(
             grant,
@@ -562,12 +637,13 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
 def single_flight(
     grant_id: Any,
     *,
-    needs_refresh: Callable[[Grant], bool],
+    needs_refresh: Callable[[Grant, bool], bool],
     task_may_retry: bool = False,
 ) -> tuple[RefreshOutcome, Grant | None]:
     """Takes the grant's lock, applies any rescued response, re-reads the grant and calls
-    the provider only if `needs_refresh` still says so. Returns the outcome and the grant
-    as stored afterwards (None when it is gone)."""
+    the provider only if `needs_refresh(grant, in_doubt)` still says so (in_doubt: an
+    earlier refresh of the stored refresh token has an unknown outcome). Returns the
+    outcome and the grant as stored afterwards (None when it is gone)."""
     with refresh_lock(grant_id, wait=lock_wait()) as held:
         if not held:
             # Someone else's refresh is still running (or Redis is away): what is stored
@@ -579,6 +655,7 @@ def single_flight(
             return RefreshOutcome(Result.GONE), None
         try:
             grant = apply_rescue(grant)
+            in_doubt = previous_refresh_in_doubt(grant)
         except DatabaseError:
             # A response is waiting in Redis: nothing stored may be served or sent upstream.
             return RefreshOutcome(Result.DATABASE_UNAVAILABLE, retry_after=1), None
@@ -587,8 +664,15 @@ def single_flight(
             return RefreshOutcome(Result.BUSY, retry_after=1), grant
         if not grant.is_active or not grant.user.is_active:
             return RefreshOutcome(Result.GONE), grant
-        if not needs_refresh(grant):
+        if not needs_refresh(grant, in_doubt):
             return RefreshOutcome(Result.NOT_NEEDED), grant
+        if in_doubt:
+            log.warning(
+                "grant %s: the outcome of its last refresh is unknown (answer lost: a process"
+                " died or the provider answered too late); refreshing again with the same"
+                " refresh token, inside the provider's reuse window",
+                grant.pk,
+            )
         if not grant.has_secret("refresh_token"):
             if grant.access_token_valid_for(0):
                 # Nothing to refresh with, but still usable (OAuth 1.0a tokens, providers
@@ -669,9 +753,9 @@ def ensure_fresh(
     require_usable(grant)
     if not grant.has_secret("refresh_token") and grant.access_token_valid_for(min_ttl):
         return grant  # cannot be refreshed (OAuth 1.0a, no refresh token): even if forced
-    # A rescued response means the stored access token was already replaced upstream
-    # (Data Center revokes it on refresh): never serve it past a rescue.
-    if not rescue_pending(grant.pk) and satisfied(grant):
+    # A rescued response, or a refresh in flight or cut short, means the stored access
+    # token may already be replaced upstream (rotation revokes it): never serve it then.
+    if not stored_token_in_doubt(grant) and satisfied(grant):
         return grant
 
     def failed_meanwhile(candidate: Grant) -> bool:
@@ -680,20 +764,26 @@ def ensure_fresh(
         return candidate.token_version == seen_version and candidate.failure_count > seen_failures
 
     outcome, current = single_flight(
-        grant_id, needs_refresh=lambda g: not satisfied(g) and not failed_meanwhile(g)
+        grant_id,
+        needs_refresh=lambda g, in_doubt: (
+            (in_doubt or not satisfied(g)) and not failed_meanwhile(g)
+        ),
     )
     if outcome.result == Result.DATABASE_UNAVAILABLE:
         raise ProviderUnavailable("the refreshed token is not stored yet", retry_after=1)
     if current is None:
         raise Grant.DoesNotExist(f"grant {grant_id} is gone")
     require_usable(current)
+    if stored_token_in_doubt(current):
+        # The refresh this caller waited for timed out, or its holder died and still
+        # holds the lock: what is stored may be retired upstream.
+        raise ProviderUnavailable(
+            f"a refresh of this grant is in doubt ({outcome.result})",
+            retry_after=outcome.retry_after or 1,
+        )
     if satisfied(current):
         return current
-    if (
-        not force_refresh
-        and current.access_token_valid_for(LAST_RESORT_VALIDITY_SECONDS)
-        and not rescue_pending(current.pk)
-    ):
+    if not force_refresh and current.access_token_valid_for(LAST_RESORT_VALIDITY_SECONDS):
         return current
     retry_after = outcome.retry_after or 1
     raise ProviderUnavailable(
@@ -765,7 +855,7 @@ def refresh_grant_now(grant_id: Any, *, retries_left: int = 0) -> RefreshOutcome
     times the task may retry itself; `task_retry_in` in the outcome says when it should."""
     outcome, _ = single_flight(
         grant_id,
-        needs_refresh=lambda g: is_due(g, timezone.now()),
+        needs_refresh=lambda g, in_doubt: in_doubt or is_due(g, timezone.now()),
         task_may_retry=retries_left > 0,
     )
     if outcome.result in (Result.BUSY, Result.DATABASE_UNAVAILABLE) and retries_left > 0:

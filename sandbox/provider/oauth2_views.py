@@ -61,9 +61,6 @@ def token(request: HttpRequest) -> HttpResponse:
         failure = fault_response(fault)
         if failure is not None:
             return failure
-    if grant_type == "refresh_token" and settings.SANDBOX_TEST_SWITCHES:
-        # Counted only when the token is really looked at: a 500 or 429 consumes nothing.
-        switches.record_refresh_presented(params.get("refresh_token", ""))
     if dc_refresh_without_its_redirect_uri(request, params):
         return JsonResponse({"error": "invalid_grant"}, status=400)
     # One transaction around validation and rotation: on SQLite (IMMEDIATE mode) it holds
@@ -71,6 +68,9 @@ def token(request: HttpRequest) -> HttpResponse:
     # one after the other and the loser is a reuse (invalid_grant), as at Atlassian after
     # its grace period. Without it, django-oauth-toolkit hands both callers the same pair.
     with transaction.atomic():
+        if grant_type == "refresh_token" and settings.SANDBOX_TEST_SWITCHES:
+            # Counted only when the token is really looked at: a 500 or 429 consumes nothing.
+            switches.record_refresh_presented(params.get("refresh_token", ""))
         return dot_token_view(request)
 
 

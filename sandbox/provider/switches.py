@@ -7,6 +7,7 @@ All state is in the database so every thread and process of the sandbox shares i
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -14,6 +15,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from oauth2_provider.models import AccessToken, RefreshToken
+from oauth2_provider.settings import oauth2_settings
 
 from sandbox.provider.models import (
     Counter,
@@ -144,6 +146,9 @@ def live_token_counts(username: str) -> dict[str, int]:
 # endpoint; "retired:<sha256>" holds when (epoch ms) an access token stopped being valid
 # because it was rotated out or revoked (django-oauth-toolkit deletes the row then).
 PRESENTED_PREFIX = "refresh-presented:"
+# "reused-late:<sha256>": a consumed refresh token presented again after the reuse window
+# (REFRESH_TOKEN_GRACE_PERIOD_SECONDS; 0 in the strict sandbox: every reuse is late).
+REUSED_LATE_PREFIX = "reused-late:"
 RETIRED_PREFIX = "retired:"
 
 
@@ -153,7 +158,15 @@ def token_digest(token: str) -> str:
 
 
 def record_refresh_presented(refresh_token: str) -> None:
-    increment(PRESENTED_PREFIX + token_digest(refresh_token))
+    """Counts the presentation, and a reuse outside the provider's reuse window. Call it
+    inside the token endpoint's transaction, before the rotation: a concurrent rotation of
+    the same token is then seen."""
+    digest = token_digest(refresh_token)
+    increment(PRESENTED_PREFIX + digest)
+    window = timedelta(seconds=oauth2_settings.REFRESH_TOKEN_GRACE_PERIOD_SECONDS)
+    consumed = RefreshToken.objects.filter(token_checksum=digest, revoked__isnull=False)
+    if consumed.exists() and not consumed.filter(revoked__gt=timezone.now() - window).exists():
+        increment(REUSED_LATE_PREFIX + digest)
 
 
 def record_access_token_retired(sender: type, instance: AccessToken, **kwargs: object) -> None:
@@ -186,6 +199,10 @@ def token_history(access_token_digests: list[str]) -> dict:
         "retired": retired,
         "refresh_tokens_presented": presented,
         "refresh_tokens_presented_twice": reused,
+        "refresh_tokens_reused_outside_window": Counter.objects.filter(
+            name__startswith=REUSED_LATE_PREFIX
+        ).count(),
+        "reuse_window_seconds": oauth2_settings.REFRESH_TOKEN_GRACE_PERIOD_SECONDS,
     }
 
 

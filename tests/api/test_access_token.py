@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -108,6 +110,22 @@ def test_it_records_last_use_cheaply(api, grant, rule, bearer, django_assert_max
         assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
     grant.refresh_from_db()
     assert grant.last_used_at == first_use
+
+
+def test_a_spent_refresh_mark_costs_no_query(
+    api, grant, rule, bearer, django_assert_max_num_queries
+):
+    """A refresh's in-flight mark stays a while after it committed: the hot path compares it
+    with the token_version read with the token (one query, no deferred load)."""
+    from broker.refresh import engine
+
+    headers = bearer()
+    post(api, {"grant": str(grant.pk)}, headers)  # the first use writes last_used
+    assert engine.mark_in_flight(grant.pk, grant.token_version - 1)
+    with django_assert_max_num_queries(1):
+        response = post(api, {"grant": str(grant.pk)}, headers)
+    assert response.status_code == 200
+    assert response.json()["access_token"] == grant.unseal("access_token")
 
 
 def test_a_scope_the_grant_lacks_is_a_403_naming_it(api, owner, atlassian, rule, bearer):
@@ -283,6 +301,42 @@ def test_a_rescued_refresh_is_applied_before_a_stored_token_is_served(api, grant
     grant.refresh_from_db()
     assert grant.unseal("refresh_token") == "rescued-refresh"
     assert not rescue_pending(grant.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_being_refreshed_is_not_served_until_the_refresh_commits(api, grant, rule, bearer):
+    """Another process is refreshing the grant (its lock held, its refresh marked in
+    flight): the provider may already have retired the stored access token (rotation), so
+    the request waits for the refresh's result instead of serving the stored one."""
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh import engine
+
+    lock = engine.lock_redis().lock(
+        engine.LOCK_KEY.format(grant_id=grant.pk), timeout=30, thread_local=False
+    )
+    assert lock.acquire(blocking=False)
+    assert engine.mark_in_flight(grant.pk, grant.token_version)
+    refreshed = TokenResponse("refreshed-access", "refreshed-refresh", 3600, None, "Bearer")
+
+    def the_other_process_commits() -> None:
+        time.sleep(0.5)
+        engine.persist_refresh(
+            engine.load(grant.pk),
+            refreshed,
+            seen_version=grant.token_version,
+            received_at=timezone.now(),
+        )
+        engine.clear_in_flight(grant.pk)
+        lock.release()
+
+    other = threading.Thread(target=the_other_process_commits)
+    started = time.monotonic()
+    other.start()
+    response = post(api, {"grant": str(grant.pk)}, bearer())
+    other.join()
+    assert response.status_code == 200
+    assert response.json()["access_token"] == "refreshed-access"
+    assert 0.5 <= time.monotonic() - started < 5  # until the lock was released
 
 
 # -- kinds that can issue a narrower token ------------------------------------------------------

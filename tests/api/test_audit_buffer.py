@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -12,6 +13,16 @@ from broker.models import AuditEvent
 from tests.api.conftest import metric_value
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def own_local_copy(monkeypatch):
+    """Each test its own in-memory copy, emptied after it (its atexit write would find no
+    test database)."""
+    copy = trail.LocalCopy()
+    monkeypatch.setattr(trail, "_local", copy)
+    yield
+    copy.discard()
 
 
 def test_buffered_events_reach_the_database_on_flush():
@@ -154,3 +165,86 @@ def test_the_flush_lock_is_released_only_by_its_owner(monkeypatch):
     assert trail.flush_buffer() == 0  # the other flusher holds the lock
     redis_client().delete(trail.FLUSH_LOCK_KEY)
     assert trail.flush_buffer() == 2
+
+
+def service_events(n: int) -> None:
+    for i in range(n):
+        trail.record_soon("token.issued", actor_type="service", actor="svc", n=i)
+
+
+def test_events_survive_redis_losing_the_buffer(settings):
+    """A Redis flush (or restart without persistence) loses the buffer: the recording
+    process's own copy still stores every event."""
+    settings.BROKER_AUDIT_COPY_SECONDS = 3600  # written explicitly below
+    service_events(3)
+    redis_client().flushdb()
+    assert not AuditEvent.objects.exists()
+    assert trail.write_local_copy() == 3
+    assert sorted(e.detail["n"] for e in AuditEvent.objects.all()) == [0, 1, 2]
+    assert trail.write_local_copy() == 0  # written once
+
+
+def test_events_survive_the_process_losing_its_copy(settings):
+    """A web process killed before its thread wrote its copy: the buffer still has them."""
+    settings.BROKER_AUDIT_COPY_SECONDS = 3600
+    service_events(2)
+    trail._local.discard()  # the process was killed
+    assert trail.flush_buffer() == 2
+    assert AuditEvent.objects.count() == 2
+
+
+def test_both_copies_store_each_event_once(settings):
+    settings.BROKER_AUDIT_COPY_SECONDS = 3600
+    service_events(3)
+    trail.write_local_copy()
+    assert trail.flush_buffer() == 3
+    trail.record_soon("token.issued", actor_type="service", actor="svc", n=3)
+    assert trail.flush_buffer() == 1
+    trail.write_local_copy()
+    assert sorted(e.detail["n"] for e in AuditEvent.objects.all()) == [0, 1, 2, 3]
+    assert len({e.event_id for e in AuditEvent.objects.all()}) == 4
+
+
+def test_a_failed_write_of_the_copy_keeps_it_for_the_next(settings, monkeypatch):
+    settings.BROKER_AUDIT_COPY_SECONDS = 3600
+    service_events(2)
+    redis_client().delete(trail.BUFFER_KEY)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AuditEvent.objects, "bulk_create", fail)
+        with pytest.raises(RuntimeError):
+            trail.write_local_copy()
+    assert trail.write_local_copy() == 2
+    assert AuditEvent.objects.count() == 2
+
+
+def test_no_copy_is_kept_when_turned_off():
+    service_events(1)  # tests.settings: BROKER_AUDIT_COPY_SECONDS = 0
+    assert trail.write_local_copy() == 0
+    assert trail.flush_buffer() == 1
+
+
+def test_a_push_queued_on_the_callers_pipeline(settings):
+    """The hot path's own pipeline carries the push: no round trip of its own."""
+    settings.BROKER_AUDIT_COPY_SECONDS = 3600
+    raw = json.dumps(
+        {
+            "event_id": "6a1f0c3e-0000-4000-8000-000000000001",
+            "at": "2026-01-01T00:00:00+00:00",
+            "action": "token.issued",
+            "actor_type": "service",
+            "actor": "svc",
+        }
+    )
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.incr("broker:test:other-command")
+    trail.queue_push(pipe, raw)
+    _, pushed = pipe.execute()
+    trail.pushed_or_written(raw, pushed)
+    assert redis_client().llen(trail.BUFFER_KEY) == 1
+    assert trail.write_local_copy() == 1
+    assert trail.flush_buffer() == 1
+    assert AuditEvent.objects.get().event_id == uuid.UUID("6a1f0c3e-0000-4000-8000-000000000001")

@@ -5,7 +5,9 @@ gunicorn.conf.py, as deployed, against the sandbox provider."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import socket
 import threading
 import time
 
@@ -233,3 +235,66 @@ def test_a_server_refusing_connections_counts_as_busy(transactional_db):
     assert "too many connections" in str(too_many.value)
     assert is_database_busy(too_many.value)
     assert not is_database_busy(no_database.value)
+
+
+class Relay:
+    """A TCP relay to PostgreSQL that can drop every connection at once, with no goodbye
+    from the server (as a network cut or a host going away does)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self.pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_a_connection_lost_without_a_sqlstate_counts_as_busy(transactional_db):
+    """A connection whose socket closed under it (no FATAL from the server: libpq's
+    "server closed the connection unexpectedly") is busy, not a 500."""
+    default = connections["default"]
+    settings_dict = default.settings_dict
+    relay = Relay(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
+    relayed = type(default)(
+        {**settings_dict, "HOST": "127.0.0.1", "PORT": relay.port, "OPTIONS": {}}, alias="relay"
+    )
+    try:
+        with relayed.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        relay.cut()
+        with pytest.raises(OperationalError) as lost, relayed.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    finally:
+        relay.close()
+        relayed.close()
+    assert getattr(lost.value.__cause__, "sqlstate", None) is None
+    assert is_database_busy(lost.value)

@@ -263,6 +263,92 @@ def test_a_refresh_slower_than_the_timeout_is_retried_not_reconnect(
     assert identity_works(sandbox, fresh.unseal("access_token"))
 
 
+def token_history(sandbox) -> dict:
+    response = requests.post(
+        f"{sandbox.url}/_sandbox/token-history", json={"access_tokens": []}, timeout=10
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+class Killed(BaseException):
+    """A worker SIGKILLed: nothing after it runs (no except, no cleanup of ours)."""
+
+
+def test_a_refresh_cut_short_is_redone_at_once_inside_the_reuse_window(
+    reuse_window_apps, owner, settings, monkeypatch
+):
+    """A worker killed between the provider's answer and the commit: the provider retired
+    the stored access token and consumed the refresh token. The stored token is not served;
+    once the dead holder's lock lapses the next caller presents the refresh token again,
+    inside the provider's reuse window, and the grant lives on."""
+    sandbox = reuse_window_apps
+    grant = connect_grant(sandbox, owner)
+    before = token_history(sandbox)
+    settings.BROKER_PROVIDER_TIMEOUT = 1  # waiters give up on a held lock after 2 s
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    claim(grant)
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "persist_refresh", killed)
+        with pytest.raises(Killed):
+            refresh_grant_now(grant.pk, retries_left=3)
+    assert not identity_works(sandbox, grant.unseal("access_token"))  # retired upstream
+    assert engine.stored_token_in_doubt(grant)
+    # The dead worker's lock outlives it a while (here 2.5 s, beyond a waiter's 2 s).
+    lock = engine.lock_redis().lock(engine.LOCK_KEY.format(grant_id=grant.pk), timeout=2.5)
+    assert lock.acquire(blocking=False)
+    with pytest.raises(ProviderUnavailable):
+        ensure_fresh(grant.pk, min_ttl=0)  # never the retired token
+    time.sleep(0.6)
+    redone = ensure_fresh(grant.pk, min_ttl=0)
+    # What the provider issued at the lost answer (sent again: it may have expired since,
+    # the sandbox's tokens last 2 s), and the family lives on.
+    assert redone.token_version > grant.token_version
+    assert not engine.stored_token_in_doubt(redone)
+    fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+    assert fresh.status == Grant.Status.ACTIVE
+    assert identity_works(sandbox, fresh.unseal("access_token"))
+    after = token_history(sandbox)
+    assert after["refresh_tokens_presented_twice"] == before["refresh_tokens_presented_twice"] + 1
+    assert after["refresh_tokens_reused_outside_window"] == 0
+    assert after["reuse_window_seconds"] == 600
+
+
+def test_a_timed_out_refresh_keeps_the_stored_token_from_being_served(
+    reuse_window_apps, owner, settings
+):
+    """An answer that comes after BROKER_PROVIDER_TIMEOUT rotated the tokens upstream: the
+    broker serves no token until a retry (inside the reuse window) stored the new pair."""
+    sandbox = reuse_window_apps
+    grant = connect_grant(sandbox, owner)
+    settings.BROKER_PROVIDER_TIMEOUT = 1
+    claim(grant)
+    sandbox.faults(mode="slow", delay=2, times=1)
+    try:
+        assert refresh_grant_now(grant.pk, retries_left=0).result == Result.PROVIDER_FAILED
+    finally:
+        sandbox.faults(mode="none")
+    assert engine.stored_token_in_doubt(grant)
+    time.sleep(1.5)  # the sandbox finishes the abandoned request meanwhile
+    redone = ensure_fresh(grant.pk, min_ttl=0)  # redone at once, not after the backoff
+    assert redone.token_version > grant.token_version
+    fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)  # the family lives on
+    assert identity_works(sandbox, fresh.unseal("access_token"))
+    assert token_history(sandbox)["refresh_tokens_reused_outside_window"] == 0
+
+
+def test_an_error_answer_consumed_nothing_and_leaves_no_doubt(sandbox, grant):
+    sandbox.faults(mode="error500", times=1)
+    claim(grant)
+    assert refresh_grant_now(grant.pk).result == Result.PROVIDER_FAILED
+    assert not engine.stored_token_in_doubt(grant)
+    served = ensure_fresh(grant.pk, min_ttl=0)
+    assert served.unseal("access_token") == grant.unseal("access_token")
+
+
 def subscribed_service(app: ProviderApp) -> ServiceClient:
     service = ServiceClient(client_id="svc", name="Svc", webhook_url="https://svc.example/hook")
     service.seal("webhook_secret", "whsec")

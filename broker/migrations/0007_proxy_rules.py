@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('broker', '0005_api_tokens'),
+        ('broker', '0006_audit_event_ids'),
     ]
 
     operations = [
