@@ -19,9 +19,12 @@ import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.django_client import OAuth
 from authlib.integrations.django_client.apps import DjangoOAuth2App
+from authlib.integrations.requests_client import OAuth2Session
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from joserfc.errors import JoseError
+
+from broker.infra.outbound_http import provider_session
 
 # JWS algorithms accepted for ID tokens (RFC 7518 3.1): public-key signatures only.
 ASYMMETRIC_ALGORITHMS = [
@@ -47,21 +50,33 @@ def redirect_uri() -> str:
     return f"{settings.BROKER_PUBLIC_URL}{CALLBACK_PATH}"
 
 
+class _IdPSession(OAuth2Session):
+    """Authlib's session for one exchange with the IdP (discovery, the code exchange, the
+    JWKS), through the broker's one outbound HTTP client: the whole exchange ends within
+    BROKER_PROVIDER_TIMEOUT. Authlib closes it when the exchange is over."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        provider_session(self)
+
+
+class _IdPClient(DjangoOAuth2App):
+    client_cls = _IdPSession
+
+
+class _OAuth(OAuth):
+    oauth2_client_cls = _IdPClient
+
+
 @functools.cache
-def _client(
-    issuer: str, client_id: str, client_secret: str, scopes: str, timeout: float
-) -> DjangoOAuth2App:
+def _client(issuer: str, client_id: str, client_secret: str, scopes: str) -> DjangoOAuth2App:
     """One client per configuration, so discovery and the JWKS are fetched once."""
-    client: DjangoOAuth2App = OAuth().register(
+    client: DjangoOAuth2App = _OAuth().register(
         "oidc",
         client_id=client_id,
         client_secret=client_secret,
         server_metadata_url=f"{issuer.rstrip('/')}/.well-known/openid-configuration",
-        client_kwargs={
-            "scope": scopes,
-            "code_challenge_method": "S256",
-            "default_timeout": timeout,
-        },
+        client_kwargs={"scope": scopes, "code_challenge_method": "S256"},
     )
     return client
 
@@ -81,7 +96,6 @@ def client() -> DjangoOAuth2App:
         settings.BROKER_OIDC_CLIENT_ID,
         settings.BROKER_OIDC_CLIENT_SECRET,
         settings.BROKER_OIDC_SCOPES,
-        settings.BROKER_PROVIDER_TIMEOUT,
     )
     try:
         metadata = oidc.load_server_metadata()

@@ -27,6 +27,9 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests import processes  # noqa: E402
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -52,31 +55,14 @@ def prepare_database(url: str | None) -> str:
     return url
 
 
-def start_workers(count: int, log_dir: Path) -> list[subprocess.Popen]:
-    workers = []
-    for n in range(count):
-        log = (log_dir / f"worker-{n}.log").open("wb")
-        workers.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "broker",
-                    "worker",
-                    "--pool=solo",
-                    "--loglevel=WARNING",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                    f"--hostname=bench-{n}-{os.getpid()}@localhost",
-                ],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+def start_workers(count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    workers = [
+        processes.start(
+            processes.celery_worker(f"bench-{n}-{os.getpid()}", loglevel="WARNING"),
+            log_dir / f"worker-{n}.log",
         )
+        for n in range(count)
+    ]
     time.sleep(4)  # imports and connecting; the clock starts at the claim
     for worker in workers:
         if worker.poll() is not None:
@@ -84,14 +70,9 @@ def start_workers(count: int, log_dir: Path) -> list[subprocess.Popen]:
     return workers
 
 
-def stop_workers(workers: list[subprocess.Popen]) -> None:
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
     for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        processes.stop(worker, timeout=30)
 
 
 def main() -> None:

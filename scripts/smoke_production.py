@@ -24,6 +24,7 @@ SMOKE_TIMEOUT seconds. Any failure exits non-zero with the logs' last lines.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -34,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,6 +44,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests import processes  # noqa: E402
 from tests.consent_driver import answer_consent, press_connect, sign_in_to_sandbox  # noqa: E402
 from tests.sandbox_server import (  # noqa: E402
     SandboxServer,
@@ -75,16 +76,10 @@ def step(message: str) -> None:
     print(f"smoke: {message}", flush=True)
 
 
-def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise SmokeFailure(f"timed out after {seconds:.0f}s waiting for {what}")
+# The smoke run's waits: a server not answering yet is "not yet", not a failure.
+wait_until = functools.partial(
+    processes.wait_until, ignoring=(requests.RequestException,), interval=0.5
+)
 
 
 class Run:
@@ -137,14 +132,9 @@ class Run:
         return result.stdout
 
     def start(self, name: str, *args: str) -> None:
-        with self.log(name).open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [str(self.venv / "bin" / args[0]), *args[1:]],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.processes[name] = processes.start(
+            [str(self.venv / "bin" / args[0]), *args[1:]], self.log(name), env=self.env
+        )
         step(f"started {name} (pid {self.processes[name].pid})")
 
     def check_alive(self) -> None:
@@ -156,15 +146,7 @@ class Run:
         if self.sandbox is not None:
             self.sandbox.stop()
         for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for name, process in self.processes.items():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                step(f"{name} (pid {process.pid}) ignored SIGTERM; killing it")
-                process.kill()
-                process.wait()
+            processes.stop(process, timeout=15)
 
     def print_logs(self) -> None:
         logs = [*sorted(self.workdir.glob("*.log"))]
@@ -237,11 +219,19 @@ def start_processes(run: Run) -> None:
         str(run.workdir / "celerybeat-schedule"),
     )
     wait_until(
-        lambda: requests.get(f"{run.url}/readyz", timeout=2).status_code == 200,
+        lambda: processes.answers(f"{run.url}/readyz"),
         60,
         "gunicorn /readyz",
+        process=run.processes["web"],
+        log_file=run.log("web"),
     )
-    wait_until(lambda: b" ready." in run.log("worker").read_bytes(), 60, "the Celery worker")
+    wait_until(
+        lambda: b" ready." in run.log("worker").read_bytes(),
+        60,
+        "the Celery worker",
+        process=run.processes["worker"],
+        log_file=run.log("worker"),
+    )
     run.check_alive()
 
 

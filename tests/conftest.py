@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -235,3 +236,19 @@ def reuse_window_apps(sandbox_with_reuse_window, live_server, transactional_db, 
     call_command("loadproviders", str(sandbox_with_reuse_window.providers_file), verbosity=0)
     yield sandbox_with_reuse_window
     sandbox_with_reuse_window.faults(mode="none")
+
+
+@pytest.fixture
+def celery_retries():
+    """The waits tasks asked Celery for, retry by retry: (task name, seconds). An eager
+    retry runs at once, but the countdown it was given is what a worker would wait."""
+    from celery.signals import task_retry
+
+    waits: list[tuple[str, float]] = []
+
+    def record(sender: Any, request: Any, reason: Any, **kwargs: Any) -> None:
+        waits.append((sender.name, reason.when))
+
+    task_retry.connect(record, weak=False)
+    yield waits
+    task_retry.disconnect(record)

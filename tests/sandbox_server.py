@@ -9,12 +9,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
+
+from tests import processes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MANAGE = PROJECT_ROOT / "sandbox" / "manage.py"
@@ -97,13 +98,7 @@ class SandboxServer:
 
     def stop(self) -> None:
         self.session.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        processes.stop(self.process, timeout=10)
 
 
 def sandbox_env(data_dir: Path, port: int, access_token_seconds: int) -> dict[str, str]:
@@ -134,19 +129,17 @@ def run_manage(args: list[str], env: dict[str, str], log_file: Path) -> None:
 
 
 def wait_until_up(server: SandboxServer) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"sandbox exited early; see {server.log_file}")
-        try:
-            requests.get(f"{server.url}/_sandbox/counters", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(
-        f"sandbox did not answer within {START_TIMEOUT_SECONDS}s; see {server.log_file}"
-    )
+    try:
+        processes.wait_until(
+            lambda: processes.answers(f"{server.url}/_sandbox/counters", timeout=1),
+            START_TIMEOUT_SECONDS,
+            "the sandbox to answer",
+            process=server.process,
+            log_file=server.log_file,
+        )
+    except processes.NotReady:
+        server.stop()
+        raise
 
 
 def start_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int = 2) -> SandboxServer:
@@ -174,20 +167,11 @@ def launch_sandbox(data_dir: Path, broker_url: str, access_token_seconds: int) -
         env,
         log_file,
     )
-    with log_file.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                str(MANAGE),
-                "runserver",
-                f"127.0.0.1:{port}",
-                "--noreload",
-            ],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = processes.start(
+        [sys.executable, str(MANAGE), "runserver", f"127.0.0.1:{port}", "--noreload"],
+        log_file,
+        env=env,
+    )
     return SandboxServer(
         url=f"http://localhost:{port}",
         providers_file=providers_file,

@@ -20,6 +20,7 @@ from joserfc.jwk import KeySet, RSAKey
 
 from accounts.models import ExternalIdentity, User
 from broker.admin.roles import AUDITOR_GROUP
+from tests.local_http import start_trickling_server
 
 pytestmark = pytest.mark.django_db
 CLIENT_ID = "broker-test"
@@ -301,3 +302,36 @@ def test_an_admin_sees_who_a_user_is_at_the_idp(client, idp, keys):
     page = client.get(f"/admin/accounts/user/{User.objects.get().pk}/change/")
     assert page.status_code == 200
     assert "00u-alice" in page.content.decode() and idp.url in page.content.decode()
+
+
+@pytest.mark.parametrize("endpoint", ["discovery", "token", "jwks"])
+def test_an_idp_answering_too_slowly_is_cut_off_at_the_deadline(
+    client, idp, keys, settings, endpoint
+):
+    """Discovery, the code exchange and the JWKS go through the broker's outbound HTTP
+    client: each exchange ends within BROKER_PROVIDER_TIMEOUT however slowly the IdP
+    trickles its answer (one byte per half second: no single read would time out)."""
+    settings.BROKER_PROVIDER_TIMEOUT = 1.5
+    slow = start_trickling_server(0.5)
+    try:
+        if endpoint == "discovery":
+            settings.BROKER_OIDC_ISSUER = slow.url
+        else:
+            document = json.loads(idp.documents["/.well-known/openid-configuration"])
+            document["token_endpoint" if endpoint == "token" else "jwks_uri"] = f"{slow.url}/x"
+            idp.documents["/.well-known/openid-configuration"] = json.dumps(document).encode()
+        started = time.monotonic()
+        if endpoint == "discovery":
+            response = client.get("/accounts/oidc/login")
+        else:
+            response = sign_in(client, idp, keys["k1"])
+        elapsed = time.monotonic() - started
+    finally:
+        slow.stop()
+    # The login view answers 502; the callback answers every refusal with 400.
+    assert response.status_code == (502 if endpoint == "discovery" else 400)
+    assert "could not reach the sign-in service" in response.content.decode()
+    assert "DeadlineExceeded" in response.content.decode()
+    assert 1.4 <= elapsed <= 1.5 + 1.5  # the deadline, and slack for a busy machine
+    assert len(slow.requests) == 1
+    assert not User.objects.exists()

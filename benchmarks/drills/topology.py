@@ -14,12 +14,13 @@ import pwd
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from tests import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -51,16 +52,9 @@ def namespace(host: str) -> str:
 
 
 def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> float:
-    """Polls `condition`; returns the seconds it took, or raises after `seconds`."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        try:
-            if condition():
-                return time.monotonic() - started
-        except Exception:  # noqa: BLE001 - a service still starting answers with anything
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out after {seconds:.0f}s waiting for {what}")
+    """Polls `condition`; returns the seconds it took, or raises after `seconds`. A service
+    still starting answers with anything: any exception counts as "not yet"."""
+    return processes.wait_until(condition, seconds, what, ignoring=(Exception,), interval=0.2)
 
 
 def remove_network() -> None:
@@ -129,19 +123,8 @@ class Process:
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM to the main process only (a graceful stop: gunicorn's master and Celery's
         main process let their children finish what they are doing), then SIGKILL to the
-        group if it takes longer than `timeout`."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.popen.wait(timeout=10)
-        # Children that outlived their parent (a SIGKILLed master's workers).
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        group if it takes longer than `timeout`, and to children that outlived it."""
+        processes.stop(self.popen, timeout, group=True)
 
 
 @dataclass
@@ -159,15 +142,9 @@ class Topology:
         command = ["ip", "netns", "exec", namespace(host), *args] if host else args
         log = self.workdir / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env if env is not None else self.broker_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        popen = processes.start(
+            command, log, env=env if env is not None else self.broker_env, own_session=True
+        )
         process = Process(name, popen, log, offset)
         self.processes[name] = process
         return process

@@ -76,6 +76,32 @@ def admin_event(request: HttpRequest, action: str, **fields: Any) -> None:
     )
 
 
+def confirmation_page(
+    request: HttpRequest,
+    admin_: admin.ModelAdmin,
+    template: str,
+    title: str,
+    form: forms.Form,
+    action: str,
+    **context: Any,
+) -> TemplateResponse:
+    """The page an admin action shows before it acts: its form, posted back to the same
+    action with the selected rows."""
+    return TemplateResponse(
+        request,
+        template,
+        {
+            **admin_.admin_site.each_context(request),
+            "title": title,
+            "opts": admin_.model._meta,
+            "form": form,
+            "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            **context,
+        },
+    )
+
+
 class AuditedAdmin(admin.ModelAdmin):
     """Writes every add, change and delete made in the admin to the audit log as well.
 
@@ -104,6 +130,20 @@ class AuditedAdmin(admin.ModelAdmin):
         for obj in queryset:
             self._audit(request, obj, "deleted", "")
         return super().log_deletions(request, queryset)
+
+
+class RecordAdmin(admin.ModelAdmin):
+    """A record of what happened (audit events, webhook deliveries): viewed, never added,
+    changed or deleted in the admin."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class WriteOnlyTextarea(forms.Textarea):
@@ -426,18 +466,14 @@ class GrantAdmin(AuditedAdmin):
                 )
             self.message_user(request, f"{revoked} grant(s) revoked.", messages.SUCCESS)
             return None
-        return TemplateResponse(
+        return confirmation_page(
             request,
+            self,
             "admin/broker/grant/revoke_confirmation.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": "Revoke grants",
-                "opts": self.model._meta,
-                "grants": queryset.select_related("user", "provider_app"),
-                "form": form,
-                "action": "revoke_selected",
-                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            },
+            "Revoke grants",
+            form,
+            "revoke_selected",
+            grants=queryset.select_related("user", "provider_app"),
         )
 
 
@@ -508,6 +544,19 @@ class GraceForm(forms.Form):
     )
 
 
+def issued_secret(
+    request: HttpRequest,
+    action: str,
+    service: ServiceClient,
+    kind: str,
+    secret: str,
+    **detail: Any,
+) -> tuple[ServiceClient, str, str]:
+    """Audits a secret just issued (never its value); returns it for `secrets_page`."""
+    admin_event(request, action, service=service.client_id, **detail)
+    return service, kind, secret
+
+
 def secrets_page(
     request: HttpRequest, admin_: admin.ModelAdmin, issued: list[tuple[ServiceClient, str, str]]
 ) -> TemplateResponse:
@@ -532,20 +581,6 @@ class ServiceClientAdmin(AuditedAdmin):
     list_filter = ["enabled"]
     search_fields = ["client_id", "name"]
     inlines = [AccessRuleInline, ServiceKeyInline]
-    fields = [
-        "client_id",
-        "name",
-        "enabled",
-        "webhook_url",
-        "subject_audiences",
-        "secret_last4",
-        "secret_created_at",
-        "previous_secret_valid_until",
-        "credentials_generation",
-        "webhook_secret_status",
-        "created_at",
-        "updated_at",
-    ]
     readonly_fields = [
         "secret_last4",
         "secret_created_at",
@@ -555,6 +590,7 @@ class ServiceClientAdmin(AuditedAdmin):
         "created_at",
         "updated_at",
     ]
+    fields = ["client_id", "name", "enabled", "webhook_url", "subject_audiences", *readonly_fields]
     actions = ["rotate_secret", "new_webhook_secret", "disable_services"]
 
     @admin.display(description="webhook secret")
@@ -564,14 +600,10 @@ class ServiceClientAdmin(AuditedAdmin):
     def response_add(
         self, request: HttpRequest, obj: ServiceClient, post_url_continue: str | None = None
     ) -> HttpResponse:
-        issued = [(obj, "client secret", service_secrets.new_secret(obj))]
-        if obj.webhook_url:
+        secret = service_secrets.new_secret(obj)
+        issued = [issued_secret(request, "service.secret_issued", obj, "client secret", secret)]
+        if obj.webhook_url:  # part of the same event
             issued.append((obj, "webhook secret", service_secrets.new_webhook_secret(obj)))
-        admin_event(
-            request,
-            "service.secret_issued",
-            service=obj.client_id,
-        )
         return secrets_page(request, self, issued)
 
     @admin.action(description="Rotate client secret…", permissions=["change"])
@@ -580,31 +612,29 @@ class ServiceClientAdmin(AuditedAdmin):
     ) -> TemplateResponse | None:
         form = GraceForm(request.POST if "apply" in request.POST else None)
         if not form.is_valid():
-            return TemplateResponse(
+            return confirmation_page(
                 request,
+                self,
                 "admin/broker/serviceclient/rotate_confirmation.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "title": "Rotate service secrets",
-                    "opts": self.model._meta,
-                    "services": queryset,
-                    "form": form,
-                    "action": "rotate_secret",
-                    "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-                },
+                "Rotate service secrets",
+                form,
+                "rotate_secret",
+                services=queryset,
             )
         grace = timedelta(hours=form.cleaned_data["grace_hours"])
         issued = []
         with transaction.atomic():
             for service in queryset.select_for_update():
+                secret = service_secrets.rotate_secret(service, grace)
                 issued.append(
-                    (service, "client secret", service_secrets.rotate_secret(service, grace))
-                )
-                admin_event(
-                    request,
-                    "service.secret_rotated",
-                    service=service.client_id,
-                    grace_hours=form.cleaned_data["grace_hours"],
+                    issued_secret(
+                        request,
+                        "service.secret_rotated",
+                        service,
+                        "client secret",
+                        secret,
+                        grace_hours=form.cleaned_data["grace_hours"],
+                    )
                 )
         return secrets_page(request, self, issued)
 
@@ -612,14 +642,16 @@ class ServiceClientAdmin(AuditedAdmin):
     def new_webhook_secret(
         self, request: HttpRequest, queryset: QuerySet[ServiceClient]
     ) -> TemplateResponse:
-        issued = []
-        for service in queryset:
-            issued.append((service, "webhook secret", service_secrets.new_webhook_secret(service)))
-            admin_event(
+        issued = [
+            issued_secret(
                 request,
                 "service.webhook_secret_issued",
-                service=service.client_id,
+                service,
+                "webhook secret",
+                service_secrets.new_webhook_secret(service),
             )
+            for service in queryset
+        ]
         return secrets_page(request, self, issued)
 
     @admin.action(description="Disable selected services", permissions=["change"])
@@ -689,7 +721,7 @@ class OnBehalfOfFilter(admin.SimpleListFilter):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(RecordAdmin):
     """Read-only for everyone, superusers included: the log is append-only."""
 
     list_display = [
@@ -720,15 +752,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     date_hierarchy = "at"
     actions = ["export_csv"]
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.action(description="Export selected events as CSV", permissions=["view"])
     def export_csv(
@@ -845,7 +868,7 @@ class WebhookAttemptInline(admin.TabularInline):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(RecordAdmin):
     list_display = ["created_at", "event", "service", "status", "attempt_count", "last_error"]
     list_filter = ["status", "event", "service"]
     search_fields = ["service__client_id", "grant_id"]
@@ -864,12 +887,3 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
     inlines = [WebhookAttemptInline]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

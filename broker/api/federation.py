@@ -73,7 +73,7 @@ def _load_jwks(config: dict[str, Any]) -> dict[str, Any]:
         return data
     # A total deadline, like every provider call: the key set is fetched while a service
     # waits for its broker token.
-    with provider_session(requests.Session(), seconds=HTTP_TIMEOUT) as session:
+    with provider_session(seconds=HTTP_TIMEOUT) as session:
         response = session.get(config["jwks_uri"])
         response.raise_for_status()
         body: dict[str, Any] = response.json()

@@ -53,7 +53,7 @@ def trusted_issuers() -> list[str]:
 def _fetch_key_set(issuer: str) -> KeySet:
     discovery_url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
     try:
-        with provider_session(requests.Session()) as session:
+        with provider_session() as session:
             metadata = session.get(discovery_url)
             metadata.raise_for_status()
             document = metadata.json()

@@ -1,7 +1,8 @@
 """The one way to write the audit log. Callers pass identifiers, never tokens or secrets.
 
-`record()` inserts at once. `record_soon()` is for hot paths (the internal API): no database
-round trip per event. Each buffered event is kept twice, in two failure domains:
+`record()` inserts at once. `record_soon()`, with the same arguments, is for hot paths (the
+internal API): no database round trip per event. Each buffered event is kept twice, in two
+failure domains:
 - in a Redis list (one round trip, or a command in the caller's pipeline: `queue_push`),
   which `flush_buffer()` (a Celery beat task, every few seconds) moves into AuditEvent in
   bulk, removing events only after their rows are committed; survives the recording
@@ -22,6 +23,7 @@ dead-letter list (DEAD_LETTER_KEY, counted in /metrics) so it never blocks the o
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -29,9 +31,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec
 
 import redis
 from celery import shared_task
@@ -105,19 +107,21 @@ def _clean(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _fields(
+def event_fields(
     action: str,
+    *,
     actor_type: str,
-    actor: str,
-    outcome: str,
-    grant_id: uuid.UUID | str | None,
-    subject_user: str,
-    provider: str,
-    service: str,
-    scopes: Iterable[str],
-    request: HttpRequest | None,
-    detail: dict[str, Any],
+    actor: str = "",
+    outcome: str = Outcome.SUCCESS,
+    grant_id: uuid.UUID | str | None = None,
+    subject_user: str = "",
+    provider: str = "",
+    service: str = "",
+    scopes: Iterable[str] = (),
+    request: HttpRequest | None = None,
+    **detail: Any,
 ) -> dict[str, Any]:
+    """One event's columns: what `record()` and `record_soon()` take."""
     # Callers may pass what a client sent (a claimed client id, a username): keep every
     # value storable, so one odd event cannot block the buffer's bulk insert.
     return {
@@ -137,72 +141,42 @@ def _fields(
     }
 
 
-def record(
-    action: str,
-    *,
-    actor_type: str,
-    actor: str = "",
-    outcome: str = Outcome.SUCCESS,
-    grant_id: uuid.UUID | str | None = None,
-    subject_user: str = "",
-    provider: str = "",
-    service: str = "",
-    scopes: Iterable[str] = (),
-    request: HttpRequest | None = None,
-    **detail: Any,
-) -> AuditEvent:
-    return AuditEvent.objects.create(
-        **_fields(
-            action,
-            actor_type,
-            actor,
-            outcome,
-            grant_id,
-            subject_user,
-            provider,
-            service,
-            scopes,
-            request,
-            detail,
-        )
-    )
+P = ParamSpec("P")
 
 
-def record_soon(
-    action: str,
-    *,
-    actor_type: str,
-    actor: str = "",
-    outcome: str = Outcome.SUCCESS,
-    grant_id: uuid.UUID | str | None = None,
-    subject_user: str = "",
-    provider: str = "",
-    service: str = "",
-    scopes: Iterable[str] = (),
-    request: HttpRequest | None = None,
-    **detail: Any,
-) -> None:
-    """Like `record()`, but buffered in Redis; written to the database by `flush_buffer()`."""
-    fields = _fields(
-        action,
-        actor_type,
-        actor,
-        outcome,
-        grant_id,
-        subject_user,
-        provider,
-        service,
-        scopes,
-        request,
-        detail,
-    )
+def _taking(
+    build: Callable[P, dict[str, Any]],
+) -> Callable[[Callable[[dict[str, Any]], None]], Callable[P, None]]:
+    """A writer of events called with `build`'s arguments (one signature for both writers,
+    checked by mypy); it receives what `build` made of them."""
+
+    def decorate(write: Callable[[dict[str, Any]], None]) -> Callable[P, None]:
+        @functools.wraps(write)
+        def call(*args: P.args, **kwargs: P.kwargs) -> None:
+            write(build(*args, **kwargs))
+
+        return call
+
+    return decorate
+
+
+@_taking(event_fields)
+def record(fields: dict[str, Any]) -> None:
+    """Inserts the event at once, in the caller's transaction."""
+    AuditEvent.objects.create(**fields)
+
+
+@_taking(event_fields)
+def record_soon(fields: dict[str, Any]) -> None:
+    """Buffers the event in Redis (and the process's own copy) for `flush_buffer()`;
+    inserts it at once when Redis cannot take it."""
     raw = json.dumps(fields, cls=DjangoJSONEncoder)
     try:
         pipe = redis_client().pipeline(transaction=False)
         queue_push(pipe, raw)
         (pushed,) = pipe.execute()
     except redis.RedisError:
-        log.warning("audit buffer unavailable; writing %s directly", action)
+        log.warning("audit buffer unavailable; writing %s directly", fields["action"])
         pushed = 0
     pushed_or_written(raw, pushed)
 

@@ -83,7 +83,7 @@ def provider_request(
     headers = {"X-Atlassian-Token": "no-check", "Accept": "application/json"}
     host = urlsplit(url).netloc
     try:
-        with provider_session(requests.Session()) as session:
+        with provider_session() as session:
             response = session.request(
                 method, url, auth=auth, headers=headers, allow_redirects=False
             )

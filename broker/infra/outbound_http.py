@@ -1,7 +1,8 @@
 """The one HTTP client for the broker's outbound requests.
 
-Provider endpoints (token, identity, resources, revocation, OAuth 1.0a) and the identity
-providers' key sets (JWKS): `provider_session`.
+Provider endpoints (token, identity, resources, revocation, OAuth 1.0a), the identity
+providers' key sets (JWKS) and single sign-on's exchanges with the company's IdP
+(discovery, code exchange, JWKS; accounts.oidc_client): `provider_session`.
 Every call made through it ends within BROKER_PROVIDER_TIMEOUT seconds in total: connect,
 TLS, headers, body and redirects together. requests' own timeouts bound each connect and
 each read, not the exchange, so a server trickling one byte a second would keep a call
@@ -28,10 +29,9 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import requests
@@ -306,6 +306,11 @@ class _DeadlineAdapter(HTTPAdapter):
         self.deadline = deadline
         super().__init__(max_retries=0)
 
+    def close(self) -> None:
+        """Closing the session closes its adapters: the call is over, so is its watch."""
+        self.deadline.cancel()
+        super().close()
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
@@ -367,25 +372,36 @@ class _KeptAliveDeadlineAdapter(_DeadlineAdapter):
         self.poolmanager = _kept_alive_pool()
 
     def close(self) -> None:
-        for manager in self.proxy_manager.values():  # the shared pool stays open
+        """The call is over, so is its watch; the shared pool stays open."""
+        self.deadline.cancel()
+        for manager in self.proxy_manager.values():
             manager.clear()
 
 
-@contextmanager
+@overload
+def provider_session(
+    *, seconds: float | None = None, keep_alive: bool = False
+) -> requests.Session: ...
+@overload
 def provider_session(
     session: SessionT, *, seconds: float | None = None, keep_alive: bool = False
-) -> Iterator[SessionT]:
-    """`session` (a plain one, or Authlib's) for one call to a provider: everything sent
-    through it inside the `with` block ends within `seconds` (BROKER_PROVIDER_TIMEOUT by
-    default) from entering it, or raises DeadlineExceeded. The session is closed on leaving;
-    with `keep_alive`, its connections stay in the process's pool for later calls."""
+) -> SessionT: ...
+def provider_session(
+    session: requests.Session | None = None,
+    *,
+    seconds: float | None = None,
+    keep_alive: bool = False,
+) -> requests.Session:
+    """A session (a new plain one, or the one given, e.g. Authlib's) for one exchange with a
+    provider or an identity provider: everything sent through it ends within `seconds`
+    (BROKER_PROVIDER_TIMEOUT by default) from now, or raises DeadlineExceeded, until it is
+    closed. Use it as `with provider_session(...) as session:`, which closes it; libraries
+    that close their sessions themselves (Authlib's OpenID Connect client) can take it as
+    it is. With `keep_alive`, its connections stay in the process's pool for later calls."""
+    session = session if session is not None else requests.Session()
     deadline = Deadline(seconds if seconds is not None else settings.BROKER_PROVIDER_TIMEOUT)
     adapter = (_KeptAliveDeadlineAdapter if keep_alive else _DeadlineAdapter)(deadline)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     deadline.start()
-    try:
-        yield session
-    finally:
-        deadline.cancel()
-        session.close()
+    return session

@@ -24,6 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from broker.infra.outbound_http import DestinationRefused, post
+from broker.infra.retried_task import RetriedTask
 from broker.models import AccessRule, Grant, ServiceClient, WebhookAttempt, WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ EVENTS = (
     "grant.revoked",
     "grant.expiring",
 )
-WEBHOOK_MAX_RETRIES = 6
-WEBHOOK_BACKOFF_SECONDS = (5, 30, 120, 600, 1800, 3600)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -107,8 +106,28 @@ def notify(event: str, grant: Grant, **data: Any) -> None:
         transaction.on_commit(lambda: email_user.delay(grant_pk, event))
 
 
+class ReceiverUnavailable(Exception):
+    """A network error, a timeout, 429 or 5xx: worth another attempt later."""
+
+
+class WebhookTask(RetriedTask):
+    def gave_up(self, exc: Exception, attempts: int, delivery_id: str) -> None:
+        """The last attempt failed too (or the task broke): the delivery failed for good."""
+        delivery = WebhookDelivery.objects.filter(pk=delivery_id).first()
+        if delivery is not None:
+            _finish(delivery, WebhookDelivery.Status.FAILED, str(exc) or type(exc).__name__)
+
+
+# Waits below 5 s, 10 s, 20 s ... doubling up to 1 h, 12 retries: on average 1 h 43 min
+# from the first attempt to the last (at most 3 h 25 min). docs/webhooks.md says so.
 @shared_task(
-    bind=True, name="broker.notifications.deliver_webhook", max_retries=WEBHOOK_MAX_RETRIES
+    bind=True,
+    base=WebhookTask,
+    name="broker.notifications.deliver_webhook",
+    autoretry_for=(ReceiverUnavailable,),
+    retry_backoff=5,
+    retry_backoff_max=3600,
+    max_retries=12,
 )
 def deliver_webhook(self: Any, delivery_id: str) -> str:
     """One attempt at a delivery; 2xx ends it, network errors, 429 and 5xx retry with
@@ -154,12 +173,9 @@ def deliver_webhook(self: Any, delivery_id: str) -> str:
     )
     if not error:
         return _finish(delivery, WebhookDelivery.Status.DELIVERED, "")
-    if retryable and self.request.retries < self.max_retries:
+    if retryable:
         WebhookDelivery.objects.filter(pk=delivery.pk).update(last_error=error[:500])
-        backoff = WEBHOOK_BACKOFF_SECONDS[
-            min(self.request.retries, len(WEBHOOK_BACKOFF_SECONDS) - 1)
-        ]
-        raise self.retry(countdown=backoff)
+        raise ReceiverUnavailable(error)  # retried by Celery; the last one ends in gave_up
     return _finish(delivery, WebhookDelivery.Status.FAILED, error)
 
 

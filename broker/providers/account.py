@@ -43,7 +43,7 @@ def get_json(url: str, access_token: str) -> Any:
 
 def get_json_with(url: str, auth: requests.auth.AuthBase) -> Any:
     try:
-        with provider_session(requests.Session()) as session:
+        with provider_session() as session:
             response = session.get(url, auth=auth, headers={"Accept": "application/json"})
     except requests.RequestException as exc:
         raise AccountLookupError(f"{url}: {type(exc).__name__}", transient=True) from None

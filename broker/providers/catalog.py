@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 # "api_token": no OAuth at all; the user (or an admin) stores an email and an API token
 # that the proxy sends as HTTP Basic auth (Atlassian Cloud's API tokens).
@@ -84,49 +84,54 @@ JIRA_MYSELF_IDENTITY = MappingProxyType(
     }
 )
 
-DC_OAUTH2 = {
-    "api": "{base_url}",
-    "authorize": "{base_url}/rest/oauth2/latest/authorize",
-    "token": "{base_url}/rest/oauth2/latest/token",
+# What the Data Center kinds share, by protocol: endpoints under the app's base_url, and
+# how the protocol behaves there.
+DATA_CENTER: Mapping[Protocol, Mapping[str, Any]] = {
+    "oauth2": {
+        "endpoints": {
+            "api": "{base_url}",
+            "authorize": "{base_url}/rest/oauth2/latest/authorize",
+            "token": "{base_url}/rest/oauth2/latest/token",
+        },
+        "token_encoding": "query",
+        "refresh_sends_redirect_uri": True,
+        "rotating_refresh_tokens": True,
+        "refresh_token_inactivity_days": 90,
+    },
+    "oauth1": {
+        "endpoints": {
+            "api": "{base_url}",
+            "request_token": "{base_url}/plugins/servlet/oauth/request-token",
+            "authorize": "{base_url}/plugins/servlet/oauth/authorize",
+            "access_token": "{base_url}/plugins/servlet/oauth/access-token",
+        },
+        "user_revoke_path": "/plugins/servlet/oauth/users/access-tokens",
+        "signature_methods": ("RSA-SHA1", "HMAC-SHA1"),
+    },
 }
-DC_OAUTH1 = {
-    "api": "{base_url}",
-    "request_token": "{base_url}/plugins/servlet/oauth/request-token",
-    "authorize": "{base_url}/plugins/servlet/oauth/authorize",
-    "access_token": "{base_url}/plugins/servlet/oauth/access-token",
-    "identity": "{base_url}/rest/api/2/myself",
+# Product -> its label and where it says who the user is.
+DATA_CENTER_PRODUCTS = {
+    "jira": ("Jira", "{base_url}/rest/api/2/myself"),
+    "confluence": ("Confluence", "{base_url}/rest/api/user/current"),
 }
+PROTOCOL_LABELS: Mapping[Protocol, str] = {"oauth2": "OAuth 2.0", "oauth1": "OAuth 1.0a"}
 
 DC_WRITE_HEADERS = MappingProxyType({"X-Atlassian-Token": "no-check"})
 
 
-def _data_center_oauth2(name: str, label: str, identity: str) -> ProviderKind:
+def _data_center(product: str, protocol: Protocol) -> ProviderKind:
+    label, identity = DATA_CENTER_PRODUCTS[product]
+    options = dict(DATA_CENTER[protocol])
+    endpoints = options.pop("endpoints")
     return ProviderKind(
-        name=name,
-        label=label,
-        protocol="oauth2",
-        endpoints=MappingProxyType({**DC_OAUTH2, "identity": identity}),
-        requires_base_url=True,
-        token_encoding="query",
-        refresh_sends_redirect_uri=True,
-        rotating_refresh_tokens=True,
-        refresh_token_inactivity_days=90,
-        identity_fields=JIRA_MYSELF_IDENTITY,
-        proxy_write_headers=DC_WRITE_HEADERS,
-    )
-
-
-def _data_center_oauth1(name: str, label: str, identity: str) -> ProviderKind:
-    return ProviderKind(
-        name=name,
-        label=label,
-        protocol="oauth1",
-        endpoints=MappingProxyType({**DC_OAUTH1, "identity": identity}),
+        name=f"{product}-dc-{protocol}",
+        label=f"{label} Data Center ({PROTOCOL_LABELS[protocol]})",
+        protocol=protocol,
+        endpoints=MappingProxyType({**endpoints, "identity": identity}),
         requires_base_url=True,
         identity_fields=JIRA_MYSELF_IDENTITY,
-        user_revoke_path="/plugins/servlet/oauth/users/access-tokens",
-        signature_methods=("RSA-SHA1", "HMAC-SHA1"),
         proxy_write_headers=DC_WRITE_HEADERS,
+        **options,
     )
 
 
@@ -162,21 +167,10 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 ),
                 user_revoke_path="https://id.atlassian.com/manage-profile/apps",
             ),
-            _data_center_oauth2(
-                "jira-dc-oauth2", "Jira Data Center (OAuth 2.0)", "{base_url}/rest/api/2/myself"
-            ),
-            _data_center_oauth2(
-                "confluence-dc-oauth2",
-                "Confluence Data Center (OAuth 2.0)",
-                "{base_url}/rest/api/user/current",
-            ),
-            _data_center_oauth1(
-                "jira-dc-oauth1", "Jira Data Center (OAuth 1.0a)", "{base_url}/rest/api/2/myself"
-            ),
-            _data_center_oauth1(
-                "confluence-dc-oauth1",
-                "Confluence Data Center (OAuth 1.0a)",
-                "{base_url}/rest/api/user/current",
+            *(
+                _data_center(product, protocol)
+                for protocol in PROTOCOL_LABELS
+                for product in DATA_CENTER_PRODUCTS
             ),
             ProviderKind(
                 # Atlassian Cloud API tokens: Basic auth with the account's email and a

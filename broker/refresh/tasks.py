@@ -13,7 +13,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from broker.refresh.engine import Result, backoff_seconds, claim_due_grants, refresh_grant_now
+from broker.infra.retried_task import RetriedTask
+from broker.refresh.engine import Result, claim_due_grants, refresh_grant_now
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +41,35 @@ def enqueue_due_refreshes() -> int:
     return claimed
 
 
+class RefreshTask(RetriedTask):
+    def gave_up(self, exc: Exception, attempts: int, grant_id: str) -> None:
+        # The grant keeps its claim until the claim times out; then the beat takes it again.
+        log.warning(
+            "refresh of grant %s gave up after %d attempts (%r); the beat takes it again",
+            grant_id,
+            attempts,
+            exc,
+        )
+
+
+# Database or Redis errors: nothing was sent upstream, or its answer waits in the Redis
+# rescue, so another attempt is safe; Celery retries them with backoff and jitter.
 @shared_task(
     name="broker.tasks.refresh_grant",
     bind=True,
+    base=RefreshTask,
     acks_late=True,
     ignore_result=True,
+    autoretry_for=(DatabaseError, RedisError),
+    retry_backoff=int(settings.BROKER_REFRESH_BACKOFF_BASE),
+    retry_backoff_max=int(settings.BROKER_REFRESH_BACKOFF_MAX),
     max_retries=settings.BROKER_REFRESH_TASK_MAX_RETRIES,
 )
 def refresh_grant(self: Task, grant_id: str) -> str:
-    """Refreshes one claimed grant; retries itself with backoff on transient failures."""
+    """Refreshes one claimed grant; retries itself on transient failures, after the wait
+    the engine asks for (its backoff, at least the provider's Retry-After)."""
     retries_left = max(0, (self.max_retries or 0) - self.request.retries)
-    try:
-        outcome = refresh_grant_now(grant_id, retries_left=retries_left)
-    except (DatabaseError, RedisError) as exc:
-        # Nothing was sent upstream, or its answer waits in the Redis rescue. Without
-        # retries left, the claim times out and the beat takes the grant again.
-        raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries + 1)) from exc
+    outcome = refresh_grant_now(grant_id, retries_left=retries_left)
     if outcome.task_retry_in is not None:
         raise self.retry(countdown=outcome.task_retry_in)
     if outcome.result not in (Result.REFRESHED, Result.NOT_NEEDED, Result.GONE):

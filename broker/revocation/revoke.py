@@ -23,13 +23,11 @@ from broker.audit import trail
 from broker.crypto.key_ring import DecryptionError
 from broker.crypto.sealed_fields import keyring
 from broker.infra.outbound_http import provider_session
+from broker.infra.retried_task import RetriedTask
 from broker.models import Grant, ProviderApp
 from broker.notify.dispatch import notify
 
 logger = logging.getLogger(__name__)
-
-UPSTREAM_MAX_RETRIES = 5
-UPSTREAM_BACKOFF_SECONDS = (10, 30, 90, 270, 810)
 
 
 def upstream_associated_data(grant_id: uuid.UUID | str) -> str:
@@ -150,9 +148,31 @@ def call_revocation_endpoint(app: ProviderApp, token: str, token_type_hint: str)
         raise ValueError(f"HTTP {response.status_code}")
 
 
-@shared_task(bind=True, name="broker.revocation.revoke_upstream", max_retries=UPSTREAM_MAX_RETRIES)
+class RevocationTask(RetriedTask):
+    def gave_up(
+        self, exc: Exception, attempts: int, grant_id: str, sealed_token: str, hint: str
+    ) -> None:
+        """The provider stayed unreachable (or the task broke): admins see it in the audit
+        log and on the grant's page; the local revocation stands."""
+        grant = Grant.objects.select_related("provider_app", "user").filter(pk=grant_id).first()
+        if grant is not None:
+            _record_upstream_failure(grant, f"gave up after {attempts} attempts: {exc}")
+
+
+# Waits below 10 s, 20 s, 40 s ... doubling up to 20 min, 8 retries: on average 20 minutes
+# from the first attempt to the last (at most 41 min).
+@shared_task(
+    bind=True,
+    base=RevocationTask,
+    name="broker.revocation.revoke_upstream",
+    autoretry_for=(UpstreamRetryable,),
+    retry_backoff=10,
+    retry_backoff_max=1200,
+    max_retries=8,
+)
 def revoke_upstream(self: Any, grant_id: str, sealed_token: str, token_type_hint: str) -> str:
-    """Calls the provider's revocation endpoint for a grant already revoked locally."""
+    """Calls the provider's revocation endpoint for a grant already revoked locally.
+    UpstreamRetryable is retried by Celery; a refusal is recorded at once."""
     grant = Grant.objects.select_related("provider_app", "user").filter(pk=grant_id).first()
     if grant is None:
         return "gone"
@@ -160,14 +180,6 @@ def revoke_upstream(self: Any, grant_id: str, sealed_token: str, token_type_hint
     try:
         token = keyring().decrypt(sealed_token, upstream_associated_data(grant.pk))
         call_revocation_endpoint(app, token, token_type_hint)
-    except UpstreamRetryable as exc:
-        if self.request.retries < self.max_retries:
-            delay = UPSTREAM_BACKOFF_SECONDS[
-                min(self.request.retries, len(UPSTREAM_BACKOFF_SECONDS) - 1)
-            ]
-            raise self.retry(countdown=delay) from None
-        _record_upstream_failure(grant, f"gave up after {self.request.retries + 1} attempts: {exc}")
-        return "failed"
     except (ValueError, DecryptionError) as exc:
         _record_upstream_failure(grant, str(exc))
         return "failed"

@@ -93,6 +93,33 @@ def test_a_receiver_error_is_retried_until_it_succeeds(owner, local_server, eage
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_receiver_that_keeps_failing_is_retried_with_backoff_then_marked_failed(
+    owner, local_server, eager_celery, celery_retries
+):
+    attempts = dispatch.deliver_webhook.max_retries + 1
+    local_server.statuses = [429, *[503] * attempts]
+    app = make_app()
+    make_service("reports", webhook_url=f"{local_server.url}/hook", webhook_secret=SECRET, app=app)
+    revoke_grant(save_grant(owner, app).pk, actor_type="admin", actor="root", reason="x")
+
+    assert len(local_server.requests) == attempts
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempt_count) == ("failed", attempts)
+    assert delivery.last_error == "HTTP 503"  # recorded once Celery gave up
+    waits = [wait for name, wait in celery_retries if name == dispatch.deliver_webhook.name]
+    assert len(waits) == dispatch.deliver_webhook.max_retries
+    # Each wait is drawn below the first one doubled n times (Celery's full jitter), capped.
+    for n, wait in enumerate(waits):
+        ceiling = min(
+            dispatch.deliver_webhook.retry_backoff_max,
+            dispatch.deliver_webhook.retry_backoff * 2**n,
+        )
+        assert 0 <= wait <= ceiling
+    # The late ones are far longer than the first could be (odds of failing: below 1e-9).
+    assert max(waits[-4:]) > dispatch.deliver_webhook.retry_backoff * 2
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_4xx_is_not_retried(owner, local_server, eager_celery):
     local_server.statuses = [410]
     app = make_app()

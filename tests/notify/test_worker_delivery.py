@@ -9,8 +9,9 @@ import pytest
 
 from broker.models import AuditEvent, WebhookDelivery
 from broker.revocation.revoke import revoke_grant
-from tests.celery_worker import start_worker, stop_worker, wait_for
+from tests.celery_worker import start_worker, stop_worker
 from tests.factories import make_app, make_service, save_grant
+from tests.processes import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,15 +34,15 @@ def test_a_worker_revokes_upstream_and_delivers_the_webhook(owner, local_server,
 
     assert revoke_grant(grant.pk, actor_type="admin", actor="root", reason="worker test")
 
-    wait_for(
+    wait_until(
         lambda: {r.path for r in local_server.requests} == {"/oauth/revoke", "/hook"},
         40,
         "the upstream revocation and the webhook",
     )
-    wait_for(
+    wait_until(
         lambda: WebhookDelivery.objects.filter(status="delivered").exists(), 40, "the delivery"
     )
-    wait_for(
+    wait_until(
         lambda: AuditEvent.objects.filter(action="grant.upstream_revoked").exists(),
         40,
         "the audit event",

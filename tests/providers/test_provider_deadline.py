@@ -101,7 +101,7 @@ def test_a_trickled_answer_is_cut_off_at_the_deadline(trickling, tmp_path, phase
         url, verify = url.replace("http://", "https://"), cert_file
 
     def call() -> None:
-        with provider_session(requests.Session(), seconds=DEADLINE) as session:
+        with provider_session(seconds=DEADLINE) as session:
             session.post(url, data={"grant_type": "refresh_token"}, verify=verify)
 
     elapsed, error = timed(call, DeadlineExceeded)
@@ -113,7 +113,7 @@ def test_a_trickled_answer_is_cut_off_at_the_deadline(trickling, tmp_path, phase
 def test_an_answer_within_the_deadline_is_read_whole():
     server = start_trickling_server(0.001, phase="body")
     try:
-        with provider_session(requests.Session(), seconds=DEADLINE) as session:
+        with provider_session(seconds=DEADLINE) as session:
             response = session.get(f"{server.url}/me")
     finally:
         server.stop()

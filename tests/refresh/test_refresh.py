@@ -27,6 +27,7 @@ from broker.refresh.engine import (
     ensure_fresh,
     refresh_grant_now,
 )
+from broker.refresh.tasks import refresh_grant
 from tests.sandbox_grants import (
     connect_grant,
     identity_works,
@@ -229,6 +230,19 @@ def test_a_429_honours_retry_after(sandbox, grant):
     assert failed.next_refresh_at >= started + timedelta(seconds=30)
     assert failed.last_error.startswith("http_429")
     assert failed.status == Grant.Status.ACTIVE
+
+
+def test_the_task_retries_after_the_providers_retry_after(
+    sandbox, grant, eager_celery, celery_retries
+):
+    claim(grant)
+    sandbox.faults(mode="ratelimit", retry_after=7, times=1)
+    refresh_grant.apply(args=[str(grant.pk)])
+    waits = [wait for name, wait in celery_retries if name == refresh_grant.name]
+    assert len(waits) == 1 and waits[0] >= 7  # the 429's Retry-After, not a shorter backoff
+    refreshed = stored(grant)  # the retry (run at once here) refreshed it
+    assert refreshed.unseal("access_token") != grant.unseal("access_token")
+    assert refreshed.failure_count == 0 and refreshed.status == Grant.Status.ACTIVE
 
 
 def test_force_refresh_with_the_provider_failing_is_provider_unavailable(sandbox, grant):

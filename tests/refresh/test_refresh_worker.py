@@ -15,7 +15,8 @@ from broker.models import Grant
 from broker.refresh import engine, tasks
 from broker.refresh.engine import ensure_fresh
 from tests import celery_worker
-from tests.celery_worker import stop_worker, wait_for
+from tests.celery_worker import stop_worker
+from tests.processes import wait_until
 from tests.sandbox_grants import (
     connect_grant,
     identity_works,
@@ -32,7 +33,7 @@ def start_worker(log_file: Path, **env: str) -> subprocess.Popen:
 
 
 def wait_until_due(grant: Grant) -> None:
-    wait_for(
+    wait_until(
         lambda: Grant.objects.get(pk=grant.pk).next_refresh_at <= timezone.now(), 30, "due grant"
     )
 
@@ -48,7 +49,7 @@ def test_a_worker_refreshes_the_grants_the_beat_claimed(sandbox, sandbox_apps, o
         wait_until_due(grant)
         before = refresh_count(sandbox)
         assert tasks.enqueue_due_refreshes() == 1
-        wait_for(lambda: version_of(grant) == grant.token_version + 1, 30, "the refresh")
+        wait_until(lambda: version_of(grant) == grant.token_version + 1, 30, "the refresh")
         # Checked at once: the sandbox's tokens live 2 s, less than a loaded worker's stop.
         refreshed = Grant.objects.get(pk=grant.pk)
         assert identity_works(sandbox, refreshed.unseal("access_token"))
@@ -75,7 +76,7 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
         sandbox.faults(mode="slow", delay=4, times=1)
         assert tasks.enqueue_due_refreshes() == 1
         # The worker holds the lock and its request is at the provider: kill it there.
-        wait_for(lambda: refresh_count(sandbox) == before + 1, 30, "the upstream call")
+        wait_until(lambda: refresh_count(sandbox) == before + 1, 30, "the upstream call")
         assert engine.redis_client().exists(lock_key)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
@@ -88,11 +89,11 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
 
     # The lock expires, the claim times out, the beat claims the grant again and another
     # worker refreshes it (the provider's reuse window covers the lost response).
-    wait_for(lambda: not engine.redis_client().exists(lock_key), 15, "the lock to expire")
+    wait_until(lambda: not engine.redis_client().exists(lock_key), 15, "the lock to expire")
     second = start_worker(tmp_path / "second.log", **worker_env)
     try:
-        wait_for(lambda: tasks.enqueue_due_refreshes() == 1, 30, "the claim to time out")
-        wait_for(lambda: version_of(grant) == grant.token_version + 1, 30, "the refresh")
+        wait_until(lambda: tasks.enqueue_due_refreshes() == 1, 30, "the claim to time out")
+        wait_until(lambda: version_of(grant) == grant.token_version + 1, 30, "the refresh")
     finally:
         stop_worker(second)
     recovered = Grant.objects.get(pk=grant.pk)

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from broker.models import AuditEvent, Grant
-from broker.revocation.revoke import revoke_grant
+from broker.revocation.revoke import revoke_grant, revoke_upstream
 from tests.factories import make_app, save_grant
 
 
@@ -87,11 +87,31 @@ def test_upstream_refusal_is_recorded_and_the_grant_stays_revoked(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_unreachable_provider_gives_up_after_bounded_retries(owner, eager_celery):
+def test_a_4xx_after_a_5xx_ends_the_retries(owner, local_server, eager_celery):
+    local_server.statuses = [503, 401, 503]
+    grant = save_grant(owner, make_app(revoke_url=f"{local_server.url}/revoke"))
+    assert revoke_grant(grant.pk, actor_type="admin", actor="a", reason="x")
+    assert len(local_server.requests) == 2
+    failure = AuditEvent.objects.get(action="grant.upstream_revoke_failed")
+    assert failure.detail["error"] == "HTTP 401"
+    assert not AuditEvent.objects.filter(action="grant.upstream_revoked").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unreachable_provider_gives_up_after_bounded_retries(owner, eager_celery, celery_retries):
     grant = save_grant(owner, make_app(revoke_url="http://127.0.0.1:9/revoke"))
     assert revoke_grant(grant.pk, actor_type="admin", actor="a", reason="x")
+    waits = [wait for name, wait in celery_retries if name == revoke_upstream.name]
+    assert len(waits) == revoke_upstream.max_retries
+    for n, wait in enumerate(waits):  # Celery's backoff with full jitter, capped
+        assert (
+            0
+            <= wait
+            <= min(revoke_upstream.retry_backoff_max, revoke_upstream.retry_backoff * 2**n)
+        )
     failure = AuditEvent.objects.get(action="grant.upstream_revoke_failed")
-    assert failure.detail["error"].startswith("gave up after 6 attempts")
+    attempts = revoke_upstream.max_retries + 1
+    assert failure.detail["error"].startswith(f"gave up after {attempts} attempts: ")
     assert_wiped(grant)
 
 
