@@ -566,9 +566,7 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
     resources = ExitStack()
     try:
         session = resources.enter_context(
-            provider_session(
-                requests.Session(), seconds=settings.BROKER_PROXY_TIMEOUT, keep_alive=True
-            )
+            provider_session(seconds=settings.BROKER_PROXY_TIMEOUT, keep_alive=True)
         )
         send = partial(
             _send, session, method=method, url=url, headers=headers, body=body, where=where
