@@ -13,7 +13,12 @@ wsgi_app = "broker.wsgi"
 worker_class = "gthread"
 # Processes: one per core (each runs `threads` requests at once).
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# Threads: every caller waiting on a refresh in flight holds one (and no database
+# connection), so workers x threads bounds how many callers of one refresh share it; 128 per
+# process keep 200 concurrent force_refresh callers on one upstream call with 2 processes
+# (benchmarks/refresh_waiters.py; 16 gave 9 upstream calls and 19 s answers). Idle threads
+# cost neither CPU nor database connections (benchmarks/api.py measures fetches with them).
+threads = int(os.environ.get("GUNICORN_THREADS", "128"))
 # Longest request: waiting 2 x 10 s for another refresh, then a refresh of its own.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30

@@ -16,7 +16,14 @@ from urllib.parse import unquote_plus
 
 from django.http import HttpRequest
 
-from broker.api import client_assertions, federation, ratelimit, service_secrets, tokens
+from broker.api import (
+    client_assertions,
+    federation,
+    grant_lookup,
+    ratelimit,
+    service_secrets,
+    tokens,
+)
 from broker.api.errors import ApiError
 from broker.api.schema import matchable
 from broker.audit import trail
@@ -63,7 +70,7 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
     """Checks the broker token, the service's credentials generation and its rate limit.
 
     One Redis round trip: the cached generation and the rate-limit counter are read and
-    bumped in the same pipeline.
+    bumped in the same pipeline, with the serving versions (broker.api.grant_lookup).
     """
     scheme, _, value = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
@@ -80,7 +87,10 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
     pipe = redis_client().pipeline(transaction=False)
     pipe.get(tokens.generation_key(token.service_id))
     ratelimit.queue_count(pipe, token.client_id)
-    cached, count, _ = pipe.execute()
+    # The serving versions of the caches this request may use ride in the same round trip.
+    prefetched = grant_lookup.queue_prefetch(request, pipe)
+    cached, count, _, *serving = pipe.execute()
+    prefetched(serving)
     if not tokens.is_current(token, cached):
         raise _token_failure(request, "service disabled or credentials retired", token.client_id)
     if ratelimit.exceeded(count):

@@ -1,22 +1,30 @@
-"""The access-token hot path's one database query: a grant with its app and user, by id.
+"""The access-token hot path's grant: from this process's cache when Redis says it is
+current, from the database otherwise.
 
-Building this SELECT through the ORM costs about three times its round trip to the
-database, so the ORM compiles it once per process and database alias; each call only binds
-the id, runs it, and lets the same compiler convert the row (the backend's own converters:
-UUIDs, datetimes, JSON) before the model instances are made with `Model.from_db`.
+A valid-token fetch makes no database query: the grant row (with its app and user) is
+kept per process, stamped with the serving versions (broker.infra.serving_versions) it was
+loaded under. The versions ride in the broker-token check's Redis pipeline
+(`queue_prefetch`, called by broker.api.auth), so the cache costs no extra round trip
+(whether the stored token is in doubt, broker.refresh.engine.stored_token_in_doubt, is
+checked by the view after it). Revocation, refresh, consent,
+user, group, app, rule and service changes move the versions before and after they
+commit, so no request whose versions were read after such a commit is served the old row.
+Without Redis the request is refused (503) before it gets here.
 """
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
-from functools import lru_cache
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from django.db import connections, router
-from django.db.models.sql.compiler import SQLCompiler
+from django.http import HttpRequest
+from redis.client import Pipeline
 
-from accounts.models import User
-from broker.models import Grant, ProviderApp
+from broker.infra import serving_versions
+from broker.models import Grant
 
 # Only what an access-token answer needs; anything else loads on first access (deferred).
 COLUMNS = (
@@ -45,41 +53,100 @@ COLUMNS = (
     "user__is_active",
 )
 
-
-@lru_cache(maxsize=4)
-def _compiled(alias: str) -> tuple[SQLCompiler, str]:
-    query = (
-        Grant.objects.using(alias)
-        .select_related("provider_app", "user")
-        .only(*COLUMNS)
-        .filter(pk=uuid.UUID(int=0))
-        .order_by()[:1]
-    ).query
-    compiler = query.get_compiler(using=alias)
-    sql, params = compiler.as_sql()
-    assert len(params) == 1, "the grant id must be the query's only parameter"
-    return compiler, sql
+# Bounded: the grants one process serves; beyond this the cache starts over.
+MAX_ENTRIES = 10_000
 
 
-def grant_by_id(grant_id: uuid.UUID | str) -> Grant | None:
-    """The grant (with `provider_app` and `user` loaded), or None."""
-    alias = router.db_for_read(Grant)
-    compiler, sql = _compiled(alias)
-    connection = connections[alias]
-    pk = Grant._meta.pk
-    assert pk is not None
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [pk.get_db_prep_value(uuid.UUID(str(grant_id)), connection)])
-        raw = cursor.fetchone()
-    if raw is None:
+@dataclass(frozen=True)
+class Prefetched:
+    """What the broker-token check's Redis round trip read for this request."""
+
+    grant_id: uuid.UUID | None
+    # Serving stamp of the RULES scope, and of (RULES, the grant); None: no cache now.
+    rules_stamp: serving_versions.Stamp | None
+    grant_stamp: serving_versions.Stamp | None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    grant: Grant
+    stamp: serving_versions.Stamp
+    loaded_at: float
+
+
+_grants: dict[uuid.UUID, _Entry] = {}
+
+
+def _grant_id_in_body(request: HttpRequest) -> uuid.UUID | None:
+    """The `grant` a JSON body names, if any (the view validates the body itself)."""
+    if request.method != "POST" or request.content_type != "application/json":
         return None
-    row = next(iter(compiler.results_iter(results=[[raw]])))
-    columns: dict[type, tuple[list[str], list[Any]]] = {}
-    for (column, _sql, _alias), value in zip(compiler.select, row, strict=True):
-        names, values = columns.setdefault(column.target.model, ([], []))
-        names.append(column.target.attname)
-        values.append(value)
-    grant = Grant.from_db(alias, *columns[Grant])
-    grant.provider_app = ProviderApp.from_db(alias, *columns[ProviderApp])
-    grant.user = User.from_db(alias, *columns[User])
+    try:
+        body = json.loads(request.body)
+        return uuid.UUID(body["grant"]) if isinstance(body.get("grant"), str) else None
+    except Exception:  # anything odd: no prefetch; the view answers it
+        return None
+
+
+def queue_prefetch(request: HttpRequest, pipe: Pipeline) -> Callable[[Sequence[object]], None]:
+    """Adds the serving versions this request needs to `pipe`;
+    returns what to call with their results, which sets `request.serving`."""
+    grant_id = _grant_id_in_body(request)
+    scopes = [serving_versions.RULES]
+    if grant_id is not None:
+        scopes.append(serving_versions.grant_scope(grant_id))
+    serving_versions.queue_read(pipe, scopes)
+
+    def finish(results: Sequence[object]) -> None:
+        [read] = results
+        assert isinstance(read, list)
+        versions = read[: 2 * len(scopes)]
+        rules_stamp = serving_versions.stamp_of(scopes[:1], versions[:2])
+        grant_stamp = None
+        if grant_id is not None:
+            grant_stamp = serving_versions.stamp_of(scopes, versions)
+        request.serving = Prefetched(grant_id, rules_stamp, grant_stamp)  # type: ignore[attr-defined]
+
+    return finish
+
+
+def prefetched(request: HttpRequest) -> Prefetched | None:
+    return getattr(request, "serving", None)
+
+
+def _load(grant_id: uuid.UUID) -> Grant | None:
+    return (
+        Grant.objects.select_related("provider_app", "user")
+        .only(*COLUMNS)
+        .filter(pk=grant_id)
+        .first()
+    )
+
+
+def grant_by_id(grant_id: uuid.UUID | str, request: HttpRequest | None = None) -> Grant | None:
+    """The grant (with `provider_app` and `user` loaded), or None. Shared between the
+    requests of this process when it comes from the cache: read it, never change it."""
+    pk = uuid.UUID(str(grant_id))
+    serving = prefetched(request) if request is not None else None
+    stamp = serving.grant_stamp if serving is not None and serving.grant_id == pk else None
+    if stamp is None:
+        return _load(pk)
+    entry = _grants.get(pk)
+    now = time.monotonic()
+    if (
+        entry is not None
+        and entry.stamp == stamp
+        and now - entry.loaded_at < serving_versions.MAX_AGE_SECONDS
+    ):
+        return entry.grant
+    grant = _load(pk)
+    if grant is not None:
+        if len(_grants) >= MAX_ENTRIES:
+            _grants.clear()
+        _grants[pk] = _Entry(grant, stamp, now)
     return grant
+
+
+def forget_cached_grants() -> None:
+    """Drops this process's grant cache (tests)."""
+    _grants.clear()

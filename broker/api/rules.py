@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from accounts.models import User
+from broker.infra.serving_versions import MAX_AGE_SECONDS, Stamp
 from broker.models import AccessRule, Grant, ProviderApp
 from broker.providers import proxy_paths
 
@@ -46,60 +47,51 @@ class Permission:
         )
 
 
-@dataclass(frozen=True)
-class _Rule:
-    scopes: tuple[str, ...]
-    users_group_id: int | None
-    can_sign: bool
-    can_create_connect_links: bool
-    on_behalf_of: bool
-    proxy_methods: tuple[str, ...] = ()
-    proxy_paths: tuple[str, ...] = ()
-    proxy_only: bool = False
+# Rules change rarely and are read on every token request: each process keeps, per
+# (service, app, user), the rule rows and the permission they give, stamped with the RULES
+# serving version (broker.infra.serving_versions) read in the request's broker-token
+# check. Any change of a rule, user, group membership, app or service moves that version,
+# so the next request of every process reloads. Without a stamp (Redis unsure, a writer in
+# flight) the database is asked every time.
+MAX_ENTRIES = 10_000
+_cache: dict[tuple[uuid.UUID, uuid.UUID, int], tuple[Stamp, float, Permission | None]] = {}
 
 
-# Rules change rarely and are read on every token request: each process keeps a service's
-# rules for one app for RULE_CACHE_SECONDS, so a changed or removed rule takes effect within
-# that time on every process (the hot path then makes a single database query).
-RULE_CACHE_SECONDS = 2.0
-_rule_cache: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, list[_Rule]]] = {}
-
-
-def _rules(service_id: uuid.UUID, app_id: uuid.UUID) -> list[_Rule]:
-    key = (service_id, app_id)
-    cached = _rule_cache.get(key)
-    now = time.monotonic()
-    if cached and cached[0] > now:
-        return cached[1]
-    rules = [
-        _Rule(
-            tuple(r.scopes or ()),
-            r.users_group_id,
-            r.can_sign,
-            r.can_create_connect_links,
-            r.on_behalf_of,
-            tuple(r.proxy_methods or ()),
-            tuple(r.proxy_paths or ()),
-            r.proxy_only,
-        )
-        for r in AccessRule.objects.filter(service_id=service_id, provider_app_id=app_id)
-    ]
-    if len(_rule_cache) > 10_000:  # bounded: many services x apps
-        _rule_cache.clear()
-    _rule_cache[key] = (now + RULE_CACHE_SECONDS, rules)
-    return rules
+def rule_rows(service_id: uuid.UUID, app_id: uuid.UUID) -> list[AccessRule]:
+    """The service's rules for the app: whole rows."""
+    return list(AccessRule.objects.filter(service_id=service_id, provider_app_id=app_id))
 
 
 def forget_cached_rules() -> None:
-    """Drops this process's rule cache (tests; after bulk rule edits in a shell)."""
-    _rule_cache.clear()
+    """Drops this process's rule cache (tests)."""
+    _cache.clear()
 
 
-def permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permission | None:
-    """What `service_id` may do with `user`'s grants of `app`; None when nothing."""
+def permission(
+    service_id: uuid.UUID, app: ProviderApp, user: User, stamp: Stamp | None = None
+) -> Permission | None:
+    """What `service_id` may do with `user`'s grants of `app`; None when nothing.
+
+    `stamp`: the RULES serving stamp read in this request (`Prefetched.rules_stamp`);
+    with it the answer may come from this process's cache."""
+    if stamp is None:
+        return _permission(service_id, app, user)
+    key = (service_id, app.pk, user.pk)
+    now = time.monotonic()
+    cached = _cache.get(key)
+    if cached is not None and cached[0] == stamp and now - cached[1] < MAX_AGE_SECONDS:
+        return cached[2]
+    answer = _permission(service_id, app, user)
+    if len(_cache) >= MAX_ENTRIES:
+        _cache.clear()
+    _cache[key] = (stamp, now, answer)
+    return answer
+
+
+def _permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permission | None:
     if not app.enabled or not user.is_active:
         return None
-    rules = _rules(service_id, app.pk)
+    rules = rule_rows(service_id, app.pk)
     group_ids = {r.users_group_id for r in rules if r.users_group_id is not None}
     member_of: set[int] = set()
     if group_ids:
@@ -116,7 +108,9 @@ def permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permissio
         can_create_connect_links=any(r.can_create_connect_links for r in matching),
         on_behalf_of_only=all(r.on_behalf_of for r in matching),
         proxy_only=all(r.proxy_only for r in matching),
-        proxy_rules=tuple((r.proxy_methods, r.proxy_paths) for r in matching),
+        proxy_rules=tuple(
+            (tuple(r.proxy_methods or ()), tuple(r.proxy_paths or ())) for r in matching
+        ),
     )
 
 

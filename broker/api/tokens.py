@@ -24,6 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import F
 
+from broker.infra import serving_versions
 from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.models import ServiceClient
 
@@ -143,8 +144,9 @@ def forget_generation(service_id: uuid.UUID | str) -> None:
 
 def disable_service(service: ServiceClient) -> None:
     """Disables the service and kills its broker tokens within the same moment."""
-    ServiceClient.objects.filter(pk=service.pk).update(
-        enabled=False, credentials_generation=F("credentials_generation") + 1
-    )
+    with serving_versions.writing(serving_versions.RULES):
+        ServiceClient.objects.filter(pk=service.pk).update(
+            enabled=False, credentials_generation=F("credentials_generation") + 1
+        )
     service.refresh_from_db(fields=["enabled", "credentials_generation"])
     forget_generation(service.pk)

@@ -7,6 +7,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
+import redis
 from django.conf import settings
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from django.db.models import Case, IntegerField, Value, When
@@ -310,7 +311,7 @@ def _find_grant(request: ServiceRequest, body: GrantNamed) -> tuple[Grant, rules
     if "grant" in body:
         if "user" in body or "provider" in body:
             raise invalid_request("give either 'grant', or 'user' and 'provider'")
-        grant = grant_lookup.grant_by_id(body["grant"])
+        grant = grant_lookup.grant_by_id(body["grant"], request)
         wanted: dict[str, Any] = {"grant_id": body["grant"]}
     elif "user" in body and "provider" in body and not matchable(body["user"], body["provider"]):
         grant = None
@@ -327,7 +328,13 @@ def _find_grant(request: ServiceRequest, body: GrantNamed) -> tuple[Grant, rules
         "subject_user": grant.user.username,
         "provider": grant.provider_app.slug,
     }
-    permission = rules.permission(request.broker_token.service_id, grant.provider_app, grant.user)
+    serving = grant_lookup.prefetched(request)
+    permission = rules.permission(
+        request.broker_token.service_id,
+        grant.provider_app,
+        grant.user,
+        serving.rules_stamp if serving is not None else None,
+    )
     if permission is None:
         raise not_visible(**concerning)
     return grant, permission
@@ -438,7 +445,8 @@ def capped_min_ttl(requested: int, grant: Grant) -> int:
 
 
 def _note_use(grant: Grant, service_id: Any) -> None:
-    """last_used_at/by, written only when it says something new (cheap on the hot path)."""
+    """last_used_at/by, written only when it says something new (cheap on the hot path).
+    The grant may be the cached copy of grant_lookup: it then remembers the write too."""
     now = timezone.now()
     if (
         grant.last_used_by_id == service_id
@@ -447,6 +455,7 @@ def _note_use(grant: Grant, service_id: Any) -> None:
     ):
         return
     Grant.objects.filter(pk=grant.pk).update(last_used_at=now, last_used_by_id=service_id)
+    grant.last_used_at, grant.last_used_by_id = now, service_id
 
 
 def _served(
@@ -459,10 +468,12 @@ def _served(
     **detail: Any,
 ) -> None:
     """Records that the service got a token or signature for `grant` (audit, last use, and
-    the broker_token_issues metric with the outcome `counted_as`)."""
+    the broker_token_issues metric with the outcome `counted_as`): one Redis round trip."""
     _note_use(grant, service_id)
-    metrics.count_token_issue(client_id, counted_as)
-    trail.service_event(
+    pipe = redis_client().pipeline(transaction=False)
+    metrics.queue_token_issue(pipe, client_id, counted_as)
+    event = trail.queue_service_event(
+        pipe,
         action,
         client_id,
         grant_id=grant.pk,
@@ -471,9 +482,19 @@ def _served(
         request=request,
         **detail,
     )
+    try:
+        _, pushed = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning(
+            "audit buffer unavailable (%s); writing %s directly", type(exc).__name__, action
+        )
+        pushed = 0
+    trail.pushed_or_written(event, pushed)
 
 
-def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
+def _fresh(
+    grant: Grant, min_ttl: int, force_refresh: bool, request: HttpRequest | None = None
+) -> Grant:
     """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight.
 
     A response rescued to Redis (its database write failed), or a refresh in flight or cut
@@ -539,6 +560,7 @@ def _serve_token(
     requested: list[str] | None,
     min_ttl: int,
     force_refresh: bool,
+    request: HttpRequest | None = None,
 ) -> tuple[Grant, str, datetime | None, list[str], bool]:
     """(grant, token, expiry, scopes, narrowed): a token of the OAuth 2.0 grant that carries
     only scopes the rules allow, refreshed (single flight) or narrowed when needed."""
@@ -552,7 +574,7 @@ def _serve_token(
     if beyond_rule:
         token, expires_at, scopes = _narrowed(grant, permission, carried)
         return grant, token, expires_at, scopes, True
-    grant = _fresh(grant, min_ttl, force_refresh)
+    grant = _fresh(grant, min_ttl, force_refresh, request)
     token, expires_at = _stored_token(grant)
     # A refresh may have changed what the token carries: checked again on what is served.
     scopes, beyond_rule = _token_scopes(grant, permission, requested)
@@ -596,7 +618,7 @@ def access_token(request: ServiceRequest) -> HttpResponse:
     force_refresh = body.get("force_refresh", False)
     min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
     grant, token, expires_at, scopes, narrowed = _serve_token(
-        grant, permission, body.get("scopes"), min_ttl, force_refresh
+        grant, permission, body.get("scopes"), min_ttl, force_refresh, request
     )
     service = request.broker_token
     _served(
@@ -744,7 +766,9 @@ def _exchange(
         "subject_issuer": subject.issuer,
     }
     app = ProviderApp.objects.filter(slug=slug).first() if matchable(slug) else None
-    permission = rules.permission(service.pk, app, subject.user) if app else None
+    serving = grant_lookup.prefetched(request)
+    stamp = serving.rules_stamp if serving is not None else None
+    permission = rules.permission(service.pk, app, subject.user, stamp) if app else None
     if app is None or permission is None:
         raise ApiError(
             400,
@@ -828,7 +852,9 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
     app = ProviderApp.objects.filter(slug=body["provider"]).first()
     if user is None or app is None:
         raise not_visible(**wanted)
-    permission = rules.permission(request.broker_token.service_id, app, user)
+    serving = grant_lookup.prefetched(request)
+    stamp = serving.rules_stamp if serving is not None else None
+    permission = rules.permission(request.broker_token.service_id, app, user, stamp)
     if permission is None:
         raise not_visible(**wanted)
     if not permission.can_create_connect_links:

@@ -42,6 +42,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DataError, IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
+from redis.client import Pipeline
 from redis.exceptions import LockError
 
 from broker.infra.client_address import client_ip
@@ -368,3 +369,21 @@ def service_event(
         outcome=outcome,
         **fields,
     )
+
+
+def queue_service_event(
+    pipe: Pipeline, action: str, client_id: str, *, outcome: str = Outcome.SUCCESS, **fields: Any
+) -> str:
+    """`service_event`'s buffered push, queued on the caller's pipeline (`queue_push`).
+    Returns the event's JSON: pass it, with the push's result, to `pushed_or_written`."""
+    event = event_fields(
+        action,
+        actor_type=ActorType.SERVICE,
+        actor=client_id,
+        service=client_id,
+        outcome=outcome,
+        **fields,
+    )
+    raw = json.dumps(event, cls=DjangoJSONEncoder)
+    queue_push(pipe, raw)
+    return raw

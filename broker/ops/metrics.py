@@ -28,6 +28,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from redis.client import Pipeline
 
 from broker.infra.client_address import client_ip
 from broker.infra.redis_connection import redis_client
@@ -76,6 +77,11 @@ def count_token_issue(service: str, outcome: str) -> None:
         redis_client().hincrby(TOKEN_ISSUES, f"{service}{SEPARATOR}{outcome}", 1)
     except Exception as exc:
         logger.warning("metrics: token issue not counted: %s", type(exc).__name__)
+
+
+def queue_token_issue(pipe: Pipeline, service: str, outcome: str) -> None:
+    """`count_token_issue` added to a pipeline the caller executes (one result)."""
+    pipe.hincrby(TOKEN_ISSUES, f"{service}{SEPARATOR}{outcome}", 1)
 
 
 def count_audit_detour(kind: str, n: int = 1) -> None:

@@ -90,6 +90,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,6 +108,7 @@ from django.utils import timezone
 from broker.audit import trail
 from broker.crypto.key_ring import DecryptionError
 from broker.crypto.sealed_fields import keyring
+from broker.infra import serving_versions
 from broker.infra.redis_connection import redis_client
 from broker.models import Grant
 from broker.notify.dispatch import notify
@@ -227,8 +229,10 @@ def release_database_connection() -> None:
     """Gives this thread's database connection back (to the pool, on PostgreSQL) before a
     wait of seconds, so that callers waiting on a refresh or a provider never hold the
     connections everyone else needs; the next query takes one again. A connection inside
-    a transaction (a test's) is kept: closing it would end the transaction."""
-    if not connection.in_atomic_block:
+    a transaction (a test's) is kept: closing it would end the transaction. So is a SQLite
+    connection: a file, no server with a connection limit, and reopening it (with its
+    settings) cost a tenth of a worker's refresh."""
+    if not connection.in_atomic_block and connection.vendor != "sqlite":
         connection.close()
 
 
@@ -264,6 +268,68 @@ def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
                 log.warning("refresh lock for grant %s expired before release", grant_id)
             except redis.RedisError as exc:
                 log.warning("refresh lock for grant %s not released: %s", grant_id, exc)
+
+
+# Callers waiting for another's refresh of a grant: one thread per process polls Redis for
+# the lock's release, the others of the process wait for its finding.
+WAIT_POLL_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class RefreshEnded:
+    """What the waiters of a process found once the refresh they waited for ended: the
+    grant as stored then (None if gone; shared by them: read it, never change it), and
+    whether its stored token is in doubt (`stored_token_in_doubt`: then it is not served)."""
+
+    grant: Grant | None
+    in_doubt: bool
+
+
+class _Wait:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ended: RefreshEnded | None = None
+
+
+_waits: dict[str, _Wait] = {}
+_waits_guard = threading.Lock()
+
+
+def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> RefreshEnded | None:
+    """Waits, holding no lock and no database connection, until no refresh of the grant is
+    in flight (its lock is free): one thread per process polls Redis and reads the grant
+    once it ended, the others of the process wait for its finding. None when no refresh
+    was in flight, or one still ran after `wait` seconds, or Redis could not tell."""
+    key = LOCK_KEY.format(grant_id=grant_id)
+    with _waits_guard:
+        waiting = _waits.get(key)
+        leader = waiting is None
+        if waiting is None:
+            waiting = _waits[key] = _Wait()
+    if not leader:
+        release_database_connection()
+        return waiting.ended if waiting.done.wait(wait) else None
+    try:
+        deadline = time.monotonic() + wait
+        client = lock_redis()
+        if not client.exists(key):
+            return None
+        release_database_connection()
+        while time.monotonic() < deadline:
+            time.sleep(WAIT_POLL_SECONDS)
+            if not client.exists(key):
+                ended = load_or_none(grant_id)
+                in_doubt = ended is not None and stored_token_in_doubt(ended)
+                waiting.ended = RefreshEnded(ended, in_doubt)
+                return waiting.ended
+        return None
+    except redis.RedisError as exc:
+        log.warning("grant %s: refresh in flight unknown (%s)", grant_id, type(exc).__name__)
+        return None
+    finally:
+        with _waits_guard:
+            _waits.pop(key, None)
+        waiting.done.set()
 
 
 @dataclass(frozen=True)
@@ -430,7 +496,10 @@ def persist_refresh(
     fields = apply_token_response(grant, response, now=received_at, refreshed=True)
     values = {name: getattr(grant, name) for name in fields if name != "updated_at"}
     values["updated_at"] = timezone.now()
-    with transaction.atomic(durable=True):
+    with (
+        serving_versions.writing(serving_versions.grant_scope(grant.pk)),
+        transaction.atomic(durable=True),
+    ):
         written = Grant.objects.filter(
             pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
         ).update(**values)
@@ -480,7 +549,10 @@ def mark_reconnect_required(grant: Grant, *, seen_version: int, error: str, reas
     not kill the grant."""
     now = timezone.now()
     wiped = dict.fromkeys(grant.wipe_secrets(), "")
-    with transaction.atomic(durable=True):
+    with (
+        serving_versions.writing(serving_versions.grant_scope(grant.pk)),
+        transaction.atomic(durable=True),
+    ):
         written = Grant.objects.filter(
             pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
         ).update(
@@ -639,12 +711,16 @@ def single_flight(
     *,
     needs_refresh: Callable[[Grant, bool], bool],
     task_may_retry: bool = False,
+    reload: bool = True,
+    wait: float | None = None,
 ) -> tuple[RefreshOutcome, Grant | None]:
     """Takes the grant's lock, applies any rescued response, re-reads the grant and calls
     the provider only if `needs_refresh(grant, in_doubt)` still says so (in_doubt: an
     earlier refresh of the stored refresh token has an unknown outcome). Returns the
-    outcome and the grant as stored afterwards (None when it is gone)."""
-    with refresh_lock(grant_id, wait=lock_wait()) as held:
+    outcome and the grant as stored afterwards (None when it is gone; also after a
+    provider call when `reload` is False: the worker needs only the outcome). `wait`: how
+    long to wait for the lock (default `lock_wait()`)."""
+    with refresh_lock(grant_id, wait=lock_wait() if wait is None else wait) as held:
         if not held:
             # Someone else's refresh is still running (or Redis is away): what is stored
             # now may still do for the caller.
@@ -687,8 +763,8 @@ def single_flight(
             return RefreshOutcome(Result.RECONNECT_REQUIRED), load_or_none(grant_id)
         require_no_outer_transaction()
         outcome = call_upstream(grant, task_may_retry=task_may_retry)
-        if outcome.result == Result.DATABASE_UNAVAILABLE:
-            return outcome, None  # the database is away; the response waits in Redis
+        if outcome.result == Result.DATABASE_UNAVAILABLE or not reload:
+            return outcome, None  # (the database is away; the response waits in Redis)
         return outcome, load_or_none(grant_id)
 
 
@@ -763,11 +839,24 @@ def ensure_fresh(
         the same refresh token does not go upstream again straight away."""
         return candidate.token_version == seen_version and candidate.failure_count > seen_failures
 
+    # Another caller's refresh in flight is waited for without its lock: all its waiters
+    # take its token at once when it ends, instead of taking the lock in turn to see it.
+    # One wait in all: what waiting for the release took is not waited again for the lock.
+    deadline = time.monotonic() + lock_wait()
+    ended = wait_for_refresh_in_flight(grant_id, wait=lock_wait())
+    if ended is not None:
+        if ended.grant is None:
+            raise Grant.DoesNotExist(f"grant {grant_id} is gone")
+        require_usable(ended.grant)
+        if satisfied(ended.grant) and not ended.in_doubt:
+            return ended.grant
+
     outcome, current = single_flight(
         grant_id,
         needs_refresh=lambda g, in_doubt: (
             (in_doubt or not satisfied(g)) and not failed_meanwhile(g)
         ),
+        wait=max(0.0, deadline - time.monotonic()),
     )
     if outcome.result == Result.DATABASE_UNAVAILABLE:
         raise ProviderUnavailable("the refreshed token is not stored yet", retry_after=1)
@@ -857,6 +946,7 @@ def refresh_grant_now(grant_id: Any, *, retries_left: int = 0) -> RefreshOutcome
         grant_id,
         needs_refresh=lambda g, in_doubt: in_doubt or is_due(g, timezone.now()),
         task_may_retry=retries_left > 0,
+        reload=False,
     )
     if outcome.result in (Result.BUSY, Result.DATABASE_UNAVAILABLE) and retries_left > 0:
         # The claim stays (its lease runs out on its own if these retries are lost too).

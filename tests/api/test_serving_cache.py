@@ -1,0 +1,214 @@
+"""The per-process caches of the token fetch (grant rows, access rules) never outlive a
+change: revocation, refresh, consent, rule, group, user, app and service changes take effect
+on the next request, and without Redis nothing is served from them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import requests
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from broker.api import tokens
+from broker.infra import serving_versions
+from broker.models import Grant
+from broker.providers.oauth2_client import TokenResponse
+from broker.refresh import engine
+from broker.revocation.revoke import revoke_grant
+from tests.factories import consented_grant
+from tests.gunicorn_server import gunicorn
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/api/v1/access-token"
+
+
+def fetch(api, grant, headers) -> Any:
+    return api.post(URL, {"grant": str(grant.pk)}, content_type="application/json", **headers)
+
+
+@pytest.fixture
+def warm(api, grant, rule, bearer, django_assert_max_num_queries):
+    """Headers of a service whose fetches of `grant` come from the caches (checked: the
+    third fetch makes no database query)."""
+    headers = bearer()
+    for _ in range(2):  # the first seeds the serving versions, the second fills the caches
+        assert fetch(api, grant, headers).status_code == 200
+    with django_assert_max_num_queries(0):
+        served = fetch(api, grant, headers)
+    assert served.status_code == 200
+    assert served.json()["access_token"] == grant.unseal("access_token")
+    return headers
+
+
+def test_a_revocation_stops_the_cached_token_at_once(api, grant, warm):
+    assert revoke_grant(grant.pk, actor_type="admin", actor="root", reason="test")
+    refused = fetch(api, grant, warm)
+    assert refused.status_code == 409 and "access_token" not in refused.json()
+
+
+def test_a_refresh_serves_the_new_token_at_once(api, grant, warm):
+    stored = Grant.objects.select_related("user", "provider_app").get(pk=grant.pk)
+    response = TokenResponse(
+        access_token="at-rotated",
+        refresh_token="rt-rotated",
+        expires_in=3600,
+        scopes=None,
+        token_type="Bearer",
+    )
+    assert engine.persist_refresh(
+        stored, response, seen_version=stored.token_version, received_at=timezone.now()
+    )
+    assert fetch(api, grant, warm).json()["access_token"] == "at-rotated"
+
+
+def test_a_saved_grant_serves_its_new_token_at_once(api, grant, warm):
+    """A grant saved with new tokens (a new consent of the same account, the admin)."""
+    grant.seal("access_token", "at-reconsented")
+    grant.save()
+    assert fetch(api, grant, warm).json()["access_token"] == "at-reconsented"
+
+
+def test_a_removed_rule_hides_the_grant_at_once(api, grant, rule, warm):
+    rule.delete()
+    assert fetch(api, grant, warm).status_code == 404
+
+
+def test_a_narrowed_rule_refuses_the_token_at_once(api, grant, rule, warm):
+    rule.scopes = ["read:me"]
+    rule.save()
+    refused = fetch(api, grant, warm)
+    assert refused.status_code == 403 and "access_token" not in refused.json()
+
+
+def test_a_rule_for_a_group_stops_when_the_user_leaves_it(
+    api, owner, grant, rule, group, bearer, django_assert_max_num_queries
+):
+    owner.groups.add(group)
+    rule.users_group = group
+    rule.save()
+    headers = bearer()
+    for _ in range(2):
+        assert fetch(api, grant, headers).status_code == 200
+    with django_assert_max_num_queries(0):
+        assert fetch(api, grant, headers).status_code == 200
+    owner.groups.remove(group)
+    assert fetch(api, grant, headers).status_code == 404
+
+
+def test_a_deactivated_user_gets_nothing_at_once(api, owner, grant, warm):
+    owner.is_active = False
+    owner.save(update_fields=["is_active"])
+    assert fetch(api, grant, warm).status_code == 404
+
+
+def test_a_disabled_app_gets_nothing_at_once(api, atlassian, grant, warm):
+    atlassian.enabled = False
+    atlassian.save()
+    assert fetch(api, grant, warm).status_code == 404
+
+
+def test_a_disabled_service_gets_nothing_at_once(api, grant, rule, warm):
+    tokens.disable_service(rule.service)
+    assert fetch(api, grant, warm).status_code == 401
+
+
+def test_nothing_is_cached_while_a_writer_is_in_flight(api, grant, warm, django_assert_num_queries):
+    writer = serving_versions.begin_write(serving_versions.grant_scope(grant.pk))
+    with django_assert_num_queries(1):  # the grant, from the database
+        assert fetch(api, grant, warm).status_code == 200
+    # A writer that left without committing anything (rollback): caching resumes.
+    serving_versions.end_write(writer, serving_versions.grant_scope(grant.pk))
+    assert fetch(api, grant, warm).status_code == 200
+    with django_assert_num_queries(0):
+        assert fetch(api, grant, warm).status_code == 200
+
+
+def test_without_redis_no_cached_token_is_served(api, grant, warm):
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+        refused = fetch(api, grant, warm)
+    assert refused.status_code == 503 and "access_token" not in refused.json()
+    assert refused["Retry-After"]
+
+
+def test_a_row_loaded_before_a_commit_is_never_served_after_it(api, grant, warm):
+    """The race the writers' bracket closes: a reader reads the versions, a revocation
+    bumps them and commits, the reader loads the still-active row (before the commit) and
+    caches it. A later reader must not be served from that entry."""
+    scope = serving_versions.grant_scope(grant.pk)
+    writer = serving_versions.begin_write(scope)
+    fetch(api, grant, warm)  # loads the active row while the writer is in flight
+    Grant.objects.filter(pk=grant.pk).update(status=Grant.Status.REVOKED)  # the commit
+    refused = fetch(api, grant, warm)  # after the commit, before the writer settled
+    assert refused.status_code == 409 and "access_token" not in refused.json()
+    serving_versions.end_write(writer, scope)
+    refused = fetch(api, grant, warm)
+    assert refused.status_code == 409 and "access_token" not in refused.json()
+
+
+def test_an_expired_entry_is_reloaded(api, grant, warm, django_assert_num_queries, monkeypatch):
+    later = time.monotonic() + serving_versions.MAX_AGE_SECONDS + 1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    with django_assert_num_queries(2):  # the grant and the rules, each reloaded
+        assert fetch(api, grant, warm).status_code == 200
+
+
+def test_no_token_is_served_after_a_revocation_commits_under_load(grant, rule, bearer, tmp_path):
+    """Threads fetch the grant's token from gunicorn (gunicorn.conf.py) while it is revoked:
+    every request sent after the revocation committed is refused."""
+    headers = {"Authorization": bearer()["HTTP_AUTHORIZATION"], "Content-Type": "application/json"}
+    body = {"grant": str(grant.pk)}
+    served_after: list[float] = []
+    answered = {"served": 0, "refused": 0}
+    committed_at: list[float] = []
+    stop = threading.Event()
+    with gunicorn(tmp_path / "gunicorn.log") as url:
+
+        def load() -> None:
+            session = requests.Session()
+            while not stop.is_set():
+                sent = time.monotonic()
+                response = session.post(f"{url}{URL}", json=body, headers=headers, timeout=10)
+                if response.status_code == 200:
+                    answered["served"] += 1
+                    if committed_at and sent > committed_at[0]:
+                        served_after.append(sent - committed_at[0])
+                else:
+                    assert response.status_code == 409, response.text
+                    answered["refused"] += 1
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)  # the caches of every worker are warm
+        served_before = answered["served"]
+        with transaction.atomic():
+            # Registered first, so it runs first once the revocation commits.
+            transaction.on_commit(lambda: committed_at.append(time.monotonic()))
+            assert revoke_grant(grant.pk, actor_type="admin", actor="root", reason="load test")
+        time.sleep(1.5)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert served_before > 50  # the load ran, and was served
+    assert answered["refused"] > 20
+    assert served_after == []
+
+
+def test_the_grant_cache_stays_bounded(api, owner, atlassian, rule, bearer, monkeypatch):
+    from broker.api import grant_lookup
+
+    monkeypatch.setattr(grant_lookup, "MAX_ENTRIES", 3)
+    headers = bearer()
+    for n in range(5):
+        grant = consented_grant(
+            owner, atlassian, external_account_id=f"acct-{n}", scopes=["read:me"]
+        )
+        for _ in range(2):
+            assert fetch(api, grant, headers).status_code == 200
+        assert len(grant_lookup._grants) <= 3
