@@ -50,10 +50,11 @@ from broker.api import rules, subject_tokens
 from broker.api.auth import ServiceRequest
 from broker.api.decorators import ANY_METHOD, api_view
 from broker.api.errors import ApiError, invalid_request, not_visible
+from broker.api.refusals import REFRESH_REFUSALS, refresh_refusal, require_live
 from broker.api.schema import matchable
 from broker.audit import trail
 from broker.infra.outbound_http import provider_session
-from broker.models import Grant, ProviderApp, ServiceClient
+from broker.models import Grant, ProviderApp
 from broker.providers import api_token_auth, oauth1_signing, proxy_paths
 from broker.refresh import engine
 
@@ -146,24 +147,6 @@ def _grant_by_id(grant_id: str, slug: str) -> Grant | None:
     )
 
 
-def _subject(service_id: uuid.UUID, token: str, where: dict[str, Any]) -> subject_tokens.Subject:
-    audiences = (
-        ServiceClient.objects.filter(pk=service_id)
-        .values_list("subject_audiences", flat=True)
-        .first()
-    )
-    try:
-        return subject_tokens.verified_subject(token, list(audiences or []))
-    except subject_tokens.SubjectTokenRejected as exc:
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"Broker-Subject-Token: {exc}",
-            subject_issuer=subject_tokens.unverified_issuer(token),
-            **where,
-        ) from None
-
-
 def _target(request: ServiceRequest, slug: str, where: dict[str, Any]) -> Target:
     """The grant the headers name, if this service may see it (404 exactly as for a grant
     that does not exist otherwise)."""
@@ -181,7 +164,13 @@ def _target(request: ServiceRequest, slug: str, where: dict[str, Any]) -> Target
     service_id = request.broker_token.service_id
     if not matchable(slug, grant_id, username):
         raise not_visible(**where)
-    subject = _subject(service_id, subject_token, where) if subject_token else None
+    subject = (
+        subject_tokens.subject_for_service(
+            service_id, subject_token, named="Broker-Subject-Token", **where
+        )
+        if subject_token
+        else None
+    )
     if grant_id:
         grant = _grant_by_id(grant_id, slug)
     else:
@@ -207,46 +196,6 @@ def _target(request: ServiceRequest, slug: str, where: dict[str, Any]) -> Target
 # --- credentials ----------------------------------------------------------------------
 
 
-# What the refresh engine may raise instead of giving a token.
-REFRESH_REFUSALS = (
-    Grant.DoesNotExist,
-    engine.UserDeactivated,
-    engine.ReconnectRequired,
-    engine.ProviderUnavailable,
-)
-
-
-def _refusal(grant: Grant, exc: Exception, where: dict[str, Any]) -> ApiError:
-    """What the refresh engine raised instead of giving a token, as the API's error."""
-    concerning = {**where, "grant_id": grant.pk}
-    if isinstance(exc, engine.ReconnectRequired):
-        return ApiError(
-            409,
-            "reconnect_required",
-            "the grant is no longer valid at the provider; the user must connect again",
-            **concerning,
-        )
-    if isinstance(exc, engine.ProviderUnavailable):
-        return ApiError(
-            503,
-            "temporarily_unavailable",
-            "the provider is failing and no valid token is left; retry later",
-            {"Retry-After": str(max(1, int(exc.retry_after)))},
-            **concerning,
-        )
-    return not_visible(**concerning)  # gone, or its user deactivated
-
-
-def _require_live(grant: Grant, where: dict[str, Any]) -> None:
-    if grant.status != Grant.Status.ACTIVE:
-        raise ApiError(
-            409,
-            "reconnect_required",
-            f"the grant is {grant.status}; the user must connect again",
-            **{**where, "grant_id": grant.pk},
-        )
-
-
 def _fresh(grant: Grant, where: dict[str, Any]) -> Grant:
     """An OAuth 2.0 grant whose stored token lasts the call (refreshed first if not)."""
     if grant.provider_app.protocol != "oauth2" or (
@@ -256,7 +205,7 @@ def _fresh(grant: Grant, where: dict[str, Any]) -> Grant:
     try:
         return engine.ensure_fresh(grant.pk, min_ttl=FRESH_FOR_SECONDS)
     except REFRESH_REFUSALS as exc:
-        raise _refusal(grant, exc, where) from None
+        raise refresh_refusal(grant, exc, **where) from None
 
 
 def _renewed(grant: Grant, where: dict[str, Any]) -> Grant:
@@ -267,7 +216,7 @@ def _renewed(grant: Grant, where: dict[str, Any]) -> Grant:
             grant.pk, min_ttl=0, force_refresh=True, refused_version=grant.token_version
         )
     except REFRESH_REFUSALS as exc:
-        raise _refusal(grant, exc, where) from None
+        raise refresh_refusal(grant, exc, **where) from None
 
 
 class CredentialsUnusable(Exception):
@@ -556,7 +505,7 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
             f"of {slug!r} through the proxy",
             **where,
         )
-    _require_live(grant, where)
+    require_live(grant, **where)
     body = _request_body(request, where)
     app = grant.provider_app
     url = _upstream_url(app, path, segments, request.META.get("QUERY_STRING", ""), where)

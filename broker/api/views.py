@@ -34,6 +34,7 @@ from broker.api.errors import (
     proxy_only,
 )
 from broker.api.openapi import openapi_document
+from broker.api.refusals import REFRESH_REFUSALS, refresh_refusal, require_live
 from broker.api.schema import (
     ACCESS_TOKEN_BODY,
     CLIENT_CREDENTIALS,
@@ -60,7 +61,7 @@ from broker.consent import connect_links
 from broker.consent.return_urls import safe_return_url
 from broker.infra.client_address import client_ip
 from broker.infra.redis_connection import redis_client
-from broker.models import Grant, ProviderApp, ServiceClient
+from broker.models import Grant, ProviderApp
 from broker.ops import metrics
 from broker.ops.database_busy import busy_response, is_database_busy
 from broker.ops.error_pages import error_response
@@ -387,52 +388,6 @@ def _too_wide(grant: Grant, carried: list[str], beyond_rule: list[str], why: str
     )
 
 
-# What the refresh engine may raise instead of giving a token.
-REFRESH_REFUSALS = (
-    Grant.DoesNotExist,
-    engine.UserDeactivated,
-    engine.ReconnectRequired,
-    engine.ProviderUnavailable,
-)
-
-
-def _refusal(grant: Grant, exc: Exception) -> ApiError:
-    """One of REFRESH_REFUSALS as the API's error."""
-    concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
-    if isinstance(exc, engine.ReconnectRequired):
-        return ApiError(
-            409,
-            "reconnect_required",
-            "the grant is no longer valid at the provider; the user must connect again",
-            **concerning,
-        )
-    if isinstance(exc, engine.ProviderUnavailable):
-        return ApiError(
-            503,
-            "temporarily_unavailable",
-            "the provider is failing and no valid token is left; retry later",
-            {"Retry-After": str(max(1, int(exc.retry_after)))},
-            **concerning,
-        )
-    return not_visible(**concerning)  # gone, or its user deactivated
-
-
-def _require_live(grant: Grant) -> None:
-    if grant.status != Grant.Status.ACTIVE:
-        description = (
-            "the grant was revoked; the user must connect again"
-            if grant.status == Grant.Status.REVOKED
-            else "the grant is no longer valid at the provider; the user must connect again"
-        )
-        raise ApiError(
-            409,
-            "reconnect_required",
-            description,
-            grant_id=grant.pk,
-            provider=grant.provider_app.slug,
-        )
-
-
 def capped_min_ttl(requested: int, grant: Grant) -> int:
     """min_ttl is capped to the provider's token lifetime minus a small margin, otherwise a
     provider with short-lived tokens would be asked for a refresh on every request."""
@@ -510,7 +465,7 @@ def _fresh(
     try:
         return engine.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
     except REFRESH_REFUSALS as exc:
-        raise _refusal(grant, exc) from None
+        raise refresh_refusal(grant, exc) from None
 
 
 def _narrowed(
@@ -529,7 +484,7 @@ def _narrowed(
         why = f"the provider refused a narrower token: {exc}"
         raise _too_wide(grant, carried, beyond_rule, why) from None
     except REFRESH_REFUSALS as exc:
-        raise _refusal(grant, exc) from None
+        raise refresh_refusal(grant, exc) from None
     # The provider's word on what the token carries; silence means it did as asked.
     scopes = sorted(set(response.scopes if response.scopes is not None else wanted))
     if not set(scopes) <= permission.scopes:
@@ -543,7 +498,7 @@ def _stored_token(grant: Grant) -> tuple[str, datetime | None]:
     """The grant's access token and its expiry, as `_fresh` left them."""
     token = grant.unseal("access_token") if grant.status == Grant.Status.ACTIVE else None
     if not token:
-        _require_live(grant)
+        require_live(grant)
         raise ApiError(
             503,
             "temporarily_unavailable",
@@ -569,7 +524,7 @@ def _serve_token(
     if beyond_rule and not kind.narrower_tokens_on_refresh:
         # Refused before any refresh.
         raise _too_wide(grant, carried, beyond_rule, "the provider cannot issue a narrower token")
-    _require_live(grant)
+    require_live(grant)
     expires_at: datetime | None
     if beyond_rule:
         token, expires_at, scopes = _narrowed(grant, permission, carried)
@@ -654,7 +609,9 @@ def sign(request: ServiceRequest) -> HttpResponse:
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     on_behalf: dict[str, Any] = {}
     if subject_token := request.META.get(subject_tokens.HEADER):
-        subject = _subject(request.broker_token.service_id, subject_token)
+        subject = subject_tokens.subject_for_service(
+            request.broker_token.service_id, subject_token, named="subject_token"
+        )
         if subject.user.pk != grant.user_id:
             raise not_visible(**concerning, subject_issuer=subject.issuer)
         on_behalf = {"on_behalf_of": True, "subject_issuer": subject.issuer}
@@ -673,7 +630,7 @@ def sign(request: ServiceRequest) -> HttpResponse:
         raise api_token_grant(**concerning)
     if grant.provider_app.protocol != "oauth1":
         raise invalid_request("this is an OAuth 2.0 grant: use /api/v1/access-token")
-    _require_live(grant)
+    require_live(grant)
     try:
         header = oauth1_signing.sign_request(
             grant,
@@ -706,24 +663,6 @@ def sign(request: ServiceRequest) -> HttpResponse:
 # --- token exchange (RFC 8693): acting on behalf of a signed-in user --------------------
 
 RESOURCE_PREFIX = "urn:broker:provider:"
-
-
-def _subject(service_id: Any, token: str) -> subject_tokens.Subject:
-    """The user a subject token names, for this service (400 invalid_request otherwise)."""
-    audiences = (
-        ServiceClient.objects.filter(pk=service_id)
-        .values_list("subject_audiences", flat=True)
-        .first()
-    )
-    try:
-        return subject_tokens.verified_subject(token, list(audiences or []))
-    except subject_tokens.SubjectTokenRejected as exc:
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"subject_token: {exc}",
-            subject_issuer=subject_tokens.unverified_issuer(token),
-        ) from None
 
 
 def _target_slug(form: dict[str, str]) -> str:
@@ -759,7 +698,9 @@ def _exchange(
     ):
         raise invalid_request(f"only {ISSUED_TOKEN_TYPE} is issued, without an actor_token")
     slug = _target_slug(form)
-    subject = _subject(service.pk, form["subject_token"])
+    subject = subject_tokens.subject_for_service(
+        service.pk, form["subject_token"], named="subject_token"
+    )
     on_behalf: dict[str, Any] = {
         "subject_user": subject.user.username,
         "provider": slug,
