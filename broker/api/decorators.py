@@ -40,6 +40,20 @@ def redis_down_response(request: HttpRequest, exc: redis.RedisError) -> HttpResp
     )
 
 
+def audit_refusal(action: str, client_id: str, request: HttpRequest, exc: ApiError) -> None:
+    """The audit row of a refusal to an identified service: why, and what it concerned."""
+    trail.service_event(
+        action,
+        client_id,
+        outcome=trail.Outcome.DENIED,
+        request=request,
+        reason=exc.error,
+        status=exc.status,
+        description=exc.description,
+        **exc.audit,
+    )
+
+
 def outages_answered(view: View) -> View:
     """For the views outside `api_view` (the token endpoint): Redis down or the database
     busy is a JSON 503 with Retry-After, not a 500."""
@@ -87,16 +101,7 @@ def api_view(
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 if token is not None and denied:
-                    trail.service_event(
-                        denied,
-                        token.client_id,
-                        outcome=trail.Outcome.DENIED,
-                        request=request,
-                        reason=exc.error,
-                        status=exc.status,
-                        description=exc.description,
-                        **exc.audit,
-                    )
+                    audit_refusal(denied, token.client_id, request, exc)
                 return exc.response()
             except redis.RedisError as exc:
                 # Broker tokens cannot be checked without Redis (a disabled service's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import JsonResponse
 
 from broker.ops.error_pages import error_response
@@ -66,4 +67,13 @@ def api_token_grant(**audit: Any) -> ApiError:
         "this grant holds an API token, which the broker never hands out: call the provider "
         "through the proxy, /api/v1/proxy/<provider>/<path>",
         **audit,
+    )
+
+
+def body_too_large() -> ApiError:
+    """413 for a body over Django's DATA_UPLOAD_MAX_MEMORY_SIZE (JSON or form)."""
+    return ApiError(
+        413,
+        "invalid_request",
+        f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
     )

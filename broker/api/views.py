@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import redis
-from django.conf import settings
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
@@ -25,10 +24,11 @@ from broker.api.auth import (
     ServiceRequest,
     authenticate_client,
 )
-from broker.api.decorators import api_view, outages_answered
+from broker.api.decorators import api_view, audit_refusal, outages_answered
 from broker.api.errors import (
     ApiError,
     api_token_grant,
+    body_too_large,
     invalid_request,
     not_visible,
     proxy_only,
@@ -96,11 +96,7 @@ def _form(request: HttpRequest) -> dict[str, str]:
     try:
         params: QueryDict = request.POST
     except RequestDataTooBig:
-        raise ApiError(
-            413,
-            "invalid_request",
-            f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
-        ) from None
+        raise body_too_large() from None
     except (SuspiciousOperation, BadRequest):  # too many parameters, a charset not UTF-8
         raise invalid_request("the body cannot be read as form parameters") from None
     form: dict[str, str] = {}
@@ -353,15 +349,7 @@ def _token_scopes(
     """
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     if requested is not None:
-        beyond_rule = sorted(set(requested) - permission.scopes)
-        if beyond_rule:
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"this service's access rules do not allow the scopes: {' '.join(beyond_rule)}",
-                scopes=requested,
-                **concerning,
-            )
+        _refuse_beyond_rules(requested, permission, concerning)
         beyond_grant = sorted(set(requested) - set(grant.scopes))
         if beyond_grant:
             raise ApiError(
@@ -386,6 +374,21 @@ def _too_wide(grant: Grant, carried: list[str], beyond_rule: list[str], why: str
         grant_id=grant.pk,
         provider=grant.provider_app.slug,
     )
+
+
+def _refuse_beyond_rules(
+    requested: list[str], permission: rules.Permission, concerning: dict[str, Any]
+) -> None:
+    """403 `insufficient_scope` for asked scopes the service's access rules do not allow."""
+    beyond = sorted(set(requested) - permission.scopes)
+    if beyond:
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"this service's access rules do not allow the scopes: {' '.join(beyond)}",
+            scopes=requested,
+            **concerning,
+        )
 
 
 def capped_min_ttl(requested: int, grant: Grant) -> int:
@@ -764,16 +767,7 @@ def _exchange_or_refusal(
     try:
         return JsonResponse(_exchange(request, client, form))
     except ApiError as exc:
-        trail.service_event(
-            "token.exchange_denied",
-            client.service.client_id,
-            outcome=trail.Outcome.DENIED,
-            request=request,
-            reason=exc.error,
-            status=exc.status,
-            description=exc.description,
-            **exc.audit,
-        )
+        audit_refusal("token.exchange_denied", client.service.client_id, request, exc)
         return exc.response()
     except Exception as exc:
         if is_database_busy(exc):
@@ -807,15 +801,7 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
         )
     requested = body.get("scopes")
     if requested is not None:
-        beyond = sorted(set(requested) - permission.scopes)
-        if beyond:
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"this service's access rules do not allow the scopes: {' '.join(beyond)}",
-                scopes=requested,
-                **wanted,
-            )
+        _refuse_beyond_rules(requested, permission, wanted)
     if not safe_return_url(body["return_to"]):
         raise invalid_request("field 'return_to' must be on an allow-listed origin")
     service = request.broker_token
