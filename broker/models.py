@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from broker.crypto.sealed_fields import SealedFieldsModel, sealed_column
 from broker.providers.catalog import KINDS, ProviderKind, get_kind, resolve_endpoints
+from broker.providers.proxy_paths import validate_proxy_methods, validate_proxy_paths
 
 PENDING_AUTHORIZATION_LIFETIME = timedelta(minutes=10)
 
@@ -264,6 +265,25 @@ class AccessRule(models.Model):
         default=False,
         help_text="Only for a signed-in user: the service must present the user's token "
         "(token exchange, or Broker-Subject-Token), never just name the user",
+    )
+    # The proxy (/api/v1/proxy/<app>/<path>): what the service may call there.
+    proxy_methods = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_proxy_methods],
+        help_text='HTTP methods the service may send through the proxy, e.g. ["GET"]; empty: any',
+    )
+    proxy_paths = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_proxy_paths],
+        help_text="Paths the service may call through the proxy: * is one segment, ** any "
+        'number, e.g. ["/ex/jira/*/rest/api/3/**"]; empty: any',
+    )
+    proxy_only = models.BooleanField(
+        default=False,
+        help_text="The service never receives the raw token (access-token and token exchange "
+        "answer 403): it calls the provider only through the proxy",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -72,6 +72,13 @@ BROKER_ALLOW_HTTP = env.bool("BROKER_ALLOW_HTTP", default=False)
 # Seconds one call to a provider may take in total, however slowly it answers (token,
 # identity, resources, revocation and OAuth 1.0a endpoints); the refresh lock outlasts it.
 BROKER_PROVIDER_TIMEOUT = env.float("BROKER_PROVIDER_TIMEOUT", default=10.0)
+# The proxy (/api/v1/proxy/<app>/<path>): seconds one proxied call may take in total (both
+# tries and the response body), and the largest request and response bodies it relays.
+BROKER_PROXY_TIMEOUT = env.float("BROKER_PROXY_TIMEOUT", default=30.0)
+BROKER_PROXY_MAX_REQUEST_BYTES = env.int("BROKER_PROXY_MAX_REQUEST_BYTES", default=10 * 1024 * 1024)
+BROKER_PROXY_MAX_RESPONSE_BYTES = env.int(
+    "BROKER_PROXY_MAX_RESPONSE_BYTES", default=50 * 1024 * 1024
+)
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")

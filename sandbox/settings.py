@@ -92,6 +92,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # One line per request, without the query strings that carry codes and tokens.
     "broker.ops.logging_config.RequestLogMiddleware",
+    "sandbox.provider.request_counter.RequestCounterMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

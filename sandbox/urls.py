@@ -5,7 +5,15 @@ from django.urls import include, path, re_path
 from oauth2_provider import views as dot_views
 from oauth2_provider.views import AuthorizationView
 
-from sandbox.provider import api_tokens, jira_views, oauth1_views, oauth2_views, pages, switch_views
+from sandbox.provider import (
+    api_tokens,
+    cloud_api_views,
+    jira_views,
+    oauth1_views,
+    oauth2_views,
+    pages,
+    switch_views,
+)
 
 authorize = AuthorizationView.as_view()
 
@@ -53,6 +61,16 @@ urlpatterns = [
     # Jira REST resources (OAuth 1.0a or bearer).
     path("rest/api/2/myself", jira_views.myself),
     path("rest/api/2/echo", jira_views.echo),
+    path("rest/api/2/issue", jira_views.create_issue),
+    # Jira Cloud's REST API under the one API origin (api.atlassian.com/ex/jira/<cloud id>).
+    path("ex/jira/<str:cloud_id>/rest/api/3/myself", cloud_api_views.myself),
+    path("ex/jira/<str:cloud_id>/rest/api/3/search", cloud_api_views.search),
+    path("ex/jira/<str:cloud_id>/rest/api/3/issue", cloud_api_views.create_issue),
+    path(
+        "ex/jira/<str:cloud_id>/rest/api/3/attachment/content/<str:attachment_id>",
+        cloud_api_views.attachment_content,
+    ),
+    path("ex/jira/<str:cloud_id>/rest/api/3/filler", cloud_api_views.filler),
     # Atlassian Cloud with an API token (Basic auth), and where demo users make one.
     path("rest/api/3/myself", api_tokens.myself),
     path("manage-profile/security/api-tokens", api_tokens.manage, name="api-tokens"),

@@ -527,6 +527,9 @@ class AccessRuleInline(admin.TabularInline):
         "can_sign",
         "can_create_connect_links",
         "on_behalf_of",
+        "proxy_only",
+        "proxy_methods",
+        "proxy_paths",
         "created_at",
     ]
     readonly_fields = ["created_at"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from broker.api.auth import authenticate_bearer
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 # A Redis outage (restart, failover) lasts seconds: the service is told when to come back.
 REDIS_DOWN_RETRY_AFTER_SECONDS = 2
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
+ANY_METHOD = "*"  # the proxy's: every method is forwarded
 
 
 def redis_down_response(request: HttpRequest, exc: redis.RedisError) -> HttpResponse:
@@ -38,12 +40,26 @@ def redis_down_response(request: HttpRequest, exc: redis.RedisError) -> HttpResp
     )
 
 
+def audit_refusal(action: str, client_id: str, request: HttpRequest, exc: ApiError) -> None:
+    """The audit row of a refusal to an identified service: why, and what it concerned."""
+    trail.service_event(
+        action,
+        client_id,
+        outcome=trail.Outcome.DENIED,
+        request=request,
+        reason=exc.error,
+        status=exc.status,
+        description=exc.description,
+        **exc.audit,
+    )
+
+
 def outages_answered(view: View) -> View:
     """For the views outside `api_view` (the token endpoint): Redis down or the database
     busy is a JSON 503 with Retry-After, not a 500."""
 
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
             return view(request, *args, **kwargs)
         except redis.RedisError as exc:
@@ -68,10 +84,10 @@ def api_view(
     def decorate(view: View) -> View:
         @csrf_exempt
         @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             token = None
             try:
-                if request.method != method:
+                if method != ANY_METHOD and request.method != method:
                     raise ApiError(
                         405,
                         "method_not_allowed",
@@ -85,16 +101,7 @@ def api_view(
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 if token is not None and denied:
-                    trail.service_event(
-                        denied,
-                        token.client_id,
-                        outcome=trail.Outcome.DENIED,
-                        request=request,
-                        reason=exc.error,
-                        status=exc.status,
-                        description=exc.description,
-                        **exc.audit,
-                    )
+                    audit_refusal(denied, token.client_id, request, exc)
                 return exc.response()
             except redis.RedisError as exc:
                 # Broker tokens cannot be checked without Redis (a disabled service's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import JsonResponse
 
 from broker.ops.error_pages import error_response
@@ -44,6 +45,19 @@ def invalid_request(description: str) -> ApiError:
     return ApiError(400, "invalid_request", description)
 
 
+def proxy_only(slug: str, **audit: Any) -> ApiError:
+    """The service's rules let it reach `slug` only through the proxy: no raw token, no
+    signature (either would let it call any path, past its proxy rules)."""
+    return ApiError(
+        403,
+        "proxy_only",
+        f"this service may use {slug!r} only through the proxy (/api/v1/proxy/{slug}/...); "
+        "its access rules hand out no token or signature",
+        provider=slug,
+        **audit,
+    )
+
+
 def api_token_grant(**audit: Any) -> ApiError:
     """The refusal for a grant that holds an API token: such a token is never handed out, by
     /access-token, /sign or token exchange alike; only the proxy uses it."""
@@ -53,4 +67,13 @@ def api_token_grant(**audit: Any) -> ApiError:
         "this grant holds an API token, which the broker never hands out: call the provider "
         "through the proxy, /api/v1/proxy/<provider>/<path>",
         **audit,
+    )
+
+
+def body_too_large() -> ApiError:
+    """413 for a body over Django's DATA_UPLOAD_MAX_MEMORY_SIZE (JSON or form)."""
+    return ApiError(
+        413,
+        "invalid_request",
+        f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
     )

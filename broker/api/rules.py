@@ -2,9 +2,11 @@
 
 A rule names one provider app and grants, for all users or the members of one group:
 the scopes the service may receive, and whether it may sign OAuth 1.0a requests and create
-connect links. Several matching rules add up. An `on_behalf_of` rule serves a user's grants
-only to a service that presents that user's token from the company IdP (token exchange, or
-`Broker-Subject-Token`), never to one that merely names the user.
+connect links, what it may call through the proxy (methods and path patterns), and
+whether it gets raw tokens at all (`proxy_only`: no). Several matching rules add up. An
+`on_behalf_of` rule serves a user's grants only to a service that presents that user's
+token from the company IdP (token exchange, or `Broker-Subject-Token`), never to one that
+merely names the user.
 
 A grant no rule covers is invisible: the API answers exactly as if it did not exist. So are
 the grants of a deactivated user (`is_active` false), to every service, until the user is
@@ -22,6 +24,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from accounts.models import User
 from broker.infra.serving_versions import MAX_AGE_SECONDS, Stamp
 from broker.models import AccessRule, Grant, ProviderApp
+from broker.providers import proxy_paths
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,17 @@ class Permission:
     can_create_connect_links: bool
     # Every matching rule is on-behalf-of: the user's own token is required.
     on_behalf_of_only: bool
+    # Every matching rule is proxy-only: no raw token is handed out.
+    proxy_only: bool = False
+    # Each matching rule's (proxy methods, proxy path patterns); empty: anything.
+    proxy_rules: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = ()
+
+    def may_proxy(self, method: str, segments: list[str]) -> bool:
+        """Some matching rule lets the service send this method to this path."""
+        return any(
+            proxy_paths.allowed(methods, patterns, method, segments)
+            for methods, patterns in self.proxy_rules
+        )
 
 
 # Rules change rarely and are read on every token request: each process keeps, per
@@ -93,6 +107,10 @@ def _permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permissi
         can_sign=any(r.can_sign for r in matching),
         can_create_connect_links=any(r.can_create_connect_links for r in matching),
         on_behalf_of_only=all(r.on_behalf_of for r in matching),
+        proxy_only=all(r.proxy_only for r in matching),
+        proxy_rules=tuple(
+            (tuple(r.proxy_methods or ()), tuple(r.proxy_paths or ())) for r in matching
+        ),
     )
 
 

@@ -20,7 +20,6 @@ import json
 import uuid
 from typing import Annotated, Any, Final, Generic, Literal, NotRequired, TypeVar, get_args
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 from pydantic import (
@@ -38,7 +37,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from broker.api.errors import ApiError, invalid_request
+from broker.api.errors import ApiError, body_too_large, invalid_request
 from broker.models import Grant
 
 # --- the values the API speaks (the views and the document both read them here) --------
@@ -405,11 +404,7 @@ def parse_json_body(request: HttpRequest, body: JsonBody[Shape]) -> Shape:
     try:
         data = json.loads(request.body or b"null")
     except RequestDataTooBig:
-        raise ApiError(
-            413,
-            "invalid_request",
-            f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
-        ) from None
+        raise body_too_large() from None
     except RecursionError:
         raise invalid_request("the body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):

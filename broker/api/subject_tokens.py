@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ from joserfc.jwk import KeySet
 
 from accounts.models import ExternalIdentity, User
 from broker.api.client_assertions import AssertionRejected, unverified_parts
+from broker.api.errors import ApiError
 from broker.infra.outbound_http import provider_session
+from broker.models import ServiceClient
 
 ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
 LEEWAY_SECONDS = 30
@@ -138,3 +141,25 @@ def verified_subject(token: str, audiences: list[str]) -> Subject:
     if identity is None or not identity.user.is_active:
         raise SubjectTokenRejected("the subject token names no active user of the broker")
     return Subject(user=identity.user, issuer=issuer)
+
+
+def subject_for_service(
+    service_id: uuid.UUID | str, token: str, *, named: str, **audit: Any
+) -> Subject:
+    """The user a subject token names, for the service presenting it: a 400
+    `invalid_request` saying what is wrong with the token `named` (a field or header)."""
+    audiences = (
+        ServiceClient.objects.filter(pk=service_id)
+        .values_list("subject_audiences", flat=True)
+        .first()
+    )
+    try:
+        return verified_subject(token, list(audiences or []))
+    except SubjectTokenRejected as exc:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"{named}: {exc}",
+            subject_issuer=unverified_issuer(token),
+            **audit,
+        ) from None

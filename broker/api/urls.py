@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from broker.api import views
+from broker.api import proxy, views
 
 urlpatterns = [
     path("v1/oauth/token", views.token_endpoint, name="api-token"),
@@ -9,6 +9,8 @@ urlpatterns = [
     path("v1/sign", views.sign, name="api-sign"),
     path("v1/connect-links", views.create_connect_link, name="api-connect-links"),
     path("v1/ping", views.ping, name="api-ping"),
+    # Any method; the path may be anything (checked by the view, with a JSON refusal).
+    re_path(r"^v1/proxy/(?P<slug>[^/]+)(?:/(?P<path>[\s\S]*))?$", proxy.proxy, name="api-proxy"),
     path("v1/openapi.json", views.openapi, name="api-openapi"),
     # Anything else under /api/ is a JSON 404, not an HTML page.
     re_path(r"^.*$", views.not_found),

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import redis
-from django.conf import settings
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
@@ -25,9 +24,17 @@ from broker.api.auth import (
     ServiceRequest,
     authenticate_client,
 )
-from broker.api.decorators import api_view, outages_answered
-from broker.api.errors import ApiError, api_token_grant, invalid_request, not_visible
+from broker.api.decorators import api_view, audit_refusal, outages_answered
+from broker.api.errors import (
+    ApiError,
+    api_token_grant,
+    body_too_large,
+    invalid_request,
+    not_visible,
+    proxy_only,
+)
 from broker.api.openapi import openapi_document
+from broker.api.refusals import REFRESH_REFUSALS, refresh_refusal, require_live
 from broker.api.schema import (
     ACCESS_TOKEN_BODY,
     CLIENT_CREDENTIALS,
@@ -54,7 +61,7 @@ from broker.consent import connect_links
 from broker.consent.return_urls import safe_return_url
 from broker.infra.client_address import client_ip
 from broker.infra.redis_connection import redis_client
-from broker.models import Grant, ProviderApp, ServiceClient
+from broker.models import Grant, ProviderApp
 from broker.ops import metrics
 from broker.ops.database_busy import busy_response, is_database_busy
 from broker.ops.error_pages import error_response
@@ -89,11 +96,7 @@ def _form(request: HttpRequest) -> dict[str, str]:
     try:
         params: QueryDict = request.POST
     except RequestDataTooBig:
-        raise ApiError(
-            413,
-            "invalid_request",
-            f"the body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
-        ) from None
+        raise body_too_large() from None
     except (SuspiciousOperation, BadRequest):  # too many parameters, a charset not UTF-8
         raise invalid_request("the body cannot be read as form parameters") from None
     form: dict[str, str] = {}
@@ -346,15 +349,7 @@ def _token_scopes(
     """
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     if requested is not None:
-        beyond_rule = sorted(set(requested) - permission.scopes)
-        if beyond_rule:
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"this service's access rules do not allow the scopes: {' '.join(beyond_rule)}",
-                scopes=requested,
-                **concerning,
-            )
+        _refuse_beyond_rules(requested, permission, concerning)
         beyond_grant = sorted(set(requested) - set(grant.scopes))
         if beyond_grant:
             raise ApiError(
@@ -381,49 +376,18 @@ def _too_wide(grant: Grant, carried: list[str], beyond_rule: list[str], why: str
     )
 
 
-# What the refresh engine may raise instead of giving a token.
-REFRESH_REFUSALS = (
-    Grant.DoesNotExist,
-    engine.UserDeactivated,
-    engine.ReconnectRequired,
-    engine.ProviderUnavailable,
-)
-
-
-def _refusal(grant: Grant, exc: Exception) -> ApiError:
-    """One of REFRESH_REFUSALS as the API's error."""
-    concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
-    if isinstance(exc, engine.ReconnectRequired):
-        return ApiError(
-            409,
-            "reconnect_required",
-            "the grant is no longer valid at the provider; the user must connect again",
-            **concerning,
-        )
-    if isinstance(exc, engine.ProviderUnavailable):
-        return ApiError(
-            503,
-            "temporarily_unavailable",
-            "the provider is failing and no valid token is left; retry later",
-            {"Retry-After": str(max(1, int(exc.retry_after)))},
-            **concerning,
-        )
-    return not_visible(**concerning)  # gone, or its user deactivated
-
-
-def _require_live(grant: Grant) -> None:
-    if grant.status != Grant.Status.ACTIVE:
-        description = (
-            "the grant was revoked; the user must connect again"
-            if grant.status == Grant.Status.REVOKED
-            else "the grant is no longer valid at the provider; the user must connect again"
-        )
+def _refuse_beyond_rules(
+    requested: list[str], permission: rules.Permission, concerning: dict[str, Any]
+) -> None:
+    """403 `insufficient_scope` for asked scopes the service's access rules do not allow."""
+    beyond = sorted(set(requested) - permission.scopes)
+    if beyond:
         raise ApiError(
-            409,
-            "reconnect_required",
-            description,
-            grant_id=grant.pk,
-            provider=grant.provider_app.slug,
+            403,
+            "insufficient_scope",
+            f"this service's access rules do not allow the scopes: {' '.join(beyond)}",
+            scopes=requested,
+            **concerning,
         )
 
 
@@ -504,7 +468,7 @@ def _fresh(
     try:
         return engine.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
     except REFRESH_REFUSALS as exc:
-        raise _refusal(grant, exc) from None
+        raise refresh_refusal(grant, exc) from None
 
 
 def _narrowed(
@@ -523,7 +487,7 @@ def _narrowed(
         why = f"the provider refused a narrower token: {exc}"
         raise _too_wide(grant, carried, beyond_rule, why) from None
     except REFRESH_REFUSALS as exc:
-        raise _refusal(grant, exc) from None
+        raise refresh_refusal(grant, exc) from None
     # The provider's word on what the token carries; silence means it did as asked.
     scopes = sorted(set(response.scopes if response.scopes is not None else wanted))
     if not set(scopes) <= permission.scopes:
@@ -537,7 +501,7 @@ def _stored_token(grant: Grant) -> tuple[str, datetime | None]:
     """The grant's access token and its expiry, as `_fresh` left them."""
     token = grant.unseal("access_token") if grant.status == Grant.Status.ACTIVE else None
     if not token:
-        _require_live(grant)
+        require_live(grant)
         raise ApiError(
             503,
             "temporarily_unavailable",
@@ -563,7 +527,7 @@ def _serve_token(
     if beyond_rule and not kind.narrower_tokens_on_refresh:
         # Refused before any refresh.
         raise _too_wide(grant, carried, beyond_rule, "the provider cannot issue a narrower token")
-    _require_live(grant)
+    require_live(grant)
     expires_at: datetime | None
     if beyond_rule:
         token, expires_at, scopes = _narrowed(grant, permission, carried)
@@ -601,6 +565,8 @@ def access_token(request: ServiceRequest) -> HttpResponse:
     """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
     body = parse_json_body(request, ACCESS_TOKEN_BODY)
     grant, permission = _find_grant(request, body)
+    if permission.proxy_only:
+        raise proxy_only(grant.provider_app.slug, grant_id=grant.pk)
     if permission.on_behalf_of_only:
         raise _on_behalf_of_required(grant)
     if grant.provider_app.protocol == "api_token":
@@ -646,12 +612,16 @@ def sign(request: ServiceRequest) -> HttpResponse:
     concerning: dict[str, Any] = {"grant_id": grant.pk, "provider": grant.provider_app.slug}
     on_behalf: dict[str, Any] = {}
     if subject_token := request.META.get(subject_tokens.HEADER):
-        subject = _subject(request.broker_token.service_id, subject_token)
+        subject = subject_tokens.subject_for_service(
+            request.broker_token.service_id, subject_token, named="subject_token"
+        )
         if subject.user.pk != grant.user_id:
             raise not_visible(**concerning, subject_issuer=subject.issuer)
         on_behalf = {"on_behalf_of": True, "subject_issuer": subject.issuer}
     elif permission.on_behalf_of_only:
         raise _on_behalf_of_required(grant)
+    if permission.proxy_only:
+        raise proxy_only(grant.provider_app.slug, grant_id=grant.pk)
     if not permission.can_sign:
         raise ApiError(
             403,
@@ -663,7 +633,7 @@ def sign(request: ServiceRequest) -> HttpResponse:
         raise api_token_grant(**concerning)
     if grant.provider_app.protocol != "oauth1":
         raise invalid_request("this is an OAuth 2.0 grant: use /api/v1/access-token")
-    _require_live(grant)
+    require_live(grant)
     try:
         header = oauth1_signing.sign_request(
             grant,
@@ -696,24 +666,6 @@ def sign(request: ServiceRequest) -> HttpResponse:
 # --- token exchange (RFC 8693): acting on behalf of a signed-in user --------------------
 
 RESOURCE_PREFIX = "urn:broker:provider:"
-
-
-def _subject(service_id: Any, token: str) -> subject_tokens.Subject:
-    """The user a subject token names, for this service (400 invalid_request otherwise)."""
-    audiences = (
-        ServiceClient.objects.filter(pk=service_id)
-        .values_list("subject_audiences", flat=True)
-        .first()
-    )
-    try:
-        return subject_tokens.verified_subject(token, list(audiences or []))
-    except subject_tokens.SubjectTokenRejected as exc:
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"subject_token: {exc}",
-            subject_issuer=subject_tokens.unverified_issuer(token),
-        ) from None
 
 
 def _target_slug(form: dict[str, str]) -> str:
@@ -749,7 +701,9 @@ def _exchange(
     ):
         raise invalid_request(f"only {ISSUED_TOKEN_TYPE} is issued, without an actor_token")
     slug = _target_slug(form)
-    subject = _subject(service.pk, form["subject_token"])
+    subject = subject_tokens.subject_for_service(
+        service.pk, form["subject_token"], named="subject_token"
+    )
     on_behalf: dict[str, Any] = {
         "subject_user": subject.user.username,
         "provider": slug,
@@ -766,6 +720,8 @@ def _exchange(
             f"this service may not use {slug!r} for this user",
             **on_behalf,
         )
+    if permission.proxy_only:
+        raise proxy_only(app.slug, subject_user=subject.user.username)
     grant = _users_grant(subject.user.username, app.slug)
     if grant is None:
         raise ApiError(400, "invalid_target", f"the user has no grant of {slug!r}", **on_behalf)
@@ -811,16 +767,7 @@ def _exchange_or_refusal(
     try:
         return JsonResponse(_exchange(request, client, form))
     except ApiError as exc:
-        trail.service_event(
-            "token.exchange_denied",
-            client.service.client_id,
-            outcome=trail.Outcome.DENIED,
-            request=request,
-            reason=exc.error,
-            status=exc.status,
-            description=exc.description,
-            **exc.audit,
-        )
+        audit_refusal("token.exchange_denied", client.service.client_id, request, exc)
         return exc.response()
     except Exception as exc:
         if is_database_busy(exc):
@@ -854,15 +801,7 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
         )
     requested = body.get("scopes")
     if requested is not None:
-        beyond = sorted(set(requested) - permission.scopes)
-        if beyond:
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"this service's access rules do not allow the scopes: {' '.join(beyond)}",
-                scopes=requested,
-                **wanted,
-            )
+        _refuse_beyond_rules(requested, permission, wanted)
     if not safe_return_url(body["return_to"]):
         raise invalid_request("field 'return_to' must be on an allow-listed origin")
     service = request.broker_token

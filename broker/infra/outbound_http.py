@@ -8,6 +8,12 @@ TLS, headers, body and redirects together. requests' own timeouts bound each con
 each read, not the exchange, so a server trickling one byte a second would keep a call
 (and the refresh lock around it) alive indefinitely; here a watchdog shuts the sockets
 down when the deadline passes, and the call fails with `DeadlineExceeded`, a Timeout.
+A call sent with `stream=True` (the proxy's) returns once the headers are in; its body is
+read afterwards, still inside the `with provider_session(...)` block and its deadline.
+`provider_session(..., keep_alive=True)` (the proxy's) takes its connections from one pool
+per process and leaves them there, so that a call does not open a new TCP and TLS
+connection each time; a deadline then only ever cuts the connections its own call holds
+(a connection goes to whichever call sends on it last).
 
 Webhook URLs (typed in by operators or services): `post`. Such a URL must not become a way
 into the broker's own network (SSRF): every address the host name resolves to must be
@@ -31,7 +37,7 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
-from urllib3 import ProxyManager
+from urllib3 import PoolManager, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -192,7 +198,9 @@ class Deadline:
         self.ends_at = time.monotonic() + seconds
         self.passed = threading.Event()
         self._connections: list[HTTPConnection] = []
-        self._sockets: list[socket.socket] = []
+        # (connection, the socket it sent on): the answer may be read from that socket after
+        # http.client detached it from the connection (`Connection: close`).
+        self._sockets: list[tuple[HTTPConnection, socket.socket]] = []
         self._lock = threading.Lock()
         self._watchdog = threading.Timer(seconds, self._cut_off)
         self._watchdog.daemon = True
@@ -208,25 +216,36 @@ class Deadline:
         self._watchdog.cancel()
 
     def watch(self, connection: HTTPConnection) -> None:
-        """Connecting or sending: whatever socket the connection holds when time is up."""
+        """Connecting or sending: whatever socket the connection holds when time is up,
+        unless another call has sent on the connection since (a kept-alive connection)."""
+        connection._broker_deadline = self  # type: ignore[attr-defined]
         with self._lock:
             self._connections.append(connection)
         if self.passed.is_set():
             self._cut_off()
 
-    def watch_socket(self, sock: socket.socket | None) -> None:
+    def watch_socket(self, connection: HTTPConnection, sock: socket.socket | None) -> None:
         """The socket an answer is read from, which http.client may detach from its
         connection (`Connection: close`) and hand to the response."""
         if sock is not None:
             with self._lock:
-                self._sockets.append(sock)
+                self._sockets.append((connection, sock))
         if self.passed.is_set():
             self._cut_off()
+
+    def _owns(self, connection: HTTPConnection) -> bool:
+        return getattr(connection, "_broker_deadline", None) is self
 
     def _cut_off(self) -> None:
         with self._lock:
             self.passed.set()
-            sockets = [c.sock for c in self._connections if c.sock is not None] + self._sockets
+            sockets = [
+                c.sock for c in self._connections if c.sock is not None and self._owns(c)
+            ] + [
+                sock
+                for connection, sock in self._sockets
+                if self._owns(connection) or connection.sock is not sock
+            ]
         for sock in sockets:
             try:
                 # The plain socket's shutdown, also for a TLS socket: it wakes a blocked
@@ -257,7 +276,7 @@ class _WatchedConnectionMixin:
             deadline.watch(self)  # type: ignore[arg-type]
         super().request(*args, **kwargs)  # type: ignore[misc]
         if deadline is not None:
-            deadline.watch_socket(self.sock)
+            deadline.watch_socket(self, self.sock)  # type: ignore[arg-type]
 
 
 class _WatchedHTTPConnection(_WatchedConnectionMixin, HTTPConnection):
@@ -310,7 +329,8 @@ class _DeadlineAdapter(HTTPAdapter):
         token = _current_deadline.set(self.deadline)
         try:
             response = super().send(request, *args, **kwargs)
-            response.content  # noqa: B018 (the body belongs to the call, and to its deadline)
+            if not kwargs.get("stream"):
+                response.content  # noqa: B018 (the body belongs to the call and its deadline)
         except requests.RequestException as exc:
             if self.deadline.passed.is_set():
                 raise self.exceeded(request) from exc
@@ -328,22 +348,59 @@ class _DeadlineAdapter(HTTPAdapter):
         )
 
 
+# Connections kept alive between the calls that ask for it (`keep_alive=True`), per process:
+# up to KEEP_ALIVE_PER_HOST idle ones per host (more are opened when needed, closed after).
+KEEP_ALIVE_PER_HOST = 32
+KEEP_ALIVE_HOSTS = 64
+_kept_alive_lock = threading.Lock()
+_kept_alive: list[PoolManager] = []
+
+
+def _kept_alive_pool() -> PoolManager:
+    with _kept_alive_lock:
+        if not _kept_alive:
+            pool = PoolManager(num_pools=KEEP_ALIVE_HOSTS, maxsize=KEEP_ALIVE_PER_HOST)
+            pool.pool_classes_by_scheme = WATCHED_POOLS
+            _kept_alive.append(pool)
+        return _kept_alive[0]
+
+
+class _KeptAliveDeadlineAdapter(_DeadlineAdapter):
+    """A deadline adapter over the process's pool of kept-alive connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        self.poolmanager = _kept_alive_pool()
+
+    def close(self) -> None:
+        """The call is over, so is its watch; the shared pool stays open."""
+        self.deadline.cancel()
+        for manager in self.proxy_manager.values():
+            manager.clear()
+
+
 @overload
-def provider_session(*, seconds: float | None = None) -> requests.Session: ...
-@overload
-def provider_session(session: SessionT, *, seconds: float | None = None) -> SessionT: ...
 def provider_session(
-    session: requests.Session | None = None, *, seconds: float | None = None
+    *, seconds: float | None = None, keep_alive: bool = False
+) -> requests.Session: ...
+@overload
+def provider_session(
+    session: SessionT, *, seconds: float | None = None, keep_alive: bool = False
+) -> SessionT: ...
+def provider_session(
+    session: requests.Session | None = None,
+    *,
+    seconds: float | None = None,
+    keep_alive: bool = False,
 ) -> requests.Session:
     """A session (a new plain one, or the one given, e.g. Authlib's) for one exchange with a
     provider or an identity provider: everything sent through it ends within `seconds`
     (BROKER_PROVIDER_TIMEOUT by default) from now, or raises DeadlineExceeded, until it is
     closed. Use it as `with provider_session(...) as session:`, which closes it; libraries
     that close their sessions themselves (Authlib's OpenID Connect client) can take it as
-    it is."""
+    it is. With `keep_alive`, its connections stay in the process's pool for later calls."""
     session = session if session is not None else requests.Session()
     deadline = Deadline(seconds if seconds is not None else settings.BROKER_PROVIDER_TIMEOUT)
-    adapter = _DeadlineAdapter(deadline)
+    adapter = (_KeptAliveDeadlineAdapter if keep_alive else _DeadlineAdapter)(deadline)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     deadline.start()

@@ -3,6 +3,7 @@
 Flows, the refresh engine and revocation read these entries instead of branching on kind
 names, so a new provider that behaves like an existing kind needs no code. Endpoint
 templates may use `{base_url}` (Data Center apps); every endpoint can be overridden per app.
+`api` is the origin (and path prefix) the proxy forwards a service's calls to.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class ProviderKind:
     # Where a user revokes access themselves when the provider has no revocation endpoint.
     user_revoke_path: str = ""
     signature_methods: tuple[str, ...] = ()
+    # Headers the proxy adds to requests that change something (not GET, HEAD, OPTIONS):
+    # Data Center refuses form posts without `X-Atlassian-Token: no-check` (its XSRF check).
+    proxy_write_headers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.narrower_tokens_on_refresh and self.rotating_refresh_tokens:
@@ -85,6 +89,7 @@ JIRA_MYSELF_IDENTITY = MappingProxyType(
 DATA_CENTER: Mapping[Protocol, Mapping[str, Any]] = {
     "oauth2": {
         "endpoints": {
+            "api": "{base_url}",
             "authorize": "{base_url}/rest/oauth2/latest/authorize",
             "token": "{base_url}/rest/oauth2/latest/token",
         },
@@ -95,6 +100,7 @@ DATA_CENTER: Mapping[Protocol, Mapping[str, Any]] = {
     },
     "oauth1": {
         "endpoints": {
+            "api": "{base_url}",
             "request_token": "{base_url}/plugins/servlet/oauth/request-token",
             "authorize": "{base_url}/plugins/servlet/oauth/authorize",
             "access_token": "{base_url}/plugins/servlet/oauth/access-token",
@@ -110,6 +116,8 @@ DATA_CENTER_PRODUCTS = {
 }
 PROTOCOL_LABELS: Mapping[Protocol, str] = {"oauth2": "OAuth 2.0", "oauth1": "OAuth 1.0a"}
 
+DC_WRITE_HEADERS = MappingProxyType({"X-Atlassian-Token": "no-check"})
+
 
 def _data_center(product: str, protocol: Protocol) -> ProviderKind:
     label, identity = DATA_CENTER_PRODUCTS[product]
@@ -122,6 +130,7 @@ def _data_center(product: str, protocol: Protocol) -> ProviderKind:
         endpoints=MappingProxyType({**endpoints, "identity": identity}),
         requires_base_url=True,
         identity_fields=JIRA_MYSELF_IDENTITY,
+        proxy_write_headers=DC_WRITE_HEADERS,
         **options,
     )
 
@@ -140,6 +149,7 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                         "token": "https://auth.atlassian.com/oauth/token",
                         "identity": "https://api.atlassian.com/me",
                         "resources": "https://api.atlassian.com/oauth/token/accessible-resources",
+                        "api": "https://api.atlassian.com",
                     }
                 ),
                 token_encoding="json",
@@ -207,8 +217,8 @@ REQUIRED_ENDPOINTS: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
 )
 ENDPOINT_NAMES: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
     {
-        "oauth2": ("authorize", "token", "identity", "resources", "revoke", "issuer"),
-        "oauth1": ("request_token", "authorize", "access_token", "identity"),
+        "oauth2": ("authorize", "token", "identity", "resources", "revoke", "issuer", "api"),
+        "oauth1": ("request_token", "authorize", "access_token", "identity", "api"),
         "api_token": ("api", "identity"),
     }
 )

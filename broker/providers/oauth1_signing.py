@@ -60,8 +60,10 @@ def origin_of(url: str) -> Origin | None:
 
 
 def allowed_origins(app: ProviderApp) -> set[Origin]:
-    """The app's base URL origin; an app without one (generic kind): its endpoints' origins."""
-    urls = [app.base_url] if app.base_url else list(app.endpoint_urls().values())
+    """The app's base URL origin and its API origin (the proxy's); an app without a base URL
+    (generic kind): its endpoints' origins."""
+    urls = [app.base_url, app.endpoint("api") or ""] if app.base_url else []
+    urls = urls or list(app.endpoint_urls().values())
     return {origin for origin in map(origin_of, urls) if origin is not None}
 
 

@@ -789,10 +789,15 @@ def require_usable(grant: Grant) -> None:
         raise UserDeactivated(f"the user of grant {grant.pk} is deactivated")
 
 
-def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) -> Grant:
+def ensure_fresh(
+    grant_id: Any, *, min_ttl: int, force_refresh: bool = False, refused_version: int | None = None
+) -> Grant:
     """The grant, reloaded, with an access token valid for at least `min_ttl` seconds.
 
     force_refresh: the token comes from a refresh that completed after this call began.
+    refused_version (with force_refresh): the `token_version` of a token the provider just
+    refused; a valid token stored since then (another caller's refresh, however recent)
+    also does, so a burst of refusals of one token costs one refresh (the proxy's).
     Concurrent callers share one upstream refresh. A caller that finds a refresh
     completed after it began takes that token even if the provider's lifetime is shorter
     than `min_ttl` (refreshing again would not give a longer one).
@@ -819,8 +824,15 @@ def ensure_fresh(grant_id: Any, *, min_ttl: int, force_refresh: bool = False) ->
             and candidate.last_refreshed_at >= started
         )
 
+    def replaced_since_refused(candidate: Grant) -> bool:
+        return (
+            refused_version is not None
+            and candidate.token_version > refused_version
+            and candidate.access_token_valid_for(min_ttl)
+        )
+
     def satisfied(candidate: Grant) -> bool:
-        if refreshed_since_start(candidate):
+        if refreshed_since_start(candidate) or replaced_since_refused(candidate):
             return True
         return not force_refresh and candidate.access_token_valid_for(min_ttl)
 

@@ -69,3 +69,23 @@ def echo(request: HttpRequest) -> JsonResponse:
             "user": request.user.get_username(),
         }
     )
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+@jira_auth_required
+def create_issue(request: HttpRequest) -> JsonResponse:
+    """`POST /rest/api/2/issue`: like Data Center, refused by its XSRF check unless the
+    request carries `X-Atlassian-Token: no-check`."""
+    if request.headers.get("X-Atlassian-Token") != "no-check":
+        return JsonResponse({"errorMessages": ["XSRF check failed"]}, status=403)
+    return JsonResponse(
+        {
+            "id": "10001",
+            "key": "ACME-1",
+            "fields": json_params(request),
+            "form": form_params(request),
+            "user": request.user.get_username(),
+        },
+        status=201,
+    )

@@ -69,16 +69,28 @@ def increment(name: str) -> None:
                 Counter.objects.filter(pk=counter.pk).update(value=F("value") + 1)
 
 
+# Requests received, by "METHOD /path" (request_counter.RequestCounterMiddleware).
+REQUEST_PREFIX = "request:"
+
+
+def count_request(method: str, path: str) -> None:
+    increment(f"{REQUEST_PREFIX}{method} {path}"[: Counter._meta.get_field("name").max_length])
+
+
 def counter_values() -> dict:
     values = dict(Counter.objects.values_list("name", "value"))
     token = {"authorization_code": 0, "refresh_token": 0}
+    requests = {}
     for name, value in values.items():
         if name.startswith("token:"):
             token[name.removeprefix("token:")] = value
+        if name.startswith(REQUEST_PREFIX):
+            requests[name.removeprefix(REQUEST_PREFIX)] = value
     return {
         "token": token,
         "revoke": values.get("revoke", 0),
         "oauth1_access_token": values.get("oauth1_access_token", 0),
+        "requests": requests,
         # Calls with Basic auth (API tokens), accepted or not.
         "api_token_basic": values.get("api_token_basic", 0),
     }

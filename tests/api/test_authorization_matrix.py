@@ -29,16 +29,22 @@ SCENARIOS = [
     # Rules only for a signed-in user: a request that merely names her gets no token or
     # signature (token exchange or Broker-Subject-Token is needed: test_on_behalf_of.py).
     "on_behalf_of_only",
+    # Rules for the proxy only: no raw token or signature, calls through the proxy.
+    "proxy_only",
     "allowed",
 ]
-ENDPOINTS = ["access-token", "sign", "connect-links", "grants"]
+ENDPOINTS = ["access-token", "sign", "connect-links", "grants", "proxy"]
 
 EXPECTED = {
-    "access-token": [404, 404, 403, 404, 401, 401, 404, 403, 200],
-    "sign": [404, 404, 403, 404, 401, 401, 404, 403, 200],
-    "connect-links": [404, 404, 403, 404, 401, 401, 404, 201, 201],
-    "grants": [200, 200, None, 200, 401, 401, 200, 200, 200],
+    "access-token": [404, 404, 403, 404, 401, 401, 404, 403, 403, 200],
+    "sign": [404, 404, 403, 404, 401, 401, 404, 403, 403, 200],
+    "connect-links": [404, 404, 403, 404, 401, 401, 404, 201, 201, 201],
+    "grants": [200, 200, None, 200, 401, 401, 200, 200, 200, 200],
+    # "scope_outside_rule" for the proxy: a method its rule does not allow.
+    "proxy": [404, 404, 403, 404, 401, 401, 404, 403, 200, 200],
 }
+DENIED_ACTION = {"connect-links": "connect_link.denied", "proxy": "proxy.denied"}
+REASONS = {"on_behalf_of_only": "on_behalf_of_required", "proxy_only": "proxy_only"}
 SECRETS_IN_SUCCESS = {
     "access-token": "access_token",
     "sign": "authorization",
@@ -60,6 +66,7 @@ def _rules(scenario, service, atlassian, jira_dc, other_app, group) -> None:
     restricted = scenario == "scope_outside_rule"
     users_group = group if scenario == "user_outside_group" else None
     on_behalf_of = scenario == "on_behalf_of_only"
+    proxy_only = scenario == "proxy_only"
     AccessRule.objects.create(
         service=service,
         provider_app=atlassian,
@@ -67,6 +74,8 @@ def _rules(scenario, service, atlassian, jira_dc, other_app, group) -> None:
         users_group=users_group,
         can_create_connect_links=True,
         on_behalf_of=on_behalf_of,
+        proxy_only=proxy_only,
+        proxy_methods=["GET"] if restricted else [],
     )
     AccessRule.objects.create(
         service=service,
@@ -74,6 +83,7 @@ def _rules(scenario, service, atlassian, jira_dc, other_app, group) -> None:
         users_group=users_group,
         can_sign=not restricted,
         on_behalf_of=on_behalf_of,
+        proxy_only=proxy_only,
     )
 
 
@@ -95,6 +105,13 @@ def _call(api, endpoint, scenario, headers, grants) -> Any:
         if wide:
             body["scopes"] = ["write:jira-work"]
         return api.post("/api/v1/connect-links", body, content_type="application/json", **headers)
+    if endpoint == "proxy":
+        path = "/api/v1/proxy/atlassian/rest/api/3/myself"
+        if wide:
+            return api.post(
+                path, b"{}", content_type="application/json", HTTP_BROKER_USER="alice", **headers
+            )
+        return api.get(path, HTTP_BROKER_USER="alice", **headers)
     return api.get("/api/v1/grants", {"user": "alice"}, **headers)
 
 
@@ -108,9 +125,13 @@ CASES = [
 
 @pytest.mark.parametrize(("scenario", "endpoint"), CASES)
 def test_authorization_matrix(
-    api, endpoint, scenario, owner, atlassian, jira_dc, other_app, group, settings
+    api, endpoint, scenario, owner, atlassian, jira_dc, other_app, group, settings, local_server
 ):
     expected = EXPECTED[endpoint][SCENARIOS.index(scenario)]
+    # The proxy forwards to a local server standing for Atlassian's API origin.
+    atlassian.endpoints = {"api": local_server.url}
+    atlassian.save()
+    local_server.documents["/rest/api/3/myself"] = b'{"accountId": "alice"}'
     grants = {
         "atlassian": consented_grant(owner, atlassian, scopes=["read:me", "read:jira-work"]),
         "jira": consented_grant(owner, jira_dc),
@@ -136,11 +157,15 @@ def test_authorization_matrix(
 
     response = _call(api, endpoint, scenario, headers, grants)
 
-    assert response.status_code == expected, response.content
+    assert response.status_code == expected, getattr(response, "content", b"")
+    if endpoint == "proxy" and expected == 200:
+        assert b"".join(response.streaming_content) == b'{"accountId": "alice"}'
+        assert len(local_server.requests) == 1
+        return
     body = response.json()
     if endpoint == "grants":
         listed = [g["id"] for g in body.get("grants", [])]
-        if scenario in ("allowed", "on_behalf_of_only"):  # listed, never a token
+        if scenario in ("allowed", "on_behalf_of_only", "proxy_only"):  # listed, no token
             assert sorted(listed) == sorted(str(g.pk) for g in grants.values())
             assert "access_token" not in response.content.decode()
         else:
@@ -148,23 +173,26 @@ def test_authorization_matrix(
         if expected == 401:
             assert audit_events(action="service.auth_failed", outcome="denied")
         return
-    secret_field = SECRETS_IN_SUCCESS[endpoint]
+    if endpoint == "proxy":
+        assert local_server.requests == []  # nothing forwarded
+        assert response["Broker-Error"] == body["error"]
+    secret_field = SECRETS_IN_SUCCESS.get(endpoint, "")
     if expected in (200, 201):
         assert body[secret_field]
         return
-    assert secret_field not in body and set(body) == {"error", "error_description"}
+    assert set(body) == {"error", "error_description"}
     assert response["Cache-Control"] == "no-store"
     if endpoint == "connect-links":
         assert not ConnectLink.objects.exists()
     if expected == 401:
         assert audit_events(action="service.auth_failed", outcome="denied")
     else:
-        denied_action = "connect_link.denied" if endpoint == "connect-links" else "token.denied"
+        denied_action = DENIED_ACTION.get(endpoint, "token.denied")
         [event] = audit_events(action=denied_action, service=service.client_id)
         assert event.outcome == "denied" and event.detail["status"] == expected
-        if scenario == "on_behalf_of_only":
-            assert event.detail["reason"] == "on_behalf_of_required"
-    assert not audit_events(action__in=["token.issued", "request.signed"])
+        if scenario in REASONS:
+            assert event.detail["reason"] == REASONS[scenario]
+    assert not audit_events(action__in=["token.issued", "request.signed", "proxy.called"])
     assert Grant.objects.filter(status="active").count() == len(grants)  # kept, untouched
 
 

@@ -121,6 +121,22 @@ def test_force_refresh_returns_a_token_from_a_refresh_after_the_call(sandbox, gr
     assert fresh.last_refreshed_at >= grant.updated_at
 
 
+def test_a_refused_token_already_replaced_costs_no_second_refresh(sandbox, grant):
+    """The proxy's case: two calls had the same token refused; the first refresh serves
+    both, however late the second caller asks (refused_version)."""
+    refused = grant.token_version
+    first = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True, refused_version=refused)
+    before = refresh_count(sandbox)
+    second = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True, refused_version=refused)
+    assert refresh_count(sandbox) == before
+    assert second.unseal("access_token") == first.unseal("access_token")
+    third = ensure_fresh(
+        grant.pk, min_ttl=0, force_refresh=True, refused_version=first.token_version
+    )
+    assert refresh_count(sandbox) == before + 1
+    assert third.unseal("access_token") != first.unseal("access_token")
+
+
 def test_a_task_refreshes_a_claimed_grant_once_and_a_duplicate_does_nothing(sandbox, grant):
     claim(grant)
     before = refresh_count(sandbox)

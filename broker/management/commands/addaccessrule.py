@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from broker.audit import trail
 from broker.models import AccessRule, ProviderApp, ServiceClient
+from broker.providers.proxy_paths import METHOD, pattern_problem
 
 
 class Command(BaseCommand):
@@ -28,6 +29,24 @@ class Command(BaseCommand):
             "--on-behalf-of",
             action="store_true",
             help="served only with the signed-in user's token (token exchange), never by name",
+        )
+        parser.add_argument(
+            "--proxy-only",
+            action="store_true",
+            help="never hand out the raw token or a signature: the proxy only",
+        )
+        parser.add_argument(
+            "--proxy-methods",
+            metavar="M,...",
+            help="methods the service may send through the proxy, e.g. GET,POST (default: any)",
+        )
+        parser.add_argument(
+            "--proxy-paths",
+            action="append",
+            default=[],
+            metavar="PATTERN",
+            help="a path the service may call through the proxy (repeatable; * one segment, "
+            "** any), e.g. '/ex/jira/*/rest/api/3/**' (default: any)",
         )
         parser.add_argument("--json", action="store_true")
 
@@ -58,6 +77,15 @@ class Command(BaseCommand):
         unknown = sorted(set(scopes) - set(app.scopes)) if app.scopes else []
         if unknown:
             raise CommandError(f"scopes not configured for {app.slug}: {' '.join(unknown)}")
+        methods = [
+            m.strip().upper() for m in (options["proxy_methods"] or "").split(",") if m.strip()
+        ]
+        if bad_methods := [m for m in methods if not METHOD.fullmatch(m)]:
+            raise CommandError(f"--proxy-methods: not HTTP methods: {', '.join(bad_methods)}")
+        paths: list[str] = options["proxy_paths"]
+        for pattern in paths:
+            if problem := pattern_problem(pattern):
+                raise CommandError(f"--proxy-paths: {problem}")
         rule, created = AccessRule.objects.update_or_create(
             service=service,
             provider_app=app,
@@ -67,6 +95,9 @@ class Command(BaseCommand):
                 "can_sign": options["sign"],
                 "can_create_connect_links": options["connect_links"],
                 "on_behalf_of": options["on_behalf_of"],
+                "proxy_only": options["proxy_only"],
+                "proxy_methods": methods,
+                "proxy_paths": paths,
             },
         )
         trail.record(
@@ -81,6 +112,9 @@ class Command(BaseCommand):
             can_sign=rule.can_sign,
             can_create_connect_links=rule.can_create_connect_links,
             on_behalf_of=rule.on_behalf_of,
+            proxy_only=rule.proxy_only,
+            proxy_methods=rule.proxy_methods,
+            proxy_paths=rule.proxy_paths,
         )
         result = {
             "client_id": service.client_id,
@@ -90,6 +124,9 @@ class Command(BaseCommand):
             "sign": rule.can_sign,
             "connect_links": rule.can_create_connect_links,
             "on_behalf_of": rule.on_behalf_of,
+            "proxy_only": rule.proxy_only,
+            "proxy_methods": rule.proxy_methods,
+            "proxy_paths": rule.proxy_paths,
             "created": created,
         }
         if options["json"]:

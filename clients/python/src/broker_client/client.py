@@ -24,6 +24,7 @@ import requests
 from broker_client import __version__
 from broker_client.assertions import ASSERTION_TYPE, AssertionSigner
 from broker_client.errors import BrokerError, BrokerUnreachable, error_for
+from broker_client.proxy_session import ProxySession, naming_headers
 from broker_client.requests_auth import RequestsBearerAuth, RequestsOAuth1Auth
 from broker_client.results import ConnectLink, ExchangedToken, Grant, ProviderToken
 
@@ -347,6 +348,21 @@ class BrokerClient:
             ) from exc
 
         return HttpxBearerAuth(self._token_source(user, grant, provider, min_ttl, scopes))
+
+    def proxy_session(
+        self,
+        *,
+        provider: str,
+        user: str | None = None,
+        grant: str | None = None,
+        subject_token: str | None = None,
+    ) -> ProxySession:
+        """A `requests.Session` whose relative URLs go through the broker's proxy to
+        `provider`'s API, as `user` (or `grant`, or the user whose IdP token is
+        `subject_token`): `session.get("ex/jira/<cloud id>/rest/api/3/myself")`. The
+        provider token never reaches this process; the broker refreshes and retries on an
+        expired one. The broker's refusals raise BrokerError subclasses."""
+        return ProxySession(self, provider, naming_headers(user, grant, subject_token))
 
     def _token_source(
         self,
