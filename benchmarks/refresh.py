@@ -16,8 +16,11 @@ The database is recreated on each run (SQLite file data/bench-refresh.sqlite3 by
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -80,6 +83,13 @@ def main() -> None:
     parser.add_argument("--grants", type=int, default=2000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then N refreshes in this process under cProfile (the task's body, no Celery)",
+    )
     args = parser.parse_args()
 
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"  # fixed keys, HTTP allowed
@@ -176,8 +186,36 @@ def main() -> None:
                 f"upstream refresh calls {upstream} (expected {args.grants}); "
                 f"grants not active {failed}"
             )
+        if args.profile:
+            profile_refreshes(grants[: args.profile])
     finally:
         sandbox.stop()
+
+
+def profile_refreshes(grants: list) -> None:  # type: ignore[type-arg]
+    """The refresh task's body for each grant, in this process, under cProfile: CPU per
+    refresh and the top costs (cumulative, then own time)."""
+    from django.utils import timezone
+
+    from broker.models import Grant
+    from broker.refresh import tasks
+
+    Grant.objects.filter(pk__in=[g.pk for g in grants]).update(next_refresh_at=timezone.now())
+    tasks.refresh_grant.run(str(grants[0].pk))  # imports, connections
+    profiler = cProfile.Profile(time.process_time)  # CPU, not the wait for the provider
+    cpu = time.process_time()
+    profiler.enable()
+    for grant in grants[1:]:
+        tasks.refresh_grant.run(str(grant.pk))
+    profiler.disable()
+    cpu = time.process_time() - cpu
+    print(
+        f"in process: {len(grants) - 1} refreshes, {cpu * 1000 / (len(grants) - 1):.1f} ms CPU each"
+    )
+    for order in ("cumulative", "tottime"):
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(25)
+        print(out.getvalue())
 
 
 if __name__ == "__main__":
