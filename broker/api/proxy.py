@@ -197,9 +197,12 @@ def _target(request: ServiceRequest, slug: str, where: dict[str, Any]) -> Target
 
 
 def _fresh(grant: Grant, where: dict[str, Any]) -> Grant:
-    """An OAuth 2.0 grant whose stored token lasts the call (refreshed first if not)."""
+    """An OAuth 2.0 grant whose stored token lasts the call (refreshed first if not).
+
+    As for the access-token endpoint, a token whose refresh is in flight, cut short or
+    rescued may be retired upstream: the engine waits for, applies or redoes that refresh."""
     if grant.provider_app.protocol != "oauth2" or (
-        grant.access_token_valid_for(FRESH_FOR_SECONDS) and not engine.rescue_pending(grant.pk)
+        grant.access_token_valid_for(FRESH_FOR_SECONDS) and not engine.stored_token_in_doubt(grant)
     ):
         return grant
     try:
