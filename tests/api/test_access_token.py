@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
@@ -13,6 +12,7 @@ from broker.api.views import capped_min_ttl
 from broker.models import Grant
 from tests.api.conftest import audit_events, token_issues
 from tests.factories import consented_grant
+from tests.other_refresher import REFRESHED_ACCESS_TOKEN, refreshing_elsewhere
 
 pytestmark = pytest.mark.django_db
 
@@ -311,34 +311,11 @@ def test_a_token_being_refreshed_is_not_served_until_the_refresh_commits(api, gr
     """Another process is refreshing the grant (its lock held, its refresh marked in
     flight): the provider may already have retired the stored access token (rotation), so
     the request waits for the refresh's result instead of serving the stored one."""
-    from broker.providers.oauth2_client import TokenResponse
-    from broker.refresh import engine
-
-    lock = engine.lock_redis().lock(
-        engine.LOCK_KEY.format(grant_id=grant.pk), timeout=30, thread_local=False
-    )
-    assert lock.acquire(blocking=False)
-    assert engine.mark_in_flight(grant.pk, grant.token_version)
-    refreshed = TokenResponse("refreshed-access", "refreshed-refresh", 3600, None, "Bearer")
-
-    def the_other_process_commits() -> None:
-        time.sleep(0.5)
-        engine.persist_refresh(
-            engine.load(grant.pk),
-            refreshed,
-            seen_version=grant.token_version,
-            received_at=timezone.now(),
-        )
-        engine.clear_in_flight(grant.pk)
-        lock.release()
-
-    other = threading.Thread(target=the_other_process_commits)
     started = time.monotonic()
-    other.start()
-    response = post(api, {"grant": str(grant.pk)}, bearer())
-    other.join()
+    with refreshing_elsewhere(grant):
+        response = post(api, {"grant": str(grant.pk)}, bearer())
     assert response.status_code == 200
-    assert response.json()["access_token"] == "refreshed-access"
+    assert response.json()["access_token"] == REFRESHED_ACCESS_TOKEN
     assert 0.5 <= time.monotonic() - started < 5  # until the lock was released
 
 
@@ -519,36 +496,13 @@ def test_a_cached_token_being_refreshed_is_not_served_until_the_refresh_commits(
 ):
     """As below, with the grant in the process's cache: the in-flight mark read in the
     prefetch keeps the cached token from being served."""
-    from broker.providers.oauth2_client import TokenResponse
-    from broker.refresh import engine
-
     headers = bearer()
     for _ in range(2):  # seeds the serving versions, then fills the caches
         assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
-    lock = engine.lock_redis().lock(
-        engine.LOCK_KEY.format(grant_id=grant.pk), timeout=30, thread_local=False
-    )
-    assert lock.acquire(blocking=False)
-    assert engine.mark_in_flight(grant.pk, grant.token_version)
-    refreshed = TokenResponse("refreshed-access", "refreshed-refresh", 3600, None, "Bearer")
-
-    def the_other_process_commits() -> None:
-        time.sleep(0.5)
-        engine.persist_refresh(
-            engine.load(grant.pk),
-            refreshed,
-            seen_version=grant.token_version,
-            received_at=timezone.now(),
-        )
-        engine.clear_in_flight(grant.pk)
-        lock.release()
-
-    other = threading.Thread(target=the_other_process_commits)
-    other.start()
-    response = post(api, {"grant": str(grant.pk)}, headers)
-    other.join()
+    with refreshing_elsewhere(grant):
+        response = post(api, {"grant": str(grant.pk)}, headers)
     assert response.status_code == 200
-    assert response.json()["access_token"] == "refreshed-access"
+    assert response.json()["access_token"] == REFRESHED_ACCESS_TOKEN
 
 
 @pytest.mark.django_db(transaction=True)

@@ -22,6 +22,7 @@ from tests.api.conftest import audit_events, basic, fetch_token, post_form
 from tests.api.test_proxy_sandbox import raw_get
 from tests.factories import consented_grant, service_and_secret
 from tests.gunicorn_server import gunicorn
+from tests.other_refresher import REFRESHED_ACCESS_TOKEN, refreshing_elsewhere
 from tests.subject_idp import AUDIENCE, SubjectIdp
 
 pytestmark = pytest.mark.django_db
@@ -420,39 +421,11 @@ def test_a_token_being_refreshed_is_not_sent_upstream_until_the_refresh_commits(
     """Another process is refreshing the grant (its lock held, its refresh marked in
     flight): the provider may already have retired the stored token, so the proxy waits
     for the refresh and sends the new token, never the one being replaced."""
-    import threading
-    import time
-
-    from django.utils import timezone
-
-    from broker.providers.oauth2_client import TokenResponse
-    from broker.refresh import engine
-
     stored = grant.unseal("access_token")
-    lock = engine.lock_redis().lock(
-        engine.LOCK_KEY.format(grant_id=grant.pk), timeout=30, thread_local=False
-    )
-    assert lock.acquire(blocking=False)
-    assert engine.mark_in_flight(grant.pk, grant.token_version)
-    refreshed = TokenResponse("refreshed-access", "refreshed-refresh", 3600, None, "Bearer")
-
-    def the_other_process_commits() -> None:
-        time.sleep(0.5)
-        engine.persist_refresh(
-            engine.load(grant.pk),
-            refreshed,
-            seen_version=grant.token_version,
-            received_at=timezone.now(),
-        )
-        engine.clear_in_flight(grant.pk)
-        lock.release()
-
-    other = threading.Thread(target=the_other_process_commits)
-    other.start()
-    response = api.get(f"{PROXY}/v4/user", **headers)
-    other.join()
+    with refreshing_elsewhere(grant):
+        response = api.get(f"{PROXY}/v4/user", **headers)
 
     assert response.status_code == 200, body_of(response)
     [received] = upstream.requests
-    assert received.headers["authorization"] == "Bearer refreshed-access"
+    assert received.headers["authorization"] == f"Bearer {REFRESHED_ACCESS_TOKEN}"
     assert received.headers["authorization"] != f"Bearer {stored}"
