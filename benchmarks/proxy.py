@@ -30,21 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+from benchmarks.measure import cpu_seconds, fresh_database, percentile  # noqa: E402
+
 CLOUD_ID = "6f1c2a0e-5b7d-4c1e-9a4f-0d3e8b7a1c01"  # the sandbox's first site
 RESOURCE = f"ex/jira/{CLOUD_ID}/rest/api/3/myself"
 WARM_UP = 30
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def process_tree(pid: int) -> list[int]:
@@ -58,28 +54,6 @@ def process_tree(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(stat.parent.name))
     return [pid, *children]
-
-
-def prepare_database(url: str | None) -> str:
-    if url is None:
-        path = ROOT / "data" / "bench-proxy.sqlite3"
-        path.parent.mkdir(exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return f"sqlite:///{path}"
-    import psycopg
-
-    parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
-    with psycopg.connect(parsed._replace(path="/postgres").geturl(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return url
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def start_broker(port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -111,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"  # fixed keys, HTTP allowed
-    os.environ["DATABASE_URL"] = prepare_database(args.database_url)
+    os.environ["DATABASE_URL"] = fresh_database(args.database_url, "bench-proxy")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
     os.environ["LOG_LEVEL"] = "WARNING"
 

@@ -31,31 +31,8 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.measure import cpu_seconds, fresh_database  # noqa: E402
 from tests import processes  # noqa: E402
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def prepare_database(url: str | None) -> str:
-    if url is None:
-        path = ROOT / "data" / "bench-refresh.sqlite3"
-        path.parent.mkdir(exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return f"sqlite:///{path}"
-    import psycopg
-
-    parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
-    with psycopg.connect(parsed._replace(path="/postgres").geturl(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return url
 
 
 def start_workers(count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
@@ -93,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"  # fixed keys, HTTP allowed
-    os.environ["DATABASE_URL"] = prepare_database(args.database_url)
+    os.environ["DATABASE_URL"] = fresh_database(args.database_url, "bench-refresh")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
 
     import django

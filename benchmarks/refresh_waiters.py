@@ -32,27 +32,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def prepare_database(url: str | None) -> str:
-    if url is None:
-        path = ROOT / "data" / "bench-waiters.sqlite3"
-        path.parent.mkdir(exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return f"sqlite:///{path}"
-    import psycopg
-
-    parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
-    with psycopg.connect(parsed._replace(path="/postgres").geturl(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return url
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+from benchmarks.measure import fresh_database, percentile  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"  # fixed keys, HTTP allowed
-    os.environ["DATABASE_URL"] = prepare_database(args.database_url)
+    os.environ["DATABASE_URL"] = fresh_database(args.database_url, "bench-waiters")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/13")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
 
