@@ -121,6 +121,7 @@ from broker.providers.oauth2_client import (
     TransientTokenError,
 )
 from broker.providers.oauth2_client import refresh as refresh_upstream
+from broker.refresh.grant_read import grant_with_app_and_user
 from broker.refresh.schedule import apply_token_response
 
 log = logging.getLogger(__name__)
@@ -478,7 +479,8 @@ def previous_refresh_in_doubt(grant: Grant) -> bool:
 
 
 def load(grant_id: Any) -> Grant:
-    return Grant.objects.select_related("user", "provider_app").get(pk=grant_id)
+    """The grant with its app and user; raises Grant.DoesNotExist."""
+    return grant_with_app_and_user(grant_id)
 
 
 def load_or_none(grant_id: Any) -> Grant | None:
