@@ -30,7 +30,9 @@ not followed, and proxies from the environment are ignored.
 from __future__ import annotations
 
 import functools
+import heapq
 import ipaddress
+import itertools
 import os
 import socket
 import threading
@@ -218,7 +220,7 @@ class DeadlineExceeded(requests.Timeout):
 
 
 class Deadline:
-    """The moment by which a whole call must be over, and the watchdog that enforces it:
+    """The moment by which a whole call must be over, enforced by the process's watchdog:
     when it passes, the sockets of the call's connections are shut down, so a read blocked
     on a trickling server returns at once."""
 
@@ -231,18 +233,21 @@ class Deadline:
         # http.client detached it from the connection (`Connection: close`).
         self._sockets: list[tuple[HTTPConnection, socket.socket]] = []
         self._lock = threading.Lock()
-        self._watchdog = threading.Timer(seconds, self._cut_off)
-        self._watchdog.daemon = True
+        self.cancelled = False
 
     def remaining(self) -> float:
         return max(0.0, self.ends_at - time.monotonic())
 
     def start(self) -> None:
         self.ends_at = time.monotonic() + self.seconds
-        self._watchdog.start()
+        _watchdog.watch(self)
 
     def cancel(self) -> None:
-        self._watchdog.cancel()
+        """The call is over: its connections are no longer its own to cut."""
+        with self._lock:
+            self.cancelled = True
+            self._connections.clear()
+            self._sockets.clear()
 
     def watch(self, connection: HTTPConnection) -> None:
         """Connecting or sending: whatever socket the connection holds when time is up,
@@ -282,6 +287,51 @@ class Deadline:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed
+
+
+class _Watchdog:
+    """One thread per process that cuts off each call whose deadline passed, earliest first
+    (a timer thread per call cost more CPU than a token request's own work). Deadlines of
+    calls that ended stay queued, inert, until their time."""
+
+    def __init__(self) -> None:
+        self._wakeup = threading.Condition()
+        self._queue: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()  # ties broken by arrival, never by Deadline
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: Deadline) -> None:
+        with self._wakeup:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="provider-call-deadlines", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._queue, (deadline.ends_at, next(self._order), deadline))
+            if self._queue[0][2] is deadline:  # earlier than what the thread waits for
+                self._wakeup.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._queue or self._queue[0][0] > time.monotonic():
+                    wait = self._queue[0][0] - time.monotonic() if self._queue else None
+                    self._wakeup.wait(wait)
+                _, _, deadline = heapq.heappop(self._queue)
+            if not deadline.cancelled:
+                deadline._cut_off()
+
+
+_watchdog = _Watchdog()
+
+
+def _watchdog_after_fork() -> None:
+    """A forked child has no watchdog thread, and its copy of the lock may be held."""
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_watchdog_after_fork)
 
 
 # The deadline of the call running in this thread, for the connections it opens or reuses.
