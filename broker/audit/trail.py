@@ -42,7 +42,6 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DataError, IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
-from redis.client import Pipeline
 from redis.exceptions import LockError
 
 from broker.infra.client_address import client_ip
@@ -371,11 +370,11 @@ def service_event(
     )
 
 
-def queue_service_event(
-    pipe: Pipeline, action: str, client_id: str, *, outcome: str = Outcome.SUCCESS, **fields: Any
+def service_event_json(
+    action: str, client_id: str, *, outcome: str = Outcome.SUCCESS, **fields: Any
 ) -> str:
-    """`service_event`'s buffered push, queued on the caller's pipeline (`queue_push`).
-    Returns the event's JSON: pass it, with the push's result, to `pushed_or_written`."""
+    """`service_event`'s event as the buffer holds it: push it on the caller's pipeline
+    (`queue_push`), then pass it, with the push's result, to `pushed_or_written`."""
     event = event_fields(
         action,
         actor_type=ActorType.SERVICE,
@@ -384,6 +383,4 @@ def queue_service_event(
         outcome=outcome,
         **fields,
     )
-    raw = json.dumps(event, cls=DjangoJSONEncoder)
-    queue_push(pipe, raw)
-    return raw
+    return json.dumps(event, cls=DjangoJSONEncoder)
