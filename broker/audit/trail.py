@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 def _text(value: str, limit: int) -> str:
     """What a text column can hold on every database: valid UTF-8 (a lone surrogate is
     written as its escape), no NUL (PostgreSQL), at most `limit` characters."""
+    if len(value) <= limit and value.isascii() and "\x00" not in value:
+        return value  # the usual case (identifiers, names), without the copies below
     storable = (
         value[: limit + 1]
         .encode("utf-8", "backslashreplace")
