@@ -330,7 +330,7 @@ BROKER_AUDIT_BUFFER_MAX = env.int("BROKER_AUDIT_BUFFER_MAX", default=100_000)
 # seconds, then stores it unless the buffer's flush did (a second failure domain: a Redis
 # flush or restart loses the buffer, not the copy; 0: the buffer alone). Above the flush
 # interval (CELERY_BEAT_SCHEDULE's flush-audit-buffer), so that normally nothing is left.
-BROKER_AUDIT_COPY_SECONDS = env.float("BROKER_AUDIT_COPY_SECONDS", default=10.0)
+BROKER_AUDIT_COPY_SECONDS = env.float("BROKER_AUDIT_COPY_SECONDS", default=6.0)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.

@@ -30,6 +30,7 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -280,7 +281,9 @@ class LocalCopy:
     store it; then the copy's thread looks its id up and inserts it only if the flusher did
     not (the buffer lost it). Normally that is one lookup per batch and no second insert:
     inserting every event twice cost the web processes a fifth of a token fetch's CPU
-    (benchmarks/README.md).
+    (benchmarks/README.md). Held that long, the events are packed once a second, one
+    compressed block per second: a few seconds of a busy process's events as strings were
+    megabytes.
 
     The thread starts with the first event kept (in each process: a forked child starts
     its own, with an empty copy) and is a daemon; what is still held at a normal exit is
@@ -291,8 +294,11 @@ class LocalCopy:
 
     def __init__(self, *, writer_thread: bool = True) -> None:
         self._lock = threading.Lock()
-        # (when kept, on the monotonic clock; the event as buffered)
-        self._events: deque[tuple[float, str]] = deque(maxlen=LOCAL_COPY_MAX)
+        self._fresh: list[str] = []  # kept since the last packing
+        # (when packed, on the monotonic clock; how many; the events, one JSON per line,
+        # zlib-compressed)
+        self._packed: deque[tuple[float, int, bytes]] = deque()
+        self._held = 0
         self._pid = 0
         self._writer_thread = writer_thread
 
@@ -302,10 +308,26 @@ class LocalCopy:
         with self._lock:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
-                self._events.clear()  # the parent's, which the parent writes itself
+                self._clear()  # the parent's, which the parent writes itself
                 if self._writer_thread:
                     self._start_writer()
-            self._events.append((time.monotonic(), raw))
+            self._fresh.append(raw)
+            self._held += 1
+            while self._held > LOCAL_COPY_MAX and self._packed:
+                self._held -= self._packed.popleft()[1]  # the oldest: the buffer has them
+
+    def _clear(self) -> None:
+        self._fresh, self._held = [], 0
+        self._packed.clear()
+
+    def _pack(self) -> None:
+        with self._lock:
+            fresh, self._fresh = self._fresh, []
+        if fresh:
+            # JSON as json.dumps writes it holds no raw newline: one event per line.
+            block = zlib.compress("\n".join(fresh).encode(), 1)
+            with self._lock:
+                self._packed.append((time.monotonic(), len(fresh), block))
 
     def _start_writer(self) -> None:
         def run() -> None:
@@ -332,30 +354,36 @@ class LocalCopy:
     def discard(self) -> None:
         """Forgets the copy, as a process killed outright does."""
         with self._lock:
-            self._events.clear()
+            self._clear()
 
     def write(self, *, settled_only: bool = False) -> int:
         """Stores the events held (`settled_only`: those held BROKER_AUDIT_COPY_SECONDS)
         that are not stored yet; returns how many were checked. On a database error they
-        are held for the next attempt (the newest LOCAL_COPY_MAX)."""
-        due: list[tuple[float, str]] = []
+        are held for the next attempt."""
+        self._pack()
         cutoff = time.monotonic() - float(settings.BROKER_AUDIT_COPY_SECONDS)
+        due: list[tuple[float, int, bytes]] = []
         with self._lock:
-            while self._events and (not settled_only or self._events[0][0] <= cutoff):
-                due.append(self._events.popleft())
+            while self._packed and (not settled_only or self._packed[0][0] <= cutoff):
+                due.append(self._packed.popleft())
+                self._held -= due[-1][1]
         if not due:
             return 0
+        raw_events = [
+            raw for _, _, block in due for raw in zlib.decompress(block).decode().split("\n")
+        ]
         try:
-            for start in range(0, len(due), FLUSH_BATCH):
-                missing = _not_stored([raw for _, raw in due[start : start + FLUSH_BATCH]])
+            for start in range(0, len(raw_events), FLUSH_BATCH):
+                missing = _not_stored(raw_events[start : start + FLUSH_BATCH])
                 if missing:
                     # Unstorable events are dropped here: the buffer's flusher sets them aside.
                     _insert(missing)  # type: ignore[arg-type]
         except Exception:
             with self._lock:
-                self._events = deque(due + list(self._events), maxlen=LOCAL_COPY_MAX)
+                self._packed.extendleft(reversed(due))
+                self._held += sum(count for _, count, _ in due)
             raise
-        return len(due)
+        return len(raw_events)
 
 
 def _not_stored(raw_events: list[str]) -> list[str]:
@@ -367,7 +395,12 @@ def _not_stored(raw_events: list[str]) -> list[str]:
             by_id[str(json.loads(raw)["event_id"])] = raw
         except (ValueError, KeyError, TypeError):
             unreadable.append(raw)  # _insert sets it aside
-    stored = AuditEvent.objects.filter(event_id__in=list(by_id)).values_list("event_id", flat=True)
+    ids = list(by_id)
+    # Padded to a power of two (repeating an id): psycopg keeps every distinct query text
+    # it parsed (128 of them), and one of some hundred ids per second and process, each
+    # count a new text, held megabytes.
+    ids += ids[:1] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
+    stored = AuditEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True)
     for event_id in stored:
         by_id.pop(str(event_id), None)
     return list(by_id.values()) + unreadable
