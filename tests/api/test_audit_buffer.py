@@ -231,6 +231,20 @@ def test_the_copy_waits_for_the_flusher_before_its_turn(settings, monkeypatch):
     assert sorted(e.detail["n"] for e in AuditEvent.objects.all()) == [0, 1]
 
 
+def test_the_copy_holds_the_newest_events_within_its_bound(settings, monkeypatch):
+    """A database away for long: the copy drops its oldest blocks beyond LOCAL_COPY_MAX
+    events (the buffer still has them)."""
+    settings.BROKER_AUDIT_COPY_SECONDS = 3600
+    monkeypatch.setattr(trail, "LOCAL_COPY_MAX", 4)
+    for _ in range(3):
+        service_events(2)
+        trail._local.write(settled_only=True)  # packs the second's events, writes none
+    service_events(1)
+    redis_client().flushdb()
+    assert trail.write_local_copy() == 3  # the last block of two, and the newest event
+    assert AuditEvent.objects.count() == 3
+
+
 def test_a_failed_write_of_the_copy_keeps_it_for_the_next(settings, monkeypatch):
     settings.BROKER_AUDIT_COPY_SECONDS = 3600
     service_events(2)
