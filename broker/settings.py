@@ -326,10 +326,11 @@ BROKER_SUBJECT_ISSUERS = env.list("BROKER_SUBJECT_ISSUERS", default=[])
 # Audit events the Redis buffer may hold before events are written directly (the flusher
 # is behind or stopped).
 BROKER_AUDIT_BUFFER_MAX = env.int("BROKER_AUDIT_BUFFER_MAX", default=100_000)
-# Every process that buffers audit events also keeps its own copy of them in memory and
-# writes it every this many seconds (a second failure domain: a Redis flush or restart
-# loses the buffer, not the copy; 0: the buffer alone).
-BROKER_AUDIT_COPY_SECONDS = env.float("BROKER_AUDIT_COPY_SECONDS", default=1.0)
+# Every process that buffers audit events also keeps its own copy of each for this many
+# seconds, then stores it unless the buffer's flush did (a second failure domain: a Redis
+# flush or restart loses the buffer, not the copy; 0: the buffer alone). Above the flush
+# interval (CELERY_BEAT_SCHEDULE's flush-audit-buffer), so that normally nothing is left.
+BROKER_AUDIT_COPY_SECONDS = env.float("BROKER_AUDIT_COPY_SECONDS", default=10.0)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.

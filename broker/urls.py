@@ -14,6 +14,9 @@ def no_favicon(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [
+    # First: the internal API sits on every request path of the services; pages can wait
+    # for the few patterns tried before theirs.
+    path("api/", include("broker.api.urls")),
     path("", RedirectView.as_view(pattern_name="connections", permanent=False)),
     path("accounts/", include("accounts.urls")),
     path("connections/", connections.my_connections, name="connections"),
@@ -26,7 +29,6 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
     path("oauth1/callback/<slug:slug>", oauth1_flow.callback, name="oauth1-callback"),
-    path("api/", include("broker.api.urls")),
     path("connect-links/<str:token>", connect_links.follow, name="connect-link"),
     path("favicon.ico", no_favicon),
 ]

@@ -341,16 +341,19 @@ QUICK = ["web-killed", "worker-killed", "redis-flushed", "bulk-revocation"]
 
 
 def wait_for_audit(run: Run, started: float) -> int:
-    """token.issued events recorded since `started`, once the beat's flushes settled."""
+    """token.issued events recorded since `started`, once the beat's flushes and the web
+    processes' copies (held BROKER_AUDIT_COPY_SECONDS) settled."""
     from datetime import UTC, datetime
 
+    from django.conf import settings
     from django.db import connection
 
     from broker.models import AuditEvent
 
     since = datetime.fromtimestamp(started, UTC)
     last, stable_since = -1, time.monotonic()
-    deadline = time.monotonic() + 40
+    settle = 6 + float(settings.BROKER_AUDIT_COPY_SECONDS)
+    deadline = time.monotonic() + 30 + settle
     while time.monotonic() < deadline:
         try:
             count = AuditEvent.objects.filter(
@@ -363,7 +366,7 @@ def wait_for_audit(run: Run, started: float) -> int:
             continue
         if count != last:
             last, stable_since = count, time.monotonic()
-        elif buffered == 0 and time.monotonic() - stable_since > 6:
+        elif buffered == 0 and time.monotonic() - stable_since > settle:
             return count
         time.sleep(1)
     return last

@@ -84,7 +84,7 @@ class _Entry:
 _grants: dict[uuid.UUID, _Entry] = {}
 
 
-def _grant_id_in_body(request: HttpRequest) -> uuid.UUID | None:
+def grant_id_in_body(request: HttpRequest) -> uuid.UUID | None:
     """The `grant` a JSON body names, if any (the view validates the body itself)."""
     if request.method != "POST" or request.content_type != "application/json":
         return None
@@ -98,7 +98,7 @@ def _grant_id_in_body(request: HttpRequest) -> uuid.UUID | None:
 def queue_prefetch(request: HttpRequest, pipe: Pipeline) -> Callable[[Sequence[object]], None]:
     """Adds the serving versions this request needs to `pipe`;
     returns what to call with their results, which sets `request.serving`."""
-    grant_id = _grant_id_in_body(request)
+    grant_id = grant_id_in_body(request)
     scopes = [serving_versions.RULES]
     rescue_key: list[str] = []
     in_flight_key: list[str] = []
@@ -137,6 +137,15 @@ def _load(grant_id: uuid.UUID) -> Grant | None:
         .filter(pk=grant_id)
         .first()
     )
+
+
+def cached_stamp(grant_id: uuid.UUID) -> serving_versions.Stamp | None:
+    """The stamp of this process's copy of the grant, if it holds one young enough to
+    serve (broker.api.warm_path assumes it is still current, then confirms it)."""
+    entry = _grants.get(grant_id)
+    if entry is None or time.monotonic() - entry.loaded_at >= serving_versions.MAX_AGE_SECONDS:
+        return None
+    return entry.stamp
 
 
 def grant_by_id(grant_id: uuid.UUID | str, request: HttpRequest | None = None) -> Grant | None:

@@ -35,10 +35,14 @@ def limit() -> int:
     return int(getattr(settings, "BROKER_API_RATE_LIMIT", 0))
 
 
+def counter_key(client_id: str, now: float | None = None) -> str:
+    """The service's counter of the window `now` falls in."""
+    return f"{KEY_PREFIX}rl:{client_id}:{int((now or time.time()) // WINDOW)}"
+
+
 def queue_count(pipe: Pipeline, client_id: str, now: float | None = None) -> None:
     """Adds INCR + EXPIRE NX of this window's counter to `pipe` (two results)."""
-    window = int((now or time.time()) // WINDOW)
-    key = f"{KEY_PREFIX}rl:{client_id}:{window}"
+    key = counter_key(client_id, now)
     pipe.incr(key)
     pipe.expire(key, WINDOW + 1, nx=True)
 

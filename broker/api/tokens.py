@@ -92,8 +92,27 @@ def issue(
     return f"{body}.{_b64(signature)}", max(0, int(expires - now))
 
 
+# Tokens whose signature this process checked: a service presents the same token for
+# minutes, so its HMAC and JSON are worked out once. Bounded; the expiry is checked on
+# every use.
+_verified: dict[str, BrokerToken] = {}
+VERIFIED_MAX_ENTRIES = 10_000
+
+
 def parse(token: str) -> BrokerToken:
-    """Checks signature and expiry (not the generation: see `current_generation`)."""
+    """Checks signature and expiry (not the generation: see `is_current`)."""
+    parsed = _verified.get(token)
+    if parsed is None:
+        parsed = _verify(token)
+        if len(_verified) >= VERIFIED_MAX_ENTRIES:
+            _verified.clear()
+        _verified[token] = parsed
+    if parsed.expires_at <= time.time():
+        raise InvalidToken("token expired")
+    return parsed
+
+
+def _verify(token: str) -> BrokerToken:
     body, dot, signature = token.rpartition(".")
     if not dot or not body.startswith(PREFIX):
         raise InvalidToken("malformed token")
@@ -112,8 +131,6 @@ def parse(token: str) -> BrokerToken:
         )
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise InvalidToken("malformed token") from exc
-    if parsed.expires_at <= time.time():
-        raise InvalidToken("token expired")
     return parsed
 
 

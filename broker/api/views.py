@@ -16,7 +16,15 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker.api import grant_lookup, pagination, ratelimit, rules, subject_tokens, tokens
+from broker.api import (
+    grant_lookup,
+    pagination,
+    ratelimit,
+    rules,
+    subject_tokens,
+    tokens,
+    warm_path,
+)
 from broker.api.auth import (
     BASIC_CHALLENGE,
     AuthenticatedClient,
@@ -426,12 +434,10 @@ def _served(
     **detail: Any,
 ) -> None:
     """Records that the service got a token or signature for `grant` (audit, last use, and
-    the broker_token_issues metric with the outcome `counted_as`): one Redis round trip."""
+    the broker_token_issues metric with the outcome `counted_as`): one Redis round trip, or
+    none on the warm path, whose confirmation pushes them."""
     _note_use(grant, service_id)
-    pipe = redis_client().pipeline(transaction=False)
-    metrics.queue_token_issue(pipe, client_id, counted_as)
-    event = trail.queue_service_event(
-        pipe,
+    event = trail.service_event_json(
         action,
         client_id,
         grant_id=grant.pk,
@@ -440,6 +446,18 @@ def _served(
         request=request,
         **detail,
     )
+    if warm_path.holding(request):
+        warm_path.hold(
+            request,
+            token_version=grant.token_version,
+            client_id=client_id,
+            counted_as=counted_as,
+            event=event,
+        )
+        return
+    pipe = redis_client().pipeline(transaction=False)
+    metrics.queue_token_issue(pipe, client_id, counted_as)
+    trail.queue_push(pipe, event)
     try:
         _, pushed = pipe.execute()
     except redis.RedisError as exc:
@@ -464,7 +482,8 @@ def _fresh(
         and not grant_lookup.stored_token_in_doubt(grant, request)
     ):
         return grant
-
+    if request is not None:
+        warm_path.require_cold(request)
     try:
         return engine.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
     except REFRESH_REFUSALS as exc:
@@ -530,6 +549,8 @@ def _serve_token(
     require_live(grant)
     expires_at: datetime | None
     if beyond_rule:
+        if request is not None:
+            warm_path.require_cold(request)
         token, expires_at, scopes = _narrowed(grant, permission, carried)
         return grant, token, expires_at, scopes, True
     grant = _fresh(grant, min_ttl, force_refresh, request)
@@ -560,7 +581,7 @@ def _on_behalf_of_required(grant: Grant) -> ApiError:
     )
 
 
-@api_view("POST", scope="tokens:read", denied="token.denied")
+@api_view("POST", scope="tokens:read", denied="token.denied", warm=True)
 def access_token(request: ServiceRequest) -> HttpResponse:
     """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
     body = parse_json_body(request, ACCESS_TOKEN_BODY)

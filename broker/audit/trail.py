@@ -42,7 +42,6 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DataError, IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
-from redis.client import Pipeline
 from redis.exceptions import LockError
 
 from broker.infra.client_address import client_ip
@@ -86,6 +85,8 @@ log = logging.getLogger(__name__)
 def _text(value: str, limit: int) -> str:
     """What a text column can hold on every database: valid UTF-8 (a lone surrogate is
     written as its escape), no NUL (PostgreSQL), at most `limit` characters."""
+    if len(value) <= limit and value.isascii() and "\x00" not in value:
+        return value  # the usual case (identifiers, names), without the copies below
     storable = (
         value[: limit + 1]
         .encode("utf-8", "backslashreplace")
@@ -273,35 +274,45 @@ def flush_buffer(batch: int = FLUSH_BATCH) -> int:
 
 
 class LocalCopy:
-    """This process's copy of the events it buffered, until its writer thread stored them.
+    """This process's copy of the events it buffered, as a safety net for the buffer.
+
+    Each event is held BROKER_AUDIT_COPY_SECONDS, longer than the buffer's flusher takes to
+    store it; then the copy's thread looks its id up and inserts it only if the flusher did
+    not (the buffer lost it). Normally that is one lookup per batch and no second insert:
+    inserting every event twice cost the web processes a fifth of a token fetch's CPU
+    (benchmarks/README.md).
 
     The thread starts with the first event kept (in each process: a forked child starts
-    its own, with an empty copy) and is a daemon; what it has not written at a normal exit
-    is written by an atexit hook. A process killed outright loses its copy: the Redis
-    buffer still holds those events."""
+    its own, with an empty copy) and is a daemon; what is still held at a normal exit is
+    written by an atexit hook. A process killed outright loses its copy: the Redis buffer
+    still holds those events."""
 
-    def __init__(self) -> None:
+    WAKE_SECONDS = 1.0
+
+    def __init__(self, *, writer_thread: bool = True) -> None:
         self._lock = threading.Lock()
-        self._events: deque[str] = deque(maxlen=LOCAL_COPY_MAX)
+        # (when kept, on the monotonic clock; the event as buffered)
+        self._events: deque[tuple[float, str]] = deque(maxlen=LOCAL_COPY_MAX)
         self._pid = 0
+        self._writer_thread = writer_thread
 
     def keep(self, raw: str) -> None:
-        interval = float(settings.BROKER_AUDIT_COPY_SECONDS)
-        if interval <= 0:
+        if float(settings.BROKER_AUDIT_COPY_SECONDS) <= 0:
             return
         with self._lock:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._events.clear()  # the parent's, which the parent writes itself
-                self._start_writer(interval)
-            self._events.append(raw)
+                if self._writer_thread:
+                    self._start_writer()
+            self._events.append((time.monotonic(), raw))
 
-    def _start_writer(self, interval: float) -> None:
+    def _start_writer(self) -> None:
         def run() -> None:
             while True:
-                time.sleep(interval)
+                time.sleep(self.WAKE_SECONDS)
                 try:
-                    self.write()
+                    self.write(settled_only=True)
                 except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
                     # Every second while the database is away: one line, no traceback.
                     log.warning("audit copy not written (%s); kept", type(exc).__name__)
@@ -323,32 +334,52 @@ class LocalCopy:
         with self._lock:
             self._events.clear()
 
-    def write(self) -> int:
-        """Inserts the events kept so far (those already stored are skipped); returns how
-        many were attempted. On a database error they are kept for the next attempt (the
-        newest LOCAL_COPY_MAX)."""
+    def write(self, *, settled_only: bool = False) -> int:
+        """Stores the events held (`settled_only`: those held BROKER_AUDIT_COPY_SECONDS)
+        that are not stored yet; returns how many were checked. On a database error they
+        are held for the next attempt (the newest LOCAL_COPY_MAX)."""
+        due: list[tuple[float, str]] = []
+        cutoff = time.monotonic() - float(settings.BROKER_AUDIT_COPY_SECONDS)
         with self._lock:
-            raw_events = list(self._events)
-            self._events.clear()
-        if not raw_events:
+            while self._events and (not settled_only or self._events[0][0] <= cutoff):
+                due.append(self._events.popleft())
+        if not due:
             return 0
         try:
-            for start in range(0, len(raw_events), FLUSH_BATCH):
-                # Unstorable events are dropped here: the buffer's flusher sets them aside.
-                _insert(raw_events[start : start + FLUSH_BATCH])  # type: ignore[arg-type]
+            for start in range(0, len(due), FLUSH_BATCH):
+                missing = _not_stored([raw for _, raw in due[start : start + FLUSH_BATCH]])
+                if missing:
+                    # Unstorable events are dropped here: the buffer's flusher sets them aside.
+                    _insert(missing)  # type: ignore[arg-type]
         except Exception:
             with self._lock:
-                self._events = deque(raw_events + list(self._events), maxlen=LOCAL_COPY_MAX)
+                self._events = deque(due + list(self._events), maxlen=LOCAL_COPY_MAX)
             raise
-        return len(raw_events)
+        return len(due)
+
+
+def _not_stored(raw_events: list[str]) -> list[str]:
+    """Those of the buffered events that have no row yet (one lookup by their ids)."""
+    by_id: dict[str, str] = {}
+    unreadable = []
+    for raw in raw_events:
+        try:
+            by_id[str(json.loads(raw)["event_id"])] = raw
+        except (ValueError, KeyError, TypeError):
+            unreadable.append(raw)  # _insert sets it aside
+    stored = AuditEvent.objects.filter(event_id__in=list(by_id)).values_list("event_id", flat=True)
+    for event_id in stored:
+        by_id.pop(str(event_id), None)
+    return list(by_id.values()) + unreadable
 
 
 _local = LocalCopy()
 
 
 def write_local_copy() -> int:
-    """Writes this process's copy of its buffered events now (its thread does so every
-    BROKER_AUDIT_COPY_SECONDS); returns how many events it held."""
+    """Stores what this process's copy holds and the database lacks, now, however long
+    it was held (its thread waits BROKER_AUDIT_COPY_SECONDS); returns how many events it
+    held."""
     return _local.write()
 
 
@@ -371,11 +402,11 @@ def service_event(
     )
 
 
-def queue_service_event(
-    pipe: Pipeline, action: str, client_id: str, *, outcome: str = Outcome.SUCCESS, **fields: Any
+def service_event_json(
+    action: str, client_id: str, *, outcome: str = Outcome.SUCCESS, **fields: Any
 ) -> str:
-    """`service_event`'s buffered push, queued on the caller's pipeline (`queue_push`).
-    Returns the event's JSON: pass it, with the push's result, to `pushed_or_written`."""
+    """`service_event`'s event as the buffer holds it: push it on the caller's pipeline
+    (`queue_push`), then pass it, with the push's result, to `pushed_or_written`."""
     event = event_fields(
         action,
         actor_type=ActorType.SERVICE,
@@ -384,6 +415,4 @@ def queue_service_event(
         outcome=outcome,
         **fields,
     )
-    raw = json.dumps(event, cls=DjangoJSONEncoder)
-    queue_push(pipe, raw)
-    return raw
+    return json.dumps(event, cls=DjangoJSONEncoder)

@@ -91,7 +91,7 @@ def queue_read(
     """Adds the reads of `scopes` (EXISTS of each `exists` key, GET of each `get` key) to
     `pipe` as one command, so all are read at the same instant; its result is a list:
     version and writers of each scope, then 0/1 per `exists` key, then each `get` value."""
-    keys = _keys(scopes)
+    keys = version_keys(scopes)
     pipe.eval(
         READ,
         len(keys) + len(exists) + len(get),
@@ -152,7 +152,8 @@ end
 """
 
 
-def _keys(scopes: Sequence[str]) -> list[str]:
+def version_keys(scopes: Sequence[str]) -> list[str]:
+    """(version key, writers key) of each scope, in order."""
     return [key for scope in scopes for key in (_version_key(scope), _writers_key(scope))]
 
 
@@ -160,7 +161,7 @@ def begin_write(*scopes: str) -> str:
     """Before a change commits: bump the versions and register as in flight. Returns the
     writer's id for `end_write`."""
     writer = uuid.uuid4().hex
-    keys = _keys(scopes)
+    keys = version_keys(scopes)
     try:
         redis_client().eval(BEGIN, len(keys), *keys, writer, time.time(), WRITE_WINDOW_SECONDS)
     except redis.RedisError as exc:
@@ -175,7 +176,7 @@ def begin_write(*scopes: str) -> str:
 
 def end_write(writer: str, *scopes: str) -> None:
     """After the change committed (or rolled back): bump again and leave."""
-    keys = _keys(scopes)
+    keys = version_keys(scopes)
     try:
         redis_client().eval(END, len(keys), *keys, writer)
     except redis.RedisError as exc:

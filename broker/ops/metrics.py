@@ -70,18 +70,23 @@ def count_refresh(outcome: str, seconds: float) -> None:
         logger.warning("metrics: refresh not counted: %s", type(exc).__name__)
 
 
+def token_issue_field(service: str, outcome: str) -> str:
+    """The TOKEN_ISSUES field that counts `service`'s answers with `outcome`."""
+    return f"{service}{SEPARATOR}{outcome}"
+
+
 def count_token_issue(service: str, outcome: str) -> None:
     """`service` (client id) was served a token (`outcome` issued, or exchanged for a
     user's token) or a signature (signed)."""
     try:
-        redis_client().hincrby(TOKEN_ISSUES, f"{service}{SEPARATOR}{outcome}", 1)
+        redis_client().hincrby(TOKEN_ISSUES, token_issue_field(service, outcome), 1)
     except Exception as exc:
         logger.warning("metrics: token issue not counted: %s", type(exc).__name__)
 
 
 def queue_token_issue(pipe: Pipeline, service: str, outcome: str) -> None:
     """`count_token_issue` added to a pipeline the caller executes (one result)."""
-    pipe.hincrby(TOKEN_ISSUES, f"{service}{SEPARATOR}{outcome}", 1)
+    pipe.hincrby(TOKEN_ISSUES, token_issue_field(service, outcome), 1)
 
 
 def count_audit_detour(kind: str, n: int = 1) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -17,9 +18,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def own_local_copy(monkeypatch):
-    """Each test its own in-memory copy, emptied after it (its atexit write would find no
-    test database)."""
-    copy = trail.LocalCopy()
+    """Each test its own in-memory copy, written only when the test says so, emptied after
+    it (its atexit write would find no test database)."""
+    copy = trail.LocalCopy(writer_thread=False)
     monkeypatch.setattr(trail, "_local", copy)
     yield
     copy.discard()
@@ -203,6 +204,31 @@ def test_both_copies_store_each_event_once(settings):
     trail.write_local_copy()
     assert sorted(e.detail["n"] for e in AuditEvent.objects.all()) == [0, 1, 2, 3]
     assert len({e.event_id for e in AuditEvent.objects.all()}) == 4
+
+
+def test_the_copy_inserts_nothing_the_flusher_stored(settings, monkeypatch):
+    """The usual case: the buffer's flusher stored every event before the copy's turn;
+    the copy looks them up and inserts none a second time."""
+    settings.BROKER_AUDIT_COPY_SECONDS = 3600
+    service_events(3)
+    assert trail.flush_buffer() == 3
+    inserted: list[str] = []
+    monkeypatch.setattr(trail, "_insert", lambda raws: inserted.extend(raws) or [])
+    assert trail.write_local_copy() == 3
+    assert inserted == []
+
+
+def test_the_copy_waits_for_the_flusher_before_its_turn(settings, monkeypatch):
+    """The thread's writes take only events held BROKER_AUDIT_COPY_SECONDS; then those
+    the buffer lost are stored."""
+    settings.BROKER_AUDIT_COPY_SECONDS = 10
+    service_events(2)
+    redis_client().flushdb()
+    assert trail._local.write(settled_only=True) == 0
+    later = time.monotonic() + 11
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert trail._local.write(settled_only=True) == 2
+    assert sorted(e.detail["n"] for e in AuditEvent.objects.all()) == [0, 1]
 
 
 def test_a_failed_write_of_the_copy_keeps_it_for_the_next(settings, monkeypatch):

@@ -14,9 +14,12 @@ from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from broker.api import tokens
+from broker.api import ratelimit, tokens
+from broker.audit import trail
 from broker.infra import serving_versions
-from broker.models import Grant
+from broker.infra.redis_connection import redis_client
+from broker.models import AuditEvent, Grant
+from broker.ops import metrics
 from broker.providers.oauth2_client import TokenResponse
 from broker.refresh import engine
 from broker.revocation.revoke import revoke_grant
@@ -212,3 +215,73 @@ def test_the_grant_cache_stays_bounded(api, owner, atlassian, rule, bearer, monk
         for _ in range(2):
             assert fetch(api, grant, headers).status_code == 200
         assert len(grant_lookup._grants) <= 3
+
+
+# -- the warm path (broker.api.warm_path): one confirmation, nothing written unless it holds
+
+
+def test_the_rate_limit_holds_on_the_warm_path(api, grant, rule, warm):
+    """Each warm answer counts once; the answer beyond the limit is refused (429) by the
+    usual path, which counts it."""
+    client_id = rule.service.client_id
+    for _ in range(3):  # a minute starting during an attempt restarts the count: again
+        key = ratelimit.counter_key(client_id)
+        used = int(redis_client().get(key) or 0)
+        with override_settings(BROKER_API_RATE_LIMIT=used + 2):
+            answers = [fetch(api, grant, warm).status_code for _ in range(3)]
+        if ratelimit.counter_key(client_id) == key:
+            break
+    assert answers == [200, 200, 429]
+    assert int(redis_client().get(key) or 0) == used + 3
+
+
+def token_issues(client_id: str) -> int:
+    field = metrics.token_issue_field(client_id, "issued")
+    return int(redis_client().hget(metrics.TOKEN_ISSUES, field) or 0)
+
+
+def test_warm_answers_are_audited_and_counted_once(
+    api, grant, rule, warm, django_assert_max_num_queries
+):
+    trail.write_local_copy()
+    trail.flush_buffer()
+    issued = AuditEvent.objects.filter(action="token.issued", grant_id=grant.pk)
+    stored, counted = issued.count(), token_issues(rule.service.client_id)
+    with django_assert_max_num_queries(0):
+        for _ in range(3):
+            assert fetch(api, grant, warm).status_code == 200
+    # Both copies of each event reach the database; each is stored once.
+    trail.write_local_copy()
+    trail.flush_buffer()
+    assert issued.count() == stored + 3
+    assert token_issues(rule.service.client_id) == counted + 3
+
+
+def test_a_warm_answer_with_the_audit_buffer_full_is_written_directly(api, grant, warm):
+    trail.write_local_copy()
+    trail.flush_buffer()
+    issued = AuditEvent.objects.filter(action="token.issued", grant_id=grant.pk)
+    stored = issued.count()
+    with override_settings(BROKER_AUDIT_BUFFER_MAX=0):
+        assert fetch(api, grant, warm).status_code == 200
+    assert issued.count() == stored + 1
+    assert redis_client().llen(trail.BUFFER_KEY) == 0
+
+
+def test_a_refused_confirmation_writes_nothing(api, grant, rule, warm):
+    """A warm answer whose confirmation fails (here: the grant was revoked) pushes no
+    event, counts no issue and no request: the usual path refuses, audited as such."""
+    client_id = rule.service.client_id
+    trail.write_local_copy()
+    trail.flush_buffer()
+    issued = AuditEvent.objects.filter(action="token.issued", grant_id=grant.pk)
+    stored, counted = issued.count(), token_issues(client_id)
+    used = int(redis_client().get(ratelimit.counter_key(client_id)) or 0)
+    assert revoke_grant(grant.pk, actor_type="admin", actor="root", reason="test")
+    assert fetch(api, grant, warm).status_code == 409
+    trail.flush_buffer()
+    assert issued.count() == stored
+    assert AuditEvent.objects.filter(action="token.denied", grant_id=grant.pk).exists()
+    assert token_issues(client_id) == counted
+    # Counted once, by the usual path (or 1 in a new minute).
+    assert int(redis_client().get(ratelimit.counter_key(client_id)) or 0) in (used + 1, 1)

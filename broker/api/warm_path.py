@@ -1,0 +1,196 @@
+"""A token answer from this process's memory, confirmed by one Redis command.
+
+The usual request makes two Redis round trips: the broker-token check reads what the answer
+depends on (the service's credentials generation, its rate-limit counter, the serving
+versions of the caches, whether the stored token is in doubt), and after the answer the
+audit event and the token metric are pushed. When the grant this request names is in the
+process's cache (broker.api.grant_lookup), everything the answer depends on is already
+known here except whether those Redis values still hold. So the view runs first, on the
+assumption that they do, with no database query allowed; its audit event is held back,
+and one script (CONFIRM) checks every assumption and, only if all hold, counts the rate
+limit, pushes the event and counts the metric, in one atomic step. The answer is sent only
+then. If anything differs, nothing was written and the request runs again the usual way.
+
+So the confirmation happens after the answer was computed and before it is sent, at one
+instant: a revocation, refresh, rule change or retired credential that moved a version
+before that instant refuses the cached answer, as the usual path's read would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from redis.commands.core import Script
+
+from broker.api import grant_lookup, ratelimit, tokens
+from broker.audit import trail
+from broker.infra import serving_versions
+from broker.infra.redis_connection import redis_client
+from broker.ops import metrics
+from broker.ops.logging_config import name_service
+from broker.refresh import engine
+
+# KEYS: generation, rate counter, (version, writers) of RULES and of the grant, the
+# rescue, the in-flight mark, the audit buffer, the token metric.
+# ARGV: generation, rate limit (0: none), rate window TTL, now, the two versions, the
+# grant's token version, the event, the buffer's capacity, the metric's field.
+# Returns 0 when an assumption failed or the rate limit is reached (nothing written: the
+# usual path counts and refuses), 1 when confirmed with the event pushed, 2 when confirmed
+# but the buffer is full (the event is then written directly).
+CONFIRM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1]
+  or redis.call('GET', KEYS[3]) ~= ARGV[5]
+  or redis.call('ZCOUNT', KEYS[4], ARGV[4], '+inf') > 0
+  or redis.call('GET', KEYS[5]) ~= ARGV[6]
+  or redis.call('ZCOUNT', KEYS[6], ARGV[4], '+inf') > 0
+  or redis.call('EXISTS', KEYS[7]) == 1 then
+  return 0
+end
+local mark = redis.call('GET', KEYS[8])
+if mark and tonumber(mark) >= tonumber(ARGV[7]) then return 0 end
+local limit = tonumber(ARGV[2])
+if limit > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= limit then return 0 end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3], 'NX')
+redis.call('HINCRBY', KEYS[10], ARGV[10], 1)
+if redis.call('LLEN', KEYS[9]) < tonumber(ARGV[9]) then
+  redis.call('RPUSH', KEYS[9], ARGV[8])
+  return 1
+end
+return 2
+"""
+
+
+class NotWarm(Exception):
+    """The answer needs what the process does not hold (a query, a refresh): the request
+    runs the usual way."""
+
+
+@dataclass
+class _Held:
+    """What the view left to the confirmation."""
+
+    stamp: serving_versions.Stamp
+    token_version: int = -1
+    metric_field: str = ""
+    event: str = ""
+
+
+@lru_cache(maxsize=1)
+def _script(client: redis.Redis) -> Script:
+    return client.register_script(CONFIRM)
+
+
+def _no_queries(*args: Any) -> None:
+    raise NotWarm
+
+
+def holding(request: HttpRequest) -> bool:
+    """Whether this request runs on the warm path (its audit event is held back)."""
+    return hasattr(request, "warm_held")
+
+
+def require_cold(request: HttpRequest) -> None:
+    """Before anything the warm path cannot take back (a refresh, a provider call)."""
+    if holding(request):
+        raise NotWarm
+
+
+def hold(
+    request: HttpRequest, *, token_version: int, client_id: str, counted_as: str, event: str
+) -> None:
+    """The view's audit event and token metric, pushed by the confirmation."""
+    held: _Held = request.warm_held  # type: ignore[attr-defined]
+    held.token_version = token_version
+    held.metric_field = metrics.token_issue_field(client_id, counted_as)
+    held.event = event
+
+
+def _bearer(request: HttpRequest) -> tokens.BrokerToken | None:
+    scheme, _, value = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    try:
+        return tokens.parse(value.strip())
+    except tokens.InvalidToken:
+        return None
+
+
+def _forget(request: HttpRequest) -> None:
+    for name in ("warm_held", "serving", "grant_from_cache", "broker_token"):
+        request.__dict__.pop(name, None)
+
+
+def answer(
+    request: HttpRequest, scope: str | None, view: Callable[..., HttpResponseBase]
+) -> HttpResponseBase | None:
+    """The view's answer from memory, confirmed; None when the usual path must answer."""
+    token = _bearer(request)
+    if token is None or (scope is not None and scope not in token.scopes):
+        return None
+    grant_id = grant_lookup.grant_id_in_body(request)
+    stamp = grant_lookup.cached_stamp(grant_id) if grant_id is not None else None
+    if stamp is None:
+        return None
+    request.broker_token = token  # type: ignore[attr-defined]
+    request.serving = grant_lookup.Prefetched(  # type: ignore[attr-defined]
+        grant_id, stamp[:1], stamp, rescued=False, in_flight_from=None
+    )
+    held = request.warm_held = _Held(stamp)  # type: ignore[attr-defined]
+    try:
+        with connection.execute_wrapper(_no_queries):
+            response = view(request)
+        if not held.event or response.status_code != 200:
+            raise NotWarm
+        confirmed = _confirm(token, grant_id, held)
+    except Exception:  # noqa: BLE001 - whatever it was, the usual path answers it
+        _forget(request)
+        return None
+    if not confirmed:
+        _forget(request)
+        return None
+    trail.pushed_or_written(held.event, 1 if confirmed == 1 else 0)
+    name_service(request, token.client_id)
+    return response
+
+
+def _confirm(token: tokens.BrokerToken, grant_id: Any, held: _Held) -> int:
+    """CONFIRM's verdict: 1 or 2 when confirmed, 0 otherwise."""
+    now = time.time()
+    rules_scope, grant_scope = serving_versions.RULES, serving_versions.grant_scope(grant_id)
+    version_keys = serving_versions.version_keys((rules_scope, grant_scope))
+    rescue_key, in_flight_key = engine.doubt_keys(grant_id)
+    client = redis_client()
+    verdict = _script(client)(
+        keys=[
+            tokens.generation_key(token.service_id),
+            ratelimit.counter_key(token.client_id, now),
+            *version_keys,
+            rescue_key,
+            in_flight_key,
+            trail.BUFFER_KEY,
+            metrics.TOKEN_ISSUES,
+        ],
+        args=[
+            token.generation,
+            ratelimit.limit(),
+            ratelimit.WINDOW + 1,
+            now,
+            *held.stamp,
+            held.token_version,
+            held.event,
+            settings.BROKER_AUDIT_BUFFER_MAX,
+            held.metric_field,
+        ],
+        client=client,
+    )
+    return int(verdict)
