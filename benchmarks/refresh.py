@@ -35,18 +35,31 @@ from benchmarks.measure import cpu_seconds, fresh_database  # noqa: E402
 from tests import processes  # noqa: E402
 
 
-def start_workers(count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    workers = [
-        processes.start(
-            processes.celery_worker(f"bench-{n}-{os.getpid()}", loglevel="WARNING"),
-            log_dir / f"worker-{n}.log",
-        )
-        for n in range(count)
-    ]
-    time.sleep(4)  # imports and connecting; the clock starts at the claim
-    for worker in workers:
-        if worker.poll() is not None:
-            raise SystemExit(f"a worker exited early; see {log_dir}")
+def start_workers(
+    count: int, log_dir: Path, profile_to: str | None = None
+) -> list[subprocess.Popen[bytes]]:
+    workers = []
+    for n in range(count):
+        command = processes.celery_worker(f"bench-{n}-{os.getpid()}", loglevel="WARNING")
+        if profile_to:  # the same arguments, to celery under cProfile
+            out = f"{profile_to}.{n}" if count > 1 else profile_to
+            profiled = [str(ROOT / "benchmarks" / "profiled_worker.py"), out]
+            command = [command[0], *profiled, *command[command.index("celery") + 1 :]]
+        workers.append(processes.start(command, log_dir / f"worker-{n}.log"))
+    # Imports and connecting (about 0.9 s of CPU each) must be over before the CPU count
+    # starts at the claim, or a loaded machine's slow start-up is counted as refreshes':
+    # wait until no worker has used CPU for half a second.
+    time.sleep(2)
+    cpu = [cpu_seconds(w.pid) for w in workers]
+    for _ in range(120):
+        time.sleep(0.5)
+        for worker in workers:
+            if worker.poll() is not None:
+                raise SystemExit(f"a worker exited early; see {log_dir}")
+        now = [cpu_seconds(w.pid) for w in workers]
+        if now == cpu:
+            break
+        cpu = now
     return workers
 
 
@@ -66,6 +79,13 @@ def main() -> None:
         default=0,
         metavar="N",
         help="then N refreshes in this process under cProfile (the task's body, no Celery)",
+    )
+    parser.add_argument("--profile-out", default=None, help="also save that profile (pstats)")
+    parser.add_argument(
+        "--profile-worker",
+        default=None,
+        metavar="FILE",
+        help="run the workers under cProfile (CPU clock), profile saved to FILE (FILE.n)",
     )
     args = parser.parse_args()
 
@@ -139,7 +159,7 @@ def main() -> None:
             version = Grant.objects.aggregate(v=Min("token_version"))["v"]
             Grant.objects.update(next_refresh_at=timezone.now())
             sandbox.reset_counters()
-            workers = start_workers(worker_count, work)
+            workers = start_workers(worker_count, work, args.profile_worker)
             cpu_before = sum(cpu_seconds(w.pid) for w in workers)
             provider_cpu_before = cpu_seconds(sandbox.process.pid)
             clock = time.perf_counter()
@@ -164,12 +184,12 @@ def main() -> None:
                 f"grants not active {failed}"
             )
         if args.profile:
-            profile_refreshes(grants[: args.profile])
+            profile_refreshes(grants[: args.profile], args.profile_out)
     finally:
         sandbox.stop()
 
 
-def profile_refreshes(grants: list) -> None:  # type: ignore[type-arg]
+def profile_refreshes(grants: list, out_file: str | None = None) -> None:  # type: ignore[type-arg]
     """The refresh task's body for each grant, in this process, under cProfile: CPU per
     refresh and the top costs (cumulative, then own time)."""
     from django.utils import timezone
@@ -179,6 +199,14 @@ def profile_refreshes(grants: list) -> None:  # type: ignore[type-arg]
 
     Grant.objects.filter(pk__in=[g.pk for g in grants]).update(next_refresh_at=timezone.now())
     tasks.refresh_grant.run(str(grants[0].pk))  # imports, connections
+    # The first half without the profiler (its CPU per refresh), the second half under it.
+    half = len(grants) // 2
+    plain = time.process_time()
+    for grant in grants[1:half]:
+        tasks.refresh_grant.run(str(grant.pk))
+    plain = time.process_time() - plain
+    print(f"in process: {half - 1} refreshes, {plain * 1000 / (half - 1):.1f} ms CPU each")
+    grants = grants[half - 1 :]
     profiler = cProfile.Profile(time.process_time)  # CPU, not the wait for the provider
     cpu = time.process_time()
     profiler.enable()
@@ -186,9 +214,10 @@ def profile_refreshes(grants: list) -> None:  # type: ignore[type-arg]
         tasks.refresh_grant.run(str(grant.pk))
     profiler.disable()
     cpu = time.process_time() - cpu
-    print(
-        f"in process: {len(grants) - 1} refreshes, {cpu * 1000 / (len(grants) - 1):.1f} ms CPU each"
-    )
+    if out_file:
+        profiler.dump_stats(out_file)
+    each = cpu * 1000 / (len(grants) - 1)
+    print(f"under cProfile: {len(grants) - 1} refreshes, {each:.1f} ms CPU each")
     for order in ("cumulative", "tottime"):
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(25)

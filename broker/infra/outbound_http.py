@@ -14,6 +14,10 @@ read afterwards, still inside the `with provider_session(...)` block and its dea
 per process and leaves them there, so that a call does not open a new TCP and TLS
 connection each time; a deadline then only ever cuts the connections its own call holds
 (a connection goes to whichever call sends on it last).
+Proxies come from the environment as requests reads them (HTTP_PROXY, HTTPS_PROXY,
+ALL_PROXY, NO_PROXY; the CA bundle from REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE), read once per
+origin and process rather than on every call (`environment_proxies`); .netrc credentials
+are not used.
 
 Webhook URLs (typed in by operators or services): `post`. Such a URL must not become a way
 into the broker's own network (SSRF): every address the host name resolves to must be
@@ -25,7 +29,11 @@ not followed, and proxies from the environment are ignored.
 
 from __future__ import annotations
 
+import functools
+import heapq
 import ipaddress
+import itertools
+import os
 import socket
 import threading
 import time
@@ -181,6 +189,29 @@ def post(url: str, body: bytes, headers: Mapping[str, str]) -> requests.Response
 
 # -- provider calls: one total deadline per call ------------------------------------------------
 
+
+@functools.lru_cache(maxsize=256)
+def _environment_proxies(origin: str) -> dict[str, str]:
+    return requests.utils.get_environ_proxies(origin)
+
+
+def environment_proxies(url: str) -> dict[str, str]:
+    """The proxies requests would take from the environment for `url` (none when NO_PROXY
+    names its host), read once per origin and process: requests itself reads the whole
+    environment twice on every call, a tenth of a refresh's CPU."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    origin = f"{parts.scheme}://[{host}]" if ":" in host else f"{parts.scheme}://{host}"
+    if parts.port is not None:
+        origin += f":{parts.port}"
+    return dict(_environment_proxies(origin))
+
+
+def environment_ca_bundle() -> str | None:
+    """The CA bundle requests would take from the environment (None: its own)."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
 SessionT = TypeVar("SessionT", bound=requests.Session)
 
 
@@ -189,7 +220,7 @@ class DeadlineExceeded(requests.Timeout):
 
 
 class Deadline:
-    """The moment by which a whole call must be over, and the watchdog that enforces it:
+    """The moment by which a whole call must be over, enforced by the process's watchdog:
     when it passes, the sockets of the call's connections are shut down, so a read blocked
     on a trickling server returns at once."""
 
@@ -202,18 +233,21 @@ class Deadline:
         # http.client detached it from the connection (`Connection: close`).
         self._sockets: list[tuple[HTTPConnection, socket.socket]] = []
         self._lock = threading.Lock()
-        self._watchdog = threading.Timer(seconds, self._cut_off)
-        self._watchdog.daemon = True
+        self.cancelled = False
 
     def remaining(self) -> float:
         return max(0.0, self.ends_at - time.monotonic())
 
     def start(self) -> None:
         self.ends_at = time.monotonic() + self.seconds
-        self._watchdog.start()
+        _watchdog.watch(self)
 
     def cancel(self) -> None:
-        self._watchdog.cancel()
+        """The call is over: its connections are no longer its own to cut."""
+        with self._lock:
+            self.cancelled = True
+            self._connections.clear()
+            self._sockets.clear()
 
     def watch(self, connection: HTTPConnection) -> None:
         """Connecting or sending: whatever socket the connection holds when time is up,
@@ -253,6 +287,51 @@ class Deadline:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed
+
+
+class _Watchdog:
+    """One thread per process that cuts off each call whose deadline passed, earliest first
+    (a timer thread per call cost more CPU than a token request's own work). Deadlines of
+    calls that ended stay queued, inert, until their time."""
+
+    def __init__(self) -> None:
+        self._wakeup = threading.Condition()
+        self._queue: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()  # ties broken by arrival, never by Deadline
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: Deadline) -> None:
+        with self._wakeup:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="provider-call-deadlines", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._queue, (deadline.ends_at, next(self._order), deadline))
+            if self._queue[0][2] is deadline:  # earlier than what the thread waits for
+                self._wakeup.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._queue or self._queue[0][0] > time.monotonic():
+                    wait = self._queue[0][0] - time.monotonic() if self._queue else None
+                    self._wakeup.wait(wait)
+                _, _, deadline = heapq.heappop(self._queue)
+            if not deadline.cancelled:
+                deadline._cut_off()
+
+
+_watchdog = _Watchdog()
+
+
+def _watchdog_after_fork() -> None:
+    """A forked child has no watchdog thread, and its copy of the lock may be held."""
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_watchdog_after_fork)
 
 
 # The deadline of the call running in this thread, for the connections it opens or reuses.
@@ -326,6 +405,11 @@ class _DeadlineAdapter(HTTPAdapter):
         if remaining <= 0 or self.deadline.passed.is_set():
             raise self.exceeded(request)
         kwargs["timeout"] = (min(CONNECT_TIMEOUT_SECONDS, remaining), remaining)
+        # The session does not read the environment (`provider_session`): this does, for
+        # this request's URL (also after a redirect), as requests would have.
+        kwargs["proxies"] = environment_proxies(request.url or "") | (kwargs.get("proxies") or {})
+        if kwargs.get("verify") is True:
+            kwargs["verify"] = environment_ca_bundle() or True
         token = _current_deadline.set(self.deadline)
         try:
             response = super().send(request, *args, **kwargs)
@@ -378,6 +462,39 @@ class _KeptAliveDeadlineAdapter(_DeadlineAdapter):
             manager.clear()
 
 
+# What a requests.Session sends with every request (User-Agent, Accept-Encoding, Accept,
+# Connection), so that a request sent without one looks the same on the wire.
+SESSION_HEADERS = dict(requests.utils.default_headers())
+
+
+def provider_request(
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    params: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    seconds: float | None = None,
+) -> requests.Response:
+    """One request to a provider, its answer read whole, within `seconds`
+    (BROKER_PROVIDER_TIMEOUT by default) or DeadlineExceeded: what `provider_session` does,
+    without a session around it (a token endpoint's POST needs none, and a session costs
+    more CPU than the exchange): no cookies kept, redirects not followed (a token request
+    carries the client secret: it goes where it was configured to go, or nowhere)."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare(
+        method=method, url=url, headers={**SESSION_HEADERS, **headers}, params=params, data=body
+    )
+    deadline = Deadline(seconds if seconds is not None else settings.BROKER_PROVIDER_TIMEOUT)
+    adapter = _DeadlineAdapter(deadline)
+    deadline.start()
+    try:
+        response: requests.Response = adapter.send(prepared, verify=True)
+        return response
+    finally:
+        adapter.close()
+
+
 @overload
 def provider_session(
     *, seconds: float | None = None, keep_alive: bool = False
@@ -399,6 +516,7 @@ def provider_session(
     that close their sessions themselves (Authlib's OpenID Connect client) can take it as
     it is. With `keep_alive`, its connections stay in the process's pool for later calls."""
     session = session if session is not None else requests.Session()
+    session.trust_env = False  # the adapter reads the environment's proxies, once per origin
     deadline = Deadline(seconds if seconds is not None else settings.BROKER_PROVIDER_TIMEOUT)
     adapter = (_KeptAliveDeadlineAdapter if keep_alive else _DeadlineAdapter)(deadline)
     session.mount("http://", adapter)

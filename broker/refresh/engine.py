@@ -124,6 +124,7 @@ from broker.providers.oauth2_client import (
     TransientTokenError,
 )
 from broker.providers.oauth2_client import refresh as refresh_upstream
+from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
 from broker.refresh.schedule import apply_token_response
 
 log = logging.getLogger(__name__)
@@ -508,7 +509,8 @@ def rescue_and_mark(grant_id: Any) -> tuple[Rescue | None, int | None]:
 
 
 def load(grant_id: Any) -> Grant:
-    return Grant.objects.select_related("user", "provider_app").get(pk=grant_id)
+    """The grant with its app and user; raises Grant.DoesNotExist."""
+    return grant_with_app_and_user(grant_id)
 
 
 def load_or_none(grant_id: Any) -> Grant | None:
@@ -540,9 +542,7 @@ def persist_refresh(
         serving_versions.writing(serving_versions.grant_scope(grant.pk)),
         transaction.atomic(durable=True),
     ):
-        written = Grant.objects.filter(
-            pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
-        ).update(**values)
+        written = update_if_current(grant.pk, seen_version=seen_version, values=values)
         if written:
             trail.record(
                 "grant.refreshed",

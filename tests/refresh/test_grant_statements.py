@@ -1,0 +1,86 @@
+"""The refresh engine's read of a grant: what the ORM's select_related read gives, from a
+query compiled once per process."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db.models.sql.compiler import SQLCompiler
+from django.utils import timezone
+
+from broker.models import Grant
+from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
+from tests.factories import make_app, save_grant
+
+pytestmark = pytest.mark.django_db
+
+
+def fields(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+def test_it_reads_what_the_orm_reads(owner):
+    grant = save_grant(owner, make_app(), access="a-1", refresh="r-1", scopes=["read", "write"])
+    read = grant_with_app_and_user(grant.pk)
+    orm = Grant.objects.select_related("user", "provider_app").get(pk=grant.pk)
+    assert fields(read) == fields(orm)
+    assert fields(read.provider_app) == fields(orm.provider_app)
+    assert fields(read.user) == fields(orm.user)
+    assert read.unseal("access_token") == "a-1"
+    assert read.provider_app.unseal("client_secret") == "app-secret-1"
+    assert not read._state.adding
+
+
+def test_it_takes_the_id_as_text_too(owner):
+    grant = save_grant(owner, make_app())
+    assert grant_with_app_and_user(str(grant.pk)).pk == grant.pk
+
+
+@pytest.mark.parametrize("grant_id", [uuid.uuid4(), "not-a-uuid"])
+def test_a_missing_grant_raises_does_not_exist(grant_id):
+    with pytest.raises(Grant.DoesNotExist):
+        grant_with_app_and_user(grant_id)
+
+
+def test_the_query_is_compiled_once(owner, monkeypatch):
+    grant = save_grant(owner, make_app())
+    grant_with_app_and_user(grant.pk)
+    compiled = []
+    original = SQLCompiler.as_sql
+    monkeypatch.setattr(
+        SQLCompiler, "as_sql", lambda self, *a, **kw: compiled.append(1) or original(self, *a, **kw)
+    )
+    for _ in range(3):
+        grant_with_app_and_user(grant.pk)
+    assert compiled == []
+
+
+def test_the_fenced_update_writes_what_the_orm_writes(owner):
+    grant = save_grant(owner, make_app(), access="a-1", refresh="r-1")
+    twin = save_grant(owner, grant.provider_app, 1, access="a-1", refresh="r-1")
+    now = timezone.now()
+    values = {
+        "scopes": ["read", "write"],
+        "access_expires_at": now + timedelta(hours=1),
+        "token_version": grant.token_version + 1,
+        "refresh_enqueued_at": None,
+        "last_error": "",
+        "failure_count": 0,
+        "updated_at": now,
+    }
+    assert update_if_current(grant.pk, seen_version=grant.token_version, values=values) == 1
+    Grant.objects.filter(pk=twin.pk, token_version=twin.token_version).update(**values)
+    written, expected = Grant.objects.get(pk=grant.pk), Grant.objects.get(pk=twin.pk)
+    for name in values:
+        assert getattr(written, name) == getattr(expected, name), name
+
+
+def test_the_fenced_update_writes_nothing_once_the_grant_moved_on(owner):
+    grant = save_grant(owner, make_app())
+    values = {"last_error": "x", "updated_at": timezone.now()}
+    assert update_if_current(grant.pk, seen_version=grant.token_version + 1, values=values) == 0
+    Grant.objects.filter(pk=grant.pk).update(status=Grant.Status.REVOKED)
+    assert update_if_current(grant.pk, seen_version=grant.token_version, values=values) == 0
+    assert Grant.objects.get(pk=grant.pk).last_error == ""
