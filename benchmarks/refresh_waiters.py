@@ -119,6 +119,22 @@ async def burst(
             writer.close()
 
 
+def connections_per_worker(port: int) -> list[int]:
+    """How many of the client's connections each gunicorn worker holds (from `ss`): a
+    worker given more than its threads queues the excess, whose callers start late."""
+    lines = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
+    counts: dict[str, int] = {}
+    for line in lines:
+        pid = line.split("pid=", 1)[1].split(",", 1)[0] if "pid=" in line else "?"
+        counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
 def workers_cpu(pid: int) -> float:
     """CPU seconds used so far by gunicorn's worker processes (children of `pid`)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -219,18 +235,23 @@ def main() -> None:
         warm_body = json.dumps({"grant": str(grant.pk)})
         burst_body = json.dumps({"grant": str(grant.pk), "force_refresh": True})
         cpu: list[float] = []  # the web workers' CPU seconds: before, midway, after
+        spread: list[int] = []  # the client's connections per web worker
+        web = server.pid
+
+        def before_burst() -> None:
+            sandbox.faults(mode="slow", delay=args.delay)
+            sandbox.reset_counters()
+            cpu.append(workers_cpu(web))
+            spread.extend(connections_per_worker(port))
+
         answers = asyncio.run(
             burst(
                 port,
                 request(port, token, warm_body),
                 request(port, token, burst_body),
                 args.callers,
-                before_burst=lambda: (
-                    sandbox.faults(mode="slow", delay=args.delay),
-                    sandbox.reset_counters(),
-                    cpu.append(workers_cpu(server.pid)),
-                ),
-                midway=(args.delay * 0.75, lambda: cpu.append(workers_cpu(server.pid))),
+                before_burst=before_burst,
+                midway=(args.delay * 0.75, lambda: cpu.append(workers_cpu(web))),
             )
         )
         cpu.append(workers_cpu(server.pid))
@@ -266,6 +287,7 @@ def main() -> None:
     )
     for failure, count in sorted(failures.items()):
         print(f"   {count} x {failure}")
+    print(f"   connections per web worker: {'/'.join(map(str, spread))}")
     first = min(a.sent for a in answers)
     print(
         f"   requests sent within {(max(a.sent for a in answers) - first) * 1000:.1f} ms; "
