@@ -462,39 +462,6 @@ class _KeptAliveDeadlineAdapter(_DeadlineAdapter):
             manager.clear()
 
 
-# What a requests.Session sends with every request (User-Agent, Accept-Encoding, Accept,
-# Connection), so that a request sent without one looks the same on the wire.
-SESSION_HEADERS = dict(requests.utils.default_headers())
-
-
-def provider_request(
-    method: str,
-    url: str,
-    *,
-    headers: Mapping[str, str],
-    params: Mapping[str, str] | None = None,
-    body: bytes | None = None,
-    seconds: float | None = None,
-) -> requests.Response:
-    """One request to a provider, its answer read whole, within `seconds`
-    (BROKER_PROVIDER_TIMEOUT by default) or DeadlineExceeded: what `provider_session` does,
-    without a session around it (a token endpoint's POST needs none, and a session costs
-    more CPU than the exchange): no cookies kept, redirects not followed (a token request
-    carries the client secret: it goes where it was configured to go, or nowhere)."""
-    prepared = requests.PreparedRequest()
-    prepared.prepare(
-        method=method, url=url, headers={**SESSION_HEADERS, **headers}, params=params, data=body
-    )
-    deadline = Deadline(seconds if seconds is not None else settings.BROKER_PROVIDER_TIMEOUT)
-    adapter = _DeadlineAdapter(deadline)
-    deadline.start()
-    try:
-        response: requests.Response = adapter.send(prepared, verify=True)
-        return response
-    finally:
-        adapter.close()
-
-
 @overload
 def provider_session(
     *, seconds: float | None = None, keep_alive: bool = False

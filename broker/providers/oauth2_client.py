@@ -1,8 +1,8 @@
 """Calls to a provider's OAuth 2.0 token endpoint: code exchange and refresh.
 
-The one place the broker talks to token endpoints. A token request is one POST of a few
-parameters, sent as the kind wants them (JSON body for Atlassian Cloud, query string for
-Data Center, form elsewhere), and its answer one JSON document; every failure is sorted
+The one place the broker talks to token endpoints. Authlib builds the requests and parses
+the responses; this module adds what differs by kind (how the parameters travel: JSON body
+for Atlassian Cloud, query string for Data Center, form elsewhere) and sorts every failure
 into one of three kinds the callers act on (RFC 6749 section 5.2 error responses):
 
 - GrantRejected: the provider refused this grant (invalid_grant, unauthorized_client, other
@@ -14,12 +14,6 @@ into one of three kinds the callers act on (RFC 6749 section 5.2 error responses
   honouring Retry-After.
 
 Messages carry the provider's error code and description only, never a token.
-
-Why not Authlib's OAuth2Session, as for the rest of OAuth: for these two grants it only
-joined the parameters into a form that had to be taken apart again for JSON and query
-kinds, while a requests session per call cost more CPU than the rest of a refresh together
-(each refresh of the worker's makes one). What stays with Authlib: PKCE's verifier and
-challenge (broker.consent), OpenID Connect, OAuth 1.0a signatures.
 """
 
 from __future__ import annotations
@@ -31,9 +25,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import requests
+from authlib.common.urls import url_decode
+from authlib.integrations.requests_client import OAuth2Session
 from django.utils import timezone
+from requests.auth import AuthBase
 
-from broker.infra.outbound_http import provider_request
+from broker.infra.outbound_http import provider_session
 from broker.models import ProviderApp
 from broker.providers.catalog import TokenEncoding
 
@@ -87,20 +84,35 @@ class TokenResponse:
         return f"TokenResponse(expires_in={self.expires_in}, scopes={self.scopes})"
 
 
-def encoded_as_the_kind_wants(
-    encoding: TokenEncoding, params: dict[str, str]
-) -> tuple[dict[str, str], dict[str, str], bytes | None]:
-    """A token request's parameters as the kind wants them: a JSON body (Atlassian Cloud),
-    the query string (Data Center) or a form body (RFC 6749 4.1.3, 6). Returns the query
-    parameters to add to the URL, the headers and the body."""
-    headers = {"Accept": "application/json"}
-    if encoding == "json":
-        headers["Content-Type"] = "application/json"
-        return {}, headers, json.dumps(params).encode()
-    if encoding == "query":
-        return params, headers, None
-    headers["Content-Type"] = "application/x-www-form-urlencoded"
-    return {}, headers, urlencode(params).encode()
+class ParametersAsTheKindWants(AuthBase):
+    """Authenticates with client_id and client_secret among the parameters (as Atlassian
+    requires), and moves the parameters Authlib prepared into a JSON body, the query string
+    (Data Center) or a form body."""
+
+    def __init__(self, encoding: TokenEncoding, client_id: str, client_secret: str) -> None:
+        self.encoding = encoding
+        self.client_id = client_id
+        self.client_secret = client_secret
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        body = request.body.decode() if isinstance(request.body, bytes) else request.body or ""
+        params = dict(url_decode(body))
+        params["client_id"] = self.client_id
+        if self.client_secret:
+            params["client_secret"] = self.client_secret
+        if self.encoding == "json":
+            encoded: bytes | None = json.dumps(params).encode()
+            request.headers["Content-Type"] = "application/json"
+        elif self.encoding == "query":
+            request.prepare_url(request.url, params)
+            encoded = None
+            request.headers.pop("Content-Type", None)
+        else:
+            encoded = urlencode(params).encode()
+            request.headers["Content-Type"] = "application/x-www-form-urlencoded"
+        request.body = encoded
+        request.headers["Content-Length"] = str(len(encoded or b""))
+        return request
 
 
 def retry_after_seconds(response: requests.Response) -> float | None:
@@ -117,9 +129,8 @@ def retry_after_seconds(response: requests.Response) -> float | None:
         return None
 
 
-def classify(response: requests.Response) -> dict[str, Any]:
-    """The token response's JSON document; every unsuccessful response raises one of our
-    error kinds (RFC 6749 5.2)."""
+def classify(response: requests.Response) -> requests.Response:
+    """Authlib compliance hook: turns every unsuccessful response into our error kinds."""
     status = response.status_code
     if status >= 500 or status == 429:
         raise TransientTokenError(
@@ -145,27 +156,37 @@ def classify(response: requests.Response) -> dict[str, Any]:
         raise GrantRejected(error, description, status=status)
     if not isinstance(document.get("access_token"), str) or not document["access_token"]:
         raise ClientMisconfigured("invalid_response", "no access_token in the token response")
-    return document
+    return response
 
 
-def post_to_token_endpoint(app: ProviderApp, grant_type: str, **params: str) -> TokenResponse:
-    """One POST to the app's token endpoint. The client authenticates with its id and
-    secret among the parameters (RFC 6749 2.3.1, as Atlassian requires)."""
+def session_for(app: ProviderApp) -> OAuth2Session:
+    session = OAuth2Session(app.client_id)
+    session.register_compliance_hook("access_token_response", classify)
+    session.register_compliance_hook("refresh_token_response", classify)
+    return session
+
+
+def post_to_token_endpoint(app: ProviderApp, grant_type: str, **params: Any) -> TokenResponse:
     token_url = app.endpoint("token")
     if not token_url:
         raise ClientMisconfigured("no_token_endpoint", f"app {app.slug} has no token endpoint")
-    parameters = {"grant_type": grant_type, **params, "client_id": app.client_id}
-    client_secret = app.unseal("client_secret")
-    if client_secret:
-        parameters["client_secret"] = client_secret
-    query, headers, body = encoded_as_the_kind_wants(app.catalog_entry.token_encoding, parameters)
+    auth = ParametersAsTheKindWants(
+        app.catalog_entry.token_encoding, app.client_id, app.unseal("client_secret") or ""
+    )
+    # Never followed: the request carries the client secret, which goes where it was
+    # configured to go or nowhere.
+    params["allow_redirects"] = False
     try:
-        response = provider_request("POST", token_url, params=query, headers=headers, body=body)
+        with provider_session(session_for(app)) as session:
+            if grant_type == "refresh_token":
+                token = session.refresh_token(token_url, auth=auth, **params)
+            else:
+                token = session.fetch_token(token_url, grant_type=grant_type, auth=auth, **params)
     except requests.Timeout:
         raise TransientTokenError("timeout", "the token endpoint did not answer in time") from None
     except requests.RequestException as exc:
         raise TransientTokenError("network", type(exc).__name__) from None
-    return parse_token(classify(response), app, params.get("refresh_token", ""))
+    return parse_token(token, app, str(params.get("refresh_token", "")))
 
 
 def seconds(value: Any) -> int | None:
@@ -179,7 +200,7 @@ def parse_token(
     token: dict[str, Any], app: ProviderApp, sent_refresh_token: str = ""
 ) -> TokenResponse:
     scope = token.get("scope")
-    # A response that repeats the refresh token sent, or has none, carries no new one: so
+    # Authlib copies the refresh token it sent into a response that had none; undo that so
     # "the provider sent none" stays visible (the caller then keeps the stored one).
     refresh_token = token.get("refresh_token") or None
     if refresh_token == sent_refresh_token:
@@ -197,7 +218,7 @@ def exchange_code(
     app: ProviderApp, *, code: str, redirect_uri: str, code_verifier: str | None = None
 ) -> TokenResponse:
     """RFC 6749 4.1.3 (with RFC 7636 4.5 when a PKCE verifier was made)."""
-    params = {"code": code, "redirect_uri": redirect_uri}
+    params: dict[str, Any] = {"code": code, "redirect_uri": redirect_uri}
     if code_verifier:
         params["code_verifier"] = code_verifier
     return post_to_token_endpoint(app, "authorization_code", **params)
@@ -213,7 +234,7 @@ def refresh(
     """RFC 6749 section 6. Data Center also wants the redirect_uri of the original code.
     `scopes`: ask for a token narrower than the grant (only for kinds whose catalog entry
     says `narrower_tokens_on_refresh`); None asks for the grant's scopes."""
-    params = {"refresh_token": refresh_token}
+    params: dict[str, Any] = {"refresh_token": refresh_token}
     if app.catalog_entry.refresh_sends_redirect_uri:
         params["redirect_uri"] = redirect_uri
     if scopes is not None:

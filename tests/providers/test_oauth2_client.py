@@ -164,7 +164,7 @@ def test_retry_after_is_kept_for_rate_limits():
 
 def test_a_good_answer_passes():
     good = response(200, {"access_token": "a", "expires_in": 3600})
-    assert classify(good) == {"access_token": "a", "expires_in": 3600}
+    assert classify(good) is good
 
 
 def test_a_missing_refresh_token_reads_as_none():

@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from django.db import connection
 
 from broker.consent import oauth1_flow
-from broker.infra.outbound_http import DeadlineExceeded, provider_request, provider_session
+from broker.infra.outbound_http import DeadlineExceeded, provider_session
 from broker.models import Grant
 from broker.providers import account, oauth2_client
 from broker.refresh import engine
@@ -120,13 +120,18 @@ def test_an_answer_within_the_deadline_is_read_whole():
     assert response.json()["access_token"] == "trickled-access"
 
 
+def get_within(url: str, seconds: float | None = None) -> object:
+    with provider_session(seconds=seconds) as session:
+        return session.get(url)
+
+
 def test_a_shorter_deadline_set_after_a_longer_one_still_cuts_off_first(trickling):
     server = trickling("body")
     longer: dict[str, float] = {}
 
     def long_call() -> None:
         longer["elapsed"], _ = timed(
-            lambda: provider_request("GET", f"{server.url}/me", headers={}, seconds=3 * DEADLINE),
+            lambda: get_within(f"{server.url}/me", 3 * DEADLINE),
             DeadlineExceeded,
         )
 
@@ -134,7 +139,7 @@ def test_a_shorter_deadline_set_after_a_longer_one_still_cuts_off_first(tricklin
     first.start()
     time.sleep(0.2)  # the long call's deadline is queued first
     elapsed, _ = timed(
-        lambda: provider_request("GET", f"{server.url}/me", headers={}, seconds=DEADLINE),
+        lambda: get_within(f"{server.url}/me", DEADLINE),
         DeadlineExceeded,
     )
     first.join()
@@ -144,7 +149,7 @@ def test_a_shorter_deadline_set_after_a_longer_one_still_cuts_off_first(tricklin
 
 def test_provider_calls_start_no_thread_each(monkeypatch):
     server = start_trickling_server(0.001, phase="body")
-    provider_request("GET", f"{server.url}/me", headers={})  # the watchdog, once per process
+    get_within(f"{server.url}/me")  # the watchdog, once per process
     caller = threading.current_thread()
     started = []
     original = threading.Thread.start
@@ -157,9 +162,7 @@ def test_provider_calls_start_no_thread_each(monkeypatch):
     monkeypatch.setattr(threading.Thread, "start", start)
     try:
         for _ in range(3):
-            provider_request("GET", f"{server.url}/me", headers={})
-            with provider_session() as session:
-                session.get(f"{server.url}/me")
+            get_within(f"{server.url}/me")
     finally:
         server.stop()
     assert started == []
