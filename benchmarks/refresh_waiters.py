@@ -5,25 +5,31 @@
 
 Starts the sandbox provider and the broker under gunicorn (gunicorn.conf.py as it is; set
 WEB_CONCURRENCY / GUNICORN_THREADS to try others), stores one grant holding real sandbox
-tokens, slows the sandbox's token endpoint to `--delay` seconds, then sends `--callers`
-concurrent `POST /api/v1/access-token` with `force_refresh` for that grant. Prints the
-upstream refresh calls the sandbox counted (goal: exactly 1), the answers (goal: all 200
-with one and the same new token) and the latency beyond the upstream delay (goal: p99 <=
-10% of the delay). REDIS_URL picks the Redis database (default 13); the database is
-recreated (SQLite file data/bench-waiters.sqlite3 by default).
+tokens, slows the sandbox's token endpoint to `--delay` seconds, then writes `--callers`
+`POST /api/v1/access-token` with `force_refresh` for that grant at once, on connections
+opened and used once beforehand (an asyncio client: its own CPU neither spreads the
+requests nor delays the answers; each answer is timed from its own request's write).
+Prints the upstream refresh calls the sandbox counted (goal: exactly 1), the answers
+(goal: all 200 with one and the same new token), the latency beyond the upstream delay
+(goal: p99 <= 10% of the delay), the latency beyond the refresh's own duration (what the
+broker adds), and the web workers' CPU per caller before and after. REDIS_URL picks the
+Redis database (default 13); the database is recreated (SQLite file
+data/bench-waiters.sqlite3 by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,7 +38,107 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import fresh_database, percentile  # noqa: E402
+from benchmarks.measure import cpu_seconds, fresh_database, percentile  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    token: str  # a digest of the access token, or the start of an error's body
+    sent: float  # time.monotonic() when its request was written to its socket
+    done: float  # when the last byte of its answer was read
+
+
+def request(port: int, token: str, body: str) -> bytes:
+    return (
+        f"POST /api/v1/access-token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes
+) -> Answer:
+    sent = time.monotonic()
+    writer.write(raw)
+    return await answer(reader, sent)
+
+
+async def answer(reader: asyncio.StreamReader, sent: float) -> Answer:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = await reader.readexactly(length)
+    done = time.monotonic()
+    if status == 200:
+        digest = hashlib.sha256(json.loads(body)["access_token"].encode()).hexdigest()[:12]
+    else:
+        digest = body[:80].decode(errors="replace")
+    return Answer(status, digest, sent, done)
+
+
+async def burst(
+    port: int,
+    warm: bytes,
+    forced: bytes,
+    callers: int,
+    before_burst: Callable[[], object],
+    midway: tuple[float, Callable[[], object]],
+) -> list[Answer]:
+    """Opens `callers` connections and fetches once on each (no refresh: every worker
+    thread and database connection warm, each connection kept alive by gunicorn), then
+    writes the `forced` request on every connection, one after the other (a few ms for
+    all: the client's own CPU neither delays a request nor its answer's time), and reads
+    the answers. Each answer's latency is measured from when its own request was written.
+    `midway`: (seconds, what to call that long after the requests were sent)."""
+    connections = await asyncio.gather(
+        *(asyncio.open_connection("127.0.0.1", port) for _ in range(callers))
+    )
+    warmed = await asyncio.gather(*(exchange(r, w, warm) for r, w in connections))
+    if any(a.status != 200 for a in warmed):
+        raise SystemExit(f"warm-up fetch failed: {warmed[0]}")
+    before_burst()
+    asyncio.get_running_loop().call_later(*midway)
+    sent = []
+    for _, writer in connections:
+        sent.append(time.monotonic())
+        writer.write(forced)
+    try:
+        # As long as the broker's longest request (gunicorn.conf.py's timeout).
+        async with asyncio.timeout(60):
+            return await asyncio.gather(
+                *(answer(reader, at) for (reader, _), at in zip(connections, sent, strict=True))
+            )
+    finally:
+        for _, writer in connections:
+            writer.close()
+
+
+def connections_per_worker(port: int) -> list[int]:
+    """How many of the client's connections each gunicorn worker holds (from `ss`): a
+    worker given more than its threads queues the excess, whose callers start late."""
+    lines = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
+    counts: dict[str, int] = {}
+    for line in lines:
+        pid = line.split("pid=", 1)[1].split(",", 1)[0] if "pid=" in line else "?"
+        counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
+def workers_cpu(pid: int) -> float:
+    """CPU seconds used so far by gunicorn's worker processes (children of `pid`)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sum(cpu_seconds(int(child)) for child in children)
 
 
 def main() -> None:
@@ -56,6 +162,7 @@ def main() -> None:
     from broker.api import service_secrets
     from broker.infra.redis_connection import redis_client
     from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
+    from broker.ops import metrics
     from broker.providers.oauth2_client import TokenResponse
     from broker.refresh.schedule import apply_token_response
     from tests.sandbox_server import MANAGE, free_port, sandbox_env, start_sandbox
@@ -125,52 +232,32 @@ def main() -> None:
             auth=(service.client_id, secret),
             timeout=10,
         ).json()["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        body = {"grant": str(grant.pk), "force_refresh": True}
-        # Every worker process and thread has served a fetch (imports, connections warm).
-        warm = [
-            threading.Thread(
-                target=requests.post,
-                args=(f"{url}/api/v1/access-token",),
-                kwargs={"json": {"grant": str(grant.pk)}, "headers": headers, "timeout": 30},
+        warm_body = json.dumps({"grant": str(grant.pk)})
+        burst_body = json.dumps({"grant": str(grant.pk), "force_refresh": True})
+        cpu: list[float] = []  # the web workers' CPU seconds: before, midway, after
+        spread: list[int] = []  # the client's connections per web worker
+        web = server.pid
+
+        def before_burst() -> None:
+            sandbox.faults(mode="slow", delay=args.delay)
+            sandbox.reset_counters()
+            cpu.append(workers_cpu(web))
+            spread.extend(connections_per_worker(port))
+
+        answers = asyncio.run(
+            burst(
+                port,
+                request(port, token, warm_body),
+                request(port, token, burst_body),
+                args.callers,
+                before_burst=before_burst,
+                midway=(args.delay * 0.75, lambda: cpu.append(workers_cpu(web))),
             )
-            for _ in range(64)
-        ]
-        for thread in warm:
-            thread.start()
-        for thread in warm:
-            thread.join()
-
-        sandbox.faults(mode="slow", delay=args.delay)
-        sandbox.reset_counters()
-        barrier = threading.Barrier(args.callers)
-        answers: list[tuple[int, str, float]] = []
-        moments: list[tuple[float, float]] = []
-
-        def call() -> None:
-            session = requests.Session()
-            barrier.wait()
-            sent = time.monotonic()
-            try:
-                answer = session.post(
-                    f"{url}/api/v1/access-token", json=body, headers=headers, timeout=60
-                )
-                status = answer.status_code
-                digest = (
-                    hashlib.sha256(answer.json()["access_token"].encode()).hexdigest()[:12]
-                    if status == 200
-                    else answer.text[:80]
-                )
-            except requests.RequestException as exc:
-                status, digest = 0, type(exc).__name__
-            answers.append((status, digest, time.monotonic() - sent))
-            moments.append((sent, time.monotonic()))
-
-        callers = [threading.Thread(target=call) for _ in range(args.callers)]
-        for caller in callers:
-            caller.start()
-        for caller in callers:
-            caller.join()
+        )
+        cpu.append(workers_cpu(server.pid))
+        # The one refresh's own time (the upstream call and its write), as the broker
+        # counted it: what the sandbox adds to the delay is not the broker's doing.
+        refresh_seconds = float(redis_client().hget(metrics.REFRESH_SECONDS, "sum") or 0)
         sandbox.faults(mode="none")
         upstream = sandbox.counters()["token"].get("refresh_token", 0)
     finally:
@@ -179,13 +266,13 @@ def main() -> None:
             server.wait(timeout=30)
         sandbox.stop()
 
-    ok = [a for a in answers if a[0] == 200]
-    tokens = {a[1] for a in ok}
-    beyond = [max(0.0, a[2] - args.delay) * 1000 for a in answers]
+    ok = [a for a in answers if a.status == 200]
+    tokens = {a.token for a in ok}
+    beyond = [max(0.0, a.done - a.sent - args.delay) * 1000 for a in answers]
     failures: dict[str, int] = {}
-    for status, text, _ in answers:
-        if status != 200:
-            failures[f"{status} {text}"] = failures.get(f"{status} {text}", 0) + 1
+    for a in answers:
+        if a.status != 200:
+            failures[f"{a.status} {a.token}"] = failures.get(f"{a.status} {a.token}", 0) + 1
     print(
         f"gunicorn.conf.py (WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', os.cpu_count())}, "
         f"GUNICORN_THREADS={os.environ.get('GUNICORN_THREADS', 'default')}), "
@@ -200,11 +287,24 @@ def main() -> None:
     )
     for failure, count in sorted(failures.items()):
         print(f"   {count} x {failure}")
-    first = min(sent for sent, _ in moments)
+    print(f"   connections per web worker: {'/'.join(map(str, spread))}")
+    first = min(a.sent for a in answers)
     print(
-        f"   requests sent within {(max(s for s, _ in moments) - first) * 1000:.0f} ms; answers "
-        f"from {(min(d for _, d in moments) - first) * 1000:.0f} to "
-        f"{(max(d for _, d in moments) - first) * 1000:.0f} ms after the first was sent"
+        f"   requests sent within {(max(a.sent for a in answers) - first) * 1000:.1f} ms; "
+        f"answers from {(min(a.done for a in answers) - first) * 1000:.0f} to "
+        f"{(max(a.done for a in answers) - first) * 1000:.0f} ms after the first was sent"
+    )
+    beyond_refresh = [(a.done - a.sent - refresh_seconds) * 1000 for a in answers]
+    print(
+        f"   the refresh took {refresh_seconds * 1000:.0f} ms (upstream call and write); "
+        f"answers beyond it: p50 {percentile(beyond_refresh, 0.5):.0f} ms, "
+        f"p99 {percentile(beyond_refresh, 0.99):.0f} ms"
+    )
+    before, midway, after = cpu
+    print(
+        f"   web workers' CPU per caller: {(midway - before) * 1000 / args.callers:.2f} ms until "
+        f"{args.delay * 0.75:g} s (the requests, up to their wait), "
+        f"{(after - midway) * 1000 / args.callers:.2f} ms after (the answers)"
     )
     p99 = percentile(beyond, 0.99)
     goal = args.delay * 100  # 10% of the delay, in ms

@@ -1,5 +1,6 @@
 """Another process refreshing a grant, played by a thread: it holds the grant's refresh lock
-with its refresh marked in flight, commits a new token after a while, then lets go.
+with its refresh marked in flight, commits a new token after a while, then lets go (and
+announces it, as `engine.refresh_lock` does).
 (Needs `django_db(transaction=True)`: the thread writes on its own connection.)"""
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def refreshing_elsewhere(grant: Grant, *, commits_after: float = 0.5) -> Iterato
         )
         engine.clear_in_flight(grant.pk)
         lock.release()
+        engine.announce_release(grant.pk)
 
     other = threading.Thread(target=commit)
     other.start()

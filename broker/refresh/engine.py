@@ -22,8 +22,11 @@ Single flight: a Redis lock plus a fencing token in the database
   block on it for at most 2 x the provider timeout, having given their database connection
   back (so that a pool of a few connections serves any number of waiters; the holder gives
   its own back during the provider call). The holder re-reads the grant and skips the call
-  when someone else already refreshed; waiters then take the lock in turn, re-read, and
-  find the fresh token, or the failure of the call they waited for. Every write of a
+  when someone else already refreshed. The API's callers (`ensure_fresh`) that find the
+  lock held wait for its release, which the holder announces on a Redis channel (one
+  listener per process, `wait_for_refresh_in_flight`), and share one re-read of the grant:
+  the fresh token, or the failure of the call they waited for; they take the lock only if
+  that does not do (a worker's task takes it in turn). Every write of a
   refresh's result is a conditional UPDATE on the `token_version` read before the call
   (and `status=active`), so a holder whose lock expired while it was
   stalled can never overwrite newer tokens or resurrect a revoked grant, and a stale
@@ -269,11 +272,25 @@ def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
                 log.warning("refresh lock for grant %s expired before release", grant_id)
             except redis.RedisError as exc:
                 log.warning("refresh lock for grant %s not released: %s", grant_id, exc)
+            announce_release(grant_id)
 
 
-# Callers waiting for another's refresh of a grant: one thread per process polls Redis for
-# the lock's release, the others of the process wait for its finding.
-WAIT_POLL_SECONDS = 0.02
+# Callers waiting for another's refresh of a grant: one thread per process listens for the
+# lock's release (published on this channel by whoever lets the lock go), the others of the
+# process wait for its finding.
+RELEASED_CHANNEL = "broker:refresh-released:{grant_id}"
+# A holder that never announces its release (killed: its lock lapses; or a process of an
+# older release during a rolling deploy) is noticed by a look at the lock this often.
+WAIT_RECHECK_SECONDS = 0.25
+
+
+def announce_release(grant_id: Any) -> None:
+    """Tells the grant's waiters (`wait_for_refresh_in_flight`) that its lock was let go:
+    they wake at once instead of polling. Lost, it costs them WAIT_RECHECK_SECONDS."""
+    try:
+        lock_redis().publish(RELEASED_CHANNEL.format(grant_id=grant_id), b"")
+    except redis.RedisError as exc:
+        log.warning("grant %s: release not announced (%s)", grant_id, type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -298,9 +315,10 @@ _waits_guard = threading.Lock()
 
 def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> RefreshEnded | None:
     """Waits, holding no lock and no database connection, until no refresh of the grant is
-    in flight (its lock is free): one thread per process polls Redis and reads the grant
-    once it ended, the others of the process wait for its finding. None when no refresh
-    was in flight, or one still ran after `wait` seconds, or Redis could not tell."""
+    in flight (its lock is free): one thread per process listens for the release
+    (`announce_release`) and reads the grant once it ended, the others of the process wait
+    for its finding. None when no refresh was in flight, or one still ran after `wait`
+    seconds, or Redis could not tell."""
     key = LOCK_KEY.format(grant_id=grant_id)
     with _waits_guard:
         waiting = _waits.get(key)
@@ -313,17 +331,21 @@ def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> RefreshEnded | 
     try:
         deadline = time.monotonic() + wait
         client = lock_redis()
-        if not client.exists(key):
+        if wait <= 0 or not client.exists(key):
             return None
         release_database_connection()
-        while time.monotonic() < deadline:
-            time.sleep(WAIT_POLL_SECONDS)
-            if not client.exists(key):
-                ended = load_or_none(grant_id)
-                in_doubt = ended is not None and stored_token_in_doubt(ended)
-                waiting.ended = RefreshEnded(ended, in_doubt)
-                return waiting.ended
-        return None
+        with client.pubsub(ignore_subscribe_messages=True) as releases:
+            # Subscribed before the lock is looked at again: a release in between is seen.
+            releases.subscribe(RELEASED_CHANNEL.format(grant_id=grant_id))
+            while client.exists(key):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                releases.get_message(timeout=min(left, WAIT_RECHECK_SECONDS))
+        ended = load_or_none(grant_id)
+        in_doubt = ended is not None and stored_token_in_doubt(ended)
+        waiting.ended = RefreshEnded(ended, in_doubt)
+        return waiting.ended
     except redis.RedisError as exc:
         log.warning("grant %s: refresh in flight unknown (%s)", grant_id, type(exc).__name__)
         return None
@@ -375,7 +397,11 @@ def stash_rescue(grant_id: Any, rescue: Rescue) -> bool:
 
 
 def read_rescue(grant_id: Any) -> Rescue | None:
-    sealed = lock_redis().get(RESCUE_KEY.format(grant_id=grant_id))
+    return unseal_rescue(grant_id, lock_redis().get(RESCUE_KEY.format(grant_id=grant_id)))
+
+
+def unseal_rescue(grant_id: Any, sealed: bytes | str | None) -> Rescue | None:
+    """The rescue of `grant_id` from the value of its key (an unreadable one is dropped)."""
     if sealed is None:
         return None
     try:
@@ -467,12 +493,16 @@ def clear_in_flight(grant_id: Any) -> None:
         log.warning("grant %s: in-flight mark not cleared (%s)", grant_id, type(exc).__name__)
 
 
-def previous_refresh_in_doubt(grant: Grant) -> bool:
-    """Under the lock: whether an earlier refresh from the stored refresh token has an
-    unknown outcome (its holder died, or the answer came too late): its mark names the
-    version read now. Raises RedisError."""
-    marked = lock_redis().get(IN_FLIGHT_KEY.format(grant_id=grant.pk))
-    return marked is not None and int(marked) == grant.token_version
+def rescue_and_mark(grant_id: Any) -> tuple[Rescue | None, int | None]:
+    """Under the lock, in one round trip: the rescued response waiting for the grant, and
+    the token version its in-flight mark names (an earlier refresh from that version has
+    an unknown outcome when it is the version stored: its holder died, or the answer came
+    too late). Raises RedisError."""
+    pipe = lock_redis().pipeline(transaction=False)
+    pipe.get(RESCUE_KEY.format(grant_id=grant_id))
+    pipe.get(IN_FLIGHT_KEY.format(grant_id=grant_id))
+    sealed, marked = pipe.execute()
+    return unseal_rescue(grant_id, sealed), None if marked is None else int(marked)
 
 
 # -- database writes ---------------------------------------------------------------------
@@ -630,10 +660,9 @@ def record_failure(
 # -- the single-flight section -----------------------------------------------------------
 
 
-def apply_rescue(grant: Grant) -> Grant:
+def apply_rescue(grant: Grant, rescue: Rescue | None) -> Grant:
     """Finishes the write of a response that was rescued to Redis, before anything else.
     Raises DatabaseError while the database is still away (then nothing may go upstream)."""
-    rescue = read_rescue(grant.pk)
     if rescue is None:
         return grant
     written = persist_refresh(
@@ -740,8 +769,9 @@ def single_flight(
         if grant is None:
             return RefreshOutcome(Result.GONE), None
         try:
-            grant = apply_rescue(grant)
-            in_doubt = previous_refresh_in_doubt(grant)
+            rescue, marked = rescue_and_mark(grant.pk)
+            grant = apply_rescue(grant, rescue)
+            in_doubt = marked == grant.token_version
         except DatabaseError:
             # A response is waiting in Redis: nothing stored may be served or sent upstream.
             return RefreshOutcome(Result.DATABASE_UNAVAILABLE, retry_after=1), None
@@ -841,7 +871,8 @@ def ensure_fresh(
         return grant  # cannot be refreshed (OAuth 1.0a, no refresh token): even if forced
     # A rescued response, or a refresh in flight or cut short, means the stored access
     # token may already be replaced upstream (rotation revokes it): never serve it then.
-    if not stored_token_in_doubt(grant) and satisfied(grant):
+    # (satisfied first: a forced call would read Redis for nothing)
+    if satisfied(grant) and not stored_token_in_doubt(grant):
         return grant
 
     def failed_meanwhile(candidate: Grant) -> bool:
@@ -853,21 +884,31 @@ def ensure_fresh(
     # take its token at once when it ends, instead of taking the lock in turn to see it.
     # One wait in all: what waiting for the release took is not waited again for the lock.
     deadline = time.monotonic() + lock_wait()
-    ended = wait_for_refresh_in_flight(grant_id, wait=lock_wait())
-    if ended is not None:
-        if ended.grant is None:
-            raise Grant.DoesNotExist(f"grant {grant_id} is gone")
-        require_usable(ended.grant)
-        if satisfied(ended.grant) and not ended.in_doubt:
-            return ended.grant
 
-    outcome, current = single_flight(
-        grant_id,
-        needs_refresh=lambda g, in_doubt: (
-            (in_doubt or not satisfied(g)) and not failed_meanwhile(g)
-        ),
-        wait=max(0.0, deadline - time.monotonic()),
-    )
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    for last_round in (False, True):
+        ended = wait_for_refresh_in_flight(grant_id, wait=left())
+        if ended is not None:
+            if ended.grant is None:
+                raise Grant.DoesNotExist(f"grant {grant_id} is gone")
+            require_usable(ended.grant)
+            if satisfied(ended.grant) and not ended.in_doubt:
+                return ended.grant
+        # No refresh in flight, or its result does not do. A refresh another caller began
+        # since the look above (its lock taken first) is waited for once more like that,
+        # with the others, not by taking its lock in turn after it: each turn re-reads the
+        # grant under the lock, one caller after the other, once the answers are due.
+        outcome, current = single_flight(
+            grant_id,
+            needs_refresh=lambda g, in_doubt: (
+                (in_doubt or not satisfied(g)) and not failed_meanwhile(g)
+            ),
+            wait=left() if last_round else 0.0,
+        )
+        if outcome.result != Result.BUSY:
+            break
     if outcome.result == Result.DATABASE_UNAVAILABLE:
         raise ProviderUnavailable("the refreshed token is not stored yet", retry_after=1)
     if current is None:

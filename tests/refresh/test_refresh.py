@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import requests
@@ -28,6 +31,7 @@ from broker.refresh.engine import (
     refresh_grant_now,
 )
 from broker.refresh.tasks import refresh_grant
+from tests.other_refresher import REFRESHED_ACCESS_TOKEN, refreshing_elsewhere
 from tests.sandbox_grants import (
     connect_grant,
     identity_works,
@@ -425,6 +429,60 @@ def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, cap
     app.save()
     claim(grant)
     assert refresh_grant_now(grant.pk).result == Result.REFRESHED
+
+
+def test_waiters_wake_at_the_announced_release_not_at_their_next_look(grant, monkeypatch):
+    """Callers waiting for another process's refresh are woken by the announcement of its
+    lock's release, not by their look at the lock every WAIT_RECHECK_SECONDS."""
+    monkeypatch.setattr(engine, "WAIT_RECHECK_SECONDS", 30.0)
+    started = time.monotonic()
+    with refreshing_elsewhere(grant, commits_after=0.5):
+        fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+    assert fresh.unseal("access_token") == REFRESHED_ACCESS_TOKEN
+    assert time.monotonic() - started < 3
+
+
+def test_a_holder_that_never_announces_its_release_is_seen_gone_at_the_next_look(grant):
+    """A killed holder's lock lapses unannounced (so does one of a process of an older
+    release): its waiters find it gone at their next look."""
+    engine.lock_redis().set(engine.LOCK_KEY.format(grant_id=grant.pk), "killed", px=300)
+    started = time.monotonic()
+    ended = engine.wait_for_refresh_in_flight(grant.pk, wait=5)
+    assert ended is not None and ended.grant is not None and ended.grant.pk == grant.pk
+    assert time.monotonic() - started < 0.3 + engine.WAIT_RECHECK_SECONDS + 0.5
+
+
+def test_a_caller_beaten_to_the_lock_waits_with_the_others_not_for_its_turn(grant, monkeypatch):
+    """A refresh that begins between a caller's look for one in flight and its try for the
+    lock: the caller waits for its release and takes its result, as those who saw it do,
+    instead of taking the lock in turn after it (one after the other, each re-reading the
+    grant under the lock, while the answers are due)."""
+    real_wait = engine.wait_for_refresh_in_flight
+    real_lock = engine.refresh_lock
+    held: list[bool] = []
+
+    @contextmanager
+    def recorded_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
+        with real_lock(grant_id, wait=wait) as acquired:
+            held.append(acquired)
+            yield acquired
+
+    with ExitStack() as elsewhere:
+        looks: list[float] = []
+
+        def look_then_beaten(grant_id: Any, *, wait: float) -> engine.RefreshEnded | None:
+            ended = real_wait(grant_id, wait=wait)
+            if not looks:  # nothing in flight yet; another process takes the lock now
+                elsewhere.enter_context(refreshing_elsewhere(grant, commits_after=0.5))
+            looks.append(wait)
+            return ended
+
+        monkeypatch.setattr(engine, "wait_for_refresh_in_flight", look_then_beaten)
+        monkeypatch.setattr(engine, "refresh_lock", recorded_lock)
+        fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
+    assert fresh.unseal("access_token") == REFRESHED_ACCESS_TOKEN
+    assert len(looks) == 2
+    assert True not in held  # never took the lock
 
 
 def test_a_lock_held_elsewhere_is_busy_never_an_authorization_failure(sandbox, grant, settings):
