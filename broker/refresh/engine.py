@@ -124,7 +124,7 @@ from broker.providers.oauth2_client import (
     TransientTokenError,
 )
 from broker.providers.oauth2_client import refresh as refresh_upstream
-from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
+from broker.refresh.grant_statements import grant_with_app_and_user
 from broker.refresh.schedule import apply_token_response
 
 log = logging.getLogger(__name__)
@@ -542,7 +542,9 @@ def persist_refresh(
         serving_versions.writing(serving_versions.grant_scope(grant.pk)),
         transaction.atomic(durable=True),
     ):
-        written = update_if_current(grant.pk, seen_version=seen_version, values=values)
+        written = Grant.objects.filter(
+            pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
+        ).update(**values)
         if written:
             trail.record(
                 "grant.refreshed",

@@ -4,14 +4,12 @@ query compiled once per process."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
 import pytest
 from django.db.models.sql.compiler import SQLCompiler
-from django.utils import timezone
 
 from broker.models import Grant
-from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
+from broker.refresh.grant_statements import grant_with_app_and_user
 from tests.factories import make_app, save_grant
 
 pytestmark = pytest.mark.django_db
@@ -55,32 +53,3 @@ def test_the_query_is_compiled_once(owner, monkeypatch):
     for _ in range(3):
         grant_with_app_and_user(grant.pk)
     assert compiled == []
-
-
-def test_the_fenced_update_writes_what_the_orm_writes(owner):
-    grant = save_grant(owner, make_app(), access="a-1", refresh="r-1")
-    twin = save_grant(owner, grant.provider_app, 1, access="a-1", refresh="r-1")
-    now = timezone.now()
-    values = {
-        "scopes": ["read", "write"],
-        "access_expires_at": now + timedelta(hours=1),
-        "token_version": grant.token_version + 1,
-        "refresh_enqueued_at": None,
-        "last_error": "",
-        "failure_count": 0,
-        "updated_at": now,
-    }
-    assert update_if_current(grant.pk, seen_version=grant.token_version, values=values) == 1
-    Grant.objects.filter(pk=twin.pk, token_version=twin.token_version).update(**values)
-    written, expected = Grant.objects.get(pk=grant.pk), Grant.objects.get(pk=twin.pk)
-    for name in values:
-        assert getattr(written, name) == getattr(expected, name), name
-
-
-def test_the_fenced_update_writes_nothing_once_the_grant_moved_on(owner):
-    grant = save_grant(owner, make_app())
-    values = {"last_error": "x", "updated_at": timezone.now()}
-    assert update_if_current(grant.pk, seen_version=grant.token_version + 1, values=values) == 0
-    Grant.objects.filter(pk=grant.pk).update(status=Grant.Status.REVOKED)
-    assert update_if_current(grant.pk, seen_version=grant.token_version, values=values) == 0
-    assert Grant.objects.get(pk=grant.pk).last_error == ""
