@@ -43,6 +43,10 @@ VICTIM_USER = "drills-victim"
 SUPERUSER_DSN = f"postgres://postgres@{PG_ADDRESS}:{PG_PORT}/{DATABASE}"
 
 
+# How long a revocation's transaction may take between setting `revoked_at` and committing.
+REVOCATION_COMMIT_SLACK = 1.0
+
+
 def say(message: str) -> None:
     print(f"drills: {message}", flush=True)
 
@@ -414,12 +418,37 @@ def check(
     figures.refresh_again_in_window = twice - run.presented_twice - figures.refresh_twice
     run.presented_twice = twice
 
+    # A revocation takes effect when it commits, a few milliseconds after `revoked_at`
+    # (set inside its transaction); a request sent in between may rightly be served. A
+    # token counts as served after the revocation when its request was sent after another
+    # request for the grant had been answered "revoked" (the commit was visible by then),
+    # or more than REVOCATION_COMMIT_SLACK seconds after `revoked_at`.
     revoked_at = {
-        str(g.id): g.revoked_at.timestamp() for g in Grant.objects.filter(revoked_at__isnull=False)
+        str(g.id): g.revoked_at.timestamp() + REVOCATION_COMMIT_SLACK
+        for g in Grant.objects.filter(revoked_at__isnull=False)
     }
+    for r in results:
+        if r.kind == "409-reconnect_required" and r.grant in revoked_at:
+            revoked_at[r.grant] = min(revoked_at[r.grant], r.done)
     figures.served_after_revocation = sum(
         r.grant in revoked_at and r.sent > revoked_at[r.grant] for r in served
     )
+    in_window = [
+        r.sent - (revoked_at[r.grant] - REVOCATION_COMMIT_SLACK)
+        for r in served
+        if r.grant in revoked_at
+        and revoked_at[r.grant] - REVOCATION_COMMIT_SLACK < r.sent <= revoked_at[r.grant]
+    ]
+    if in_window:
+        # Grants are revoked one transaction after the other: the next one's revoked_at
+        # comes after this one's commit.
+        times = sorted(t - REVOCATION_COMMIT_SLACK for t in revoked_at.values())
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        figures.notes.append(
+            f"{len(in_window)} tokens sent up to {max(in_window) * 1000:.0f} ms after their "
+            "grant's revoked_at, before any request saw the revocation (its commit); "
+            f"longest time between two revocations {max(gaps, default=0) * 1000:.0f} ms"
+        )
     # The victim may be gone only once the provider revoked it (provider-faults).
     expected_gone = (
         run.bulk_grants
