@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
 import pstats
 import subprocess
@@ -104,10 +103,8 @@ def main() -> None:
 
     from accounts.models import User
     from broker.models import Grant, ProviderApp
-    from broker.providers.oauth2_client import TokenResponse
     from broker.refresh import tasks
-    from broker.refresh.schedule import apply_token_response
-    from tests.sandbox_server import MANAGE, sandbox_env, start_sandbox
+    from tests.sandbox_server import mint_tokens, sandbox_env, start_sandbox, store_minted
 
     call_command("migrate", verbosity=0)
     queue = redis.Redis.from_url(settings.REDIS_URL)
@@ -119,35 +116,14 @@ def main() -> None:
         app = ProviderApp.objects.get(slug="sandbox")
         port = int(urlparse(sandbox.url).port or 0)
         started = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                str(MANAGE),
-                "sandbox_mint_tokens",
-                "--client-id",
-                app.client_id,
-                "--count",
-                str(args.grants),
-                "--out",
-                str(work / "tokens.json"),
-            ],
-            env=sandbox_env(work, port, 3600),
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
+        minted = mint_tokens(
+            sandbox_env(work, port, 3600), work / "tokens.json", app.client_id, args.grants
         )
         user = User.objects.create_user("bench", password=None)
         grants = []
-        for n, token in enumerate(json.loads((work / "tokens.json").read_text())):
+        for n, token in enumerate(minted):
             grant = Grant(user=user, provider_app=app, external_account_id=f"bench-{n}")
-            response = TokenResponse(
-                token["access_token"],
-                token["refresh_token"],
-                token["expires_in"],
-                token["scope"].split(),
-                "Bearer",
-            )
-            apply_token_response(grant, response, refreshed=False)
+            store_minted(grant, token)
             grants.append(grant)
         Grant.objects.bulk_create(grants, batch_size=500)
         print(

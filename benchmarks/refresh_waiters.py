@@ -163,9 +163,13 @@ def main() -> None:
     from broker.infra.redis_connection import redis_client
     from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
     from broker.ops import metrics
-    from broker.providers.oauth2_client import TokenResponse
-    from broker.refresh.schedule import apply_token_response
-    from tests.sandbox_server import MANAGE, free_port, sandbox_env, start_sandbox
+    from tests.sandbox_server import (
+        free_port,
+        mint_tokens,
+        sandbox_env,
+        start_sandbox,
+        store_minted,
+    )
 
     call_command("migrate", verbosity=0)
     redis_client().flushdb()  # the benchmark's own database
@@ -175,34 +179,11 @@ def main() -> None:
     try:
         call_command("loadproviders", str(sandbox.providers_file), verbosity=0)
         app = ProviderApp.objects.get(slug="sandbox")
-        subprocess.run(
-            [
-                sys.executable,
-                str(MANAGE),
-                "sandbox_mint_tokens",
-                "--client-id",
-                app.client_id,
-                "--count",
-                "1",
-                "--out",
-                str(work / "tokens.json"),
-            ],
-            env=sandbox_env(work, int(urlparse(sandbox.url).port or 0), 3600),
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        [minted] = json.loads((work / "tokens.json").read_text())
+        env = sandbox_env(work, int(urlparse(sandbox.url).port or 0), 3600)
+        [minted] = mint_tokens(env, work / "tokens.json", app.client_id, 1)
         user = User.objects.create_user("bench", password=None)
         grant = Grant(user=user, provider_app=app, external_account_id="bench")
-        response = TokenResponse(
-            minted["access_token"],
-            minted["refresh_token"],
-            minted["expires_in"],
-            minted["scope"].split(),
-            "Bearer",
-        )
-        apply_token_response(grant, response, refreshed=False)
+        store_minted(grant, minted)
         grant.save()
         service = ServiceClient.objects.create(client_id="bench-waiters", name="Bench")
         secret = service_secrets.new_secret(service)

@@ -5,6 +5,7 @@ server = start_sandbox(tmp_path, broker_url="http://localhost:8000")
 server.stop()
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -114,6 +115,38 @@ def sandbox_env(data_dir: Path, port: int, access_token_seconds: int) -> dict[st
         }
     )
     return env
+
+
+def mint_tokens(
+    env: dict[str, str], out: Path, client_id: str, count: int, username: str = "alice"
+) -> list[dict[str, Any]]:
+    """`count` token pairs the sandbox (run with `env`) issues to `username` at once,
+    without consent pages: what the benchmarks and the drills start from."""
+    subprocess.run(
+        [sys.executable, str(MANAGE), "sandbox_mint_tokens", "--client-id", client_id]
+        + ["--username", username, "--count", str(count), "--out", str(out)],
+        env=env,
+        cwd=PROJECT_ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    minted: list[dict[str, Any]] = json.loads(out.read_text())
+    return minted
+
+
+def store_minted(grant: Any, token: dict[str, Any]) -> None:
+    """Puts a minted token pair into `grant` (unsaved), as a consent would."""
+    from broker.providers.oauth2_client import TokenResponse
+    from broker.refresh.schedule import apply_token_response
+
+    response = TokenResponse(
+        token["access_token"],
+        token["refresh_token"],
+        token["expires_in"],
+        token["scope"].split(),
+        "Bearer",
+    )
+    apply_token_response(grant, response, refreshed=False)
 
 
 def run_manage(args: list[str], env: dict[str, str], log_file: Path) -> None:

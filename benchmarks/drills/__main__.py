@@ -135,24 +135,14 @@ def seed(run_env: dict[str, str], workdir: Path, sandbox_env: dict, count: int) 
 
     from accounts.models import User
     from broker.models import Grant, ProviderApp
-    from broker.providers.oauth2_client import TokenResponse
-    from broker.refresh.schedule import apply_token_response
-    from tests.sandbox_server import MANAGE
+    from tests.sandbox_server import mint_tokens, store_minted
 
     call_command("loadproviders", str(workdir / "sandbox" / "providers.toml"), verbosity=0)
     app = ProviderApp.objects.get(slug="sandbox")
 
     def mint(username: str, n: int) -> list[dict]:
         out = workdir / f"tokens-{username}.json"
-        subprocess.run(
-            [sys.executable, str(MANAGE), "sandbox_mint_tokens", "--client-id", app.client_id]
-            + ["--username", username, "--count", str(n), "--out", str(out)],
-            env=sandbox_env,
-            cwd=topology.ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        return json.loads(out.read_text())
+        return mint_tokens(sandbox_env, out, app.client_id, n, username)
 
     users = [User.objects.create_user(f"drills-{n}", password=None) for n in range(20)]
     bulk_user = User.objects.create_user(BULK_USER, password=None)
@@ -169,15 +159,7 @@ def seed(run_env: dict[str, str], workdir: Path, sandbox_env: dict, count: int) 
     victim._token = mint("bob", 1)[0]  # type: ignore[attr-defined]
     grants.append(victim)
     for grant in grants:
-        token = grant._token  # type: ignore[attr-defined]
-        response = TokenResponse(
-            token["access_token"],
-            token["refresh_token"],
-            token["expires_in"],
-            token["scope"].split(),
-            "Bearer",
-        )
-        apply_token_response(grant, response, refreshed=False)
+        store_minted(grant, grant._token)  # type: ignore[attr-defined]
     Grant.objects.bulk_create(grants, batch_size=200)
     created = json.loads(topology.manage(run_env, "createserviceclient", "Drills", "--json"))
     topology.manage(run_env, "addaccessrule", created["client_id"], "--provider", "sandbox")
