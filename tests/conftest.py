@@ -267,3 +267,18 @@ def celery_retries():
     task_retry.connect(record, weak=False)
     yield waits
     task_retry.disconnect(record)
+
+
+@pytest.fixture
+def idp(settings) -> Iterator[Any]:
+    """A company IdP whose users' tokens the broker trusts for on-behalf-of calls (token
+    exchange, Broker-Subject-Token). The sign-in tests have an `idp` of their own."""
+    from broker.api import subject_tokens
+    from tests.subject_idp import SubjectIdp
+
+    server = SubjectIdp()
+    settings.BROKER_SUBJECT_ISSUERS = [server.issuer]
+    subject_tokens.forget_cached_keys()
+    yield server
+    server.stop()
+    subject_tokens.forget_cached_keys()

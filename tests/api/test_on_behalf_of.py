@@ -13,7 +13,7 @@ from django.core.management import call_command
 from joserfc.jwk import RSAKey
 
 from accounts.models import ExternalIdentity
-from broker.api import rules, subject_tokens
+from broker.api import rules
 from broker.models import AccessRule, Grant, ServiceClient
 from tests.api.conftest import audit_events, basic, fetch_token, post_form
 from tests.factories import consented_grant, service_and_secret
@@ -24,16 +24,6 @@ pytestmark = pytest.mark.django_db
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 MYSELF = "https://jira.acme.example/rest/api/2/myself"
-
-
-@pytest.fixture
-def idp(settings):
-    server = SubjectIdp()
-    settings.BROKER_SUBJECT_ISSUERS = [server.issuer]
-    subject_tokens.forget_cached_keys()
-    yield server
-    server.stop()
-    subject_tokens.forget_cached_keys()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from accounts.models import ExternalIdentity
-from broker.api import subject_tokens
 from broker.models import AccessRule, Grant, ProviderApp
 from broker.providers.proxy_paths import PathRefused, encoded, matches, segments_of
 from tests.api.conftest import audit_events, basic, fetch_token, post_form
@@ -23,7 +22,7 @@ from tests.api.test_proxy_sandbox import raw_get
 from tests.factories import consented_grant, service_and_secret
 from tests.gunicorn_server import gunicorn
 from tests.other_refresher import REFRESHED_ACCESS_TOKEN, refreshing_elsewhere
-from tests.subject_idp import AUDIENCE, SubjectIdp
+from tests.subject_idp import AUDIENCE
 
 pytestmark = pytest.mark.django_db
 
@@ -232,16 +231,6 @@ def test_proxy_only_hands_out_no_token_nor_signature(api, upstream, app, grant, 
 
     proxied = api.get(f"{PROXY}/v4/user", **headers)
     assert proxied.status_code == 200 and len(upstream.requests) == 1
-
-
-@pytest.fixture
-def idp(settings):
-    server = SubjectIdp()
-    settings.BROKER_SUBJECT_ISSUERS = [server.issuer]
-    subject_tokens.forget_cached_keys()
-    yield server
-    server.stop()
-    subject_tokens.forget_cached_keys()
 
 
 def test_proxy_only_refuses_token_exchange(api, idp, owner, app, grant, service):

@@ -20,13 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.management import call_command
 
-from broker.api import subject_tokens
 from broker.models import AuditEvent, Grant
 from tests.api.conftest import audit_events, empty_audit_buffer  # noqa: F401 (autouse)
 from tests.consent.test_oauth1_flow import connect
 from tests.sandbox_grants import connect_grant
 from tests.sandbox_server import SandboxServer, start_sandbox
-from tests.subject_idp import SubjectIdp
 
 ACCESS_TOKEN_SECONDS = 600
 TIMEOUT = 10
@@ -146,14 +144,3 @@ def events(action: str, client_id: str) -> list[AuditEvent]:
 
 def count(action: str, client_id: str) -> int:
     return len(events(action, client_id))
-
-
-@pytest.fixture
-def idp(settings) -> Iterator[SubjectIdp]:
-    """A company IdP whose users' tokens the broker trusts (token exchange)."""
-    server = SubjectIdp()
-    settings.BROKER_SUBJECT_ISSUERS = [server.issuer]
-    subject_tokens.forget_cached_keys()
-    yield server
-    server.stop()
-    subject_tokens.forget_cached_keys()
