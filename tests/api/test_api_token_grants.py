@@ -12,7 +12,7 @@ from django.utils import timezone
 from accounts.models import ExternalIdentity
 from broker.models import AccessRule, Grant, ProviderApp
 from tests.api.conftest import audit_events
-from tests.api.test_on_behalf_of import exchange, idp  # noqa: F401 (fixture)
+from tests.api.test_on_behalf_of import exchange
 from tests.factories import service_and_secret
 from tests.subject_idp import AUDIENCE
 
