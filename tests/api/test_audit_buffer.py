@@ -218,6 +218,19 @@ def test_the_copy_inserts_nothing_the_flusher_stored(settings, monkeypatch):
     assert inserted == []
 
 
+def test_the_copy_reads_the_id_of_an_event_written_otherwise(settings):
+    """The copy reads an event's id from where event_fields puts it without parsing the
+    event; an event written another way (its keys in another order) is parsed, and
+    stored once all the same."""
+    settings.BROKER_AUDIT_COPY_SECONDS = 3600
+    fields = json.loads(trail.service_event_json("token.issued", "svc", n=0))
+    reordered = json.dumps(dict(reversed(fields.items())))
+    for _ in range(2):
+        trail._local.keep(reordered)
+        assert trail.write_local_copy() == 1
+        assert [e.event_id for e in AuditEvent.objects.all()] == [uuid.UUID(fields["event_id"])]
+
+
 def test_the_copy_waits_for_the_flusher_before_its_turn(settings, monkeypatch):
     """The thread's writes take only events held BROKER_AUDIT_COPY_SECONDS; then those
     the buffer lost are stored."""
