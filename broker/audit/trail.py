@@ -217,22 +217,50 @@ def _insert(raw_events: list[bytes | str]) -> list[bytes | str]:
     set aside instead of the whole buffer being stuck behind it. A database that is down
     raises other errors, which propagate: the events stay in the buffer."""
     try:
-        events = [_from_buffer(raw) for raw in raw_events]
-        with transaction.atomic():
-            AuditEvent.objects.bulk_create(events, ignore_conflicts=True)
+        _store(raw_events)
         return []
     except UNSTORABLE:
         log.warning("audit batch insert failed on a bad event; inserting events one by one")
     poison: list[bytes | str] = []
     for raw in raw_events:
         try:
-            event = _from_buffer(raw)
+            event = _from_buffer(raw)  # the model's defaults fill what an event lacks
             with transaction.atomic():
                 AuditEvent.objects.bulk_create([event], ignore_conflicts=True)
         except UNSTORABLE:
             log.exception("an audit event cannot be stored; moved to %s", DEAD_LETTER_KEY)
             poison.append(raw)
     return poison
+
+
+def _store(raw_events: list[bytes | str]) -> None:
+    """One insert of the batch, skipping events already stored; all or none."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            _insert_as_json(raw_events)
+        else:
+            events = [_from_buffer(raw) for raw in raw_events]
+            AuditEvent.objects.bulk_create(events, ignore_conflicts=True)
+
+
+def _insert_as_json(raw_events: list[bytes | str]) -> None:
+    """PostgreSQL: the batch as one JSON array that the server reads into rows itself.
+    Model instances through bulk_create cost the flusher about 0.1 ms of CPU per event,
+    as much as the token fetch that recorded it spent on the event; this, a few
+    microseconds. The events' keys are the columns (event_fields); an event the server
+    cannot store fails the whole statement."""
+    fields = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(f.column for f in fields)
+    record = ", ".join(f"{f.column} {f.db_type(connection)}" for f in fields)
+    batch = ",".join(raw.decode() if isinstance(raw, bytes) else raw for raw in raw_events)
+    table = AuditEvent._meta.db_table  # names of ours; the events are a parameter
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} "  # noqa: S608
+            f"FROM jsonb_to_recordset(%s::jsonb) AS event({record}) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            [f"[{batch}]"],
+        )
 
 
 def flush_buffer(batch: int = FLUSH_BATCH) -> int:
