@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import hiredis
 import redis
 from django.conf import settings
 from django.db import connection
@@ -95,8 +96,9 @@ class _Line:
     """CONFIRM's own connections to one Redis, taken from and given back to a list (pop and
     append are atomic) past redis-py's client and pool: their retries, checks and
     observability hooks cost a warm answer more than the command itself
-    (benchmarks/README.md). A connection that failed is dropped, and the request runs the
-    usual way, through the shared client and its retries."""
+    (benchmarks/README.md), and hiredis (requirements.txt) packs the command. A connection
+    that failed is dropped, and the request runs the usual way, through the shared client
+    and its retries."""
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self._pool = pool
@@ -111,7 +113,7 @@ class _Line:
         except IndexError:
             conn = self._pool.connection_class(**self._pool.connection_kwargs)
         try:
-            conn.send_command(*args)
+            conn.send_packed_command(hiredis.pack_command(args))
             reply = conn.read_response()
         except BaseException:
             conn.disconnect()
