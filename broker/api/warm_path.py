@@ -113,7 +113,7 @@ class _Line:
         except IndexError:
             conn = self._pool.connection_class(**self._pool.connection_kwargs)
         try:
-            conn.send_packed_command(hiredis.pack_command(args))
+            conn.send_packed_command([hiredis.pack_command(args)])
             reply = conn.read_response()
         except BaseException:
             conn.disconnect()
