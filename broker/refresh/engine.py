@@ -126,7 +126,7 @@ from broker.providers.oauth2_client import (
     TransientTokenError,
 )
 from broker.providers.oauth2_client import refresh as refresh_upstream
-from broker.refresh.grant_statements import grant_with_app_and_user
+from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
 from broker.refresh.schedule import apply_token_response
 
 log = logging.getLogger(__name__)
@@ -581,9 +581,7 @@ def persist_refresh(
     writer = serving_versions.begin_write(scope)  # as `serving_versions.writing` does
     try:
         with transaction.atomic(durable=True):
-            written = Grant.objects.filter(
-                pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
-            ).update(**values)
+            written = update_if_current(grant.pk, seen_version, values)
             if written:
                 trail.record(
                     "grant.refreshed",
