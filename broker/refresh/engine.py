@@ -15,18 +15,20 @@ for the few kinds that can issue one), the only code that calls
 `broker.providers.oauth2_client.refresh` for a stored grant.
 
 Single flight: a Redis lock plus a fencing token in the database
-  Each refresh runs under a Redis lock per grant (redis-py `Lock`: SET NX PX with a random
-  owner token, released by a script only by its owner). Its timeout (2 x the provider
-  timeout + 10 s) outlasts the HTTP call, which broker.infra.outbound_http ends within the
-  provider timeout in total however slowly the provider answers, and the write; waiters
-  block on it for at most 2 x the provider timeout, having given their database connection
-  back (so that a pool of a few connections serves any number of waiters; the holder gives
-  its own back during the provider call). The holder re-reads the grant and skips the call
-  when someone else already refreshed. The API's callers (`ensure_fresh`) that find the
-  lock held wait for its release, which the holder announces on a Redis channel (one
-  listener per process, `wait_for_refresh_in_flight`), and share one re-read of the grant:
-  the fresh token, or the failure of the call they waited for; they take the lock only if
-  that does not do (a worker's task takes it in turn). Every write of a
+  Each refresh runs under a Redis lock per grant (`refresh_lock`: SET NX PX with a random
+  owner token, released by a script only by its owner, as redis-py's `Lock`; its scripts
+  also read what the holder looks at first and announce the release). Its timeout (2 x
+  the provider timeout + 10 s) outlasts the HTTP call, which broker.infra.outbound_http
+  ends within the provider timeout in total however slowly the provider answers, and the
+  write; waiters block on it for at most 2 x the provider timeout, having given their
+  database connection back (so that a pool of a few connections serves any number of
+  waiters; the holder gives its own back during the provider call). The holder re-reads
+  the grant and skips the call when someone else already refreshed. The API's callers
+  (`ensure_fresh`) that find the lock held wait for its release, which the holder
+  announces on a Redis channel (one listener per process, `wait_for_refresh_in_flight`),
+  and share one re-read of the grant: the fresh token, or the failure of the call they
+  waited for; they take the lock only if that does not do (a worker's task takes it in
+  turn). Every write of a
   refresh's result is a conditional UPDATE on the `token_version` read before the call
   (and `status=active`), so a holder whose lock expired while it was
   stalled can never overwrite newer tokens or resurrect a revoked grant, and a stale
