@@ -17,7 +17,6 @@ Without Redis the request is refused (503) before it gets here.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from django.http import HttpRequest
 from redis.client import Pipeline
 
+from broker.api import schema
 from broker.infra import serving_versions
 from broker.models import Grant
 from broker.refresh import engine
@@ -86,11 +86,11 @@ _grants: dict[uuid.UUID, _Entry] = {}
 
 def grant_id_in_body(request: HttpRequest) -> uuid.UUID | None:
     """The `grant` a JSON body names, if any (the view validates the body itself)."""
-    if request.method != "POST" or request.content_type != "application/json":
+    if request.method != "POST":
         return None
     try:
-        body = json.loads(request.body)
-        return uuid.UUID(body["grant"]) if isinstance(body.get("grant"), str) else None
+        named = schema.json_object(request).get("grant")
+        return uuid.UUID(named) if isinstance(named, str) else None
     except Exception:  # anything odd: no prefetch; the view answers it
         return None
 

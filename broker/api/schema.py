@@ -396,8 +396,12 @@ SIGN_BODY = JsonBody(SignRequest)
 CONNECT_LINK_BODY = JsonBody(ConnectLinkRequest)
 
 
-def parse_json_body(request: HttpRequest, body: JsonBody[Shape]) -> Shape:
-    """The request's JSON object, validated against `body`; raises ApiError 400 (413, 415)."""
+def json_object(request: HttpRequest) -> dict[str, Any]:
+    """The request's body as a JSON object, parsed once per request (the grant cache reads
+    it before the view); raises ApiError 400 (413, 415)."""
+    parsed: dict[str, Any] | None = getattr(request, "parsed_json_object", None)
+    if parsed is not None:
+        return parsed
     content_type = request.content_type or ""
     if content_type != "application/json":
         raise ApiError(415, "invalid_request", "the body must be application/json")
@@ -411,4 +415,10 @@ def parse_json_body(request: HttpRequest, body: JsonBody[Shape]) -> Shape:
         raise invalid_request("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise invalid_request("the body must be a JSON object")
-    return body.validate(data)
+    request.parsed_json_object = data  # type: ignore[attr-defined]
+    return data
+
+
+def parse_json_body(request: HttpRequest, body: JsonBody[Shape]) -> Shape:
+    """The request's JSON object, validated against `body`; raises ApiError 400 (413, 415)."""
+    return body.validate(json_object(request))

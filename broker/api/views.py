@@ -585,6 +585,9 @@ def _on_behalf_of_required(grant: Grant) -> ApiError:
 def access_token(request: ServiceRequest) -> HttpResponse:
     """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
     body = parse_json_body(request, ACCESS_TOKEN_BODY)
+    force_refresh = body.get("force_refresh", False)
+    if force_refresh:
+        warm_path.require_cold(request)  # it asks for a refresh: no use trying memory
     grant, permission = _find_grant(request, body)
     if permission.proxy_only:
         raise proxy_only(grant.provider_app.slug, grant_id=grant.pk)
@@ -594,7 +597,6 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         raise api_token_grant(grant_id=grant.pk, provider=grant.provider_app.slug)
     if grant.provider_app.protocol != "oauth2":
         raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
-    force_refresh = body.get("force_refresh", False)
     min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
     grant, token, expires_at, scopes, narrowed = _serve_token(
         grant, permission, body.get("scopes"), min_ttl, force_refresh, request

@@ -18,12 +18,14 @@ before that instant refuses the cached answer, as the usual path's read would.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import hiredis
 import redis
 from django.conf import settings
 from django.db import connection
@@ -88,6 +90,41 @@ class _Held:
 @lru_cache(maxsize=1)
 def _script(client: redis.Redis) -> Script:
     return client.register_script(CONFIRM)
+
+
+class _Line:
+    """CONFIRM's own connections to one Redis, taken from and given back to a list (pop and
+    append are atomic) past redis-py's client and pool: their retries, checks and
+    observability hooks cost a warm answer more than the command itself
+    (benchmarks/README.md), and hiredis (requirements.txt) packs the command. A connection
+    that failed is dropped, and the request runs the usual way, through the shared client
+    and its retries."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+        self._idle: list[redis.Connection] = []
+        self._pid = os.getpid()
+
+    def call(self, *args: Any) -> Any:
+        if self._pid != os.getpid():  # a forked child must not speak on its parent's sockets
+            self._idle, self._pid = [], os.getpid()
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self._pool.connection_class(**self._pool.connection_kwargs)
+        try:
+            conn.send_packed_command([hiredis.pack_command(args)])
+            reply = conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._idle.append(conn)
+        return reply
+
+
+@lru_cache(maxsize=8)
+def _line(client: redis.Redis) -> _Line:
+    return _Line(client.connection_pool)
 
 
 def _no_queries(*args: Any) -> None:
@@ -170,8 +207,12 @@ def _confirm(token: tokens.BrokerToken, grant_id: Any, held: _Held) -> int:
     version_keys = serving_versions.version_keys((rules_scope, grant_scope))
     rescue_key, in_flight_key = engine.doubt_keys(grant_id)
     client = redis_client()
-    verdict = _script(client)(
-        keys=[
+    script = _script(client)
+    try:
+        verdict = _line(client).call(
+            "EVALSHA",
+            script.sha,
+            10,
             tokens.generation_key(token.service_id),
             ratelimit.counter_key(token.client_id, now),
             *version_keys,
@@ -179,8 +220,6 @@ def _confirm(token: tokens.BrokerToken, grant_id: Any, held: _Held) -> int:
             in_flight_key,
             trail.BUFFER_KEY,
             metrics.TOKEN_ISSUES,
-        ],
-        args=[
             token.generation,
             ratelimit.limit(),
             ratelimit.WINDOW + 1,
@@ -190,7 +229,8 @@ def _confirm(token: tokens.BrokerToken, grant_id: Any, held: _Held) -> int:
             held.event,
             settings.BROKER_AUDIT_BUFFER_MAX,
             held.metric_field,
-        ],
-        client=client,
-    )
+        )
+    except redis.exceptions.NoScriptError:
+        script.sha = client.script_load(CONFIRM)  # Redis restarted: this request goes cold
+        return 0
     return int(verdict)

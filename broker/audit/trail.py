@@ -217,22 +217,50 @@ def _insert(raw_events: list[bytes | str]) -> list[bytes | str]:
     set aside instead of the whole buffer being stuck behind it. A database that is down
     raises other errors, which propagate: the events stay in the buffer."""
     try:
-        events = [_from_buffer(raw) for raw in raw_events]
-        with transaction.atomic():
-            AuditEvent.objects.bulk_create(events, ignore_conflicts=True)
+        _store(raw_events)
         return []
     except UNSTORABLE:
         log.warning("audit batch insert failed on a bad event; inserting events one by one")
     poison: list[bytes | str] = []
     for raw in raw_events:
         try:
-            event = _from_buffer(raw)
+            event = _from_buffer(raw)  # the model's defaults fill what an event lacks
             with transaction.atomic():
                 AuditEvent.objects.bulk_create([event], ignore_conflicts=True)
         except UNSTORABLE:
             log.exception("an audit event cannot be stored; moved to %s", DEAD_LETTER_KEY)
             poison.append(raw)
     return poison
+
+
+def _store(raw_events: list[bytes | str]) -> None:
+    """One insert of the batch, skipping events already stored; all or none."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            _insert_as_json(raw_events)
+        else:
+            events = [_from_buffer(raw) for raw in raw_events]
+            AuditEvent.objects.bulk_create(events, ignore_conflicts=True)
+
+
+def _insert_as_json(raw_events: list[bytes | str]) -> None:
+    """PostgreSQL: the batch as one JSON array that the server reads into rows itself.
+    Model instances through bulk_create cost the flusher about 0.1 ms of CPU per event,
+    as much as the token fetch that recorded it spent on the event; this, a few
+    microseconds. The events' keys are the columns (event_fields); an event the server
+    cannot store fails the whole statement."""
+    fields = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(f.column for f in fields)
+    record = ", ".join(f"{f.column} {f.db_type(connection)}" for f in fields)
+    batch = ",".join(raw.decode() if isinstance(raw, bytes) else raw for raw in raw_events)
+    table = AuditEvent._meta.db_table  # names of ours; the events are a parameter
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} "  # noqa: S608
+            f"FROM jsonb_to_recordset(%s::jsonb) AS event({record}) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            [f"[{batch}]"],
+        )
 
 
 def flush_buffer(batch: int = FLUSH_BATCH) -> int:
@@ -392,18 +420,43 @@ def _not_stored(raw_events: list[str]) -> list[str]:
     unreadable = []
     for raw in raw_events:
         try:
-            by_id[str(json.loads(raw)["event_id"])] = raw
+            by_id[_event_id(raw)] = raw
         except (ValueError, KeyError, TypeError):
             unreadable.append(raw)  # _insert sets it aside
     ids = list(by_id)
-    # Padded to a power of two (repeating an id): psycopg keeps every distinct query text
-    # it parsed (128 of them), and one of some hundred ids per second and process, each
-    # count a new text, held megabytes.
-    ids += ids[:1] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
-    stored = AuditEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True)
+    if connection.vendor == "postgresql":
+        # The ids as one array literal: psycopg writes a list parameter element by element
+        # in Python, which cost more than the rest of the check.
+        table = AuditEvent._meta.db_table  # a name of ours; the ids are a parameter
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT event_id::text FROM {table} WHERE event_id = ANY(%s::uuid[])",  # noqa: S608
+                ["{" + ",".join(ids) + "}"],
+            )
+            stored = [event_id for (event_id,) in cursor.fetchall()]
+    else:
+        # Padded to a power of two (repeating an id): the driver keeps every distinct
+        # query text it parsed, and one of some hundred ids per second and process, each
+        # count a new text, held megabytes.
+        ids += ids[:1] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
+        stored = list(
+            AuditEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True)
+        )
     for event_id in stored:
         by_id.pop(str(event_id), None)
     return list(by_id.values()) + unreadable
+
+
+# How every buffered event starts (event_fields puts its id first; json.dumps writes it so).
+_ID_PREFIX = '{"event_id": "'
+_ID_END = len(_ID_PREFIX) + 36
+
+
+def _event_id(raw: str) -> str:
+    """The buffered event's id, read without parsing the whole event when it can be."""
+    if raw.startswith(_ID_PREFIX) and raw[_ID_END : _ID_END + 1] == '"':
+        return str(uuid.UUID(raw[len(_ID_PREFIX) : _ID_END]))
+    return str(uuid.UUID(str(json.loads(raw)["event_id"])))
 
 
 _local = LocalCopy()
@@ -448,4 +501,9 @@ def service_event_json(
         outcome=outcome,
         **fields,
     )
+    # The two values json cannot write itself, written here: the encoder's fallback for
+    # them cost as much as the rest of the event (this runs on every token fetch).
+    event["at"] = event["at"].isoformat()
+    if event["grant_id"] is not None:
+        event["grant_id"] = str(event["grant_id"])
     return json.dumps(event, cls=DjangoJSONEncoder)

@@ -12,11 +12,13 @@ is never read. Same rule as Werkzeug's ProxyFix (x_for=n).
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from django.conf import settings
 from django.http import HttpRequest
 
 
+@lru_cache(maxsize=4096)  # every request asks; the addresses repeat
 def _address(value: str) -> str | None:
     try:
         return str(ipaddress.ip_address(value.strip()))

@@ -12,12 +12,20 @@ from functools import lru_cache
 
 import redis
 from django.conf import settings
+from redis.driver_info import DriverInfo
 
 TIMEOUT_SECONDS = 0.5
 # Connections idle this long are pinged before use, so a Redis restart costs no command.
 HEALTH_CHECK_INTERVAL_SECONDS = 30
 # Prefix of the broker's own keys (the Django cache adds its own).
 KEY_PREFIX = "broker:"
+
+
+@lru_cache(maxsize=1)
+def _driver_info() -> DriverInfo:
+    # Made once: left to redis-py, each new connection reads the package's metadata
+    # again, a burst of connections (many callers at once) mostly doing that.
+    return DriverInfo()
 
 
 @lru_cache(maxsize=8)
@@ -27,6 +35,7 @@ def _client(url: str, socket_timeout: float, connect_timeout: float) -> redis.Re
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
         health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
+        driver_info=_driver_info(),
     )
 
 

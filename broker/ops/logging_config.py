@@ -210,9 +210,10 @@ class RequestLogMiddleware:
         started = time.monotonic()
         response = self.get_response(request)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
-        user = getattr(request, "user", None)
-        user_id = user.pk if user is not None and user.is_authenticated else None
         service = getattr(request, "service_client_id", None)
+        # A service's request has no signed-in user; asking would load the session.
+        user = getattr(request, "user", None) if service is None else None
+        user_id = user.pk if user is not None and user.is_authenticated else None
         fields = {
             "method": request.method,
             "path": request.path,

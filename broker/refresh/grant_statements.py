@@ -3,12 +3,13 @@ the fenced write of a refresh's result.
 
 Every refresh reads its grant (with its provider app and user) under the lock. Building
 that three-table statement through the ORM costs more than running it (on SQLite 0.47
-against 0.19 ms of CPU), so the ORM compiles it once per thread and database alias, with
-the list of converters its columns need (the backend's own: UUIDs, datetimes, JSON; finding
-them again for each row cost a third of the read on PostgreSQL) and which columns belong to
-which model. Each call only binds the id, runs the statement, lets the same compiler apply
-those converters to the row and makes the model instances with `Model.from_db`, as the
-ORM's own iterator does.
+against 0.19 ms of CPU), so the ORM compiles it once per process and database alias,
+noting which columns belong to which model; each thread takes a copy bound to its own
+connection with the list of converters its columns need there (the backend's own: UUIDs,
+datetimes, JSON; finding them again for each row cost a third of the read on PostgreSQL).
+Each call only binds the id, runs the statement, lets the compiler apply those converters
+to the row and makes the model instances with `Model.from_db`, as the ORM's own iterator
+does.
 
 The write (`update_if_current`) is the ORM's `filter(...).update(...)` of the same fields
 with the same fence, whose building cost twice its running on PostgreSQL (0.28 against
@@ -18,9 +19,9 @@ call prepares the values as the ORM's update does (`Field.get_db_prep_save`).
 
 from __future__ import annotations
 
+import copy
 import threading
 import uuid
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,30 +32,38 @@ from django.db.models.sql.compiler import SQLCompiler
 from accounts.models import User
 from broker.models import Grant, ProviderApp
 
-T = TypeVar("T")
 M = TypeVar("M", bound=Model)
-
-# Per thread: a compiler holds the connection it was made for (Django's are per thread),
-# whose converters it applies to the rows.
-_compiled_here = threading.local()
-
-
-def _compiled(key: Hashable, compile: Callable[[], T]) -> T:
-    if not hasattr(_compiled_here, "statements"):
-        _compiled_here.statements = {}
-    if key not in _compiled_here.statements:
-        _compiled_here.statements[key] = compile()
-    statement: T = _compiled_here.statements[key]
-    return statement
 
 
 @dataclass(frozen=True)
 class _Read:
     compiler: SQLCompiler
     sql: str
-    converters: dict[int, Any]  # what SQLCompiler.get_converters finds for the columns
     # Per model: the attribute names of its columns and where they sit in the row.
     layout: dict[type[Model], tuple[list[str], slice]]
+    # What SQLCompiler.get_converters finds for the columns, on the compiler's connection.
+    converters: dict[int, Any]
+
+
+# Compiled once per process and database alias; each thread takes a copy bound to its own
+# connection (Django's are per thread), whose converters it applies to the rows. Compiling
+# in every thread cost a burst of callers (each one on a thread new to it) a fifth of
+# their CPU.
+_compiled_once: dict[str, _Read] = {}
+_compiled_here = threading.local()
+
+
+def _read_statement(alias: str) -> _Read:
+    mine: dict[str, _Read] = _compiled_here.__dict__.setdefault("reads", {})
+    if alias not in mine:
+        if alias not in _compiled_once:
+            _compiled_once[alias] = _compile_read(alias)
+        compiled = _compiled_once[alias]
+        bound = copy.copy(compiled.compiler)
+        bound.connection = connections[alias]
+        converters = bound.get_converters([column for column, _sql, _alias in bound.select])
+        mine[alias] = _Read(bound, compiled.sql, compiled.layout, converters)
+    return mine[alias]
 
 
 def _compile_read(alias: str) -> _Read:
@@ -75,7 +84,7 @@ def _compile_read(alias: str) -> _Read:
         assert at == list(range(at[0], at[-1] + 1)), "a model's columns are not together"
         layout[model] = ([columns[n].target.attname for n in at], slice(at[0], at[-1] + 1))
     assert sum(len(names) for names, _ in layout.values()) == len(columns)
-    return _Read(compiler, sql, compiler.get_converters(columns), layout)
+    return _Read(compiler, sql, layout, converters={})  # converters: per thread
 
 
 def grant_with_app_and_user(grant_id: Any) -> Grant:
@@ -86,7 +95,7 @@ def grant_with_app_and_user(grant_id: Any) -> Grant:
     except ValueError:
         raise Grant.DoesNotExist(f"no grant {grant_id!r}") from None
     alias = router.db_for_read(Grant)
-    read = _compiled(("read", alias), lambda: _compile_read(alias))
+    read = _read_statement(alias)
     connection = connections[alias]
     pk = Grant._meta.pk
     assert pk is not None
@@ -107,13 +116,20 @@ def grant_with_app_and_user(grant_id: Any) -> Grant:
     return grant
 
 
+# The fenced update's text and the fields its values go to, per database alias and set of
+# fields written (no connection in them: shared by all threads).
+_updates: dict[tuple[str, tuple[str, ...]], tuple[str, list[Field[Any, Any]]]] = {}
+
+
 def update_if_current(grant_id: uuid.UUID, seen_version: int, values: dict[str, Any]) -> int:
     """What `Grant.objects.filter(pk=grant_id, token_version=seen_version,
     status=Grant.Status.ACTIVE).update(**values)` does, for plain values of the grant's own
     columns (no expressions, no relations): the number of rows written, 0 or 1."""
     alias = router.db_for_write(Grant)
-    names = tuple(values)
-    sql, fields = _compiled(("fenced update", alias, names), lambda: _fenced_update(alias, names))
+    key = (alias, tuple(values))
+    if key not in _updates:
+        _updates[key] = _fenced_update(*key)
+    sql, fields = _updates[key]
     connection = connections[alias]
     params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
     pk = Grant._meta.pk
@@ -125,7 +141,6 @@ def update_if_current(grant_id: uuid.UUID, seen_version: int, values: dict[str, 
 
 
 def _fenced_update(alias: str, names: tuple[str, ...]) -> tuple[str, list[Field[Any, Any]]]:
-    """The statement's text and the fields its values go to, in their order."""
     quote = connections[alias].ops.quote_name
     meta = Grant._meta
 

@@ -285,3 +285,28 @@ def test_a_refused_confirmation_writes_nothing(api, grant, rule, warm):
     assert token_issues(client_id) == counted
     # Counted once, by the usual path (or 1 in a new minute).
     assert int(redis_client().get(ratelimit.counter_key(client_id)) or 0) in (used + 1, 1)
+
+
+@pytest.mark.parametrize("loss", ["script flushed", "connections killed"])
+def test_a_warm_answer_survives_redis_losing_its_script_or_connections(
+    api, grant, rule, warm, loss, django_assert_max_num_queries
+):
+    """CONFIRM runs on the warm path's own connections: when Redis forgot the script (a
+    restart) or dropped those connections, the request is answered the usual way, audited
+    and counted once, and the next is warm again."""
+    client_id = rule.service.client_id
+    trail.write_local_copy()
+    trail.flush_buffer()
+    issued = AuditEvent.objects.filter(action="token.issued", grant_id=grant.pk)
+    stored, counted = issued.count(), token_issues(client_id)
+    if loss == "script flushed":
+        redis_client().script_flush()
+    else:
+        assert redis_client().client_kill_filter(_type="normal", skipme=True) >= 1
+    served = fetch(api, grant, warm)
+    assert served.status_code == 200
+    assert served.json()["access_token"] == grant.unseal("access_token")
+    trail.flush_buffer()
+    assert (issued.count(), token_issues(client_id)) == (stored + 1, counted + 1)
+    with django_assert_max_num_queries(0):
+        assert fetch(api, grant, warm).status_code == 200

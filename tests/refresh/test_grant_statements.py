@@ -3,10 +3,12 @@ the ORM's select_related read gives, its fenced write writes what the ORM's upda
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from django.db import connections
 from django.db.models.sql.compiler import SQLCompiler
 from django.utils import timezone
 
@@ -54,6 +56,35 @@ def test_the_query_is_compiled_once(owner, monkeypatch):
     )
     for _ in range(3):
         grant_with_app_and_user(grant.pk)
+    assert compiled == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_thread_reads_on_its_own_connection_without_compiling_again(owner, monkeypatch):
+    """A burst of callers lands on threads new to the read: none compiles it again, and
+    each reads through its own connection."""
+    grant = save_grant(owner, make_app(), access="a-1")
+    grant_with_app_and_user(grant.pk)
+    compiled = []
+    original = SQLCompiler.as_sql
+    monkeypatch.setattr(
+        SQLCompiler, "as_sql", lambda self, *a, **kw: compiled.append(1) or original(self, *a, **kw)
+    )
+    read: dict[str, object] = {}
+
+    def in_a_new_thread() -> None:
+        try:
+            found = grant_with_app_and_user(grant.pk)
+            read["token"] = found.unseal("access_token")
+            read["connection"] = connections["default"]
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=in_a_new_thread)
+    thread.start()
+    thread.join()
+    assert read["token"] == "a-1"
+    assert read["connection"] is not connections["default"]
     assert compiled == []
 
 
