@@ -1,6 +1,6 @@
 """Another process refreshing a grant, played by a thread: it holds the grant's refresh lock
 with its refresh marked in flight, commits a new token after a while, then lets go (and
-announces it, as `engine.refresh_lock` does).
+announces it: `engine.refresh_lock`, taken in the test's thread, let go in this one).
 (Needs `django_db(transaction=True)`: the thread writes on its own connection.)"""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from django.utils import timezone
 
@@ -23,10 +23,8 @@ REFRESHED_ACCESS_TOKEN = "refreshed-access"
 def refreshing_elsewhere(grant: Grant, *, commits_after: float = 0.5) -> Iterator[None]:
     """While the block runs, `grant` is being refreshed by someone else, who stores
     REFRESHED_ACCESS_TOKEN `commits_after` seconds in; the block's end waits for it."""
-    lock = engine.lock_redis().lock(
-        engine.LOCK_KEY.format(grant_id=grant.pk), timeout=30, thread_local=False
-    )
-    assert lock.acquire(blocking=False)
+    holding = ExitStack()
+    assert holding.enter_context(engine.refresh_lock(grant.pk, wait=0))
     assert engine.mark_in_flight(grant.pk, grant.token_version)
     refreshed = TokenResponse(REFRESHED_ACCESS_TOKEN, "refreshed-refresh", 3600, None, "Bearer")
 
@@ -39,8 +37,7 @@ def refreshing_elsewhere(grant: Grant, *, commits_after: float = 0.5) -> Iterato
             received_at=timezone.now(),
         )
         engine.clear_in_flight(grant.pk)
-        lock.release()
-        engine.announce_release(grant.pk)
+        holding.close()
 
     other = threading.Thread(target=commit)
     other.start()

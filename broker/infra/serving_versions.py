@@ -188,6 +188,13 @@ def end_write(writer: str, *scopes: str) -> None:
         )
 
 
+def queue_end_write(pipe: Pipeline, writer: str, *scopes: str) -> None:
+    """`end_write` as one command on a pipeline the caller executes with other commands
+    (the refresh engine: with its lock's release); the caller logs a failure."""
+    keys = version_keys(scopes)
+    pipe.eval(END, len(keys), *keys, writer)
+
+
 @contextmanager
 def writing(*scopes: str) -> Iterator[None]:
     """Wraps a change that commits inside the block (a `transaction.atomic` of its own)."""

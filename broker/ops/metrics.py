@@ -61,13 +61,18 @@ def count_refresh(outcome: str, seconds: float) -> None:
     """One refresh attempt ended with `outcome` (e.g. success, failure, dead) after `seconds`."""
     try:
         pipe = redis_client().pipeline(transaction=False)
-        pipe.hincrby(REFRESHES, outcome, 1)
-        pipe.hincrby(REFRESH_SECONDS, _bucket_field(seconds), 1)
-        pipe.hincrbyfloat(REFRESH_SECONDS, "sum", seconds)
-        pipe.hincrby(REFRESH_SECONDS, "count", 1)
+        queue_refresh(pipe, outcome, seconds)
         pipe.execute()
     except Exception as exc:
         logger.warning("metrics: refresh not counted: %s", type(exc).__name__)
+
+
+def queue_refresh(pipe: Pipeline, outcome: str, seconds: float) -> None:
+    """`count_refresh` added to a pipeline the caller executes (four results)."""
+    pipe.hincrby(REFRESHES, outcome, 1)
+    pipe.hincrby(REFRESH_SECONDS, _bucket_field(seconds), 1)
+    pipe.hincrbyfloat(REFRESH_SECONDS, "sum", seconds)
+    pipe.hincrby(REFRESH_SECONDS, "count", 1)
 
 
 def token_issue_field(service: str, outcome: str) -> str:

@@ -15,18 +15,20 @@ for the few kinds that can issue one), the only code that calls
 `broker.providers.oauth2_client.refresh` for a stored grant.
 
 Single flight: a Redis lock plus a fencing token in the database
-  Each refresh runs under a Redis lock per grant (redis-py `Lock`: SET NX PX with a random
-  owner token, released by a script only by its owner). Its timeout (2 x the provider
-  timeout + 10 s) outlasts the HTTP call, which broker.infra.outbound_http ends within the
-  provider timeout in total however slowly the provider answers, and the write; waiters
-  block on it for at most 2 x the provider timeout, having given their database connection
-  back (so that a pool of a few connections serves any number of waiters; the holder gives
-  its own back during the provider call). The holder re-reads the grant and skips the call
-  when someone else already refreshed. The API's callers (`ensure_fresh`) that find the
-  lock held wait for its release, which the holder announces on a Redis channel (one
-  listener per process, `wait_for_refresh_in_flight`), and share one re-read of the grant:
-  the fresh token, or the failure of the call they waited for; they take the lock only if
-  that does not do (a worker's task takes it in turn). Every write of a
+  Each refresh runs under a Redis lock per grant (`refresh_lock`: SET NX PX with a random
+  owner token, released by a script only by its owner, as redis-py's `Lock`; its scripts
+  also read what the holder looks at first and announce the release). Its timeout (2 x
+  the provider timeout + 10 s) outlasts the HTTP call, which broker.infra.outbound_http
+  ends within the provider timeout in total however slowly the provider answers, and the
+  write; waiters block on it for at most 2 x the provider timeout, having given their
+  database connection back (so that a pool of a few connections serves any number of
+  waiters; the holder gives its own back during the provider call). The holder re-reads
+  the grant and skips the call when someone else already refreshed. The API's callers
+  (`ensure_fresh`) that find the lock held wait for its release, which the holder
+  announces on a Redis channel (one listener per process, `wait_for_refresh_in_flight`),
+  and share one re-read of the grant: the fresh token, or the failure of the call they
+  waited for; they take the lock only if that does not do (a worker's task takes it in
+  turn). Every write of a
   refresh's result is a conditional UPDATE on the `token_version` read before the call
   (and `status=active`), so a holder whose lock expired while it was
   stalled can never overwrite newer tokens or resurrect a revoked grant, and a stale
@@ -95,6 +97,7 @@ import math
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +110,7 @@ from django.core import checks
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from redis.client import Pipeline
 
 from broker.audit import trail
 from broker.crypto.key_ring import DecryptionError
@@ -124,7 +128,7 @@ from broker.providers.oauth2_client import (
     TransientTokenError,
 )
 from broker.providers.oauth2_client import refresh as refresh_upstream
-from broker.refresh.grant_statements import grant_with_app_and_user
+from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
 from broker.refresh.schedule import apply_token_response
 
 log = logging.getLogger(__name__)
@@ -240,39 +244,89 @@ def release_database_connection() -> None:
         connection.close()
 
 
+# A grant's refresh lock is a key set with an owner token of its holder's (SET NX PX, as
+# redis-py's Lock does), taken and let go by these scripts so that what goes with each costs
+# no round trip of its own.
+# Taking it, and, once taken, reading what its holder must look at first (the rescued
+# response and the in-flight mark, see `single_flight`).
+ACQUIRE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
+return {redis.call('GET', KEYS[2]) or false, redis.call('GET', KEYS[3]) or false}
+"""
+# Letting it go, only if it is still ours (it may have expired and gone to another), and
+# announcing the release to the grant's waiters either way (`wait_for_refresh_in_flight`):
+# they wake at once instead of polling; lost, it costs them WAIT_RECHECK_SECONDS.
+RELEASE = """
+local ours = redis.call('GET', KEYS[1]) == ARGV[1]
+if ours then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[2], '')
+return ours and 1 or 0
+"""
+
+
+@dataclass(frozen=True)
+class HeldLock:
+    """A grant's refresh lock while it is held: the rescue's sealed value and the in-flight
+    mark as they were when it was taken (None: none), and a pipeline for the Redis commands
+    that can wait for its release (serving versions settled, metrics), sent with it."""
+
+    rescued: bytes | None
+    marked: int | None
+    at_release: Pipeline
+
+
 @contextmanager
-def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[bool]:
-    """Holds the grant's refresh lock; yields False when it could not be had in `wait` s."""
-    lock = lock_redis().lock(
-        LOCK_KEY.format(grant_id=grant_id),
-        timeout=lock_timeout(),
-        sleep=LOCK_POLL_SECONDS,
-        blocking=True,
-        blocking_timeout=wait,
-        thread_local=False,
-    )
+def refresh_lock(grant_id: Any, *, wait: float) -> Iterator[HeldLock | None]:
+    """Holds the grant's refresh lock; yields None when it could not be had in `wait` s."""
+    client = lock_redis()
+    key = LOCK_KEY.format(grant_id=grant_id)
+    owner = uuid.uuid4().hex
+    took = (3, key, *doubt_keys(grant_id), owner, int(lock_timeout() * 1000))
+    held = None
     try:
-        acquired = bool(lock.acquire(blocking=False))
-        if not acquired:
+        found = client.eval(ACQUIRE, *took)
+        if found is None and wait > 0:
             # Another process is refreshing: wait for it without a database connection.
             release_database_connection()
-            acquired = bool(lock.acquire())
+            deadline = time.monotonic() + wait
+            while found is None and time.monotonic() < deadline:
+                time.sleep(LOCK_POLL_SECONDS)
+                found = client.eval(ACQUIRE, *took)
+        if found is not None:
+            rescued, marked = found
+            marked = None if marked is None else int(marked)
+            held = HeldLock(rescued, marked, client.pipeline(transaction=False))
     except redis.RedisError as exc:
         log.warning("refresh lock for grant %s unavailable: %s", grant_id, type(exc).__name__)
-        acquired = False
     try:
-        yield acquired
+        yield held
     finally:
-        if acquired:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                # Expired while we held it: someone may have refreshed meanwhile; the
-                # token_version fence kept our write from overwriting theirs.
-                log.warning("refresh lock for grant %s expired before release", grant_id)
-            except redis.RedisError as exc:
-                log.warning("refresh lock for grant %s not released: %s", grant_id, exc)
-            announce_release(grant_id)
+        if held is not None:
+            release(grant_id, key, owner, held.at_release)
+
+
+def release(grant_id: Any, key: str, owner: str, pipe: Pipeline) -> None:
+    """Lets the lock go and announces it, with the commands queued for the release."""
+    pipe.eval(RELEASE, 1, key, owner, RELEASED_CHANNEL.format(grant_id=grant_id))
+    try:
+        *queued, released = pipe.execute(raise_on_error=False)
+    except redis.RedisError as exc:
+        log.warning("refresh lock for grant %s not released: %s", grant_id, exc)
+        return
+    if isinstance(released, Exception):
+        log.warning("refresh lock for grant %s not released: %s", grant_id, released)
+    elif not released:
+        # Expired while we held it: someone may have refreshed meanwhile; the token_version
+        # fence kept our write from overwriting theirs.
+        log.warning("refresh lock for grant %s expired before release", grant_id)
+    for failed in (result for result in queued if isinstance(result, Exception)):
+        # Metrics lost, or the serving versions' writer left in place until its window
+        # ends (WRITE_WINDOW_SECONDS: no caching of the grant meanwhile, never wrong).
+        log.warning("grant %s: a command sent with the lock's release failed: %s", grant_id, failed)
 
 
 # Callers waiting for another's refresh of a grant: one thread per process listens for the
@@ -282,15 +336,6 @@ RELEASED_CHANNEL = "broker:refresh-released:{grant_id}"
 # A holder that never announces its release (killed: its lock lapses; or a process of an
 # older release during a rolling deploy) is noticed by a look at the lock this often.
 WAIT_RECHECK_SECONDS = 0.25
-
-
-def announce_release(grant_id: Any) -> None:
-    """Tells the grant's waiters (`wait_for_refresh_in_flight`) that its lock was let go:
-    they wake at once instead of polling. Lost, it costs them WAIT_RECHECK_SECONDS."""
-    try:
-        lock_redis().publish(RELEASED_CHANNEL.format(grant_id=grant_id), b"")
-    except redis.RedisError as exc:
-        log.warning("grant %s: release not announced (%s)", grant_id, type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -316,7 +361,7 @@ _waits_guard = threading.Lock()
 def wait_for_refresh_in_flight(grant_id: Any, *, wait: float) -> RefreshEnded | None:
     """Waits, holding no lock and no database connection, until no refresh of the grant is
     in flight (its lock is free): one thread per process listens for the release
-    (`announce_release`) and reads the grant once it ended, the others of the process wait
+    (`RELEASE` announces it) and reads the grant once it ended, the others of the process wait
     for its finding. None when no refresh was in flight, or one still ran after `wait`
     seconds, or Redis could not tell."""
     key = LOCK_KEY.format(grant_id=grant_id)
@@ -493,18 +538,6 @@ def clear_in_flight(grant_id: Any) -> None:
         log.warning("grant %s: in-flight mark not cleared (%s)", grant_id, type(exc).__name__)
 
 
-def rescue_and_mark(grant_id: Any) -> tuple[Rescue | None, int | None]:
-    """Under the lock, in one round trip: the rescued response waiting for the grant, and
-    the token version its in-flight mark names (an earlier refresh from that version has
-    an unknown outcome when it is the version stored: its holder died, or the answer came
-    too late). Raises RedisError."""
-    pipe = lock_redis().pipeline(transaction=False)
-    pipe.get(RESCUE_KEY.format(grant_id=grant_id))
-    pipe.get(IN_FLIGHT_KEY.format(grant_id=grant_id))
-    sealed, marked = pipe.execute()
-    return unseal_rescue(grant_id, sealed), None if marked is None else int(marked)
-
-
 # -- database writes ---------------------------------------------------------------------
 
 
@@ -529,33 +562,44 @@ def require_no_outer_transaction() -> None:
 
 
 def persist_refresh(
-    grant: Grant, response: TokenResponse, *, seen_version: int, received_at: datetime
+    grant: Grant,
+    response: TokenResponse,
+    *,
+    seen_version: int,
+    received_at: datetime,
+    settle_on: Pipeline | None = None,
 ) -> bool:
     """The one write of a refresh's result, fenced on the token_version read before the
     call. Returns False when the grant moved on (newer tokens, revoked) and nothing was
-    written. The audit event is part of the same transaction."""
+    written. The audit event is part of the same transaction. `settle_on`: the pipeline
+    sent with the lock's release (`HeldLock.at_release`), which then carries the end of
+    the serving versions' write (`serving_versions.writing`) instead of a round trip of
+    its own."""
     grant.token_version = seen_version
     fields = apply_token_response(grant, response, now=received_at, refreshed=True)
     values = {name: getattr(grant, name) for name in fields if name != "updated_at"}
     values["updated_at"] = timezone.now()
-    with (
-        serving_versions.writing(serving_versions.grant_scope(grant.pk)),
-        transaction.atomic(durable=True),
-    ):
-        written = Grant.objects.filter(
-            pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
-        ).update(**values)
-        if written:
-            trail.record(
-                "grant.refreshed",
-                actor_type=trail.ActorType.SYSTEM,
-                actor=SYSTEM_ACTOR,
-                grant_id=grant.pk,
-                subject_user=grant.user.get_username(),
-                provider=grant.provider_app.slug,
-                scopes=grant.scopes,
-                token_version=grant.token_version,
-            )
+    scope = serving_versions.grant_scope(grant.pk)
+    writer = serving_versions.begin_write(scope)  # as `serving_versions.writing` does
+    try:
+        with transaction.atomic(durable=True):
+            written = update_if_current(grant.pk, seen_version, values)
+            if written:
+                trail.record(
+                    "grant.refreshed",
+                    actor_type=trail.ActorType.SYSTEM,
+                    actor=SYSTEM_ACTOR,
+                    grant_id=grant.pk,
+                    subject_user=grant.user.get_username(),
+                    provider=grant.provider_app.slug,
+                    scopes=grant.scopes,
+                    token_version=grant.token_version,
+                )
+    finally:
+        if settle_on is None:
+            serving_versions.end_write(writer, scope)
+        else:
+            serving_versions.queue_end_write(settle_on, writer, scope)
     return written == 1
 
 
@@ -688,18 +732,20 @@ METRIC_OUTCOMES = {
 }
 
 
-def call_upstream(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
-    """One refresh at the provider, under the lock, and the write of whatever came back;
-    counted in the metrics afterwards."""
+def call_upstream(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> RefreshOutcome:
+    """One refresh at the provider, under the lock `held`, and the write of whatever came
+    back; counted in the metrics afterwards (sent with the lock's release)."""
     started = time.monotonic()
-    outcome = refresh_and_store(grant, task_may_retry=task_may_retry)
-    metrics.count_refresh(
-        METRIC_OUTCOMES.get(outcome.result, str(outcome.result)), time.monotonic() - started
+    outcome = refresh_and_store(grant, held, task_may_retry=task_may_retry)
+    metrics.queue_refresh(
+        held.at_release,
+        METRIC_OUTCOMES.get(outcome.result, str(outcome.result)),
+        time.monotonic() - started,
     )
     return outcome
 
 
-def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
+def refresh_and_store(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> RefreshOutcome:
     seen_version = grant.token_version
     app = grant.provider_app
     refresh_token = grant.unseal("refresh_token") or ""
@@ -734,7 +780,11 @@ def refresh_and_store(grant: Grant, *, task_may_retry: bool) -> RefreshOutcome:
     received_at = timezone.now()
     try:
         written = persist_refresh(
-            grant, response, seen_version=seen_version, received_at=received_at
+            grant,
+            response,
+            seen_version=seen_version,
+            received_at=received_at,
+            settle_on=held.at_release,
         )
     except DatabaseError as exc:
         log.error("grant %s: refreshed tokens not written (%s); rescued", grant.pk, exc)
@@ -771,9 +821,11 @@ def single_flight(
         if grant is None:
             return RefreshOutcome(Result.GONE), None
         try:
-            rescue, marked = rescue_and_mark(grant.pk)
-            grant = apply_rescue(grant, rescue)
-            in_doubt = marked == grant.token_version
+            # Read when the lock was taken (they are written under it).
+            grant = apply_rescue(grant, unseal_rescue(grant.pk, held.rescued))
+            # An earlier refresh from the version stored has an unknown outcome: its
+            # holder died, or the answer came too late.
+            in_doubt = held.marked == grant.token_version
         except DatabaseError:
             # A response is waiting in Redis: nothing stored may be served or sent upstream.
             return RefreshOutcome(Result.DATABASE_UNAVAILABLE, retry_after=1), None
@@ -804,7 +856,7 @@ def single_flight(
             )
             return RefreshOutcome(Result.RECONNECT_REQUIRED), load_or_none(grant_id)
         require_no_outer_transaction()
-        outcome = call_upstream(grant, task_may_retry=task_may_retry)
+        outcome = call_upstream(grant, held, task_may_retry=task_may_retry)
         if outcome.result == Result.DATABASE_UNAVAILABLE or not reload:
             return outcome, None  # (the database is away; the response waits in Redis)
         return outcome, load_or_none(grant_id)

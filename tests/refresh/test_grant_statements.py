@@ -1,17 +1,19 @@
-"""The refresh engine's read of a grant: what the ORM's select_related read gives, from a
-query compiled once per process."""
+"""The refresh engine's statements on a grant, built once per process: its read gives what
+the ORM's select_related read gives, its fenced write writes what the ORM's update writes."""
 
 from __future__ import annotations
 
 import threading
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 from django.db import connections
 from django.db.models.sql.compiler import SQLCompiler
+from django.utils import timezone
 
 from broker.models import Grant
-from broker.refresh.grant_statements import grant_with_app_and_user
+from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
 from tests.factories import make_app, save_grant
 
 pytestmark = pytest.mark.django_db
@@ -84,3 +86,67 @@ def test_a_new_thread_reads_on_its_own_connection_without_compiling_again(owner,
     assert read["token"] == "a-1"
     assert read["connection"] is not connections["default"]
     assert compiled == []
+
+
+def refreshed_values(grant: Grant, now: datetime) -> dict:
+    """What a refresh writes (broker.refresh.schedule.apply_token_response's fields)."""
+    later = now + timedelta(hours=1)
+    grant.seal("access_token", "a-2")
+    grant.seal("refresh_token", "r-2")
+    return {
+        "access_token_sealed": grant.access_token_sealed,
+        "refresh_token_sealed": grant.refresh_token_sealed,
+        "access_expires_at": later,
+        "token_version": grant.token_version + 1,
+        "scopes": ["read", "write", "admin"],
+        "next_refresh_at": later - timedelta(minutes=5),
+        "refresh_enqueued_at": None,
+        "last_refreshed_at": now,
+        "failure_count": 0,
+        "last_error": "",
+        "updated_at": now,
+    }
+
+
+def test_the_fenced_update_writes_what_the_orms_update_writes(owner):
+    app = make_app()
+    mine = save_grant(owner, app, 1, access="a-1", refresh="r-1", failure_count=2, last_error="x")
+    orms = save_grant(owner, app, 2, access="a-1", refresh="r-1", failure_count=2, last_error="x")
+    now = timezone.now()
+    assert update_if_current(mine.pk, mine.token_version, refreshed_values(mine, now)) == 1
+    assert (
+        Grant.objects.filter(
+            pk=orms.pk, token_version=orms.token_version, status=Grant.Status.ACTIVE
+        ).update(**refreshed_values(orms, now))
+        == 1
+    )
+    written, expected = fields(Grant.objects.get(pk=mine.pk)), fields(Grant.objects.get(pk=orms.pk))
+    # What told the two apart before (ids, account names, ciphertexts bound to their rows)
+    # still does; everything else is the same.
+    own = {name for name, value in fields(mine).items() if fields(orms)[name] != value}
+    assert own <= {
+        "id",
+        "external_account_id",
+        "account_name",
+        "created_at",
+        "consented_at",
+        "access_token_sealed",
+        "refresh_token_sealed",
+        "updated_at",
+    }
+    assert {k: v for k, v in written.items() if k not in own} == {
+        k: v for k, v in expected.items() if k not in own
+    }
+    assert written["updated_at"] == expected["updated_at"] == now
+    assert Grant.objects.get(pk=mine.pk).unseal("refresh_token") == "r-2"
+    assert written["scopes"] == ["read", "write", "admin"] and written["failure_count"] == 0
+
+
+@pytest.mark.parametrize(
+    "moved_on", [{"token_version": 8}, {"status": Grant.Status.REVOKED}], ids=["newer", "revoked"]
+)
+def test_the_fenced_update_writes_nothing_once_the_grant_moved_on(owner, moved_on):
+    grant = save_grant(owner, make_app(), access="a-1", refresh="r-1", token_version=7)
+    Grant.objects.filter(pk=grant.pk).update(**moved_on)
+    assert update_if_current(grant.pk, 7, refreshed_values(grant, timezone.now())) == 0
+    assert Grant.objects.get(pk=grant.pk).unseal("refresh_token") == "r-1"
