@@ -41,6 +41,7 @@ from celery import shared_task
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DataError, IntegrityError, connection, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.http import HttpRequest
 from django.utils import timezone
 from redis.exceptions import LockError
@@ -163,17 +164,33 @@ def _taking(
     return decorate
 
 
+def event_json(event: dict[str, Any]) -> str:
+    """An event made by `event_fields` as JSON: what the buffer holds, and what
+    `json_insert` reads into a row."""
+    # The two values json cannot write itself, written here: the encoder's fallback for
+    # them cost as much as the rest of the event (this runs on every token fetch).
+    event = {**event, "at": event["at"].isoformat()}
+    if event["grant_id"] is not None:
+        event["grant_id"] = str(event["grant_id"])
+    return json.dumps(event, cls=DjangoJSONEncoder)
+
+
+def store(event: dict[str, Any]) -> None:
+    """Inserts an event made by `event_fields` at once, in the caller's transaction."""
+    AuditEvent.objects.create(**event)
+
+
 @_taking(event_fields)
 def record(fields: dict[str, Any]) -> None:
     """Inserts the event at once, in the caller's transaction."""
-    AuditEvent.objects.create(**fields)
+    store(fields)
 
 
 @_taking(event_fields)
 def record_soon(fields: dict[str, Any]) -> None:
     """Buffers the event in Redis (and the process's own copy) for `flush_buffer()`;
     inserts it at once when Redis cannot take it."""
-    raw = json.dumps(fields, cls=DjangoJSONEncoder)
+    raw = event_json(fields)
     try:
         pipe = redis_client().pipeline(transaction=False)
         queue_push(pipe, raw)
@@ -247,20 +264,24 @@ def _insert_as_json(raw_events: list[bytes | str]) -> None:
     """PostgreSQL: the batch as one JSON array that the server reads into rows itself.
     Model instances through bulk_create cost the flusher about 0.1 ms of CPU per event,
     as much as the token fetch that recorded it spent on the event; this, a few
-    microseconds. The events' keys are the columns (event_fields); an event the server
-    cannot store fails the whole statement."""
+    microseconds. An event the server cannot store fails the whole statement."""
+    batch = ",".join(raw.decode() if isinstance(raw, bytes) else raw for raw in raw_events)
+    with connection.cursor() as cursor:
+        cursor.execute(f"{json_insert()} ON CONFLICT (event_id) DO NOTHING", [f"[{batch}]"])
+
+
+def json_insert(on: BaseDatabaseWrapper = connection) -> str:
+    """PostgreSQL: an INSERT of the events in its one parameter, a JSON array of events
+    whose keys are the columns (`event_json`), for the flusher and for statements that
+    write an event with their own change (broker.refresh.grant_statements)."""
     fields = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
     columns = ", ".join(f.column for f in fields)
-    record = ", ".join(f"{f.column} {f.db_type(connection)}" for f in fields)
-    batch = ",".join(raw.decode() if isinstance(raw, bytes) else raw for raw in raw_events)
+    record = ", ".join(f"{f.column} {f.db_type(on)}" for f in fields)
     table = AuditEvent._meta.db_table  # names of ours; the events are a parameter
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}) SELECT {columns} "  # noqa: S608
-            f"FROM jsonb_to_recordset(%s::jsonb) AS event({record}) "
-            "ON CONFLICT (event_id) DO NOTHING",
-            [f"[{batch}]"],
-        )
+    return (
+        f"INSERT INTO {table} ({columns}) SELECT {columns} "  # noqa: S608
+        f"FROM jsonb_to_recordset(%s::jsonb) AS event({record})"
+    )
 
 
 def flush_buffer(batch: int = FLUSH_BATCH) -> int:
@@ -501,9 +522,4 @@ def service_event_json(
         outcome=outcome,
         **fields,
     )
-    # The two values json cannot write itself, written here: the encoder's fallback for
-    # them cost as much as the rest of the event (this runs on every token fetch).
-    event["at"] = event["at"].isoformat()
-    if event["grant_id"] is not None:
-        event["grant_id"] = str(event["grant_id"])
-    return json.dumps(event, cls=DjangoJSONEncoder)
+    return event_json(event)

@@ -128,7 +128,10 @@ from broker.providers.oauth2_client import (
     TransientTokenError,
 )
 from broker.providers.oauth2_client import refresh as refresh_upstream
-from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
+from broker.refresh.grant_statements import (
+    grant_with_app_and_user,
+    update_and_record_if_current,
+)
 from broker.refresh.schedule import apply_token_response
 
 log = logging.getLogger(__name__)
@@ -581,26 +584,24 @@ def persist_refresh(
     values["updated_at"] = timezone.now()
     scope = serving_versions.grant_scope(grant.pk)
     writer = serving_versions.begin_write(scope)  # as `serving_versions.writing` does
+    event = trail.event_fields(
+        "grant.refreshed",
+        actor_type=trail.ActorType.SYSTEM,
+        actor=SYSTEM_ACTOR,
+        grant_id=grant.pk,
+        subject_user=grant.user.get_username(),
+        provider=grant.provider_app.slug,
+        scopes=grant.scopes,
+        token_version=grant.token_version,
+    )
     try:
-        with transaction.atomic(durable=True):
-            written = update_if_current(grant.pk, seen_version, values)
-            if written:
-                trail.record(
-                    "grant.refreshed",
-                    actor_type=trail.ActorType.SYSTEM,
-                    actor=SYSTEM_ACTOR,
-                    grant_id=grant.pk,
-                    subject_user=grant.user.get_username(),
-                    provider=grant.provider_app.slug,
-                    scopes=grant.scopes,
-                    token_version=grant.token_version,
-                )
+        written = update_and_record_if_current(grant.pk, seen_version, values, event)
     finally:
         if settle_on is None:
             serving_versions.end_write(writer, scope)
         else:
             serving_versions.queue_end_write(settle_on, writer, scope)
-    return written == 1
+    return written
 
 
 def describe(exc: TokenEndpointError) -> str:

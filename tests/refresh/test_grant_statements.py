@@ -8,12 +8,18 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from django.db import connections
+from django.db import IntegrityError, connection, connections
 from django.db.models.sql.compiler import SQLCompiler
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from broker.models import Grant
-from broker.refresh.grant_statements import grant_with_app_and_user, update_if_current
+from broker.audit import trail
+from broker.models import AuditEvent, Grant
+from broker.refresh.grant_statements import (
+    grant_with_app_and_user,
+    update_and_record_if_current,
+    update_if_current,
+)
 from tests.factories import make_app, save_grant
 
 pytestmark = pytest.mark.django_db
@@ -150,3 +156,69 @@ def test_the_fenced_update_writes_nothing_once_the_grant_moved_on(owner, moved_o
     Grant.objects.filter(pk=grant.pk).update(**moved_on)
     assert update_if_current(grant.pk, 7, refreshed_values(grant, timezone.now())) == 0
     assert Grant.objects.get(pk=grant.pk).unseal("refresh_token") == "r-1"
+
+
+def refreshed_event(grant: Grant, **changes) -> dict:
+    event = trail.event_fields(
+        "grant.refreshed",
+        actor_type=trail.ActorType.SYSTEM,
+        actor="refresh-engine",
+        grant_id=grant.pk,
+        subject_user="alice",
+        provider="acme",
+        scopes=["read", "write"],
+        token_version=grant.token_version + 1,
+    )
+    return {**event, **changes}
+
+
+def test_a_written_refresh_stores_its_event_as_the_orm_would(owner):
+    grant = save_grant(owner, make_app(), access="a-1", refresh="r-1")
+    event = refreshed_event(grant)
+    assert update_and_record_if_current(
+        grant.pk, grant.token_version, refreshed_values(grant, timezone.now()), event
+    )
+    assert Grant.objects.get(pk=grant.pk).unseal("refresh_token") == "r-2"
+    stored = AuditEvent.objects.get()
+    trail.store({**event, "event_id": str(uuid.uuid4())})  # the model's own insert
+    by_orm = AuditEvent.objects.exclude(pk=stored.pk).get()
+    differ = {"id", "event_id"}
+    assert {k: v for k, v in fields(stored).items() if k not in differ} == {
+        k: v for k, v in fields(by_orm).items() if k not in differ
+    }
+    assert stored.at == event["at"] and stored.detail == {"token_version": grant.token_version + 1}
+
+
+@pytest.mark.parametrize(
+    "moved_on", [{"token_version": 8}, {"status": Grant.Status.REVOKED}], ids=["newer", "revoked"]
+)
+def test_a_refresh_fenced_out_stores_no_event(owner, moved_on):
+    grant = save_grant(owner, make_app(), access="a-1", refresh="r-1", token_version=7)
+    Grant.objects.filter(pk=grant.pk).update(**moved_on)
+    values = refreshed_values(grant, timezone.now())
+    assert not update_and_record_if_current(grant.pk, 7, values, refreshed_event(grant))
+    assert Grant.objects.get(pk=grant.pk).unseal("refresh_token") == "r-1"
+    assert not AuditEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # as in a worker: no test transaction around it
+def test_an_event_that_cannot_be_stored_undoes_the_write(owner):
+    grant = save_grant(owner, make_app(), access="a-1", refresh="r-1")
+    values = refreshed_values(grant, timezone.now())
+    with pytest.raises(IntegrityError):
+        update_and_record_if_current(
+            grant.pk, grant.token_version, values, refreshed_event(grant, action=None)
+        )
+    assert Grant.objects.get(pk=grant.pk).unseal("refresh_token") == "r-1"
+    assert not AuditEvent.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="one statement on PostgreSQL")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_the_write_and_its_event_are_one_statement(owner):
+    grant = save_grant(owner, make_app(), access="a-1", refresh="r-1")
+    values = refreshed_values(grant, timezone.now())
+    with CaptureQueriesContext(connection) as queries:
+        update_and_record_if_current(grant.pk, grant.token_version, values, refreshed_event(grant))
+    assert len(queries) == 1 and queries[0]["sql"].startswith("WITH written AS (UPDATE")
+    assert AuditEvent.objects.count() == 1
