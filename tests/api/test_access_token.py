@@ -124,7 +124,8 @@ def test_a_spent_refresh_mark_costs_no_query(
 
     headers = bearer()
     post(api, {"grant": str(grant.pk)}, headers)  # the first use writes last_used
-    assert engine.mark_in_flight(grant.pk, grant.token_version - 1)
+    with engine.refresh_lock(grant.pk, wait=0) as held:
+        assert held and engine.mark_in_flight(grant.pk, grant.token_version - 1, held)
     with django_assert_max_num_queries(1):
         response = post(api, {"grant": str(grant.pk)}, headers)
     assert response.status_code == 200
