@@ -24,8 +24,8 @@ def refreshing_elsewhere(grant: Grant, *, commits_after: float = 0.5) -> Iterato
     """While the block runs, `grant` is being refreshed by someone else, who stores
     REFRESHED_ACCESS_TOKEN `commits_after` seconds in; the block's end waits for it."""
     holding = ExitStack()
-    held = holding.enter_context(engine.refresh_lock(grant.pk, wait=0))
-    assert held and engine.mark_in_flight(grant.pk, grant.token_version, held)
+    assert holding.enter_context(engine.refresh_lock(grant.pk, wait=0))
+    assert engine.mark_in_flight(grant.pk, grant.token_version)
     refreshed = TokenResponse(REFRESHED_ACCESS_TOKEN, "refreshed-refresh", 3600, None, "Bearer")
 
     def commit() -> None:
@@ -35,7 +35,6 @@ def refreshing_elsewhere(grant: Grant, *, commits_after: float = 0.5) -> Iterato
             refreshed,
             seen_version=grant.token_version,
             received_at=timezone.now(),
-            in_serving_write=True,  # begun with the mark, ended with the release
         )
         engine.clear_in_flight(grant.pk)
         holding.close()

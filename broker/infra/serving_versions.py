@@ -188,15 +188,6 @@ def end_write(writer: str, *scopes: str) -> None:
         )
 
 
-def queue_begin_write(pipe: Pipeline, *scopes: str) -> str:
-    """`begin_write` as one command on a pipeline the caller executes with other commands
-    (the refresh engine: with its in-flight mark); the caller handles a failure."""
-    writer = uuid.uuid4().hex
-    keys = version_keys(scopes)
-    pipe.eval(BEGIN, len(keys), *keys, writer, time.time(), WRITE_WINDOW_SECONDS)
-    return writer
-
-
 def queue_end_write(pipe: Pipeline, writer: str, *scopes: str) -> None:
     """`end_write` as one command on a pipeline the caller executes with other commands
     (the refresh engine: with its lock's release); the caller logs a failure."""

@@ -520,19 +520,12 @@ def in_doubt(grant: Grant, rescued: bool, in_flight_from: bytes | None) -> bool:
     return rescued or (in_flight_from is not None and int(in_flight_from) >= grant.token_version)
 
 
-def mark_in_flight(grant_id: Any, seen_version: int, held: HeldLock) -> bool:
-    """Before an upstream call: False if Redis cannot take the mark (then no call).
-    In the same round trip, the write of the grant's serving versions begins (its result's
-    write, `persist_refresh`, comes within it), to end with the lock's release. Readers
-    neither cache nor serve the grant meanwhile, which the mark alone already ensured."""
-    scope = serving_versions.grant_scope(grant_id)
-    pipe = lock_redis().pipeline(transaction=False)
-    pipe.set(IN_FLIGHT_KEY.format(grant_id=grant_id), seen_version, ex=RESCUE_TTL_SECONDS)
-    writer = serving_versions.queue_begin_write(pipe, scope)
-    # Queued first: however the pipeline fares, the writer is ended at the release.
-    serving_versions.queue_end_write(held.at_release, writer, scope)
+def mark_in_flight(grant_id: Any, seen_version: int) -> bool:
+    """Before an upstream call: False if Redis cannot take the mark (then no call)."""
     try:
-        pipe.execute()
+        lock_redis().set(
+            IN_FLIGHT_KEY.format(grant_id=grant_id), seen_version, ex=RESCUE_TTL_SECONDS
+        )
     except redis.RedisError as exc:
         log.warning("grant %s: refresh not marked in flight (%s)", grant_id, type(exc).__name__)
         return False
@@ -577,17 +570,20 @@ def persist_refresh(
     *,
     seen_version: int,
     received_at: datetime,
-    in_serving_write: bool = False,
+    settle_on: Pipeline | None = None,
 ) -> bool:
     """The one write of a refresh's result, fenced on the token_version read before the
     call. Returns False when the grant moved on (newer tokens, revoked) and nothing was
-    written. The audit event is part of the same transaction. The write is bracketed in
-    the grant's serving versions (`serving_versions.writing`), unless `in_serving_write`
-    says the caller's bracket holds it (the refresh's own, begun with its in-flight mark)."""
+    written. The audit event is part of the same transaction. `settle_on`: the pipeline
+    sent with the lock's release (`HeldLock.at_release`), which then carries the end of
+    the serving versions' write (`serving_versions.writing`) instead of a round trip of
+    its own."""
     grant.token_version = seen_version
     fields = apply_token_response(grant, response, now=received_at, refreshed=True)
     values = {name: getattr(grant, name) for name in fields if name != "updated_at"}
     values["updated_at"] = timezone.now()
+    scope = serving_versions.grant_scope(grant.pk)
+    writer = serving_versions.begin_write(scope)  # as `serving_versions.writing` does
     event = trail.event_fields(
         "grant.refreshed",
         actor_type=trail.ActorType.SYSTEM,
@@ -598,10 +594,14 @@ def persist_refresh(
         scopes=grant.scopes,
         token_version=grant.token_version,
     )
-    if in_serving_write:
-        return update_and_record_if_current(grant.pk, seen_version, values, event)
-    with serving_versions.writing(serving_versions.grant_scope(grant.pk)):
-        return update_and_record_if_current(grant.pk, seen_version, values, event)
+    try:
+        written = update_and_record_if_current(grant.pk, seen_version, values, event)
+    finally:
+        if settle_on is None:
+            serving_versions.end_write(writer, scope)
+        else:
+            serving_versions.queue_end_write(settle_on, writer, scope)
+    return written
 
 
 def describe(exc: TokenEndpointError) -> str:
@@ -750,7 +750,7 @@ def refresh_and_store(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> 
     seen_version = grant.token_version
     app = grant.provider_app
     refresh_token = grant.unseal("refresh_token") or ""
-    if not mark_in_flight(grant.pk, seen_version, held):
+    if not mark_in_flight(grant.pk, seen_version):
         return RefreshOutcome(Result.BUSY, retry_after=1)
     release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
     try:
@@ -785,7 +785,7 @@ def refresh_and_store(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> 
             response,
             seen_version=seen_version,
             received_at=received_at,
-            in_serving_write=True,
+            settle_on=held.at_release,
         )
     except DatabaseError as exc:
         log.error("grant %s: refreshed tokens not written (%s); rescued", grant.pk, exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,8 +14,6 @@ import requests
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from broker.infra import serving_versions
-from broker.infra.redis_connection import redis_client
 from broker.models import (
     AccessRule,
     AuditEvent,
@@ -282,40 +279,6 @@ def test_a_refresh_slower_than_the_timeout_is_retried_not_reconnect(
     assert refresh_grant_now(grant.pk, retries_left=2).result == Result.REFRESHED
     fresh = ensure_fresh(grant.pk, min_ttl=1, force_refresh=True)
     assert identity_works(sandbox, fresh.unseal("access_token"))
-
-
-def serving_stamp(grant: Grant) -> tuple | None:
-    scopes = [serving_versions.grant_scope(grant.pk)]
-    pipe = redis_client().pipeline(transaction=False)
-    serving_versions.queue_read(pipe, scopes)
-    return serving_versions.stamp_of(scopes, pipe.execute()[0])
-
-
-def test_nothing_caches_the_grant_from_the_in_flight_mark_to_the_release(sandbox, grant):
-    """The refresh's write of the serving versions begins with its in-flight mark and ends
-    with its lock's release: in between no process may cache or serve the grant."""
-    claim(grant)
-    serving_stamp(grant)  # the first read seeds the version
-    before = serving_stamp(grant)
-    assert before is not None
-    sandbox.faults(mode="slow", delay=1.5, times=1)
-    try:
-        worker = threading.Thread(target=refresh_grant_now, args=(grant.pk,))
-        worker.start()
-        marked = redis_client().exists
-        while worker.is_alive() and not marked(engine.IN_FLIGHT_KEY.format(grant_id=grant.pk)):
-            time.sleep(0.01)
-        during = []
-        for _ in range(10):  # inside the provider's 1.5 s
-            during.append(serving_stamp(grant))
-            time.sleep(0.05)
-        worker.join()
-    finally:
-        sandbox.faults(mode="none")
-    assert during == [None] * 10
-    assert stored(grant).token_version == grant.token_version + 1
-    after = serving_stamp(grant)
-    assert after is not None and after != before
 
 
 def token_history(sandbox) -> dict:
