@@ -160,3 +160,21 @@ def test_settings_read_the_env_file_and_the_environment_wins(tmp_path):
     production = check(DEBUG="0")
     assert production.returncode == 2
     assert production.stderr.strip().endswith("SECRET_KEY is not set (required when DEBUG is off)")
+
+
+def test_a_web_worker_imports_the_url_configuration_before_its_first_request():
+    """gunicorn loads `broker.wsgi` before a worker accepts: the views and schemas the first
+    requests need are imported by then, not by those requests, which would all wait."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, broker.wsgi; print('broker.api.views' in sys.modules)",
+        ],
+        cwd=ROOT,
+        env={**clean_env(), "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "True", result.stderr
