@@ -43,10 +43,21 @@ M = TypeVar("M", bound=Model)
 
 
 @dataclass(frozen=True)
-class _Read:
+class _Compiled:
+    """The read as compiled once per process and database alias."""
+
     compiler: SQLCompiler
     sql: str
     # Per model: the attribute names of its columns and where they sit in the row.
+    layout: dict[type[Model], tuple[list[str], slice]]
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A thread's copy of the read, bound to its own connection."""
+
+    compiler: SQLCompiler
+    sql: str
     layout: dict[type[Model], tuple[list[str], slice]]
     # What SQLCompiler.get_converters finds for the columns, on the compiler's connection.
     converters: dict[int, Any]
@@ -56,7 +67,7 @@ class _Read:
 # connection (Django's are per thread), whose converters it applies to the rows. Compiling
 # in every thread cost a burst of callers (each one on a thread new to it) a fifth of
 # their CPU.
-_compiled_once: dict[str, _Read] = {}
+_compiled_once: dict[str, _Compiled] = {}
 _compiled_here = threading.local()
 
 
@@ -73,7 +84,7 @@ def _read_statement(alias: str) -> _Read:
     return mine[alias]
 
 
-def _compile_read(alias: str) -> _Read:
+def _compile_read(alias: str) -> _Compiled:
     query = (
         Grant.objects.using(alias)
         .select_related("provider_app", "user")
@@ -91,7 +102,7 @@ def _compile_read(alias: str) -> _Read:
         assert at == list(range(at[0], at[-1] + 1)), "a model's columns are not together"
         layout[model] = ([columns[n].target.attname for n in at], slice(at[0], at[-1] + 1))
     assert sum(len(names) for names, _ in layout.values()) == len(columns)
-    return _Read(compiler, sql, layout, converters={})  # converters: per thread
+    return _Compiled(compiler, sql, layout)
 
 
 def grant_with_app_and_user(grant_id: Any) -> Grant:
