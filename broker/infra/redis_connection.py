@@ -17,6 +17,11 @@ from redis.driver_info import DriverInfo
 TIMEOUT_SECONDS = 0.5
 # Connections idle this long are pinged before use, so a Redis restart costs no command.
 HEALTH_CHECK_INTERVAL_SECONDS = 30
+# Connections a client's pool may open. redis-py 8's default, 100, is fewer than the
+# threads of a web process (gunicorn.conf.py: 256): the 101st command in flight at once
+# failed with MaxConnectionsError, which the API answers as Redis being down (503). A pool
+# keeps only as many connections as were in use at once; this bound is only a backstop.
+MAX_CONNECTIONS_PER_CLIENT = 4096
 # Prefix of the broker's own keys (the Django cache adds its own).
 KEY_PREFIX = "broker:"
 
@@ -36,6 +41,7 @@ def _client(url: str, socket_timeout: float, connect_timeout: float) -> redis.Re
         socket_connect_timeout=connect_timeout,
         health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
         driver_info=_driver_info(),
+        max_connections=MAX_CONNECTIONS_PER_CLIENT,
     )
 
 
