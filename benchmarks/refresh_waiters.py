@@ -263,7 +263,7 @@ def main() -> None:
     print(f"P2 upstream refresh calls: {upstream} (goal 1) {'OK' if upstream == 1 else 'MISSED'}")
     verdict = "OK" if len(ok) == args.callers and len(tokens) == 1 else "MISSED"
     print(
-        f"P2 answers: {len(ok)}/{args.callers} 200 with {len(tokens)} distinct token(s) "
+        f"P2 answers: {len(ok)}/{args.callers} HTTP 200, with {len(tokens)} distinct token(s) "
         f"(goal all, one token) {verdict}"
     )
     for failure, count in sorted(failures.items()):
