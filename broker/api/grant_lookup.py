@@ -55,6 +55,11 @@ COLUMNS = (
     "provider_app__endpoints",
     "user__username",
     "user__is_active",
+    # What a call that must wait for a refresh reads before its wait
+    # (`engine.ensure_fresh(..., as_read=...)`): loaded here, a burst of callers on one
+    # refresh takes no database connection until it ends. Sealed, as in the database.
+    "failure_count",
+    "refresh_token_sealed",
 )
 
 # Bounded: the grants one process serves; beyond this the cache starts over.

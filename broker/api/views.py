@@ -485,7 +485,9 @@ def _fresh(
     if request is not None:
         warm_path.require_cold(request)
     try:
-        return engine.ensure_fresh(grant.pk, min_ttl=min_ttl, force_refresh=force_refresh)
+        return engine.ensure_fresh(
+            grant.pk, min_ttl=min_ttl, force_refresh=force_refresh, as_read=grant
+        )
     except REFRESH_REFUSALS as exc:
         raise refresh_refusal(grant, exc) from None
 

@@ -875,9 +875,19 @@ def require_usable(grant: Grant) -> None:
 
 
 def ensure_fresh(
-    grant_id: Any, *, min_ttl: int, force_refresh: bool = False, refused_version: int | None = None
+    grant_id: Any,
+    *,
+    min_ttl: int,
+    force_refresh: bool = False,
+    refused_version: int | None = None,
+    as_read: Grant | None = None,
 ) -> Grant:
     """The grant, reloaded, with an access token valid for at least `min_ttl` seconds.
+
+    as_read: the grant as the caller read it at the start of its call (the API's copy,
+    checked against the serving versions in the request's first round trip), which is then
+    not read again before waiting for a refresh in flight: a burst of callers on one
+    refresh takes no database connection before its wait.
 
     force_refresh: the token comes from a refresh that completed after this call began.
     refused_version (with force_refresh): the `token_version` of a token the provider just
@@ -898,7 +908,7 @@ def ensure_fresh(
     Must not run inside transaction.atomic (see require_no_outer_transaction).
     """
     started = timezone.now()
-    grant = load(grant_id)
+    grant = as_read if as_read is not None else load(grant_id)
     seen_version = grant.token_version
     seen_failures = grant.failure_count
 

@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from broker.api.views import capped_min_ttl
@@ -504,6 +505,28 @@ def test_a_cached_token_being_refreshed_is_not_served_until_the_refresh_commits(
         response = post(api, {"grant": str(grant.pk)}, headers)
     assert response.status_code == 200
     assert response.json()["access_token"] == REFRESHED_ACCESS_TOKEN
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_caller_waiting_on_a_refresh_queries_nothing_before_it_ends(api, grant, rule, bearer):
+    """A burst of callers on one refresh must not take the database's connections while
+    they wait: a caller whose grant the process holds reads nothing until the refresh ends
+    (then one read of its result)."""
+    headers = bearer()
+    for _ in range(2):  # seeds the serving versions, then fills the caches
+        assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
+    queried_at: list[float] = []
+
+    def timed(execute, sql, params, many, context):
+        queried_at.append(time.monotonic())
+        return execute(sql, params, many, context)
+
+    started = time.monotonic()
+    with refreshing_elsewhere(grant, commits_after=0.5), connection.execute_wrapper(timed):
+        response = post(api, {"grant": str(grant.pk), "force_refresh": True}, headers)
+    assert response.status_code == 200
+    assert response.json()["access_token"] == REFRESHED_ACCESS_TOKEN
+    assert queried_at and min(queried_at) - started >= 0.5
 
 
 @pytest.mark.django_db(transaction=True)
