@@ -19,7 +19,8 @@ call prepares the values as the ORM's update does (`Field.get_db_prep_save`).
 A refresh's result and its audit event are one transaction (`update_and_record_if_current`).
 On PostgreSQL that is one statement, the update in a WITH and the event inserted only if
 the update wrote the row, run without BEGIN and COMMIT: four round trips (BEGIN, UPDATE,
-INSERT, COMMIT) and the event's model instance had been a fifth of a worker's refresh.
+INSERT, COMMIT) and the event's model instance had cost about a tenth of a worker's CPU
+per refresh (benchmarks/README.md, P3).
 Elsewhere it is the update and `trail.store` in a transaction.
 """
 
