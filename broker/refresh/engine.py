@@ -887,7 +887,8 @@ def ensure_fresh(
     as_read: the grant as the caller read it at the start of its call (the API's copy,
     checked against the serving versions in the request's first round trip), which is then
     not read again before waiting for a refresh in flight: a burst of callers on one
-    refresh takes no database connection before its wait.
+    refresh takes no database connection before its wait. When it already does (its token
+    lasts, nothing in doubt), it is what is returned, not a reload.
 
     force_refresh: the token comes from a refresh that completed after this call began.
     refused_version (with force_refresh): the `token_version` of a token the provider just
