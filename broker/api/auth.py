@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from django.http import HttpRequest
+from redis.client import Pipeline
 
 from broker.api import (
     client_assertions,
@@ -28,7 +30,7 @@ from broker.api.errors import ApiError
 from broker.api.schema import matchable
 from broker.audit import trail
 from broker.infra.client_address import client_ip
-from broker.infra.redis_connection import redis_client
+from broker.infra.shared_round_trip import shared_round_trip
 from broker.models import ServiceClient
 
 BEARER_CHALLENGE = 'Bearer realm="broker"'
@@ -84,13 +86,17 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
         token = tokens.parse(value.strip())
     except tokens.InvalidToken as exc:
         raise _token_failure(request, str(exc)) from None
-    pipe = redis_client().pipeline(transaction=False)
-    pipe.get(tokens.generation_key(token.service_id))
-    ratelimit.queue_count(pipe, token.client_id)
-    # The serving versions of the caches this request may use ride in the same round trip.
-    prefetched = grant_lookup.queue_prefetch(request, pipe)
-    cached, count, _, *serving = pipe.execute()
-    prefetched(serving)
+    prefetched: list[Callable[[Sequence[object]], None]] = []
+
+    def queue(pipe: Pipeline) -> None:
+        pipe.get(tokens.generation_key(token.service_id))
+        ratelimit.queue_count(pipe, token.client_id)
+        # The serving versions of the caches this request may use ride in the same round trip.
+        prefetched.append(grant_lookup.queue_prefetch(request, pipe))
+
+    # Shared with the other requests of the moment (a burst of callers at once).
+    cached, count, _, *serving = shared_round_trip().execute(queue)
+    prefetched[0](serving)
     if not tokens.is_current(token, cached):
         raise _token_failure(request, "service disabled or credentials retired", token.client_id)
     if ratelimit.exceeded(count):

@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
+from redis.client import Pipeline
 
 from accounts.models import User
 from broker.api import (
@@ -69,6 +70,7 @@ from broker.consent import connect_links
 from broker.consent.return_urls import safe_return_url
 from broker.infra.client_address import client_ip
 from broker.infra.redis_connection import redis_client
+from broker.infra.shared_round_trip import shared_round_trip
 from broker.models import Grant, ProviderApp
 from broker.ops import metrics
 from broker.ops.database_busy import busy_response, is_database_busy
@@ -455,11 +457,14 @@ def _served(
             event=event,
         )
         return
-    pipe = redis_client().pipeline(transaction=False)
-    metrics.queue_token_issue(pipe, client_id, counted_as)
-    trail.queue_push(pipe, event)
+
+    def queue(pipe: Pipeline) -> None:
+        metrics.queue_token_issue(pipe, client_id, counted_as)
+        trail.queue_push(pipe, event)
+
     try:
-        _, pushed = pipe.execute()
+        # Shared with the other answers of the moment (a burst of waiters on one refresh).
+        _, pushed = shared_round_trip().execute(queue)
     except redis.RedisError as exc:
         log.warning(
             "audit buffer unavailable (%s); writing %s directly", type(exc).__name__, action

@@ -48,6 +48,7 @@ from redis.exceptions import LockError
 
 from broker.infra.client_address import client_ip
 from broker.infra.redis_connection import KEY_PREFIX, redis_client
+from broker.infra.shared_round_trip import shared_round_trip
 from broker.models import AuditEvent
 from broker.ops import metrics
 
@@ -192,9 +193,7 @@ def record_soon(fields: dict[str, Any]) -> None:
     inserts it at once when Redis cannot take it."""
     raw = event_json(fields)
     try:
-        pipe = redis_client().pipeline(transaction=False)
-        queue_push(pipe, raw)
-        (pushed,) = pipe.execute()
+        (pushed,) = shared_round_trip().execute(lambda pipe: queue_push(pipe, raw))
     except redis.RedisError:
         log.warning("audit buffer unavailable; writing %s directly", fields["action"])
         pushed = 0
