@@ -29,10 +29,10 @@ from broker.infra.redis_connection import redis_client
 class _Ticket:
     """One caller's commands, and once sent, their replies (or the error)."""
 
-    __slots__ = ("queue", "done", "replies", "error", "leads")
+    __slots__ = ("commands", "done", "replies", "error", "leads")
 
-    def __init__(self, queue: Callable[[Pipeline], None]) -> None:
-        self.queue = queue
+    def __init__(self, commands: Pipeline) -> None:
+        self.commands = commands  # queued by the caller, never executed itself
         self.done = threading.Event()
         self.replies: list[Any] = []
         self.error: BaseException | None = None
@@ -61,7 +61,10 @@ class SharedRoundTrip:
     def execute(self, queue: Callable[[Pipeline], None]) -> list[Any]:
         """The replies to the commands `queue` puts on the pipeline it is given, in order
         (raises the first error reply, or the connection's error, as pipe.execute())."""
-        ticket = _Ticket(queue)
+        # Queued here, in the caller's own thread: whatever `queue` raises is its alone.
+        commands = self._client().pipeline(transaction=False)
+        queue(commands)
+        ticket = _Ticket(commands)
         with self._guard:
             self._waiting.append(ticket)
             leads = not self._sending
@@ -82,7 +85,9 @@ class SharedRoundTrip:
             spans = []
             for ticket in batch:
                 start = len(pipe)
-                ticket.queue(pipe)
+                # redis-py's pipeline is its command stack (and the scripts it must load).
+                pipe.command_stack.extend(ticket.commands.command_stack)
+                pipe.scripts.update(ticket.commands.scripts)
                 spans.append((start, len(pipe)))
             replies = pipe.execute(raise_on_error=False) if len(pipe) else []
             for ticket, (start, end) in zip(batch, spans, strict=True):

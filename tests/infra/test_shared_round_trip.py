@@ -18,27 +18,36 @@ from broker.infra.shared_round_trip import SharedRoundTrip, shared_round_trip
 CALLERS = 20
 
 
-class CountedClient:
-    """The real client, counting the pipelines (round trips) taken from it."""
+def count_round_trips(monkeypatch) -> list[int]:
+    """Counts the sends of this process to Redis that carry an INCR (a pipeline is one
+    send: one round trip; a new connection's handshake is not counted); the sends
+    themselves go through."""
+    import redis.connection
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self.pipelines = 0
+    sends: list[int] = []
+    send = redis.connection.Connection.send_packed_command
 
-    def __call__(self) -> redis.Redis:
-        self.pipelines += 1
-        return self.client
+    def counted(self, command, check_health=True):
+        packed = b"".join(command) if isinstance(command, list) else command
+        if b"INCR" in packed:
+            sends.append(1)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    return sends
 
 
-def run_at_once(shared: SharedRoundTrip, queues: list[Any]) -> list[Any]:
+def run_at_once(
+    shared: SharedRoundTrip, queues: list[Any], joining: int | None = None
+) -> list[Any]:
     """Each queue function's outcome (its replies, or the exception raised), every caller on
-    a thread of its own; the first one's round trip is held until all the others wait for
-    theirs, so that they must share the next."""
+    a thread of its own; the first one's round trip is held in Redis (a BLPOP) until all the
+    others wait for theirs, so that they must share the next."""
     outcomes: list[Any] = [None] * len(queues)
-    first_holds = threading.Event()
+    hold = f"test:shared:hold:{uuid.uuid4()}"
 
     def first_queue(pipe: Any) -> None:
-        first_holds.wait(timeout=10)
+        pipe.blpop([hold], timeout=10)
         queues[0](pipe)
 
     def call(index: int) -> None:
@@ -54,12 +63,15 @@ def run_at_once(shared: SharedRoundTrip, queues: list[Any]) -> list[Any]:
         time.sleep(0.001)
     for thread in threads[1:]:
         thread.start()
-    while len(shared._waiting) < len(queues) - 1 and time.monotonic() < deadline:
+    joining = len(queues) - 1 if joining is None else joining
+    while len(shared._waiting) < joining and time.monotonic() < deadline:
         time.sleep(0.001)
-    first_holds.set()
+    redis_client().rpush(hold, "go")
     for thread in threads:
         thread.join(timeout=10)
     assert not any(thread.is_alive() for thread in threads), "a caller never got its replies"
+    if isinstance(outcomes[0], list):
+        outcomes[0] = outcomes[0][1:]  # the hold's reply
     return outcomes
 
 
@@ -71,21 +83,22 @@ def incr_twice(key: str):
     return queue
 
 
-def test_a_caller_alone_gets_its_replies_in_one_round_trip():
-    counted = CountedClient(redis_client())
+def test_a_caller_alone_gets_its_replies_in_one_round_trip(monkeypatch):
     key = f"test:shared:{uuid.uuid4()}"
-    assert SharedRoundTrip(counted).execute(incr_twice(key)) == [1, 2]
-    assert counted.pipelines == 1
+    shared = SharedRoundTrip(redis_client)
+    round_trips = count_round_trips(monkeypatch)
+    assert shared.execute(incr_twice(key)) == [1, 2]
+    assert len(round_trips) == 1
 
 
-def test_callers_at_once_share_a_round_trip_and_each_gets_its_own_replies():
-    counted = CountedClient(redis_client())
-    shared = SharedRoundTrip(counted)
+def test_callers_at_once_share_a_round_trip_and_each_gets_its_own_replies(monkeypatch):
+    shared = SharedRoundTrip(redis_client)
     keys = [f"test:shared:{uuid.uuid4()}" for _ in range(CALLERS)]
+    round_trips = count_round_trips(monkeypatch)
     outcomes = run_at_once(shared, [incr_twice(key) for key in keys])
     assert outcomes == [[1, 2]] * CALLERS
     # The first alone, then all the others that came while it was under way.
-    assert counted.pipelines == 2
+    assert len(round_trips) == 2
     assert [int(redis_client().get(key)) for key in keys] == [2] * CALLERS
     # Nothing left behind: the next caller goes at once.
     assert shared.execute(incr_twice(keys[0])) == [3, 4]
@@ -103,6 +116,27 @@ def test_an_error_reply_is_raised_to_its_own_caller_only():
     assert isinstance(outcomes[3], redis.ResponseError)
     assert [o for i, o in enumerate(outcomes) if i != 3] == [[1, 2]] * 4
     assert redis_client().lrange(listed, 0, -1) == [b"x"]
+
+
+def test_a_caller_whose_commands_cannot_be_queued_fails_alone_and_sends_nothing():
+    shared = SharedRoundTrip(redis_client)
+    key = f"test:shared:{uuid.uuid4()}"
+
+    def broken(pipe: Any) -> None:
+        pipe.incr(key)
+        raise ValueError("a bug in the caller")
+
+    with pytest.raises(ValueError, match="a bug"):
+        shared.execute(broken)
+    assert redis_client().get(key) is None
+    assert not shared._sending and shared._waiting == []
+    keys = [f"test:shared:{uuid.uuid4()}" for _ in range(4)]
+    queues = [incr_twice(k) for k in keys]
+    queues[2] = broken
+    outcomes = run_at_once(shared, queues, joining=2)  # not the broken one
+    assert isinstance(outcomes[2], ValueError)
+    assert [o for i, o in enumerate(outcomes) if i != 2] == [[1, 2]] * 3
+    assert redis_client().get(key) is None
 
 
 def test_a_lost_connection_fails_every_caller_of_its_round_trip_and_blocks_no_later_one():
@@ -124,17 +158,15 @@ def test_the_process_has_one_queue_for_the_default_client():
 def test_a_process_forked_during_a_round_trip_sends_its_own():
     """A child (a Celery worker's pool, say) inherits no round trip under way that it would
     wait for forever."""
-    holding, release = threading.Event(), threading.Event()
-
-    def held(pipe: Any) -> None:
-        holding.set()
-        release.wait(timeout=10)
-        pipe.ping()
-
-    parent = threading.Thread(target=shared_round_trip().execute, args=(held,))
+    hold = f"test:shared:hold:{uuid.uuid4()}"
+    parent = threading.Thread(
+        target=shared_round_trip().execute, args=(lambda pipe: pipe.blpop([hold], timeout=10),)
+    )
     parent.start()
     try:
-        assert holding.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not shared_round_trip()._sending and time.monotonic() < deadline:
+            time.sleep(0.001)
         pid = os.fork()
         if pid == 0:  # the child: exits 0 only if its own call returns
             code = 1
@@ -149,6 +181,6 @@ def test_a_process_forked_during_a_round_trip_sends_its_own():
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     finally:
-        release.set()
+        redis_client().rpush(hold, "go")
         parent.join(timeout=10)
     assert os.waitstatus_to_exitcode(status) == 0
