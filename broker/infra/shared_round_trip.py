@@ -15,6 +15,7 @@ that round trip, as it would have failed each of them alone.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Callable
@@ -40,7 +41,9 @@ class _Ticket:
 
     def outcome(self) -> list[Any]:
         if self.error is not None:
-            raise self.error
+            # Each caller raises an exception of its own: one object raised in many threads
+            # at once would carry their tracebacks mixed.
+            raise copy.copy(self.error).with_traceback(None) from self.error
         for reply in self.replies:
             if isinstance(reply, Exception):
                 raise reply  # as pipe.execute() raises the first error reply

@@ -144,6 +144,7 @@ def test_a_lost_connection_fails_every_caller_of_its_round_trip_and_blocks_no_la
     shared = SharedRoundTrip(lambda: unreachable)
     outcomes = run_at_once(shared, [incr_twice(f"test:shared:{i}") for i in range(5)])
     assert all(isinstance(o, redis.ConnectionError) for o in outcomes)
+    assert len({id(o) for o in outcomes}) == len(outcomes)  # each its own, with its traceback
     with pytest.raises(redis.ConnectionError):
         shared.execute(incr_twice("test:shared:later"))
     assert not shared._sending and shared._waiting == []
