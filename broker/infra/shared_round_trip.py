@@ -9,8 +9,9 @@ once, as before; under load a round trip carries many.
 
 Each caller still waits for its own replies, so nothing is acknowledged before Redis took
 it (an audit event counted as buffered is in Redis), and one caller's failing command
-(an error reply) is raised to that caller only. A lost connection fails every caller of
-that round trip, as it would have failed each of them alone.
+(an error reply, or an argument that cannot be sent) is raised to that caller only. A lost
+connection fails every caller of that round trip, as it would have failed each of them
+alone.
 """
 
 from __future__ import annotations
@@ -84,17 +85,12 @@ class SharedRoundTrip:
         with self._guard:
             batch, self._waiting = self._waiting, []
         try:
-            pipe = self._client().pipeline(transaction=False)
-            spans = []
+            self._round_trip(batch)
+        except redis.DataError:
+            # An argument redis-py cannot send: found while packing, before anything was
+            # sent. Each caller's commands go alone, so that only its own caller fails.
             for ticket in batch:
-                start = len(pipe)
-                # redis-py's pipeline is its command stack (and the scripts it must load).
-                pipe.command_stack.extend(ticket.commands.command_stack)
-                pipe.scripts.update(ticket.commands.scripts)
-                spans.append((start, len(pipe)))
-            replies = pipe.execute(raise_on_error=False) if len(pipe) else []
-            for ticket, (start, end) in zip(batch, spans, strict=True):
-                ticket.replies = replies[start:end]
+                self._alone(ticket)
         except BaseException as exc:  # noqa: BLE001 - each caller re-raises it
             for ticket in batch:
                 ticket.error = exc
@@ -109,6 +105,25 @@ class SharedRoundTrip:
                 ticket.done.set()
             if successor is not None:
                 successor.done.set()
+
+    def _round_trip(self, batch: list[_Ticket]) -> None:
+        pipe = self._client().pipeline(transaction=False)
+        spans = []
+        for ticket in batch:
+            start = len(pipe)
+            # redis-py's pipeline is its command stack (and the scripts it must load).
+            pipe.command_stack.extend(ticket.commands.command_stack)
+            pipe.scripts.update(ticket.commands.scripts)
+            spans.append((start, len(pipe)))
+        replies = pipe.execute(raise_on_error=False) if len(pipe) else []
+        for ticket, (start, end) in zip(batch, spans, strict=True):
+            ticket.replies = replies[start:end]
+
+    def _alone(self, ticket: _Ticket) -> None:
+        try:
+            self._round_trip([ticket])
+        except BaseException as exc:  # noqa: BLE001 - its caller re-raises it
+            ticket.error = exc
 
 
 _shared: SharedRoundTrip | None = None

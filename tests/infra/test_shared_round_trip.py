@@ -118,6 +118,23 @@ def test_an_error_reply_is_raised_to_its_own_caller_only():
     assert redis_client().lrange(listed, 0, -1) == [b"x"]
 
 
+def test_an_argument_that_cannot_be_sent_fails_its_own_caller_only():
+    shared = SharedRoundTrip(redis_client)
+    keys = [f"test:shared:{uuid.uuid4()}" for _ in range(5)]
+    queues = [incr_twice(key) for key in keys]
+    unsendable = f"test:shared:{uuid.uuid4()}"
+
+    def bad_argument(pipe: Any) -> None:
+        pipe.incr(unsendable)
+        pipe.set(unsendable, None)  # redis-py refuses it when packing the round trip
+
+    queues[3] = bad_argument
+    outcomes = run_at_once(shared, queues)
+    assert isinstance(outcomes[3], redis.DataError)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [[1, 2]] * 4
+    assert redis_client().get(unsendable) is None  # none of its commands went
+
+
 def test_a_caller_whose_commands_cannot_be_queued_fails_alone_and_sends_nothing():
     shared = SharedRoundTrip(redis_client)
     key = f"test:shared:{uuid.uuid4()}"
