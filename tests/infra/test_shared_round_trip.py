@@ -18,6 +18,12 @@ from broker.infra.shared_round_trip import SharedRoundTrip, shared_round_trip
 CALLERS = 20
 
 
+def patient_client() -> redis.Redis:
+    """The shared client with time for `run_at_once`'s held round trip (a BLPOP of up to
+    10 s; the default socket timeout is 0.5 s)."""
+    return redis_client(socket_timeout=15)
+
+
 def count_round_trips(monkeypatch) -> list[int]:
     """Counts the sends of this process to Redis that carry an INCR (a pipeline is one
     send: one round trip; a new connection's handshake is not counted); the sends
@@ -85,14 +91,14 @@ def incr_twice(key: str):
 
 def test_a_caller_alone_gets_its_replies_in_one_round_trip(monkeypatch):
     key = f"test:shared:{uuid.uuid4()}"
-    shared = SharedRoundTrip(redis_client)
+    shared = SharedRoundTrip(patient_client)
     round_trips = count_round_trips(monkeypatch)
     assert shared.execute(incr_twice(key)) == [1, 2]
     assert len(round_trips) == 1
 
 
 def test_callers_at_once_share_a_round_trip_and_each_gets_its_own_replies(monkeypatch):
-    shared = SharedRoundTrip(redis_client)
+    shared = SharedRoundTrip(patient_client)
     keys = [f"test:shared:{uuid.uuid4()}" for _ in range(CALLERS)]
     round_trips = count_round_trips(monkeypatch)
     outcomes = run_at_once(shared, [incr_twice(key) for key in keys])
@@ -106,7 +112,7 @@ def test_callers_at_once_share_a_round_trip_and_each_gets_its_own_replies(monkey
 
 
 def test_an_error_reply_is_raised_to_its_own_caller_only():
-    shared = SharedRoundTrip(redis_client)
+    shared = SharedRoundTrip(patient_client)
     listed = f"test:shared:list:{uuid.uuid4()}"
     redis_client().rpush(listed, "x")  # INCR on a list is an error reply
     keys = [f"test:shared:{uuid.uuid4()}" for _ in range(5)]
@@ -119,7 +125,7 @@ def test_an_error_reply_is_raised_to_its_own_caller_only():
 
 
 def test_an_argument_that_cannot_be_sent_fails_its_own_caller_only():
-    shared = SharedRoundTrip(redis_client)
+    shared = SharedRoundTrip(patient_client)
     keys = [f"test:shared:{uuid.uuid4()}" for _ in range(5)]
     queues = [incr_twice(key) for key in keys]
     unsendable = f"test:shared:{uuid.uuid4()}"
@@ -136,7 +142,7 @@ def test_an_argument_that_cannot_be_sent_fails_its_own_caller_only():
 
 
 def test_a_caller_whose_commands_cannot_be_queued_fails_alone_and_sends_nothing():
-    shared = SharedRoundTrip(redis_client)
+    shared = SharedRoundTrip(patient_client)
     key = f"test:shared:{uuid.uuid4()}"
 
     def broken(pipe: Any) -> None:
