@@ -282,3 +282,21 @@ def idp(settings) -> Iterator[Any]:
     yield server
     server.stop()
     subject_tokens.forget_cached_keys()
+
+
+@pytest.fixture
+def redis_sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What this process sends to Redis from now on (`clear()` it to count from a later
+    point), one packed entry per send: a pipeline or a command, one round trip. The sends
+    themselves go through."""
+    import redis.connection
+
+    sends: list[bytes] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sends.append(command if isinstance(command, bytes | str) else b"".join(command))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    return sends

@@ -462,34 +462,18 @@ def test_while_redis_is_unreachable_it_answers_json_503_with_retry_after(
 # -- the hot path's Redis round trips ------------------------------------------------------------
 
 
-def redis_sends(monkeypatch) -> list[int]:
-    """Counts what this process sends to Redis (each pipeline or command is one send: one
-    round trip); the sends themselves go through."""
-    import redis.connection
-
-    sends: list[int] = []
-    send = redis.connection.Connection.send_packed_command
-
-    def counted(self, command, check_health=True):
-        sends.append(1)
-        return send(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
-    return sends
-
-
 @pytest.mark.django_db(transaction=True)  # commits, so that the caches work
-def test_a_valid_cached_token_costs_one_redis_round_trip(api, grant, rule, bearer, monkeypatch):
+def test_a_valid_cached_token_costs_one_redis_round_trip(api, grant, rule, bearer, redis_sends):
     """The warm path: one command confirms the generation, the rate limit, the serving
     versions and that the token is not in doubt, and carries the audit event and the
     metric."""
     headers = bearer()
     for _ in range(2):  # seeds the serving versions, then fills the caches
         post(api, {"grant": str(grant.pk)}, headers)
-    sends = redis_sends(monkeypatch)
+    redis_sends.clear()
     response = post(api, {"grant": str(grant.pk)}, headers)
     assert response.status_code == 200
-    assert len(sends) == 1
+    assert len(redis_sends) == 1
 
 
 @pytest.mark.django_db(transaction=True)
