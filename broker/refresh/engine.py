@@ -64,7 +64,10 @@ Refreshes in doubt
   for the version it read refreshes at once, presenting the same refresh token again.
   Inside a reuse window (Atlassian's ten minutes) the provider answers with what it issued
   the first time and the grant lives on; a provider without one answers invalid_grant,
-  which the grant would have met at its next refresh anyway. The beat's claim lease
+  which the grant would have met at its next refresh anyway. That answer's access token
+  was issued at the first attempt, whose time the mark keeps: its lifetime counts from
+  then, and a token spent meanwhile is refreshed once more under the same lock with the
+  unused refresh token that came with it. The beat's claim lease
   (BROKER_REFRESH_CLAIM_TIMEOUT) brings back a grant nobody asks for within the window.
 
 Failure taxonomy (as Vault's oauthapp plugin sorts them, via broker.providers.oauth2_client)
@@ -101,7 +104,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -139,6 +142,8 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "broker:refresh-lock:{grant_id}"
 RESCUE_KEY = "broker:refresh-rescue:{grant_id}"
 IN_FLIGHT_KEY = "broker:refresh-in-flight:{grant_id}"
+# When the first attempt from the marked version was sent (see `mark_in_flight`).
+IN_FLIGHT_SINCE_KEY = "broker:refresh-in-flight-since:{grant_id}"
 # Atlassian tolerates reuse of a consumed refresh token for ten minutes; a rescued response
 # older than that is worthless anyway.
 RESCUE_TTL_SECONDS = 600
@@ -408,6 +413,8 @@ class Rescue:
     response: TokenResponse
     based_on_version: int
     received_at: datetime
+    # When the request was first sent (the access token's lifetime counts from it).
+    requested_at: datetime | None = None
 
     def __repr__(self) -> str:  # never print tokens
         return f"Rescue(based_on_version={self.based_on_version}, at={self.received_at})"
@@ -428,6 +435,7 @@ def stash_rescue(grant_id: Any, rescue: Rescue) -> bool:
             "token_type": rescue.response.token_type,
             "based_on_version": rescue.based_on_version,
             "received_at": rescue.received_at.isoformat(),
+            "requested_at": (rescue.requested_at or rescue.received_at).isoformat(),
         }
     )
     sealed = keyring().encrypt(payload, rescue_associated_data(grant_id))
@@ -466,10 +474,15 @@ def unseal_rescue(grant_id: Any, sealed: bytes | str | None) -> Rescue | None:
         scopes=data["scopes"],
         token_type=data["token_type"],
     )
+    received_at = datetime.fromisoformat(data["received_at"])
     return Rescue(
         response=response,
         based_on_version=int(data["based_on_version"]),
-        received_at=datetime.fromisoformat(data["received_at"]),
+        received_at=received_at,
+        # (absent from the rescues of releases before it was kept)
+        requested_at=datetime.fromisoformat(data["requested_at"])
+        if "requested_at" in data
+        else received_at,
     )
 
 
@@ -520,23 +533,46 @@ def in_doubt(grant: Grant, rescued: bool, in_flight_from: bytes | None) -> bool:
     return rescued or (in_flight_from is not None and int(in_flight_from) >= grant.token_version)
 
 
-def mark_in_flight(grant_id: Any, seen_version: int) -> bool:
-    """Before an upstream call: False if Redis cannot take the mark (then no call)."""
+# Marking a refresh from version ARGV[1] in flight at ARGV[2] (epoch seconds) for ARGV[3]
+# seconds; a refresh that redoes one in doubt (marked for the same version) keeps the time
+# of the first attempt. Returns that time.
+MARK_IN_FLIGHT = """
+local since = redis.call('GET', KEYS[2])
+if not since or redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  since = ARGV[2]
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], since, 'EX', ARGV[3])
+return since
+"""
+
+
+def mark_in_flight(grant_id: Any, seen_version: int) -> datetime | None:
+    """Before an upstream call: when the refresh token stored at `seen_version` was first
+    sent (now, unless this redoes a refresh in doubt); None if Redis cannot take the mark
+    (then no call).
+
+    A provider answers a refresh token presented again inside its reuse window with what
+    it issued the first time: an access token whose lifetime began then, not now, so its
+    expiry counts from the first attempt (`persist_refresh`'s requested_at)."""
+    keys = (IN_FLIGHT_KEY.format(grant_id=grant_id), IN_FLIGHT_SINCE_KEY.format(grant_id=grant_id))
     try:
-        lock_redis().set(
-            IN_FLIGHT_KEY.format(grant_id=grant_id), seen_version, ex=RESCUE_TTL_SECONDS
+        since = lock_redis().eval(
+            MARK_IN_FLIGHT, 2, *keys, seen_version, repr(time.time()), RESCUE_TTL_SECONDS
         )
     except redis.RedisError as exc:
         log.warning("grant %s: refresh not marked in flight (%s)", grant_id, type(exc).__name__)
-        return False
-    return True
+        return None
+    return datetime.fromtimestamp(float(since), tz=UTC)
 
 
 def clear_in_flight(grant_id: Any) -> None:
     """The provider answered with an error: it consumed nothing, the stored tokens stand.
     (A refresh that stored its result leaves the mark: see `stored_token_in_doubt`.)"""
     try:
-        lock_redis().delete(IN_FLIGHT_KEY.format(grant_id=grant_id))
+        lock_redis().delete(
+            IN_FLIGHT_KEY.format(grant_id=grant_id), IN_FLIGHT_SINCE_KEY.format(grant_id=grant_id)
+        )
     except redis.RedisError as exc:
         log.warning("grant %s: in-flight mark not cleared (%s)", grant_id, type(exc).__name__)
 
@@ -570,16 +606,21 @@ def persist_refresh(
     *,
     seen_version: int,
     received_at: datetime,
+    requested_at: datetime | None = None,
     settle_on: Pipeline | None = None,
 ) -> bool:
     """The one write of a refresh's result, fenced on the token_version read before the
     call. Returns False when the grant moved on (newer tokens, revoked) and nothing was
-    written. The audit event is part of the same transaction. `settle_on`: the pipeline
+    written. The audit event is part of the same transaction. `requested_at`: when the
+    request was first sent (`mark_in_flight`; default received_at), which the access
+    token's lifetime counts from. `settle_on`: the pipeline
     sent with the lock's release (`HeldLock.at_release`), which then carries the end of
     the serving versions' write (`serving_versions.writing`) instead of a round trip of
     its own."""
     grant.token_version = seen_version
-    fields = apply_token_response(grant, response, now=received_at, refreshed=True)
+    fields = apply_token_response(
+        grant, response, now=received_at, requested_at=requested_at, refreshed=True
+    )
     values = {name: getattr(grant, name) for name in fields if name != "updated_at"}
     values["updated_at"] = timezone.now()
     scope = serving_versions.grant_scope(grant.pk)
@@ -713,7 +754,11 @@ def apply_rescue(grant: Grant, rescue: Rescue | None) -> Grant:
     if rescue is None:
         return grant
     written = persist_refresh(
-        grant, rescue.response, seen_version=rescue.based_on_version, received_at=rescue.received_at
+        grant,
+        rescue.response,
+        seen_version=rescue.based_on_version,
+        received_at=rescue.received_at,
+        requested_at=rescue.requested_at,
     )
     # Written, or the grant moved on (refreshed, reconnected, revoked): stale either way.
     drop_rescue(grant.pk)
@@ -750,7 +795,8 @@ def refresh_and_store(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> 
     seen_version = grant.token_version
     app = grant.provider_app
     refresh_token = grant.unseal("refresh_token") or ""
-    if not mark_in_flight(grant.pk, seen_version):
+    requested_at = mark_in_flight(grant.pk, seen_version)
+    if requested_at is None:
         return RefreshOutcome(Result.BUSY, retry_after=1)
     release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
     try:
@@ -785,11 +831,12 @@ def refresh_and_store(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> 
             response,
             seen_version=seen_version,
             received_at=received_at,
+            requested_at=requested_at,
             settle_on=held.at_release,
         )
     except DatabaseError as exc:
         log.error("grant %s: refreshed tokens not written (%s); rescued", grant.pk, exc)
-        rescue = Rescue(response=response, based_on_version=seen_version, received_at=received_at)
+        rescue = Rescue(response, seen_version, received_at, requested_at)
         stash_rescue(grant.pk, rescue)
         return RefreshOutcome(Result.DATABASE_UNAVAILABLE, retry_after=1)
     if not written:
@@ -858,6 +905,13 @@ def single_flight(
             return RefreshOutcome(Result.RECONNECT_REQUIRED), load_or_none(grant_id)
         require_no_outer_transaction()
         outcome = call_upstream(grant, held, task_may_retry=task_may_retry)
+        if in_doubt and outcome.result == Result.REFRESHED:
+            # The redo was answered with what the provider issued at the first attempt:
+            # its access token may be spent by now, its refresh token is unused. One more
+            # refresh, with that one, under this lock, if the caller still needs one.
+            redone = load_or_none(grant_id)
+            if redone is not None and needs_refresh(redone, False):
+                outcome = call_upstream(redone, held, task_may_retry=task_may_retry)
         if outcome.result == Result.DATABASE_UNAVAILABLE or not reload:
             return outcome, None  # (the database is away; the response waits in Redis)
         return outcome, load_or_none(grant_id)
@@ -896,7 +950,7 @@ def ensure_fresh(
     also does, so a burst of refusals of one token costs one refresh (the proxy's).
     Concurrent callers share one upstream refresh. A caller that finds a refresh
     completed after it began takes that token even if the provider's lifetime is shorter
-    than `min_ttl` (refreshing again would not give a longer one).
+    than `min_ttl` (refreshing again would not give a longer one), unless it expired.
     When the refresh cannot be had (provider failing, client misconfigured, another refresh
     still busy) and force_refresh was not asked, a stored token that is still valid is
     returned even though it lasts less than `min_ttl`: the caller gets its true expiry, and
@@ -918,6 +972,8 @@ def ensure_fresh(
             candidate.token_version > seen_version
             and candidate.last_refreshed_at is not None
             and candidate.last_refreshed_at >= started
+            # (not expired: a redo of a refresh in doubt may be answered with an old token)
+            and candidate.access_token_valid_for(0)
         )
 
     def replaced_since_refused(candidate: Grant) -> bool:

@@ -51,14 +51,23 @@ def next_refresh_time(grant: Grant, now: datetime) -> datetime | None:
 
 
 def apply_token_response(
-    grant: Grant, response: TokenResponse, *, now: datetime | None = None, refreshed: bool
+    grant: Grant,
+    response: TokenResponse,
+    *,
+    now: datetime | None = None,
+    requested_at: datetime | None = None,
+    refreshed: bool,
 ) -> list[str]:
     """Stores a token response on `grant` (not saved) and returns the changed fields.
 
     A response without a refresh token keeps the stored one (Atlassian sometimes omits it).
     `token_version` is bumped so that a writer holding an older read can tell it lost.
+    `now`: when the response came; `requested_at` (default `now`): when its request was
+    first sent, which its tokens' lifetimes count from (the provider issued them after
+    that, possibly long before `now`: see `broker.refresh.engine.mark_in_flight`).
     """
     now = now or timezone.now()
+    issued = requested_at or now
     kind = grant.provider_app.catalog_entry
     grant.seal("access_token", response.access_token)
     fields = ["access_token_sealed", "access_expires_at", "token_version", "status"]
@@ -66,13 +75,13 @@ def apply_token_response(
         grant.seal("refresh_token", response.refresh_token)
         fields.append("refresh_token_sealed")
     lifetime = response.expires_in or kind.default_access_token_seconds
-    grant.access_expires_at = now + timedelta(seconds=lifetime)
+    grant.access_expires_at = issued + timedelta(seconds=lifetime)
     if response.scopes is not None:
         grant.scopes = response.scopes
         fields.append("scopes")
     if grant.has_secret("refresh_token") and kind.refresh_token_inactivity_days:
         # Each use of the refresh token restarts its inactivity clock.
-        grant.refresh_expires_at = now + timedelta(days=kind.refresh_token_inactivity_days)
+        grant.refresh_expires_at = issued + timedelta(days=kind.refresh_token_inactivity_days)
         fields.append("refresh_expires_at")
     if kind.refresh_token_absolute_days and grant.refresh_absolute_expires_at is None:
         grant.refresh_absolute_expires_at = grant.consented_at + timedelta(

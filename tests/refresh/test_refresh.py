@@ -322,9 +322,11 @@ def test_a_refresh_cut_short_is_redone_at_once_inside_the_reuse_window(
         ensure_fresh(grant.pk, min_ttl=0)  # never the retired token
     time.sleep(0.6)
     redone = ensure_fresh(grant.pk, min_ttl=0)
-    # What the provider issued at the lost answer (sent again: it may have expired since,
-    # the sandbox's tokens last 2 s), and the family lives on.
-    assert redone.token_version > grant.token_version
+    # The redo was answered with what the provider issued at the lost answer, spent by now
+    # (the sandbox's tokens last 2 s): refreshed once more with the refresh token that came
+    # with it, so what is served works.
+    assert redone.token_version == grant.token_version + 2
+    assert identity_works(sandbox, redone.unseal("access_token"))
     assert not engine.stored_token_in_doubt(redone)
     fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
     assert fresh.status == Grant.Status.ACTIVE
@@ -333,6 +335,32 @@ def test_a_refresh_cut_short_is_redone_at_once_inside_the_reuse_window(
     assert after["refresh_tokens_presented_twice"] == before["refresh_tokens_presented_twice"] + 1
     assert after["refresh_tokens_reused_outside_window"] == 0
     assert after["reuse_window_seconds"] == 600
+
+
+def test_a_redone_refresh_counts_the_tokens_lifetime_from_the_first_attempt(
+    reuse_window_apps, owner, monkeypatch
+):
+    """The answer to a refresh token presented again is the token issued at the first
+    attempt: its expiry counts from then, or it would be served after it expired."""
+    sandbox = reuse_window_apps
+    grant = connect_grant(sandbox, owner)
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    claim(grant)
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "persist_refresh", killed)
+        with pytest.raises(Killed):
+            refresh_grant_now(grant.pk, retries_left=3)
+    first_attempt_answered = timezone.now()
+    time.sleep(0.5)
+    assert refresh_grant_now(grant.pk).result == Result.REFRESHED
+    redone = stored(grant)
+    assert redone.token_version == grant.token_version + 1  # still valid: not refreshed again
+    lifetime = timedelta(seconds=2)  # the sandbox's
+    assert redone.access_expires_at <= first_attempt_answered + lifetime
+    assert identity_works(sandbox, redone.unseal("access_token"))
 
 
 def test_a_timed_out_refresh_keeps_the_stored_token_from_being_served(
