@@ -293,6 +293,19 @@ class Killed(BaseException):
     """A worker SIGKILLed: nothing after it runs (no except, no cleanup of ours)."""
 
 
+def cut_short(grant: Grant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's refresh of `grant` killed once the provider answered, before the commit."""
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    claim(grant)
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "persist_refresh", killed)
+        with pytest.raises(Killed):
+            refresh_grant_now(grant.pk, retries_left=3)
+
+
 def test_a_refresh_cut_short_is_redone_at_once_inside_the_reuse_window(
     reuse_window_apps, owner, settings, monkeypatch
 ):
@@ -304,15 +317,7 @@ def test_a_refresh_cut_short_is_redone_at_once_inside_the_reuse_window(
     grant = connect_grant(sandbox, owner)
     before = token_history(sandbox)
     settings.BROKER_PROVIDER_TIMEOUT = 1  # waiters give up on a held lock after 2 s
-
-    def killed(*args, **kwargs):
-        raise Killed
-
-    claim(grant)
-    with monkeypatch.context() as patched:
-        patched.setattr(engine, "persist_refresh", killed)
-        with pytest.raises(Killed):
-            refresh_grant_now(grant.pk, retries_left=3)
+    cut_short(grant, monkeypatch)
     assert not identity_works(sandbox, grant.unseal("access_token"))  # retired upstream
     assert engine.stored_token_in_doubt(grant)
     # The dead worker's lock outlives it a while (here 2.5 s, beyond a waiter's 2 s).
@@ -344,15 +349,7 @@ def test_a_redone_refresh_counts_the_tokens_lifetime_from_the_first_attempt(
     attempt: its expiry counts from then, or it would be served after it expired."""
     sandbox = reuse_window_apps
     grant = connect_grant(sandbox, owner)
-
-    def killed(*args, **kwargs):
-        raise Killed
-
-    claim(grant)
-    with monkeypatch.context() as patched:
-        patched.setattr(engine, "persist_refresh", killed)
-        with pytest.raises(Killed):
-            refresh_grant_now(grant.pk, retries_left=3)
+    cut_short(grant, monkeypatch)
     first_attempt_answered = timezone.now()
     time.sleep(0.5)
     assert refresh_grant_now(grant.pk).result == Result.REFRESHED
