@@ -413,8 +413,8 @@ class Rescue:
     response: TokenResponse
     based_on_version: int
     received_at: datetime
-    # When the request was first sent (the access token's lifetime counts from it).
-    requested_at: datetime | None = None
+    # When the tokens' lifetimes began, if before received_at (`MarkedInFlight.redo_of`).
+    lifetime_from: datetime | None = None
 
     def __repr__(self) -> str:  # never print tokens
         return f"Rescue(based_on_version={self.based_on_version}, at={self.received_at})"
@@ -435,7 +435,7 @@ def stash_rescue(grant_id: Any, rescue: Rescue) -> bool:
             "token_type": rescue.response.token_type,
             "based_on_version": rescue.based_on_version,
             "received_at": rescue.received_at.isoformat(),
-            "requested_at": (rescue.requested_at or rescue.received_at).isoformat(),
+            "lifetime_from": (rescue.lifetime_from or rescue.received_at).isoformat(),
         }
     )
     sealed = keyring().encrypt(payload, rescue_associated_data(grant_id))
@@ -480,8 +480,8 @@ def unseal_rescue(grant_id: Any, sealed: bytes | str | None) -> Rescue | None:
         based_on_version=int(data["based_on_version"]),
         received_at=received_at,
         # (absent from the rescues of releases before it was kept)
-        requested_at=datetime.fromisoformat(data["requested_at"])
-        if "requested_at" in data
+        lifetime_from=datetime.fromisoformat(data["lifetime_from"])
+        if "lifetime_from" in data
         else received_at,
     )
 
@@ -547,23 +547,32 @@ return since
 """
 
 
-def mark_in_flight(grant_id: Any, seen_version: int) -> datetime | None:
-    """Before an upstream call: when the refresh token stored at `seen_version` was first
-    sent (now, unless this redoes a refresh in doubt); None if Redis cannot take the mark
-    (then no call).
+@dataclass(frozen=True)
+class MarkedInFlight:
+    """A refresh marked in flight. redo_of: when the refresh in doubt that it redoes (the
+    same refresh token, from the same version) was first sent; None for a first attempt.
 
     A provider answers a refresh token presented again inside its reuse window with what
-    it issued the first time: an access token whose lifetime began then, not now, so its
-    expiry counts from the first attempt (`persist_refresh`'s requested_at)."""
+    it issued the first time: an access token whose lifetime began then, so the broker
+    counts it from `redo_of` (the best bound it has), not from the answer. A first
+    attempt's token is counted from its answer, as OAuth clients do: a provider issues it
+    when it handles the request, which may be long after it was sent (a slow provider)."""
+
+    redo_of: datetime | None
+
+
+def mark_in_flight(grant_id: Any, seen_version: int) -> MarkedInFlight | None:
+    """Before an upstream call; None if Redis cannot take the mark (then no call)."""
     keys = (IN_FLIGHT_KEY.format(grant_id=grant_id), IN_FLIGHT_SINCE_KEY.format(grant_id=grant_id))
+    now = repr(time.time())
     try:
-        since = lock_redis().eval(
-            MARK_IN_FLIGHT, 2, *keys, seen_version, repr(time.time()), RESCUE_TTL_SECONDS
-        )
+        since = lock_redis().eval(MARK_IN_FLIGHT, 2, *keys, seen_version, now, RESCUE_TTL_SECONDS)
     except redis.RedisError as exc:
         log.warning("grant %s: refresh not marked in flight (%s)", grant_id, type(exc).__name__)
         return None
-    return datetime.fromtimestamp(float(since), tz=UTC)
+    if since.decode() == now:
+        return MarkedInFlight(redo_of=None)
+    return MarkedInFlight(redo_of=datetime.fromtimestamp(float(since), tz=UTC))
 
 
 def clear_in_flight(grant_id: Any) -> None:
@@ -606,20 +615,20 @@ def persist_refresh(
     *,
     seen_version: int,
     received_at: datetime,
-    requested_at: datetime | None = None,
+    lifetime_from: datetime | None = None,
     settle_on: Pipeline | None = None,
 ) -> bool:
     """The one write of a refresh's result, fenced on the token_version read before the
     call. Returns False when the grant moved on (newer tokens, revoked) and nothing was
-    written. The audit event is part of the same transaction. `requested_at`: when the
-    request was first sent (`mark_in_flight`; default received_at), which the access
-    token's lifetime counts from. `settle_on`: the pipeline
+    written. The audit event is part of the same transaction. `lifetime_from`: when the
+    tokens' lifetimes began, for a redo of a refresh in doubt (`MarkedInFlight.redo_of`;
+    default received_at). `settle_on`: the pipeline
     sent with the lock's release (`HeldLock.at_release`), which then carries the end of
     the serving versions' write (`serving_versions.writing`) instead of a round trip of
     its own."""
     grant.token_version = seen_version
     fields = apply_token_response(
-        grant, response, now=received_at, requested_at=requested_at, refreshed=True
+        grant, response, now=received_at, lifetime_from=lifetime_from, refreshed=True
     )
     values = {name: getattr(grant, name) for name in fields if name != "updated_at"}
     values["updated_at"] = timezone.now()
@@ -758,7 +767,7 @@ def apply_rescue(grant: Grant, rescue: Rescue | None) -> Grant:
         rescue.response,
         seen_version=rescue.based_on_version,
         received_at=rescue.received_at,
-        requested_at=rescue.requested_at,
+        lifetime_from=rescue.lifetime_from,
     )
     # Written, or the grant moved on (refreshed, reconnected, revoked): stale either way.
     drop_rescue(grant.pk)
@@ -795,8 +804,8 @@ def refresh_and_store(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> 
     seen_version = grant.token_version
     app = grant.provider_app
     refresh_token = grant.unseal("refresh_token") or ""
-    requested_at = mark_in_flight(grant.pk, seen_version)
-    if requested_at is None:
+    marked = mark_in_flight(grant.pk, seen_version)
+    if marked is None:
         return RefreshOutcome(Result.BUSY, retry_after=1)
     release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
     try:
@@ -831,12 +840,12 @@ def refresh_and_store(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> 
             response,
             seen_version=seen_version,
             received_at=received_at,
-            requested_at=requested_at,
+            lifetime_from=marked.redo_of,
             settle_on=held.at_release,
         )
     except DatabaseError as exc:
         log.error("grant %s: refreshed tokens not written (%s); rescued", grant.pk, exc)
-        rescue = Rescue(response, seen_version, received_at, requested_at)
+        rescue = Rescue(response, seen_version, received_at, marked.redo_of)
         stash_rescue(grant.pk, rescue)
         return RefreshOutcome(Result.DATABASE_UNAVAILABLE, retry_after=1)
     if not written:

@@ -55,19 +55,19 @@ def apply_token_response(
     response: TokenResponse,
     *,
     now: datetime | None = None,
-    requested_at: datetime | None = None,
+    lifetime_from: datetime | None = None,
     refreshed: bool,
 ) -> list[str]:
     """Stores a token response on `grant` (not saved) and returns the changed fields.
 
     A response without a refresh token keeps the stored one (Atlassian sometimes omits it).
     `token_version` is bumped so that a writer holding an older read can tell it lost.
-    `now`: when the response came; `requested_at` (default `now`): when its request was
-    first sent, which its tokens' lifetimes count from (the provider issued them after
-    that, possibly long before `now`: see `broker.refresh.engine.mark_in_flight`).
+    `now`: when the response came; `lifetime_from` (default `now`): when its tokens'
+    lifetimes began, if earlier (a provider answering a redone refresh with what it
+    issued before: `broker.refresh.engine.MarkedInFlight`).
     """
     now = now or timezone.now()
-    issued = requested_at or now
+    issued = lifetime_from or now
     kind = grant.provider_app.catalog_entry
     grant.seal("access_token", response.access_token)
     fields = ["access_token_sealed", "access_expires_at", "token_version", "status"]
