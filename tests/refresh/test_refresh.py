@@ -583,6 +583,26 @@ def test_a_rescued_response_only_opens_for_its_own_grant(sandbox, sandbox_apps, 
     engine.drop_rescue(first.pk)
 
 
+def test_a_rescued_redo_keeps_the_lifetime_of_its_first_attempt(grant):
+    """A redo's answer rescued to Redis (its write failed) is applied later with the
+    lifetime of the first attempt, not from when it came or when it was applied."""
+    from broker.providers.oauth2_client import TokenResponse
+
+    first_attempt = timezone.now() - timedelta(seconds=30)
+    response = TokenResponse("rescued-access", "rescued-refresh", 3600, None, "Bearer")
+    rescue = engine.Rescue(
+        response,
+        based_on_version=grant.token_version,
+        received_at=timezone.now(),
+        lifetime_from=first_attempt,
+    )
+    assert engine.stash_rescue(grant.pk, rescue)
+    applied = engine.apply_rescue(grant, engine.read_rescue(grant.pk))
+    assert applied.unseal("access_token") == "rescued-access"
+    expected = first_attempt + timedelta(seconds=3600)
+    assert abs(applied.access_expires_at - expected) < timedelta(milliseconds=1)
+
+
 def test_a_pending_rescue_is_applied_before_the_stored_token_is_served(sandbox, grant, monkeypatch):
     real_persist = engine.persist_refresh
     calls = []
