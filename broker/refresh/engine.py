@@ -918,8 +918,14 @@ def single_flight(
             # The redo was answered with what the provider issued at the first attempt:
             # its access token may be spent by now, its refresh token is unused. One more
             # refresh, with that one, under this lock, if the caller still needs one.
+            # (Revoked or deactivated meanwhile: no call, as for any refresh.)
             redone = load_or_none(grant_id)
-            if redone is not None and needs_refresh(redone, False):
+            if (
+                redone is not None
+                and redone.is_active
+                and redone.user.is_active
+                and needs_refresh(redone, False)
+            ):
                 outcome = call_upstream(redone, held, task_may_retry=task_may_retry)
         if outcome.result == Result.DATABASE_UNAVAILABLE or not reload:
             return outcome, None  # (the database is away; the response waits in Redis)
