@@ -144,13 +144,14 @@ def _load(grant_id: uuid.UUID) -> Grant | None:
     )
 
 
-def cached_stamp(grant_id: uuid.UUID) -> serving_versions.Stamp | None:
-    """The stamp of this process's copy of the grant, if it holds one young enough to
-    serve (broker.api.warm_path assumes it is still current, then confirms it)."""
+def cached(grant_id: uuid.UUID) -> tuple[Grant, serving_versions.Stamp] | None:
+    """This process's copy of the grant and its stamp, if it holds one young enough to
+    serve (broker.api.warm_path assumes it is still current, then confirms it). A grant
+    loaded again gets a new copy: the old one is not reloaded in place."""
     entry = _grants.get(grant_id)
     if entry is None or time.monotonic() - entry.loaded_at >= serving_versions.MAX_AGE_SECONDS:
         return None
-    return entry.stamp
+    return entry.grant, entry.stamp
 
 
 def grant_by_id(grant_id: uuid.UUID | str, request: HttpRequest | None = None) -> Grant | None:

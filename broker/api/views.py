@@ -69,6 +69,7 @@ from broker.audit import trail
 from broker.consent import connect_links
 from broker.consent.return_urls import safe_return_url
 from broker.infra.client_address import client_ip
+from broker.infra.json_template import JsonTemplate
 from broker.infra.redis_connection import redis_client
 from broker.infra.shared_round_trip import shared_round_trip
 from broker.models import Grant, ProviderApp
@@ -412,16 +413,21 @@ def capped_min_ttl(requested: int, grant: Grant) -> int:
     return max(0, min(requested, int(lifetime - margin)))
 
 
+def _use_noted(grant: Grant, service_id: Any) -> bool:
+    """Whether last_used_at/by already say that this service used the grant lately."""
+    return (
+        grant.last_used_by_id == service_id
+        and grant.last_used_at is not None
+        and timezone.now() - grant.last_used_at < LAST_USED_RESOLUTION
+    )
+
+
 def _note_use(grant: Grant, service_id: Any) -> None:
     """last_used_at/by, written only when it says something new (cheap on the hot path).
     The grant may be the cached copy of grant_lookup: it then remembers the write too."""
-    now = timezone.now()
-    if (
-        grant.last_used_by_id == service_id
-        and grant.last_used_at is not None
-        and now - grant.last_used_at < LAST_USED_RESOLUTION
-    ):
+    if _use_noted(grant, service_id):
         return
+    now = timezone.now()
     Grant.objects.filter(pk=grant.pk).update(last_used_at=now, last_used_by_id=service_id)
     grant.last_used_at, grant.last_used_by_id = now, service_id
 
@@ -439,28 +445,24 @@ def _served(
     the broker_token_issues metric with the outcome `counted_as`): one Redis round trip, or
     none on the warm path, whose confirmation pushes them."""
     _note_use(grant, service_id)
-    event = trail.service_event_json(
+    event = trail.service_event_of(
         action,
         client_id,
         grant_id=grant.pk,
         subject_user=grant.user.username,
         provider=grant.provider_app.slug,
-        request=request,
         **detail,
     )
     if warm_path.holding(request):
         warm_path.hold(
-            request,
-            token_version=grant.token_version,
-            client_id=client_id,
-            counted_as=counted_as,
-            event=event,
+            request, grant=grant, client_id=client_id, counted_as=counted_as, event=event
         )
         return
+    raw = event.json_for(request)
 
     def queue(pipe: Pipeline) -> None:
         metrics.queue_token_issue(pipe, client_id, counted_as)
-        trail.queue_push(pipe, event)
+        trail.queue_push(pipe, raw)
 
     try:
         # Shared with the other answers of the moment (a burst of waiters on one refresh).
@@ -470,7 +472,7 @@ def _served(
             "audit buffer unavailable (%s); writing %s directly", type(exc).__name__, action
         )
         pushed = 0
-    trail.pushed_or_written(event, pushed)
+    trail.pushed_or_written(raw, pushed)
 
 
 def _fresh(
@@ -625,13 +627,28 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         "access_token": token,
         "token_type": "Bearer",
         "expires_at": _iso(expires_at),
-        "expires_in": _expires_in(expires_at),
+        "expires_in": None,  # counted when sent
         "scopes": scopes,
         "grant": str(grant.pk),
         "account": _account(grant),
         "resources": grant.resources,
     }
-    return _no_store(JsonResponse(answer))
+    answer_json = JsonTemplate(answer, ("expires_in",))
+
+    def respond() -> HttpResponse:
+        content = answer_json.fill(expires_in=_expires_in(expires_at))
+        return _no_store(HttpResponse(content, content_type="application/json"))
+
+    # The same answer again, while the stored token lasts min_ttl and needs no refresh
+    # (the grant's copy and its serving versions vouch for the rest).
+    warm_path.may_repeat(
+        request,
+        respond,
+        holds=lambda: (
+            grant.access_token_valid_for(min_ttl) and _use_noted(grant, service.service_id)
+        ),
+    )
+    return respond()
 
 
 @api_view("POST", scope="requests:sign", denied="token.denied")

@@ -14,6 +14,13 @@ then. If anything differs, nothing was written and the request runs again the us
 So the confirmation happens after the answer was computed and before it is sent, at one
 instant: a revocation, refresh, rule change or retired credential that moved a version
 before that instant refuses the cached answer, as the usual path's read would.
+
+A confirmed answer is remembered for the same request (service, content type and body)
+and given again while it was computed from the process's current copy of the grant and
+what the view decided from the clock still holds (`may_repeat`: the token lasts min_ttl,
+the last use is noted): the view does not run again, but every answer has its own
+CONFIRM, and with it its own audit event (a new id, time and client address), rate-limit
+count and metric.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from broker.api import grant_lookup, ratelimit, tokens
 from broker.audit import trail
 from broker.infra import serving_versions
 from broker.infra.redis_connection import redis_client
+from broker.models import Grant
 from broker.ops import metrics
 from broker.ops.logging_config import name_service
 from broker.refresh import engine
@@ -82,9 +90,31 @@ class _Held:
     """What the view left to the confirmation."""
 
     stamp: serving_versions.Stamp
-    token_version: int = -1
+    grant: Grant | None = None
     metric_field: str = ""
-    event: str = ""
+    event: trail.ServiceEvent | None = None
+    event_json: str = ""
+    respond: Callable[[], HttpResponseBase] | None = None
+    holds: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class _Repeatable:
+    """A confirmed answer this process may give again to the same request, from the same
+    copy of the grant, while `holds()`; each time with its own confirmation and event."""
+
+    grant: Grant
+    metric_field: str
+    event: trail.ServiceEvent
+    respond: Callable[[], HttpResponseBase]
+    holds: Callable[[], bool]
+
+
+# Bounded like the grant cache: beyond this many, the process starts over.
+MAX_REPEATABLE = 10_000
+# A token fetch's body is under 200 bytes: a larger one is answered, not remembered.
+MAX_REMEMBERED_BODY = 1024
+_repeatable: dict[tuple[Any, ...], _Repeatable] = {}
 
 
 @lru_cache(maxsize=1)
@@ -143,13 +173,32 @@ def require_cold(request: HttpRequest) -> None:
 
 
 def hold(
-    request: HttpRequest, *, token_version: int, client_id: str, counted_as: str, event: str
+    request: HttpRequest,
+    *,
+    grant: Grant,
+    client_id: str,
+    counted_as: str,
+    event: trail.ServiceEvent,
 ) -> None:
-    """The view's audit event and token metric, pushed by the confirmation."""
+    """The view's audit event and token metric, pushed by the confirmation, for the
+    token of `grant` (the process's copy)."""
     held: _Held = request.warm_held  # type: ignore[attr-defined]
-    held.token_version = token_version
+    held.grant = grant
     held.metric_field = metrics.token_issue_field(client_id, counted_as)
     held.event = event
+    held.event_json = event.json_for(request)
+
+
+def may_repeat(
+    request: HttpRequest, respond: Callable[[], HttpResponseBase], *, holds: Callable[[], bool]
+) -> None:
+    """On the warm path: the view's answer, `respond()`, may be given again to the same
+    request (the same service, body and content type) while `holds()` says that what the
+    view decided from the time still stands; everything else it read is vouched for by
+    the grant's copy being the same and by each answer's own confirmation."""
+    if holding(request):
+        held: _Held = request.warm_held  # type: ignore[attr-defined]
+        held.respond, held.holds = respond, holds
 
 
 def _bearer(request: HttpRequest) -> tokens.BrokerToken | None:
@@ -174,10 +223,14 @@ def answer(
     token = _bearer(request)
     if token is None or (scope is not None and scope not in token.scopes):
         return None
+    key = _repeat_key(request, token, view)
+    if key is not None and (repeated := _repeat(request, token, key)) is not None:
+        return repeated
     grant_id = grant_lookup.grant_id_in_body(request)
-    stamp = grant_lookup.cached_stamp(grant_id) if grant_id is not None else None
-    if stamp is None:
+    cached = grant_lookup.cached(grant_id) if grant_id is not None else None
+    if cached is None:
         return None
+    stamp = cached[1]
     request.broker_token = token  # type: ignore[attr-defined]
     request.serving = grant_lookup.Prefetched(  # type: ignore[attr-defined]
         grant_id, stamp[:1], stamp, rescued=False, in_flight_from=None
@@ -186,26 +239,79 @@ def answer(
     try:
         with connection.execute_wrapper(_no_queries):
             response = view(request)
-        if not held.event or response.status_code != 200:
+        if held.grant is None or held.event is None or response.status_code != 200:
             raise NotWarm
-        confirmed = _confirm(token, grant_id, held)
+        confirmed = _confirm(token, held.grant, held)
     except Exception:  # noqa: BLE001 - whatever it was, the usual path answers it
         _forget(request)
         return None
     if not confirmed:
         _forget(request)
         return None
-    trail.pushed_or_written(held.event, 1 if confirmed == 1 else 0)
+    trail.pushed_or_written(held.event_json, 1 if confirmed == 1 else 0)
+    if key is not None and held.respond is not None and held.holds is not None:
+        if len(_repeatable) >= MAX_REPEATABLE:
+            _repeatable.clear()
+        _repeatable[key] = _Repeatable(
+            held.grant, held.metric_field, held.event, held.respond, held.holds
+        )
     name_service(request, token.client_id)
     return response
 
 
-def _confirm(token: tokens.BrokerToken, grant_id: Any, held: _Held) -> int:
-    """CONFIRM's verdict: 1 or 2 when confirmed, 0 otherwise."""
+def _repeat_key(
+    request: HttpRequest, token: tokens.BrokerToken, view: Callable[..., HttpResponseBase]
+) -> tuple[Any, ...] | None:
+    """What an answer depends on in the request itself (the broker token's scopes were
+    checked already); None for a body too large to remember or to read."""
+    try:
+        body = request.body
+    except Exception:  # noqa: BLE001 - unreadable (too large): the usual path says so
+        return None
+    if len(body) > MAX_REMEMBERED_BODY:
+        return None
+    return (view, token.service_id, token.client_id, request.content_type, body)
+
+
+def _repeat(
+    request: HttpRequest, token: tokens.BrokerToken, key: tuple[Any, ...]
+) -> HttpResponseBase | None:
+    """An answer given before to this request, confirmed again; None when there is none,
+    or it no longer stands."""
+    known = _repeatable.get(key)
+    if known is None:
+        return None
+    cached = grant_lookup.cached(known.grant.pk)
+    if cached is None or cached[0] is not known.grant or not known.holds():
+        _repeatable.pop(key, None)
+        return None
+    held = _Held(
+        cached[1], known.grant, known.metric_field, known.event, known.event.json_for(request)
+    )
+    try:
+        response = known.respond()
+        confirmed = _confirm(token, known.grant, held)
+    except Exception:  # noqa: BLE001 - whatever it was, the usual path answers it
+        return None
+    if not confirmed:
+        _repeatable.pop(key, None)  # no plaintext token kept for a grant that changed
+        return None
+    trail.pushed_or_written(held.event_json, 1 if confirmed == 1 else 0)
+    name_service(request, token.client_id)
+    return response
+
+
+@lru_cache(maxsize=MAX_REPEATABLE)
+def _grant_keys(grant_id: Any) -> tuple[str, ...]:
+    """CONFIRM's keys of one grant: (version, writers) of RULES and of the grant, the
+    rescue, the in-flight mark."""
+    scopes = (serving_versions.RULES, serving_versions.grant_scope(grant_id))
+    return (*serving_versions.version_keys(scopes), *engine.doubt_keys(grant_id))
+
+
+def _confirm(token: tokens.BrokerToken, grant: Grant, held: _Held) -> int:
+    """CONFIRM's verdict on serving `grant`'s token: 1 or 2 when confirmed, 0 otherwise."""
     now = time.time()
-    rules_scope, grant_scope = serving_versions.RULES, serving_versions.grant_scope(grant_id)
-    version_keys = serving_versions.version_keys((rules_scope, grant_scope))
-    rescue_key, in_flight_key = engine.doubt_keys(grant_id)
     client = redis_client()
     script = _script(client)
     try:
@@ -215,9 +321,7 @@ def _confirm(token: tokens.BrokerToken, grant_id: Any, held: _Held) -> int:
             10,
             tokens.generation_key(token.service_id),
             ratelimit.counter_key(token.client_id, now),
-            *version_keys,
-            rescue_key,
-            in_flight_key,
+            *_grant_keys(grant.pk),
             trail.BUFFER_KEY,
             metrics.TOKEN_ISSUES,
             token.generation,
@@ -225,8 +329,8 @@ def _confirm(token: tokens.BrokerToken, grant_id: Any, held: _Held) -> int:
             ratelimit.WINDOW + 1,
             now,
             *held.stamp,
-            held.token_version,
-            held.event,
+            grant.token_version,
+            held.event_json,
             settings.BROKER_AUDIT_BUFFER_MAX,
             held.metric_field,
         )

@@ -47,6 +47,7 @@ from django.utils import timezone
 from redis.exceptions import LockError
 
 from broker.infra.client_address import client_ip
+from broker.infra.json_template import JsonTemplate
 from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.infra.shared_round_trip import shared_round_trip
 from broker.models import AuditEvent
@@ -508,17 +509,40 @@ def service_event(
     )
 
 
-def service_event_json(
+class ServiceEvent:
+    """A service's event for the internal API's hot path, built and made storable once.
+    `json_for` writes it for one request: a new event id, the time and the client's
+    address each time, so one built event can be recorded again for each answer that
+    repeats it (broker.api.warm_path)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._json = JsonTemplate(
+            {**fields, "grant_id": None if fields["grant_id"] is None else str(fields["grant_id"])},
+            ("event_id", "at", "client_ip"),
+        )
+
+    def json_for(self, request: HttpRequest | None) -> str:
+        """The event as the buffer holds it (as `event_json` writes it): push it on the
+        caller's pipeline (`queue_push`), then pass it, with the push's result, to
+        `pushed_or_written`."""
+        return self._json.fill(
+            event_id=str(uuid.uuid4()),
+            at=timezone.now().isoformat(),
+            client_ip=client_ip(request),
+        )
+
+
+def service_event_of(
     action: str, client_id: str, *, outcome: str = Outcome.SUCCESS, **fields: Any
-) -> str:
-    """`service_event`'s event as the buffer holds it: push it on the caller's pipeline
-    (`queue_push`), then pass it, with the push's result, to `pushed_or_written`."""
-    event = event_fields(
-        action,
-        actor_type=ActorType.SERVICE,
-        actor=client_id,
-        service=client_id,
-        outcome=outcome,
-        **fields,
+) -> ServiceEvent:
+    """`service_event`'s event, to be written by its `json_for`."""
+    return ServiceEvent(
+        event_fields(
+            action,
+            actor_type=ActorType.SERVICE,
+            actor=client_id,
+            service=client_id,
+            outcome=outcome,
+            **fields,
+        )
     )
-    return event_json(event)

@@ -4,8 +4,10 @@ on the next request, and without Redis nothing is served from them."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,16 +16,18 @@ from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from broker.api import ratelimit, tokens
+from broker.api import ratelimit, tokens, warm_path
+from broker.api.views import LAST_USED_RESOLUTION
 from broker.audit import trail
 from broker.infra import serving_versions
 from broker.infra.redis_connection import redis_client
-from broker.models import AuditEvent, Grant
+from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
 from broker.ops import metrics
 from broker.providers.oauth2_client import TokenResponse
 from broker.refresh import engine
 from broker.revocation.revoke import revoke_grant
-from tests.factories import consented_grant
+from tests.api.conftest import fetch_token
+from tests.factories import consented_grant, service_and_secret
 from tests.gunicorn_server import gunicorn
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -310,3 +314,167 @@ def test_a_warm_answer_survives_redis_losing_its_script_or_connections(
     assert (issued.count(), token_issues(client_id)) == (stored + 1, counted + 1)
     with django_assert_max_num_queries(0):
         assert fetch(api, grant, warm).status_code == 200
+
+
+# -- answers repeated from memory (warm_path.may_repeat): the view does not run again; each
+# answer is confirmed, audited and counted on its own; none outlives what it stood on
+
+
+@pytest.fixture
+def view_runs(monkeypatch) -> list[str]:
+    """The grants the access-token view looked up (a repeated answer looks up none)."""
+    from broker.api import views
+
+    runs: list[str] = []
+    find_grant = views._find_grant
+
+    def counted(request, body):
+        runs.append(str(body.get("grant")))
+        return find_grant(request, body)
+
+    monkeypatch.setattr(views, "_find_grant", counted)
+    return runs
+
+
+def test_a_repeated_answer_is_confirmed_audited_and_counted_each_time(
+    api, grant, rule, warm, view_runs, django_assert_max_num_queries
+):
+    client_id = rule.service.client_id
+    trail.write_local_copy()
+    trail.flush_buffer()
+    issued = AuditEvent.objects.filter(action="token.issued", grant_id=grant.pk)
+    before, counted = set(issued.values_list("event_id", flat=True)), token_issues(client_id)
+    used = int(redis_client().get(ratelimit.counter_key(client_id)) or 0)
+    with django_assert_max_num_queries(0):
+        answers = [fetch(api, grant, warm) for _ in range(3)]
+    assert view_runs == []
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert all(a["Cache-Control"] == "no-store" for a in answers)
+    assert all(a["Content-Type"] == "application/json" for a in answers)
+    body = answers[-1].json()
+    assert body["access_token"] == grant.unseal("access_token")
+    assert (body["grant"], body["scopes"]) == (str(grant.pk), ["read:jira-work", "read:me"])
+    left = datetime.fromisoformat(body["expires_at"]) - timezone.now()
+    assert abs(body["expires_in"] - left.total_seconds()) <= 1
+    trail.write_local_copy()
+    trail.flush_buffer()
+    events = list(issued.exclude(event_id__in=before))
+    assert len(events) == 3 and len({e.event_id for e in events}) == 3
+    assert {(e.service, e.subject_user, e.client_ip) for e in events} == {
+        (client_id, "alice", "127.0.0.1")
+    }
+    assert token_issues(client_id) == counted + 3
+    assert int(redis_client().get(ratelimit.counter_key(client_id)) or 0) in (used + 3, 1, 2, 3)
+
+
+def test_a_repeated_answer_counts_the_seconds_left_when_it_is_sent(
+    api, grant, warm, view_runs, monkeypatch
+):
+    first = fetch(api, grant, warm).json()["expires_in"]
+    later = timezone.now() + timedelta(seconds=30)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    again = fetch(api, grant, warm).json()["expires_in"]
+    assert view_runs == []
+    assert first - 32 <= again <= first - 29
+
+
+def test_the_last_use_is_written_again_after_a_minute(api, grant, warm, view_runs, monkeypatch):
+    later = timezone.now() + LAST_USED_RESOLUTION + timedelta(seconds=1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    assert fetch(api, grant, warm).status_code == 200
+    assert Grant.objects.get(pk=grant.pk).last_used_at == later
+    view_runs.clear()
+    for _ in range(3):
+        assert fetch(api, grant, warm).status_code == 200
+    assert len(view_runs) <= 1  # repeated again once the view ran warm
+
+
+@pytest.fixture
+def second_service(api, atlassian) -> tuple[ServiceClient, dict[str, str]]:
+    """Another service allowed the same grants, and headers with its broker token."""
+    service, secret = service_and_secret("second")
+    AccessRule.objects.create(
+        service=service, provider_app=atlassian, scopes=["read:me", "read:jira-work"]
+    )
+    token = fetch_token(api, service, secret)["access_token"]
+    return service, {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def test_a_use_by_another_service_ends_the_repeats_so_this_ones_is_noted_again(
+    api, grant, rule, second_service, warm
+):
+    other, other_headers = second_service
+    assert fetch(api, grant, other_headers).status_code == 200
+    assert Grant.objects.get(pk=grant.pk).last_used_by_id == other.pk
+    assert fetch(api, grant, warm).status_code == 200
+    assert Grant.objects.get(pk=grant.pk).last_used_by_id == rule.service.pk
+
+
+@pytest.fixture
+def local_app(local_server) -> ProviderApp:
+    """An OAuth 2.0 app whose token endpoint is the local fake."""
+    return ProviderApp.objects.create(
+        slug="acme",
+        kind="oauth2",
+        name="Acme",
+        client_id="acme-client",
+        scopes=["read"],
+        endpoints={
+            "authorize": "https://acme.example/authorize",
+            "token": f"{local_server.url}/token",
+        },
+    )
+
+
+def test_no_answer_is_repeated_once_the_token_no_longer_lasts_min_ttl(
+    api, owner, local_app, local_server, service_with_secret, bearer, view_runs, monkeypatch
+):
+    """The token lasts min_ttl for 5 s more; then the fetch must refresh, not repeat."""
+    now = timezone.now()
+    grant = consented_grant(
+        owner, local_app, scopes=["read"], access_expires_at=now + timedelta(seconds=3600)
+    )
+    # A token issued an hour earlier, lasting two: min_ttl is capped at 7,170 s, not below.
+    Grant.objects.filter(pk=grant.pk).update(
+        consented_at=now - timedelta(seconds=3600), last_refreshed_at=None
+    )
+    AccessRule.objects.create(
+        service=service_with_secret[0], provider_app=local_app, scopes=["read"]
+    )
+    headers = bearer()
+    body = {"grant": str(grant.pk), "min_ttl": 3595}
+
+    def fetch_with_min_ttl() -> Any:
+        return api.post(URL, body, content_type="application/json", **headers)
+
+    stored = grant.unseal("access_token")
+    for _ in range(4):
+        assert fetch_with_min_ttl().json()["access_token"] == stored
+    assert len(view_runs) == 3  # the fourth was repeated
+    local_server.bodies.append(
+        b'{"access_token": "renewed-at", "token_type": "Bearer", "expires_in": 3600,'
+        b' "refresh_token": "renewed-rt", "scope": "read"}'
+    )
+    later = now + timedelta(seconds=6)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    assert fetch_with_min_ttl().json()["access_token"] == "renewed-at"
+    assert [r.path for r in local_server.requests] == ["/token"]
+
+
+def test_only_the_same_request_gets_a_repeated_answer(api, grant, warm, view_runs):
+    same_body = json.dumps({"grant": str(grant.pk)})
+    refused = api.post(URL, same_body, content_type="text/plain", **warm)
+    assert refused.status_code == 415
+    other = api.post(
+        URL, {"grant": str(grant.pk), "min_ttl": 120}, content_type="application/json", **warm
+    )
+    assert other.status_code == 200 and view_runs == [str(grant.pk)]
+
+
+def test_the_repeatable_answers_stay_bounded(api, grant, warm, monkeypatch):
+    monkeypatch.setattr(warm_path, "MAX_REPEATABLE", 2)
+    for min_ttl in range(60, 66):
+        body = {"grant": str(grant.pk), "min_ttl": min_ttl}
+        for _ in range(2):
+            assert api.post(URL, body, content_type="application/json", **warm).status_code == 200
+        assert len(warm_path._repeatable) <= 2
