@@ -1,4 +1,4 @@
-"""A JSON object written once with a few of its values left open, then completed per use.
+"""A JSON object whose other values stay the same while a few of them change per use.
 
 The warm path (broker.api.warm_path) sends the same answer and records the same audit event
 for every request that repeats it; only a few values are new each time (the seconds a
@@ -17,30 +17,44 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 
 class JsonTemplate:
-    """`json.dumps(obj, cls=DjangoJSONEncoder)` with the top-level values of `open_keys`
-    given by `fill(**values)`: plain JSON values (text, numbers, None)."""
+    """`json.dumps({**obj, **values}, cls=DjangoJSONEncoder)` for `fill(**values)`, where
+    `values` are the top-level keys `open_keys`, given as plain JSON values (text, numbers,
+    None). The first fill writes the whole object; from the second on, only the values are
+    written, between the parts of the object written once (most objects are filled once:
+    they do not pay for the split)."""
 
     def __init__(self, obj: Mapping[str, Any], open_keys: Sequence[str]) -> None:
-        # Markers no value can contain by chance: random, and written as JSON strings.
-        markers = {key: f"open:{key}:{secrets.token_hex(16)}" for key in open_keys}
-        text = json.dumps({**obj, **markers}, cls=DjangoJSONEncoder)
-        spans = sorted(
-            (text.index(json.dumps(marker)), len(json.dumps(marker)), key)
-            for key, marker in markers.items()
-        )
-        self._keys = tuple(key for _, _, key in spans)
-        self._parts: list[str] = []
-        start = 0
-        for at, length, _ in spans:
-            self._parts.append(text[start:at])
-            start = at + length
-        self._parts.append(text[start:])
+        self._obj = obj
+        self._open_keys = frozenset(open_keys)
+        self._filled = False
+        self._split: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     def fill(self, **values: Any) -> str:
-        if values.keys() != set(self._keys):
-            raise TypeError(f"fill takes exactly {', '.join(self._keys)}")
-        pieces = [self._parts[0]]
-        for key, part in zip(self._keys, self._parts[1:], strict=True):
+        if values.keys() != self._open_keys:
+            raise TypeError(f"fill takes exactly {', '.join(sorted(self._open_keys))}")
+        if self._split is None:
+            if not self._filled:
+                self._filled = True
+                return json.dumps({**self._obj, **values}, cls=DjangoJSONEncoder)
+            self._split = self._written_apart()
+        keys, parts = self._split
+        pieces = [parts[0]]
+        for key, part in zip(keys, parts[1:], strict=True):
             pieces.append(json.dumps(values[key]))
             pieces.append(part)
         return "".join(pieces)
+
+    def _written_apart(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(the open keys in the order written, the text around their values)."""
+        # Markers no value can contain by chance (random), each written as a JSON string.
+        salt = secrets.token_hex(16)
+        markers = {key: f"open:{key}:{salt}" for key in self._open_keys}
+        text = json.dumps({**self._obj, **markers}, cls=DjangoJSONEncoder)
+        written = ((json.dumps(marker), key) for key, marker in markers.items())
+        spans = sorted((text.index(marker), len(marker), key) for marker, key in written)
+        parts, start = [], 0
+        for at, length, _ in spans:
+            parts.append(text[start:at])
+            start = at + length
+        parts.append(text[start:])
+        return tuple(key for _, _, key in spans), tuple(parts)
