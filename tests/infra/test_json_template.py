@@ -11,7 +11,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from broker.infra.json_template import JsonTemplate
 
 OBJ = {
-    "token": "at-\u00e9\"quoted\"\n",
+    "token": 'at-\u00e9"quoted"\n',
     "expires_in": None,
     "when": datetime(2026, 12, 3, tzinfo=UTC),
     "nested": {"expires_in": 5, "list": [1, "open:expires_in"]},
