@@ -84,6 +84,22 @@ def other_app(db) -> ProviderApp:
 
 
 @pytest.fixture
+def local_app(db, local_server) -> ProviderApp:
+    """An OAuth 2.0 app whose token endpoint is the local fake (`local_server`)."""
+    return ProviderApp.objects.create(
+        slug="acme",
+        kind="oauth2",
+        name="Acme",
+        client_id="acme-client",
+        scopes=["read", "write"],
+        endpoints={
+            "authorize": "https://acme.example/authorize",
+            "token": f"{local_server.url}/token",
+        },
+    )
+
+
+@pytest.fixture
 def jira_dc(db) -> ProviderApp:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa

@@ -324,27 +324,16 @@ def test_a_token_being_refreshed_is_not_served_until_the_refresh_commits(api, gr
 
 
 @pytest.fixture
-def narrowing_app(monkeypatch, local_server):
-    """An app of a kind that issues narrower tokens on refresh (no built-in kind does),
-    whose token endpoint is the local fake (the sandbox narrows its refresh tokens)."""
+def narrowing_app(monkeypatch, local_app):
+    """`local_app`, of a kind that issues narrower tokens on refresh (no built-in kind
+    does; the sandbox narrows its refresh tokens)."""
     from dataclasses import replace
 
-    from broker.models import ProviderApp
     from broker.providers import catalog
 
     kind = replace(catalog.KINDS["oauth2"], narrower_tokens_on_refresh=True)
     monkeypatch.setattr(catalog, "KINDS", {**catalog.KINDS, "oauth2": kind})
-    return ProviderApp.objects.create(
-        slug="acme",
-        kind="oauth2",
-        name="Acme",
-        client_id="acme-client",
-        scopes=["read", "write"],
-        endpoints={
-            "authorize": "https://acme.example/authorize",
-            "token": f"{local_server.url}/token",
-        },
-    )
+    return local_app
 
 
 def token_answer(scope: str) -> bytes:

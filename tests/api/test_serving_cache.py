@@ -21,7 +21,7 @@ from broker.api.views import LAST_USED_RESOLUTION
 from broker.audit import trail
 from broker.infra import serving_versions
 from broker.infra.redis_connection import redis_client
-from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
+from broker.models import AccessRule, AuditEvent, Grant, ServiceClient
 from broker.ops import metrics
 from broker.providers.oauth2_client import TokenResponse
 from broker.refresh import engine
@@ -408,22 +408,6 @@ def test_a_use_by_another_service_ends_the_repeats_so_this_ones_is_noted_again(
     assert Grant.objects.get(pk=grant.pk).last_used_by_id == other.pk
     assert fetch(api, grant, warm).status_code == 200
     assert Grant.objects.get(pk=grant.pk).last_used_by_id == rule.service.pk
-
-
-@pytest.fixture
-def local_app(local_server) -> ProviderApp:
-    """An OAuth 2.0 app whose token endpoint is the local fake."""
-    return ProviderApp.objects.create(
-        slug="acme",
-        kind="oauth2",
-        name="Acme",
-        client_id="acme-client",
-        scopes=["read"],
-        endpoints={
-            "authorize": "https://acme.example/authorize",
-            "token": f"{local_server.url}/token",
-        },
-    )
 
 
 def test_no_answer_is_repeated_once_the_token_no_longer_lasts_min_ttl(
