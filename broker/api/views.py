@@ -639,8 +639,8 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         content = answer_json.fill(expires_in=_expires_in(expires_at))
         return _no_store(HttpResponse(content, content_type="application/json"))
 
-    # The same answer again, while the stored token lasts min_ttl and needs no refresh
-    # (the grant's copy and its serving versions vouch for the rest).
+    # The same answer again while the stored token lasts min_ttl and the last use needs no
+    # write (the grant's copy and its serving versions vouch for the rest).
     warm_path.may_repeat(
         request,
         respond,
