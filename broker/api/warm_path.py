@@ -248,15 +248,13 @@ def answer(
     if not confirmed:
         _forget(request)
         return None
-    trail.pushed_or_written(held.event_json, 1 if confirmed == 1 else 0)
     if key is not None and held.respond is not None and held.holds is not None:
         if len(_repeatable) >= MAX_REPEATABLE:
             _repeatable.clear()
         _repeatable[key] = _Repeatable(
             held.grant, held.metric_field, held.event, held.respond, held.holds
         )
-    name_service(request, token.client_id)
-    return response
+    return _sent(request, token, held, confirmed, response)
 
 
 def _repeat_key(
@@ -296,7 +294,19 @@ def _repeat(
     if not confirmed:
         _repeatable.pop(key, None)  # no plaintext token kept for a grant that changed
         return None
-    trail.pushed_or_written(held.event_json, 1 if confirmed == 1 else 0)
+    return _sent(request, token, held, confirmed, response)
+
+
+def _sent(
+    request: HttpRequest,
+    token: tokens.BrokerToken,
+    held: _Held,
+    verdict: int,
+    response: HttpResponseBase,
+) -> HttpResponseBase:
+    """A confirmed answer: the process's copy of its event (written at once when the
+    buffer was full, verdict 2), the service named for the request log."""
+    trail.pushed_or_written(held.event_json, 1 if verdict == 1 else 0)
     name_service(request, token.client_id)
     return response
 

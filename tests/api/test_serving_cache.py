@@ -445,10 +445,12 @@ def test_no_answer_is_repeated_once_the_token_no_longer_lasts_min_ttl(
     assert [r.path for r in local_server.requests] == ["/token"]
 
 
-def test_only_the_same_request_gets_a_repeated_answer(api, grant, warm, view_runs):
+def test_only_the_same_request_gets_a_repeated_answer(api, grant, rule, warm, view_runs):
+    counted = token_issues(rule.service.client_id)
     same_body = json.dumps({"grant": str(grant.pk)})
     refused = api.post(URL, same_body, content_type="text/plain", **warm)
-    assert refused.status_code == 415
+    assert refused.status_code == 415 and "access_token" not in refused.json()
+    assert token_issues(rule.service.client_id) == counted
     other = api.post(
         URL, {"grant": str(grant.pk), "min_ttl": 120}, content_type="application/json", **warm
     )
