@@ -311,7 +311,7 @@ def _sent(
     return response
 
 
-@lru_cache(maxsize=MAX_REPEATABLE)
+@lru_cache(maxsize=grant_lookup.MAX_ENTRIES)
 def _grant_keys(grant_id: Any) -> tuple[str, ...]:
     """CONFIRM's keys of one grant: (version, writers) of RULES and of the grant, the
     rescue, the in-flight mark."""

@@ -166,15 +166,20 @@ def _taking(
     return decorate
 
 
+def _json_ready(event: dict[str, Any]) -> dict[str, Any]:
+    """An event made by `event_fields` with the two values json cannot write itself
+    written here: the encoder's fallback for them cost as much as the rest of the event
+    (which the token fetch writes for every answer: `ServiceEvent`)."""
+    ready = {**event, "at": event["at"].isoformat()}
+    if ready["grant_id"] is not None:
+        ready["grant_id"] = str(ready["grant_id"])
+    return ready
+
+
 def event_json(event: dict[str, Any]) -> str:
     """An event made by `event_fields` as JSON: what the buffer holds, and what
     `json_insert` reads into a row."""
-    # The two values json cannot write itself, written here: the encoder's fallback for
-    # them cost as much as the rest of the event (this runs on every token fetch).
-    event = {**event, "at": event["at"].isoformat()}
-    if event["grant_id"] is not None:
-        event["grant_id"] = str(event["grant_id"])
-    return json.dumps(event, cls=DjangoJSONEncoder)
+    return json.dumps(_json_ready(event), cls=DjangoJSONEncoder)
 
 
 def store(event: dict[str, Any]) -> None:
@@ -516,10 +521,7 @@ class ServiceEvent:
     repeats it (broker.api.warm_path)."""
 
     def __init__(self, fields: dict[str, Any]) -> None:
-        self._json = JsonTemplate(
-            {**fields, "grant_id": None if fields["grant_id"] is None else str(fields["grant_id"])},
-            ("event_id", "at", "client_ip"),
-        )
+        self._json = JsonTemplate(_json_ready(fields), ("event_id", "at", "client_ip"))
 
     def json_for(self, request: HttpRequest | None) -> str:
         """The event as the buffer holds it (as `event_json` writes it): push it on the

@@ -344,9 +344,12 @@ def test_a_repeated_answer_is_confirmed_audited_and_counted_each_time(
     trail.flush_buffer()
     issued = AuditEvent.objects.filter(action="token.issued", grant_id=grant.pk)
     before, counted = set(issued.values_list("event_id", flat=True)), token_issues(client_id)
-    used = int(redis_client().get(ratelimit.counter_key(client_id)) or 0)
+    window = ratelimit.counter_key(client_id)
+    used = int(redis_client().get(window) or 0)
     with django_assert_max_num_queries(0):
         answers = [fetch(api, grant, warm) for _ in range(3)]
+    if ratelimit.counter_key(client_id) == window:  # not checkable across a new minute
+        assert int(redis_client().get(window) or 0) == used + 3
     assert view_runs == []
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert all(a["Cache-Control"] == "no-store" for a in answers)
@@ -364,7 +367,6 @@ def test_a_repeated_answer_is_confirmed_audited_and_counted_each_time(
         (client_id, "alice", "127.0.0.1")
     }
     assert token_issues(client_id) == counted + 3
-    assert int(redis_client().get(ratelimit.counter_key(client_id)) or 0) in (used + 3, 1, 2, 3)
 
 
 def test_a_repeated_answer_counts_the_seconds_left_when_it_is_sent(
@@ -463,4 +465,4 @@ def test_the_repeatable_answers_stay_bounded(api, grant, warm, monkeypatch):
         body = {"grant": str(grant.pk), "min_ttl": min_ttl}
         for _ in range(2):
             assert api.post(URL, body, content_type="application/json", **warm).status_code == 200
-        assert len(warm_path._repeatable) <= 2
+        assert 1 <= len(warm_path._repeatable) <= 2
