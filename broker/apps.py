@@ -10,10 +10,7 @@ class BrokerConfig(AppConfig):
     def ready(self) -> None:
         # Imported once the app registry is ready: these modules import the models.
         from broker.admin.roles import sync_after_migrate
-        from broker.ops import serving_invalidation
         from broker.refresh import engine
-
-        serving_invalidation.connect()
 
         checks.register(engine.check_timing)
         # After the auth app has created this app's permissions (it connects first).

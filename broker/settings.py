@@ -256,9 +256,6 @@ CONTENT_SECURITY_POLICY = (
 # killed worker's task is delivered again. The visibility timeout must outlast the refresh
 # lock (see broker.refresh.engine) so a slow task is not handed to a second worker meanwhile.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
-if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # kombu's Redis transport, with one Redis client per process instead of one per message.
-    CELERY_BROKER_TRANSPORT = "broker.infra.celery_transport:Transport"
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

@@ -62,21 +62,6 @@ def forget_authentication_failures() -> None:
         client.delete(key)
 
 
-@pytest.fixture(autouse=True)
-def fresh_serving_caches() -> None:
-    """Each test starts with empty per-process API caches and no serving versions: a
-    writer of an earlier test whose transaction was rolled back (never committed) would
-    otherwise pause caching for a minute."""
-    from broker.api import grant_lookup, rules
-    from broker.infra.redis_connection import KEY_PREFIX, redis_client
-
-    client = redis_client()
-    for key in client.scan_iter(f"{KEY_PREFIX}serving:*"):
-        client.delete(key)
-    grant_lookup.forget_cached_grants()
-    rules.forget_cached_rules()
-
-
 @pytest.fixture
 def owner(django_user_model):
     return django_user_model.objects.create_user("alice", "alice@example.com", "alice-broker")

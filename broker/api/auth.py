@@ -3,25 +3,22 @@
 Two stages: at /api/v1/oauth/token a service authenticates itself (RFC 6749 2.3:
 `client_secret_basic`, `client_secret_post`, or RFC 7523 `private_key_jwt`, or an app
 token from a trusted identity provider, see broker.api.federation) and gets a broker token;
-every other endpoint takes that token as `Authorization: Bearer` (RFC 6750) and checks it
-without a database query.
+every other endpoint takes that token as `Authorization: Bearer` (RFC 6750): its signature
+in memory, the service's state in the database (one indexed read), its rate in Redis.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from django.http import HttpRequest
-from redis.client import Pipeline
 
 from broker.api import (
     client_assertions,
     federation,
-    grant_lookup,
     ratelimit,
     service_secrets,
     tokens,
@@ -69,11 +66,8 @@ def _token_failure(
 
 
 def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.BrokerToken:
-    """Checks the broker token, the service's credentials generation and its rate limit.
-
-    One Redis round trip: the cached generation and the rate-limit counter are read and
-    bumped in the same pipeline, with the serving versions (broker.api.grant_lookup).
-    """
+    """Checks the broker token, the service's state in the database (enabled, credentials
+    generation) and its rate limit (one Redis round trip)."""
     scheme, _, value = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise ApiError(
@@ -86,19 +80,12 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
         token = tokens.parse(value.strip())
     except tokens.InvalidToken as exc:
         raise _token_failure(request, str(exc)) from None
-    prefetched: list[Callable[[Sequence[object]], None]] = []
-
-    def queue(pipe: Pipeline) -> None:
-        pipe.get(tokens.generation_key(token.service_id))
-        ratelimit.queue_count(pipe, token.client_id)
-        # The serving versions of the caches this request may use ride in the same round trip.
-        prefetched.append(grant_lookup.queue_prefetch(request, pipe))
-
-    # Shared with the other requests of the moment (a burst of callers at once).
-    cached, count, _, *serving = shared_round_trip().execute(queue)
-    prefetched[0](serving)
-    if not tokens.is_current(token, cached):
+    if not tokens.is_current(token):
         raise _token_failure(request, "service disabled or credentials retired", token.client_id)
+    # Shared with the other requests of the moment (a burst of callers at once).
+    count, _ = shared_round_trip().execute(
+        lambda pipe: ratelimit.queue_count(pipe, token.client_id)
+    )
     if ratelimit.exceeded(count):
         trail.service_event(
             "token.denied",

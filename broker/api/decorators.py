@@ -12,7 +12,6 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from broker.api import warm_path
 from broker.api.auth import authenticate_bearer
 from broker.api.errors import ApiError
 from broker.audit import trail
@@ -79,14 +78,11 @@ def api_view(
     scope: str | None = None,
     authenticated: bool = True,
     denied: str = "",
-    warm: bool = False,
 ) -> Callable[[View], View]:
     """Wraps a machine endpoint (csrf_exempt: it takes no cookies, only bearer tokens).
 
     `scope`: the API scope the broker token must carry. `denied`: the audit action written
-    for every refusal after the service was identified (e.g. `token.denied`). `warm`: try
-    the answer from the process's memory first (broker.api.warm_path), for a view whose
-    only side effects go through `warm_path.hold`.
+    for every refusal after the service was identified (e.g. `token.denied`).
     """
 
     def decorate(view: View) -> View:
@@ -102,8 +98,6 @@ def api_view(
                         f"use {method} for this endpoint",
                         {"Allow": method},
                     )
-                if warm and (answer := warm_path.answer(request, scope, view)) is not None:
-                    return answer
                 if authenticated:
                     token = authenticate_bearer(request, scope)
                     request.broker_token = token  # type: ignore[attr-defined]

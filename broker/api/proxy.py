@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -39,14 +38,12 @@ from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
-from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from broker.api import rules, subject_tokens
+from broker.api import grant_lookup, rules, subject_tokens
 from broker.api.auth import ServiceRequest
 from broker.api.decorators import ANY_METHOD, api_view
 from broker.api.errors import ApiError, invalid_request, not_visible
@@ -103,7 +100,6 @@ ERROR_BODY_LIMIT = 64 * 1024
 CHUNK_BYTES = 64 * 1024
 # A stored token is used for a call when it lasts this long; otherwise it is refreshed first.
 FRESH_FOR_SECONDS = 10
-LAST_USED_RESOLUTION_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -115,36 +111,6 @@ class Target:
 
 
 # --- which grant --------------------------------------------------------------------
-
-
-# Each is one query for the grant with its app (named by its slug) and user.
-
-
-def _users_grant(username: str, slug: str) -> Grant | None:
-    """The user's grant of the app; with several accounts, the active one connected last
-    (as /api/v1/access-token chooses)."""
-    return (
-        Grant.objects.select_related("provider_app", "user")
-        .filter(user__username=username, provider_app__slug=slug)
-        .exclude(status=Grant.Status.REVOKED)
-        .order_by(
-            Case(When(status="active", then=Value(0)), default=1, output_field=IntegerField()),
-            "-consented_at",
-        )
-        .first()
-    )
-
-
-def _grant_by_id(grant_id: str, slug: str) -> Grant | None:
-    try:
-        pk = uuid.UUID(grant_id)
-    except ValueError:
-        return None
-    return (
-        Grant.objects.select_related("provider_app", "user")
-        .filter(pk=pk, provider_app__slug=slug)
-        .first()
-    )
 
 
 def _target(request: ServiceRequest, slug: str, where: dict[str, Any]) -> Target:
@@ -172,10 +138,10 @@ def _target(request: ServiceRequest, slug: str, where: dict[str, Any]) -> Target
         else None
     )
     if grant_id:
-        grant = _grant_by_id(grant_id, slug)
+        grant = grant_lookup.grant_by_id(grant_id, slug)
     else:
         named_user = username or (subject.user.username if subject else "")
-        grant = _users_grant(named_user, slug)
+        grant = grant_lookup.users_grant(named_user, slug)
     if grant is None or (subject is not None and grant.user_id != subject.user.pk):
         raise not_visible(**where, grant_id=grant_id or None, subject_user=username)
     concerning = {**where, "grant_id": grant.pk, "subject_user": grant.user.username}
@@ -430,18 +396,6 @@ class _Call:
         )
 
 
-def _note_use(grant: Grant, service_id: uuid.UUID) -> None:
-    """last_used_at/by, written only when it says something new (cheap on the hot path)."""
-    now = timezone.now()
-    if (
-        grant.last_used_by_id == service_id
-        and grant.last_used_at is not None
-        and (now - grant.last_used_at).total_seconds() < LAST_USED_RESOLUTION_SECONDS
-    ):
-        return
-    Grant.objects.filter(pk=grant.pk).update(last_used_at=now, last_used_by_id=service_id)
-
-
 def _send(
     session: requests.Session,
     grant: Grant,
@@ -552,7 +506,7 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
                 upstream_status=upstream.status_code,
                 **where,
             )
-        _note_use(grant, request.broker_token.service_id)
+        grant_lookup.note_use(grant, request.broker_token.service_id)
         relay = _Relay(upstream, resources, call)
         response = UpstreamResponse(relay, status=upstream.status_code)
         del response["Content-Type"]  # the provider's, or none

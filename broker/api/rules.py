@@ -15,14 +15,12 @@ reactivated.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from accounts.models import User
-from broker.infra.serving_versions import MAX_AGE_SECONDS, Stamp
 from broker.models import AccessRule, Grant, ProviderApp
 from broker.providers import proxy_paths
 
@@ -47,48 +45,14 @@ class Permission:
         )
 
 
-# Rules change rarely and are read on every token request: each process keeps, per
-# (service, app, user), the rule rows and the permission they give, stamped with the RULES
-# serving version (broker.infra.serving_versions) read in the request's broker-token
-# check. Any change of a rule, user, group membership, app or service moves that version,
-# so the next request of every process reloads. Without a stamp (Redis unsure, a writer in
-# flight) the database is asked every time.
-MAX_ENTRIES = 10_000
-_cache: dict[tuple[uuid.UUID, uuid.UUID, int], tuple[Stamp, float, Permission | None]] = {}
-
-
 def rule_rows(service_id: uuid.UUID, app_id: uuid.UUID) -> list[AccessRule]:
     """The service's rules for the app: whole rows."""
     return list(AccessRule.objects.filter(service_id=service_id, provider_app_id=app_id))
 
 
-def forget_cached_rules() -> None:
-    """Drops this process's rule cache (tests)."""
-    _cache.clear()
-
-
-def permission(
-    service_id: uuid.UUID, app: ProviderApp, user: User, stamp: Stamp | None = None
-) -> Permission | None:
-    """What `service_id` may do with `user`'s grants of `app`; None when nothing.
-
-    `stamp`: the RULES serving stamp read in this request (`Prefetched.rules_stamp`);
-    with it the answer may come from this process's cache."""
-    if stamp is None:
-        return _permission(service_id, app, user)
-    key = (service_id, app.pk, user.pk)
-    now = time.monotonic()
-    cached = _cache.get(key)
-    if cached is not None and cached[0] == stamp and now - cached[1] < MAX_AGE_SECONDS:
-        return cached[2]
-    answer = _permission(service_id, app, user)
-    if len(_cache) >= MAX_ENTRIES:
-        _cache.clear()
-    _cache[key] = (stamp, now, answer)
-    return answer
-
-
-def _permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permission | None:
+def permission(service_id: uuid.UUID, app: ProviderApp, user: User) -> Permission | None:
+    """What `service_id` may do with `user`'s grants of `app`, as the database says now;
+    None when nothing."""
     if not app.enabled or not user.is_active:
         return None
     rules = rule_rows(service_id, app.pk)

@@ -16,7 +16,6 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from broker.api.tokens import forget_generation
 from broker.models import ServiceClient
 
 SECRET_PREFIX = "bks_"
@@ -62,9 +61,6 @@ def rotate_secret(service: ServiceClient, grace: timedelta) -> str:
             "updated_at",
         ]
     )
-    # Broker tokens check the generation through a short Redis cache: drop it so tokens of
-    # a secret rotated out die now rather than within its TTL.
-    forget_generation(service.pk)
     return new_secret(service)
 
 

@@ -3,10 +3,9 @@
 A token is self-contained and HMAC-signed, so checking it needs no database query:
 `bkt_<base64url(JSON claims)>.<base64url(HMAC-SHA256)>` with the claims
 `sid` (service pk), `cid` (client id), `gen` (the service's credentials generation),
-`scp` (API scopes) and `exp`. A token dies before its expiry when the service's
-credentials generation moves on (service disabled, secret rotated out): the current
-generation is cached in Redis for a few seconds, and the code that bumps it deletes the
-cached value, so a dead service is refused at once (or within GENERATION_TTL at worst).
+`scp` (API scopes) and `exp`. A token dies before its expiry when the service is disabled
+or its credentials generation moves on (secret rotated out): every use reads both from
+the database (`is_current`), so no cache can outlive the change.
 """
 
 from __future__ import annotations
@@ -24,13 +23,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import F
 
-from broker.infra import serving_versions
-from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.models import ServiceClient
 
 PREFIX = "bkt_"
-GENERATION_TTL = 5  # seconds a cached credentials generation is trusted
-DISABLED = b"disabled"
 
 # What a broker token may be used for. A service asks for a subset at the token endpoint;
 # the access rules still decide which grants each of these reaches.
@@ -134,36 +129,18 @@ def _verify(token: str) -> BrokerToken:
     return parsed
 
 
-def generation_key(service_id: uuid.UUID | str) -> str:
-    return f"{KEY_PREFIX}svcgen:{service_id}"
-
-
-def load_generation(service_id: uuid.UUID) -> bytes:
-    """Reads the generation from the database and caches it briefly; DISABLED if unusable."""
-    row = ServiceClient.objects.filter(pk=service_id).values("enabled", "credentials_generation")
-    found = row.first()
-    value = (
-        str(found["credentials_generation"]).encode() if found and found["enabled"] else DISABLED
-    )
-    redis_client().set(generation_key(service_id), value, ex=GENERATION_TTL)
-    return value
-
-
-def is_current(token: BrokerToken, cached: bytes | None) -> bool:
-    """True when the token's generation is the service's current one (cached or loaded)."""
-    value = cached if cached is not None else load_generation(token.service_id)
-    return value != DISABLED and value == str(token.generation).encode()
-
-
-def forget_generation(service_id: uuid.UUID | str) -> None:
-    redis_client().delete(generation_key(service_id))
+def is_current(token: BrokerToken) -> bool:
+    """True while the service is enabled and still at the token's credentials generation,
+    as the database says now: a disabled service or retired credentials are refused for
+    every request that starts after the change commits, however it was written."""
+    return ServiceClient.objects.filter(
+        pk=token.service_id, enabled=True, credentials_generation=token.generation
+    ).exists()
 
 
 def disable_service(service: ServiceClient) -> None:
-    """Disables the service and kills its broker tokens within the same moment."""
-    with serving_versions.writing(serving_versions.RULES):
-        ServiceClient.objects.filter(pk=service.pk).update(
-            enabled=False, credentials_generation=F("credentials_generation") + 1
-        )
+    """Disables the service and retires its credentials (its broker tokens die with them)."""
+    ServiceClient.objects.filter(pk=service.pk).update(
+        enabled=False, credentials_generation=F("credentials_generation") + 1
+    )
     service.refresh_from_db(fields=["enabled", "credentials_generation"])
-    forget_generation(service.pk)

@@ -4,12 +4,11 @@ tokens and refresh logic live in their own modules."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, overload
 
 import redis
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
-from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -24,7 +23,6 @@ from broker.api import (
     rules,
     subject_tokens,
     tokens,
-    warm_path,
 )
 from broker.api.auth import (
     BASIC_CHALLENGE,
@@ -69,7 +67,6 @@ from broker.audit import trail
 from broker.consent import connect_links
 from broker.consent.return_urls import safe_return_url
 from broker.infra.client_address import client_ip
-from broker.infra.json_template import JsonTemplate
 from broker.infra.redis_connection import redis_client
 from broker.infra.shared_round_trip import shared_round_trip
 from broker.models import Grant, ProviderApp
@@ -84,9 +81,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MIN_TTL = 60
 MAX_MIN_TTL_MARGIN = 30
-# How stale last_used_at may get before a request writes it again (keeps the hot path
-# free of writes when one service calls often).
-LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
 def _no_store(response: HttpResponse) -> HttpResponse:
@@ -298,34 +292,18 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
     return _no_store(JsonResponse(answer))
 
 
-def _users_grant(username: str, provider: str) -> Grant | None:
-    """The user's grant of the app; with several accounts at one provider, the active one
-    connected last."""
-    return (
-        Grant.objects.select_related("provider_app", "user")
-        .only(*grant_lookup.COLUMNS)
-        .filter(user__username=username, provider_app__slug=provider)
-        .exclude(status=Grant.Status.REVOKED)
-        .order_by(
-            Case(When(status="active", then=Value(0)), default=1, output_field=IntegerField()),
-            "-consented_at",
-        )
-        .first()
-    )
-
-
 def _find_grant(request: ServiceRequest, body: GrantNamed) -> tuple[Grant, rules.Permission]:
     """The grant named by `grant` or by `user` + `provider`, if this service may see it."""
     if "grant" in body:
         if "user" in body or "provider" in body:
             raise invalid_request("give either 'grant', or 'user' and 'provider'")
-        grant = grant_lookup.grant_by_id(body["grant"], request)
+        grant = grant_lookup.grant_by_id(body["grant"])
         wanted: dict[str, Any] = {"grant_id": body["grant"]}
     elif "user" in body and "provider" in body and not matchable(body["user"], body["provider"]):
         grant = None
         wanted = {"subject_user": repr(body["user"]), "provider": repr(body["provider"])}
     elif "user" in body and "provider" in body:
-        grant = _users_grant(body["user"], body["provider"])
+        grant = grant_lookup.users_grant(body["user"], body["provider"])
         wanted = {"subject_user": body["user"], "provider": body["provider"]}
     else:
         raise invalid_request("give either 'grant', or 'user' and 'provider'")
@@ -336,13 +314,7 @@ def _find_grant(request: ServiceRequest, body: GrantNamed) -> tuple[Grant, rules
         "subject_user": grant.user.username,
         "provider": grant.provider_app.slug,
     }
-    serving = grant_lookup.prefetched(request)
-    permission = rules.permission(
-        request.broker_token.service_id,
-        grant.provider_app,
-        grant.user,
-        serving.rules_stamp if serving is not None else None,
-    )
+    permission = rules.permission(request.broker_token.service_id, grant.provider_app, grant.user)
     if permission is None:
         raise not_visible(**concerning)
     return grant, permission
@@ -413,25 +385,6 @@ def capped_min_ttl(requested: int, grant: Grant) -> int:
     return max(0, min(requested, int(lifetime - margin)))
 
 
-def _use_noted(grant: Grant, service_id: Any) -> bool:
-    """Whether last_used_at/by already say that this service used the grant lately."""
-    return (
-        grant.last_used_by_id == service_id
-        and grant.last_used_at is not None
-        and timezone.now() - grant.last_used_at < LAST_USED_RESOLUTION
-    )
-
-
-def _note_use(grant: Grant, service_id: Any) -> None:
-    """last_used_at/by, written only when it says something new (cheap on the hot path).
-    The grant may be the cached copy of grant_lookup: it then remembers the write too."""
-    if _use_noted(grant, service_id):
-        return
-    now = timezone.now()
-    Grant.objects.filter(pk=grant.pk).update(last_used_at=now, last_used_by_id=service_id)
-    grant.last_used_at, grant.last_used_by_id = now, service_id
-
-
 def _served(
     request: HttpRequest,
     service_id: Any,
@@ -442,23 +395,17 @@ def _served(
     **detail: Any,
 ) -> None:
     """Records that the service got a token or signature for `grant` (audit, last use, and
-    the broker_token_issues metric with the outcome `counted_as`): one Redis round trip, or
-    none on the warm path, whose confirmation pushes them."""
-    _note_use(grant, service_id)
-    event = trail.service_event_of(
+    the broker_token_issues metric with the outcome `counted_as`): one Redis round trip."""
+    grant_lookup.note_use(grant, service_id)
+    raw = trail.service_event_json(
         action,
         client_id,
+        request=request,
         grant_id=grant.pk,
         subject_user=grant.user.username,
         provider=grant.provider_app.slug,
         **detail,
     )
-    if warm_path.holding(request):
-        warm_path.hold(
-            request, grant=grant, client_id=client_id, counted_as=counted_as, event=event
-        )
-        return
-    raw = event.json_for(request)
 
     def queue(pipe: Pipeline) -> None:
         metrics.queue_token_issue(pipe, client_id, counted_as)
@@ -475,9 +422,7 @@ def _served(
     trail.pushed_or_written(raw, pushed)
 
 
-def _fresh(
-    grant: Grant, min_ttl: int, force_refresh: bool, request: HttpRequest | None = None
-) -> Grant:
+def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight.
 
     A response rescued to Redis (its database write failed), or a refresh in flight or cut
@@ -486,43 +431,15 @@ def _fresh(
     if (
         not force_refresh
         and grant.access_token_valid_for(min_ttl)
-        and not grant_lookup.stored_token_in_doubt(grant, request)
+        and not engine.stored_token_in_doubt(grant)
     ):
         return grant
-    if request is not None:
-        warm_path.require_cold(request)
     try:
         return engine.ensure_fresh(
             grant.pk, min_ttl=min_ttl, force_refresh=force_refresh, as_read=grant
         )
     except REFRESH_REFUSALS as exc:
         raise refresh_refusal(grant, exc) from None
-
-
-def _narrowed(
-    grant: Grant, permission: rules.Permission, carried: list[str]
-) -> tuple[str, datetime, list[str]]:
-    """(token, expiry, scopes) of a token with only the allowed part of the grant's scopes,
-    for kinds that can issue one without touching the grant (`narrower_tokens_on_refresh`).
-    Fresh from the provider, so it satisfies min_ttl and force_refresh too."""
-    wanted = sorted(set(carried) & permission.scopes)
-    beyond_rule = sorted(set(carried) - permission.scopes)
-    if not wanted:
-        raise _too_wide(grant, carried, beyond_rule, "it carries none they allow")
-    try:
-        response = engine.narrowed_token(grant.pk, scopes=wanted)
-    except engine.NarrowingRefused as exc:
-        why = f"the provider refused a narrower token: {exc}"
-        raise _too_wide(grant, carried, beyond_rule, why) from None
-    except REFRESH_REFUSALS as exc:
-        raise refresh_refusal(grant, exc) from None
-    # The provider's word on what the token carries; silence means it did as asked.
-    scopes = sorted(set(response.scopes if response.scopes is not None else wanted))
-    if not set(scopes) <= permission.scopes:
-        beyond_rule = sorted(set(scopes) - permission.scopes)
-        raise _too_wide(grant, scopes, beyond_rule, "the provider did not narrow the token")
-    lifetime = response.expires_in or grant.provider_app.catalog_entry.default_access_token_seconds
-    return response.access_token, timezone.now() + timedelta(seconds=lifetime), scopes
 
 
 def _stored_token(grant: Grant) -> tuple[str, datetime | None]:
@@ -546,29 +463,22 @@ def _serve_token(
     requested: list[str] | None,
     min_ttl: int,
     force_refresh: bool,
-    request: HttpRequest | None = None,
-) -> tuple[Grant, str, datetime | None, list[str], bool]:
-    """(grant, token, expiry, scopes, narrowed): a token of the OAuth 2.0 grant that carries
-    only scopes the rules allow, refreshed (single flight) or narrowed when needed."""
+) -> tuple[Grant, str, datetime | None, list[str]]:
+    """(grant, token, expiry, scopes): a token of the OAuth 2.0 grant that carries only
+    scopes the rules allow, refreshed (single flight) when needed."""
     carried, beyond_rule = _token_scopes(grant, permission, requested)
-    kind = grant.provider_app.catalog_entry
-    if beyond_rule and not kind.narrower_tokens_on_refresh:
-        # Refused before any refresh.
+    if beyond_rule:
+        # Refused before any refresh: no built-in provider can issue a narrower token
+        # without shrinking the grant every other service relies on.
         raise _too_wide(grant, carried, beyond_rule, "the provider cannot issue a narrower token")
     require_live(grant)
-    expires_at: datetime | None
-    if beyond_rule:
-        if request is not None:
-            warm_path.require_cold(request)
-        token, expires_at, scopes = _narrowed(grant, permission, carried)
-        return grant, token, expires_at, scopes, True
-    grant = _fresh(grant, min_ttl, force_refresh, request)
+    grant = _fresh(grant, min_ttl, force_refresh)
     token, expires_at = _stored_token(grant)
     # A refresh may have changed what the token carries: checked again on what is served.
     scopes, beyond_rule = _token_scopes(grant, permission, requested)
     if beyond_rule:
         raise _too_wide(grant, scopes, beyond_rule, "the refreshed token carries more")
-    return grant, token, expires_at, scopes, False
+    return grant, token, expires_at, scopes
 
 
 def _expires_in(expires_at: datetime | None) -> int | None:
@@ -590,13 +500,11 @@ def _on_behalf_of_required(grant: Grant) -> ApiError:
     )
 
 
-@api_view("POST", scope="tokens:read", denied="token.denied", warm=True)
+@api_view("POST", scope="tokens:read", denied="token.denied")
 def access_token(request: ServiceRequest) -> HttpResponse:
     """A valid access token of a user's OAuth 2.0 grant, refreshed if needed (single flight)."""
     body = parse_json_body(request, ACCESS_TOKEN_BODY)
     force_refresh = body.get("force_refresh", False)
-    if force_refresh:
-        warm_path.require_cold(request)  # it asks for a refresh: no use trying memory
     grant, permission = _find_grant(request, body)
     if permission.proxy_only:
         raise proxy_only(grant.provider_app.slug, grant_id=grant.pk)
@@ -607,8 +515,8 @@ def access_token(request: ServiceRequest) -> HttpResponse:
     if grant.provider_app.protocol != "oauth2":
         raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
     min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
-    grant, token, expires_at, scopes, narrowed = _serve_token(
-        grant, permission, body.get("scopes"), min_ttl, force_refresh, request
+    grant, token, expires_at, scopes = _serve_token(
+        grant, permission, body.get("scopes"), min_ttl, force_refresh
     )
     service = request.broker_token
     _served(
@@ -621,34 +529,18 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         scopes=scopes,
         min_ttl=min_ttl,
         force_refresh=force_refresh,
-        narrowed=narrowed,
     )
     answer: AccessToken = {
         "access_token": token,
         "token_type": "Bearer",
         "expires_at": _iso(expires_at),
-        "expires_in": None,  # counted when sent
+        "expires_in": _expires_in(expires_at),
         "scopes": scopes,
         "grant": str(grant.pk),
         "account": _account(grant),
         "resources": grant.resources,
     }
-    answer_json = JsonTemplate(answer, ("expires_in",))
-
-    def respond() -> HttpResponse:
-        content = answer_json.fill(expires_in=_expires_in(expires_at))
-        return _no_store(HttpResponse(content, content_type="application/json"))
-
-    # The same answer again while the stored token lasts min_ttl and the last use needs no
-    # write (the grant's copy and its serving versions vouch for the rest).
-    warm_path.may_repeat(
-        request,
-        respond,
-        holds=lambda: (
-            grant.access_token_valid_for(min_ttl) and _use_noted(grant, service.service_id)
-        ),
-    )
-    return respond()
+    return _no_store(JsonResponse(answer))
 
 
 @api_view("POST", scope="requests:sign", denied="token.denied")
@@ -757,9 +649,7 @@ def _exchange(
         "subject_issuer": subject.issuer,
     }
     app = ProviderApp.objects.filter(slug=slug).first() if matchable(slug) else None
-    serving = grant_lookup.prefetched(request)
-    stamp = serving.rules_stamp if serving is not None else None
-    permission = rules.permission(service.pk, app, subject.user, stamp) if app else None
+    permission = rules.permission(service.pk, app, subject.user) if app else None
     if app is None or permission is None:
         raise ApiError(
             400,
@@ -769,7 +659,7 @@ def _exchange(
         )
     if permission.proxy_only:
         raise proxy_only(app.slug, subject_user=subject.user.username)
-    grant = _users_grant(subject.user.username, app.slug)
+    grant = grant_lookup.users_grant(subject.user.username, app.slug)
     if grant is None:
         raise ApiError(400, "invalid_target", f"the user has no grant of {slug!r}", **on_behalf)
     if app.protocol == "api_token":
@@ -783,7 +673,7 @@ def _exchange(
         )
     requested = form["scope"].split() if "scope" in form else None
     min_ttl = capped_min_ttl(DEFAULT_MIN_TTL, grant)
-    grant, token, expires_at, scopes, narrowed = _serve_token(
+    grant, token, expires_at, scopes = _serve_token(
         grant, permission, requested, min_ttl, force_refresh=False
     )
     _served(
@@ -794,7 +684,6 @@ def _exchange(
         "token.exchanged",
         "exchanged",
         scopes=scopes,
-        narrowed=narrowed,
         on_behalf_of=True,
         subject_issuer=subject.issuer,
         subject_token_type=token_type,
@@ -834,9 +723,7 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
     app = ProviderApp.objects.filter(slug=body["provider"]).first()
     if user is None or app is None:
         raise not_visible(**wanted)
-    serving = grant_lookup.prefetched(request)
-    stamp = serving.rules_stamp if serving is not None else None
-    permission = rules.permission(request.broker_token.service_id, app, user, stamp)
+    permission = rules.permission(request.broker_token.service_id, app, user)
     if permission is None:
         raise not_visible(**wanted)
     if not permission.can_create_connect_links:

@@ -38,14 +38,6 @@ class ProviderKind:
     # Data Center rejects a refresh without the redirect_uri used for the code.
     refresh_sends_redirect_uri: bool = False
     rotating_refresh_tokens: bool = False
-    # The provider honours `scope` on a refresh (RFC 6749 section 6) with an access token
-    # carrying only those scopes, and neither rotates nor narrows the refresh token nor
-    # revokes the access tokens it issued before. Only then can a service whose rules allow
-    # less than the grant holds get a narrower token without shrinking what the other
-    # services rely on. No built-in kind is known to: Atlassian Cloud and Data Center rotate
-    # refresh tokens and document no `scope` on refresh, and servers differ (one as common
-    # as django-oauth-toolkit narrows the rotated refresh token too).
-    narrower_tokens_on_refresh: bool = False
     # Used when a token response has no expires_in.
     default_access_token_seconds: int = 3600
     refresh_token_inactivity_days: int | None = None
@@ -58,11 +50,6 @@ class ProviderKind:
     # Headers the proxy adds to requests that change something (not GET, HEAD, OPTIONS):
     # Data Center refuses form posts without `X-Atlassian-Token: no-check` (its XSRF check).
     proxy_write_headers: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.narrower_tokens_on_refresh and self.rotating_refresh_tokens:
-            # A narrowed refresh would replace the refresh token every service depends on.
-            raise ValueError(f"kind {self.name}: a rotating provider cannot narrow tokens")
 
     @property
     def revocable_upstream(self) -> bool:

@@ -229,14 +229,10 @@ def refresh(
     *,
     refresh_token: str,
     redirect_uri: str,
-    scopes: list[str] | None = None,
 ) -> TokenResponse:
-    """RFC 6749 section 6. Data Center also wants the redirect_uri of the original code.
-    `scopes`: ask for a token narrower than the grant (only for kinds whose catalog entry
-    says `narrower_tokens_on_refresh`); None asks for the grant's scopes."""
+    """RFC 6749 section 6, for the grant's scopes. Data Center also wants the redirect_uri
+    of the original code."""
     params: dict[str, Any] = {"refresh_token": refresh_token}
     if app.catalog_entry.refresh_sends_redirect_uri:
         params["redirect_uri"] = redirect_uri
-    if scopes is not None:
-        params["scope"] = app.catalog_entry.scope_separator.join(scopes)
     return post_to_token_endpoint(app, "refresh_token", **params)

@@ -17,7 +17,6 @@ from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from broker.infra import serving_versions
 from broker.models import Grant
 from broker.providers.api_token_auth import API_TOKEN_KINDS
 from broker.refresh.engine import announce
@@ -32,10 +31,7 @@ def expire(grant_id: str, now: datetime) -> bool:
     token was stored meanwhile; True if this call did (a conditional UPDATE, so two beats
     end it, and tell about it, once)."""
     wiped = {Grant.sealed_column_name(field): "" for field in Grant.SEALED_FIELDS}
-    with (
-        serving_versions.writing(serving_versions.grant_scope(grant_id)),
-        transaction.atomic(),
-    ):
+    with transaction.atomic():
         ended = Grant.objects.filter(
             pk=grant_id, status=Grant.Status.ACTIVE, refresh_absolute_expires_at__lte=now
         ).update(

@@ -9,9 +9,7 @@ Entry points
 - `ensure_fresh(grant_id, min_ttl=..., force_refresh=...)`: the API's on-demand path.
 - `refresh_grant_now(grant_id, retries_left=...)`: what the Celery task runs for a grant the
   beat claimed (`claim_due_grants`).
-Both go through the same single-flight section (`single_flight`), which is, with
-`narrowed_token` (a refresh for a narrower token that stores nothing, under the same lock,
-for the few kinds that can issue one), the only code that calls
+Both go through the same single-flight section (`single_flight`), the only code that calls
 `broker.providers.oauth2_client.refresh` for a stored grant.
 
 Single flight: a Redis lock plus a fencing token in the database
@@ -118,7 +116,6 @@ from redis.client import Pipeline
 from broker.audit import trail
 from broker.crypto.key_ring import DecryptionError
 from broker.crypto.sealed_fields import keyring
-from broker.infra import serving_versions
 from broker.infra.redis_connection import redis_client
 from broker.models import Grant
 from broker.notify.dispatch import notify
@@ -161,10 +158,6 @@ class ReconnectRequired(Exception):
 class UserDeactivated(Exception):
     """The grant's user is deactivated (`is_active` false): nothing is served or refreshed.
     The grant itself is kept, so reactivating the user restores it."""
-
-
-class NarrowingRefused(Exception):
-    """The provider would not issue the narrower token (e.g. `invalid_scope`)."""
 
 
 class ProviderUnavailable(Exception):
@@ -280,7 +273,7 @@ return ours and 1 or 0
 class HeldLock:
     """A grant's refresh lock while it is held: the rescue's sealed value and the in-flight
     mark as they were when it was taken (None: none), and a pipeline for the Redis commands
-    that can wait for its release (serving versions settled, metrics), sent with it."""
+    that can wait for its release (metrics), sent with it."""
 
     rescued: bytes | None
     marked: int | None
@@ -332,8 +325,7 @@ def release(grant_id: Any, key: str, owner: str, pipe: Pipeline) -> None:
         # fence kept our write from overwriting theirs.
         log.warning("refresh lock for grant %s expired before release", grant_id)
     for failed in (result for result in queued if isinstance(result, Exception)):
-        # Metrics lost, or the serving versions' writer left in place until its window
-        # ends (WRITE_WINDOW_SECONDS: no caching of the grant meanwhile, never wrong).
+        # Metrics lost: counted, never needed for correctness.
         log.warning("grant %s: a command sent with the lock's release failed: %s", grant_id, failed)
 
 
@@ -525,8 +517,7 @@ def stored_token_in_doubt(grant: Grant) -> bool:
 
 
 def in_doubt(grant: Grant, rescued: bool, in_flight_from: bytes | None) -> bool:
-    """`stored_token_in_doubt` from the values of `doubt_keys`, read after the grant (or at
-    the same instant as a serving version that vouches for it)."""
+    """`stored_token_in_doubt` from the values of `doubt_keys`, read after the grant."""
     # The mark stays after its refresh committed (until it expires): a request that read
     # the grant just before the commit still finds it, for the version it read, and takes
     # the refresh's result instead. Marks from older versions than the one read are spent.
@@ -616,24 +607,18 @@ def persist_refresh(
     seen_version: int,
     received_at: datetime,
     lifetime_from: datetime | None = None,
-    settle_on: Pipeline | None = None,
 ) -> bool:
     """The one write of a refresh's result, fenced on the token_version read before the
     call. Returns False when the grant moved on (newer tokens, revoked) and nothing was
     written. The audit event is part of the same transaction. `lifetime_from`: when the
     tokens' lifetimes began, for a redo of a refresh in doubt (`MarkedInFlight.redo_of`;
-    default received_at). `settle_on`: the pipeline
-    sent with the lock's release (`HeldLock.at_release`), which then carries the end of
-    the serving versions' write (`serving_versions.writing`) instead of a round trip of
-    its own."""
+    default received_at)."""
     grant.token_version = seen_version
     fields = apply_token_response(
         grant, response, now=received_at, lifetime_from=lifetime_from, refreshed=True
     )
     values = {name: getattr(grant, name) for name in fields if name != "updated_at"}
     values["updated_at"] = timezone.now()
-    scope = serving_versions.grant_scope(grant.pk)
-    writer = serving_versions.begin_write(scope)  # as `serving_versions.writing` does
     event = trail.event_fields(
         "grant.refreshed",
         actor_type=trail.ActorType.SYSTEM,
@@ -644,14 +629,7 @@ def persist_refresh(
         scopes=grant.scopes,
         token_version=grant.token_version,
     )
-    try:
-        written = update_and_record_if_current(grant.pk, seen_version, values, event)
-    finally:
-        if settle_on is None:
-            serving_versions.end_write(writer, scope)
-        else:
-            serving_versions.queue_end_write(settle_on, writer, scope)
-    return written
+    return update_and_record_if_current(grant.pk, seen_version, values, event)
 
 
 def describe(exc: TokenEndpointError) -> str:
@@ -686,10 +664,7 @@ def mark_reconnect_required(grant: Grant, *, seen_version: int, error: str, reas
     not kill the grant."""
     now = timezone.now()
     wiped = dict.fromkeys(grant.wipe_secrets(), "")
-    with (
-        serving_versions.writing(serving_versions.grant_scope(grant.pk)),
-        transaction.atomic(durable=True),
-    ):
+    with transaction.atomic(durable=True):
         written = Grant.objects.filter(
             pk=grant.pk, token_version=seen_version, status=Grant.Status.ACTIVE
         ).update(
@@ -841,7 +816,6 @@ def refresh_and_store(grant: Grant, held: HeldLock, *, task_may_retry: bool) -> 
             seen_version=seen_version,
             received_at=received_at,
             lifetime_from=marked.redo_of,
-            settle_on=held.at_release,
         )
     except DatabaseError as exc:
         log.error("grant %s: refreshed tokens not written (%s); rescued", grant.pk, exc)
@@ -953,8 +927,7 @@ def ensure_fresh(
 ) -> Grant:
     """The grant, reloaded, with an access token valid for at least `min_ttl` seconds.
 
-    as_read: the grant as the caller read it at the start of its call (the API's copy,
-    checked against the serving versions in the request's first round trip), which is then
+    as_read: the grant as the caller read it from the database in this request, which is then
     not read again before waiting for a refresh in flight: a burst of callers on one
     refresh takes no database connection before its wait. When it already does (its token
     lasts, nothing in doubt), it is what is returned, not a reload.
@@ -1066,54 +1039,6 @@ def ensure_fresh(
     raise ProviderUnavailable(
         f"no access token could be had ({outcome.result})", retry_after=retry_after
     )
-
-
-def narrowed_token(grant_id: Any, *, scopes: list[str]) -> TokenResponse:
-    """A fresh access token carrying only `scopes`, from a refresh that asks for them
-    (RFC 6749 section 6), for kinds whose catalog entry says `narrower_tokens_on_refresh`.
-
-    Nothing of it is stored: the grant keeps its own tokens for every other service. It
-    runs under the grant's refresh lock all the same, and should the provider send a new
-    refresh token after all, that one is kept (fenced like any refresh), or the grant would
-    die at its next refresh. Raises Grant.DoesNotExist, ReconnectRequired, UserDeactivated,
-    NarrowingRefused or ProviderUnavailable.
-    """
-    with refresh_lock(grant_id, wait=lock_wait()) as held:
-        if not held:
-            raise ProviderUnavailable("another refresh is running", retry_after=1)
-        grant = load(grant_id)
-        require_usable(grant)
-        app = grant.provider_app
-        if not app.catalog_entry.narrower_tokens_on_refresh:
-            raise NarrowingRefused(f"kind {app.kind} cannot issue narrower tokens")
-        refresh_token = grant.unseal("refresh_token")
-        if not refresh_token:
-            raise NarrowingRefused("the grant has no refresh token")
-        require_no_outer_transaction()
-        release_database_connection()  # the provider may take BROKER_PROVIDER_TIMEOUT
-        try:
-            response = refresh_upstream(
-                app, refresh_token=refresh_token, redirect_uri=grant.redirect_uri, scopes=scopes
-            )
-        except (ClientMisconfigured, TransientTokenError) as exc:
-            # The grant's own refreshes count and report failures; this one only answers.
-            retry_after = math.ceil(getattr(exc, "retry_after", None) or 1)
-            raise ProviderUnavailable(describe(exc), retry_after=retry_after) from None
-        except GrantRejected as exc:
-            # Not proof that the grant is dead (the scope may be what was refused): its own
-            # next refresh tells.
-            raise NarrowingRefused(describe(exc)) from None
-        if response.refresh_token:
-            log.warning("grant %s: a narrowed refresh rotated the refresh token", grant.pk)
-            grant.seal("refresh_token", response.refresh_token)
-            Grant.objects.filter(
-                pk=grant.pk, token_version=grant.token_version, status=Grant.Status.ACTIVE
-            ).update(
-                refresh_token_sealed=grant.refresh_token_sealed,
-                token_version=F("token_version") + 1,
-                updated_at=timezone.now(),
-            )
-        return response
 
 
 # -- scheduled (the worker) -------------------------------------------------------------------

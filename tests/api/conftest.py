@@ -11,7 +11,6 @@ import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 
-from broker.api import rules
 from broker.audit import trail
 from broker.infra.redis_connection import redis_client
 from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
@@ -25,7 +24,6 @@ ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_acc
 def empty_audit_buffer() -> None:
     """Buffered events of an earlier test must not land in this test's database."""
     redis_client().delete(trail.BUFFER_KEY, trail.FLUSH_LOCK_KEY)
-    rules.forget_cached_rules()
 
 
 def metric_value(name: str, **labels: str) -> float:

@@ -43,7 +43,7 @@ def test_buffered_events_reach_the_database_on_flush():
 def test_a_flushed_event_is_the_row_the_orm_would_store():
     """On PostgreSQL the flusher hands the server the batch as JSON to read into rows;
     every column must come out as the model's own insert stores it."""
-    raw = trail.service_event_of(
+    raw = trail.service_event_json(
         "token.issued",
         "svc",
         grant_id=uuid.uuid4(),
@@ -53,7 +53,7 @@ def test_a_flushed_event_is_the_row_the_orm_would_store():
         min_ttl=60,
         narrowed=False,
         nested={"a": [1, 2.5, None, "é"]},
-    ).json_for(None)
+    )
     redis_client().rpush(trail.BUFFER_KEY, raw)
     assert trail.flush_buffer() == 1
     flushed = AuditEvent.objects.get()
@@ -248,7 +248,7 @@ def test_the_copy_reads_the_id_of_an_event_written_otherwise(settings):
     event; an event written another way (its keys in another order) is parsed, and
     stored once all the same."""
     settings.BROKER_AUDIT_COPY_SECONDS = 3600
-    fields = json.loads(trail.service_event_of("token.issued", "svc", n=0).json_for(None))
+    fields = json.loads(trail.service_event_json("token.issued", "svc", n=0))
     reordered = json.dumps(dict(reversed(fields.items())))
     for _ in range(2):
         trail._local.keep(reordered)

@@ -13,7 +13,6 @@ from django.core.management import call_command
 from joserfc.jwk import RSAKey
 
 from accounts.models import ExternalIdentity
-from broker.api import rules
 from broker.models import AccessRule, Grant, ServiceClient
 from tests.api.conftest import audit_events, basic, fetch_token, post_form
 from tests.factories import consented_grant, service_and_secret
@@ -217,7 +216,6 @@ def test_an_on_behalf_of_rule_refuses_a_request_that_only_names_the_user(
     # A grant also covered by an ordinary rule is served by name.
     alice.groups.add(group)
     AccessRule.objects.create(service=service, provider_app=atlassian, users_group=group)
-    rules.forget_cached_rules()
     response = api.post("/api/v1/access-token", body, content_type="application/json", **headers)
     assert response.status_code == 200
 
@@ -297,7 +295,6 @@ def test_the_admin_audit_filter_shows_which_services_acted_for_a_user(
     assert exchange(api, assistant, idp.token("alice-sub")).status_code == 200
     service, secret = assistant
     AccessRule.objects.filter(service=service).update(on_behalf_of=False)
-    rules.forget_cached_rules()
     token = fetch_token(api, service, secret)["access_token"]
     by_name = api.post(  # for alice too, but not on her behalf
         "/api/v1/access-token",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from broker_client import Forbidden, InsufficientScope, NotFound
 
-from broker.api import rules
 from tests.client.conftest import add_rule, count, expire_at_provider
 from tests.sandbox_grants import refresh_count
 
@@ -60,7 +59,6 @@ def test_the_brokers_refusals_raise_and_the_providers_answers_do_not(
     assert unknown_site.status_code == 404  # the provider's 404, not the broker's
 
     add_rule(service["client_id"], "sandbox", "--proxy-methods", "GET")
-    rules.forget_cached_rules()  # the live broker runs in this process
     sandbox.reset_counters()
     with pytest.raises(Forbidden) as denied:
         jira.post(f"{JIRA}/search", json={"jql": "x"})
