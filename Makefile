@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint install
+.PHONY: dev test test-quick lint install
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ dev: install
 
 test: install
 	$(BIN)/pytest
+
+# The developer's loop: the tests of one package or file (TESTS=tests/api), without those
+# marked slow (gunicorn and Celery under load, fault drills) or browser (Chromium).
+TESTS ?= tests
+test-quick: install
+	$(BIN)/pytest -m "not slow and not browser" $(TESTS)
 
 lint: install
 	$(BIN)/ruff check .

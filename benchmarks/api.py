@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -249,18 +248,6 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     server = start_gunicorn(port)
     body = json.dumps({"grant": grant_id})
-    # As the beat does in production: move the audit buffer into the database every 5 s
-    # (a full buffer sends every event to the database directly).
-    flushing = threading.Event()
-
-    def flush() -> None:
-        from broker.audit import trail
-
-        while not flushing.wait(5):
-            trail.flush_buffer()
-
-    flusher = threading.Thread(target=flush, daemon=True)
-    flusher.start()
     try:
         token = broker_token(base, client_id, secret)
         # P4 baseline: RSS after the first 1,000 fetches (a slow machine needs more than
@@ -285,7 +272,6 @@ def main() -> None:
             done += run_wrk(f"{base}/api/v1/access-token", "POST", token, body, seconds)["requests"]
         rss_last = worker_rss(server)
     finally:
-        flushing.set()
         server.terminate()
         server.wait(timeout=10)
 

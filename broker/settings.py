@@ -266,8 +266,6 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
-    # The internal API buffers its audit events in Redis (broker.audit.trail.record_soon).
-    "flush-audit-buffer": {"task": "broker.audit.flush_buffer", "schedule": 5.0},
     "purge-expired-consent-state": {
         "task": "broker.consent.purge_expired_consent_state",
         "schedule": 3600.0,
@@ -323,14 +321,6 @@ BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
 # Issuers, besides BROKER_OIDC_ISSUER, whose user tokens services may exchange (RFC 8693)
 # for the user's provider tokens (comma-separated; keys found through their discovery).
 BROKER_SUBJECT_ISSUERS = env.list("BROKER_SUBJECT_ISSUERS", default=[])
-# Audit events the Redis buffer may hold before events are written directly (the flusher
-# is behind or stopped).
-BROKER_AUDIT_BUFFER_MAX = env.int("BROKER_AUDIT_BUFFER_MAX", default=100_000)
-# Every process that buffers audit events also keeps its own copy of each for this many
-# seconds, then stores it unless the buffer's flush did (a second failure domain: a Redis
-# flush or restart loses the buffer, not the copy; 0: the buffer alone). Above the flush
-# interval (CELERY_BEAT_SCHEDULE's flush-audit-buffer), so that normally nothing is left.
-BROKER_AUDIT_COPY_SECONDS = env.float("BROKER_AUDIT_COPY_SECONDS", default=6.0)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.

@@ -31,9 +31,6 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 
-# No background writer of the audit copy (its own thread and connection): the tests that
-# need it turn it on and write it explicitly (broker.audit.trail.write_local_copy).
-BROKER_AUDIT_COPY_SECONDS = 0.0
 
 # Test receivers (webhooks, fake providers) listen on loopback.
 BROKER_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]

@@ -13,7 +13,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
-from redis.client import Pipeline
 
 from accounts.models import User
 from broker.api import (
@@ -394,10 +393,11 @@ def _served(
     counted_as: str,
     **detail: Any,
 ) -> None:
-    """Records that the service got a token or signature for `grant` (audit, last use, and
-    the broker_token_issues metric with the outcome `counted_as`): one Redis round trip."""
+    """Records that the service got a token or signature for `grant`: the audit event,
+    committed before the answer is sent, the last use, and the broker_token_issues metric
+    with the outcome `counted_as`."""
     grant_lookup.note_use(grant, service_id)
-    raw = trail.service_event_json(
+    trail.service_event(
         action,
         client_id,
         request=request,
@@ -406,20 +406,13 @@ def _served(
         provider=grant.provider_app.slug,
         **detail,
     )
-
-    def queue(pipe: Pipeline) -> None:
-        metrics.queue_token_issue(pipe, client_id, counted_as)
-        trail.queue_push(pipe, raw)
-
     try:
         # Shared with the other answers of the moment (a burst of waiters on one refresh).
-        _, pushed = shared_round_trip().execute(queue)
-    except redis.RedisError as exc:
-        log.warning(
-            "audit buffer unavailable (%s); writing %s directly", type(exc).__name__, action
+        shared_round_trip().execute(
+            lambda pipe: metrics.queue_token_issue(pipe, client_id, counted_as)
         )
-        pushed = 0
-    trail.pushed_or_written(raw, pushed)
+    except redis.RedisError as exc:
+        log.warning("metrics: token issue not counted (%s)", type(exc).__name__)
 
 
 def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:

@@ -40,9 +40,6 @@ PREFIX = "broker:metrics:"
 REFRESHES = PREFIX + "refreshes"
 REFRESH_SECONDS = PREFIX + "refresh_seconds"
 TOKEN_ISSUES = PREFIX + "token_issues"
-# Audit events that took a detour: "set_aside" (the flusher could not store them; kept in the
-# dead-letter list), "written_directly" (the Redis buffer was full or down).
-AUDIT_DETOURS = PREFIX + "audit_detours"
 SEPARATOR = "\x1f"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 # Kombu's Redis transport keeps one list per queue and priority step: "celery",
@@ -94,14 +91,6 @@ def queue_token_issue(pipe: Pipeline, service: str, outcome: str) -> None:
     pipe.hincrby(TOKEN_ISSUES, token_issue_field(service, outcome), 1)
 
 
-def count_audit_detour(kind: str, n: int = 1) -> None:
-    """`n` audit events took the detour `kind` (see AUDIT_DETOURS)."""
-    try:
-        redis_client().hincrby(AUDIT_DETOURS, kind, n)
-    except Exception as exc:
-        logger.warning("metrics: audit detour not counted: %s", type(exc).__name__)
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -134,16 +123,6 @@ class BrokerCollector(Collector):
             service, _, outcome = _text(key).partition(SEPARATOR)
             issues.add_metric([service, outcome], int(n))
         yield issues
-
-        detours = CounterMetricFamily(
-            "broker_audit_detours",
-            "Audit events set aside by the flusher (unstorable) or written directly "
-            "(buffer full or Redis down)",
-            labels=["kind"],
-        )
-        for kind, n in sorted(client.hgetall(AUDIT_DETOURS).items()):
-            detours.add_metric([_text(kind)], int(n))
-        yield detours
 
         raw = {_text(k): _text(v) for k, v in client.hgetall(REFRESH_SECONDS).items()}
         cumulative = 0

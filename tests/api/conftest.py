@@ -11,19 +11,11 @@ import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 
-from broker.audit import trail
-from broker.infra.redis_connection import redis_client
 from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
 from tests.factories import consented_grant, service_and_secret
 
 TOKEN_URL = "/api/v1/oauth/token"
 ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_access"]
-
-
-@pytest.fixture(autouse=True)
-def empty_audit_buffer() -> None:
-    """Buffered events of an earlier test must not land in this test's database."""
-    redis_client().delete(trail.BUFFER_KEY, trail.FLUSH_LOCK_KEY)
 
 
 def metric_value(name: str, **labels: str) -> float:
@@ -49,7 +41,6 @@ def token_issues(service: ServiceClient, outcome: str) -> float:
 
 
 def audit_events(**filters: Any) -> list[AuditEvent]:
-    trail.flush_buffer()
     return list(AuditEvent.objects.filter(**filters).order_by("at", "id"))
 
 

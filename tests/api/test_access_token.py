@@ -106,11 +106,15 @@ def test_it_records_last_use_cheaply(api, grant, rule, bearer, django_assert_max
     grant.refresh_from_db()
     assert grant.last_used_by_id == rule.service_id and grant.last_used_at is not None
     first_use = grant.last_used_at
-    # Later calls within the minute write nothing: the service, the grant and the rules
-    # are read, each in one query.
-    with django_assert_max_num_queries(3) as run:
+    # Later calls within the minute write only their audit event: the service, the grant
+    # and the rules are read, each in one query.
+    with django_assert_max_num_queries(4) as run:
         assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200
-    assert all(q["sql"].lstrip().upper().startswith("SELECT") for q in run.captured_queries)
+    statements = [q["sql"].lstrip().upper().split()[0] for q in run.captured_queries]
+    assert sorted(statements) == ["INSERT", "SELECT", "SELECT", "SELECT"]
+    assert "audit" in next(
+        q["sql"] for q in run.captured_queries if q["sql"].lstrip().upper().startswith("INSERT")
+    )
     grant.refresh_from_db()
     assert grant.last_used_at == first_use
 
@@ -126,7 +130,7 @@ def test_a_spent_refresh_mark_costs_no_query(
     headers = bearer()
     post(api, {"grant": str(grant.pk)}, headers)  # the first use writes last_used
     assert engine.mark_in_flight(grant.pk, grant.token_version - 1)
-    with django_assert_max_num_queries(3):
+    with django_assert_max_num_queries(4):  # three reads and the audit event
         response = post(api, {"grant": str(grant.pk)}, headers)
     assert response.status_code == 200
     assert response.json()["access_token"] == grant.unseal("access_token")

@@ -12,7 +12,6 @@ from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 
 from accounts.models import User
-from broker.audit import trail
 from broker.models import AccessRule, AuditEvent, ServiceClient
 from tests.factories import service_and_secret
 from tests.sandbox_grants import TIMEOUT, connect_grant, refresh_count, signed_in_browser
@@ -86,7 +85,6 @@ def exchange(live_server, service_and_secret, subject_token: str) -> requests.Re
 
 
 def events(action: str) -> list[AuditEvent]:
-    trail.flush_buffer()
     return list(AuditEvent.objects.filter(action=action).order_by("at"))
 
 

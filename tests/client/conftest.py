@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.management import call_command
 
 from broker.models import AuditEvent, Grant
-from tests.api.conftest import audit_events, empty_audit_buffer  # noqa: F401 (autouse)
+from tests.api.conftest import audit_events  # noqa: F401
 from tests.consent.test_oauth1_flow import connect
 from tests.sandbox_grants import connect_grant
 from tests.sandbox_server import SandboxServer, start_sandbox

@@ -12,9 +12,6 @@ import pytest
 from django.conf import settings
 
 from broker.api.service_secrets import new_secret
-from broker.audit import trail
-from broker.audit.trail import flush_buffer_task
-from broker.infra.redis_connection import redis_client
 from broker.ops.logging_config import logging_settings, redact
 from broker.refresh.tasks import enqueue_due_refreshes
 from broker.revocation.revoke import revoke_grant
@@ -159,19 +156,11 @@ def test_request_lines_name_the_calling_service(client, log_output):
 
 @pytest.mark.django_db
 def test_idle_housekeeping_tasks_log_nothing_at_info(eager_celery, log_output):
-    redis_client().delete(trail.BUFFER_KEY)  # events earlier tests buffered
-    flush_buffer_task.delay()
     enqueue_due_refreshes.delay()
-    trail.record_soon("service.authenticated", actor_type=trail.ActorType.SERVICE, actor="s")
-    flush_buffer_task.delay()
 
     lines = [json.loads(line) for line in log_output.getvalue().splitlines()]
     tasks = [(t["task"], t["level"]) for t in lines if t["logger"] == "broker.task"]
-    assert tasks == [
-        ("broker.audit.flush_buffer", "DEBUG"),
-        ("broker.tasks.enqueue_due_refreshes", "DEBUG"),
-        ("broker.audit.flush_buffer", "INFO"),  # it wrote an event: worth a line
-    ]
+    assert tasks == [("broker.tasks.enqueue_due_refreshes", "DEBUG")]
 
 
 def test_celery_and_runserver_repeat_no_request_or_task_line(log_output):
@@ -181,9 +170,9 @@ def test_celery_and_runserver_repeat_no_request_or_task_line(log_output):
     for handler in logging.getLogger().handlers:
         handler.setStream(log_output)  # type: ignore[attr-defined]
     logging.getLogger("django.server").warning('"GET /connections/ HTTP/1.1" 404 179')
-    logging.getLogger("celery.beat").info("Scheduler: Sending due task flush-audit-buffer")
-    logging.getLogger("celery.worker.strategy").info("Task broker.audit.flush_buffer received")
-    logging.getLogger("celery.app.trace").info("Task broker.audit.flush_buffer succeeded")
+    logging.getLogger("celery.beat").info("Scheduler: Sending due task purge-expired-consent")
+    logging.getLogger("celery.worker.strategy").info("Task broker.tasks.refresh_grant received")
+    logging.getLogger("celery.app.trace").info("Task broker.tasks.refresh_grant succeeded")
     logging.getLogger("celery.app.trace").error("Task broker.tasks.refresh_grant raised")
     messages = [json.loads(line)["message"] for line in log_output.getvalue().splitlines()]
     assert messages == ["Task broker.tasks.refresh_grant raised"]
