@@ -305,7 +305,13 @@ def test_addaccessrule_sets_and_checks_the_proxy_rules(app):
     assert result["proxy_only"] is True and result["proxy_methods"] == ["GET", "POST"]
     rule = AccessRule.objects.get(service=service)
     assert rule.proxy_paths == ["/ex/jira/*/rest/api/3/**", "/me"] and rule.proxy_only
-    for bad in (["--proxy-methods", "G T"], ["--proxy-paths", "/a/../b"], ["--proxy-paths", "/a*"]):
+    for bad in (
+        ["--proxy-methods", "G T"],
+        ["--proxy-paths", "/a/../b"],
+        ["--proxy-paths", "/a*"],
+        ["--proxy-paths", "/rest/api/2/issue/..;"],
+        ["--proxy-paths", "/a;x=1/**"],
+    ):
         with pytest.raises(CommandError):
             call_command("addaccessrule", service.client_id, "--provider", "upstream", *bad)
 
@@ -336,6 +342,10 @@ def test_paths_are_forwarded_encoded_again():
     assert encoded(segments_of("wiki/spaces/Café/pages")) == "/wiki/spaces/Caf%C3%A9/pages"
     assert encoded(segments_of("rest/api/2/issue/ACME-1:x")) == "/rest/api/2/issue/ACME-1:x"
     for bad in ("a//b", "a/./b", "a/../b", "..", "a/b%2fc", "a b", "a\\b", "a/@b", "a/b\x00"):
+        with pytest.raises(PathRefused):
+            segments_of(bad)
+    # What Tomcat, Jetty or Spring would read as a dot segment or strip (issue 25, item 2).
+    for bad in ("a/..;/b", "a/..;x=1", "a/b;jsessionid=1", "a/...", "a/\uff0e\uff0e", "a/b\u202e"):
         with pytest.raises(PathRefused):
             segments_of(bad)
 
