@@ -26,6 +26,9 @@ from urllib.parse import quote
 from django.core.exceptions import ValidationError
 
 METHOD = re.compile(r"[A-Z]{1,16}")
+# TRACE and TRACK echo the request, credentials included; CONNECT opens a tunnel that no
+# rule can judge. Never forwarded, whatever a rule says, and no rule may name them.
+NEVER_FORWARDED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 # Characters a segment may hold once decoded: no control characters or whitespace, none of
 # the characters that change how a URL is split, no percent sign (double encoding), and no
 # `;` (a path parameter, which servlet containers strip before they normalise the path).
@@ -146,8 +149,18 @@ def validate_proxy_paths(value: object) -> None:
             raise ValidationError(problem)
 
 
+def method_problem(method: str) -> str | None:
+    """Why a rule cannot name this method, or None."""
+    if not METHOD.fullmatch(method):
+        return f"{method!r} is not an upper-case HTTP method"
+    if method in NEVER_FORWARDED_METHODS:
+        return f"{method} is never forwarded by the proxy"
+    return None
+
+
 def validate_proxy_methods(value: object) -> None:
-    if not isinstance(value, list) or not all(
-        isinstance(m, str) and METHOD.fullmatch(m) for m in value
-    ):
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
         raise ValidationError('Enter a list of upper-case HTTP methods, e.g. ["GET", "POST"].')
+    for method in value:
+        if problem := method_problem(method):
+            raise ValidationError(f'{problem}; e.g. ["GET", "POST"].')
