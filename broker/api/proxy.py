@@ -98,10 +98,12 @@ NOT_FORWARDED = HOP_BY_HOP | {
     "content-length",
     "expect",
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
     "x-real-ip",
+    # Read by some servers and front proxies (IIS, Symfony, nginx auth set-ups) as the path
+    # to serve: a path the rules never judged.
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
     # Java stacks (Jersey, Spring) and Atlassian honour these, running another method than
     # the one the rules judged.
     "x-http-method-override",
@@ -111,6 +113,9 @@ NOT_FORWARDED = HOP_BY_HOP | {
     # be checked for the credential (broker.api.credential_echo).
     "accept-encoding",
 }
+# The broker's own headers, and what a front proxy says about the request (X-Forwarded-For,
+# -Host, -Proto, -Prefix: Spring builds paths and links from the last).
+NOT_FORWARDED_PREFIXES = ("broker-", "x-forwarded-")
 # The Allow header of the 405 for a method never forwarded (proxy_paths.NEVER_FORWARDED_METHODS).
 FORWARDED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # A query or form parameter some frameworks read as the method to run (Jersey, Spring,
@@ -344,7 +349,11 @@ def _forwarded_headers(request: HttpRequest, app: ProviderApp, method: str) -> d
         if not key.startswith("HTTP_"):
             continue
         name = key[5:].replace("_", "-").lower()
-        if name in NOT_FORWARDED or name in named_by_connection or name.startswith("broker-"):
+        if (
+            name in NOT_FORWARDED
+            or name in named_by_connection
+            or name.startswith(NOT_FORWARDED_PREFIXES)
+        ):
             continue
         headers[name.title()] = value
     if request.META.get("CONTENT_TYPE"):

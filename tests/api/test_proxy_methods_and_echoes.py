@@ -33,6 +33,13 @@ OVERRIDES = {
     "HTTP_X_HTTP_METHOD": "DELETE",
     "HTTP_X_METHOD_OVERRIDE": "DELETE",
 }
+# Headers some servers read as the path to serve, or its prefix (issue 25, item 2).
+PATH_OVERRIDES = {
+    "HTTP_X_ORIGINAL_URL": "/secret/admin",
+    "HTTP_X_ORIGINAL_URI": "/secret/admin",
+    "HTTP_X_REWRITE_URL": "/secret/admin",
+    "HTTP_X_FORWARDED_PREFIX": "/secret",
+}
 FILLER = b"x" * 200_000  # past what the proxy checks before it sends the status
 
 
@@ -227,6 +234,16 @@ def test_method_override_headers_never_reach_the_upstream(api, echo, app, grant,
     [(method, _, sent)] = echo.received
     assert method == "GET"
     for name in ("x-http-method-override", "x-http-method", "x-method-override"):
+        assert name not in sent, name
+
+
+def test_path_override_headers_never_reach_the_upstream(api, echo, grant, headers):
+    response = api.get(f"{PROXY}/plain", **headers, **PATH_OVERRIDES)
+
+    assert response.status_code == 200 and json.loads(body_of(response)) == {"ok": True}
+    [(_, path, sent)] = echo.received
+    assert path == "/api/plain"
+    for name in ("x-original-url", "x-original-uri", "x-rewrite-url", "x-forwarded-prefix"):
         assert name not in sent, name
 
 
