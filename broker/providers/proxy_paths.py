@@ -18,6 +18,7 @@ segment) or `**` (any number of segments, none included), e.g. `/ex/jira/*/rest/
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -103,6 +104,10 @@ def matches(pattern: str, segments: Sequence[str]) -> bool:
     """Whether the path's segments match the pattern (`*` one segment, `**` any)."""
     wanted = _pattern_segments(pattern)
 
+    # Remembered: with several `**`, the same (pattern, path) positions are tried again and
+    # again, and a long path would take time growing as its length to the power of their
+    # number.
+    @functools.cache
     def match(p: int, s: int) -> bool:
         if p == len(wanted):
             return s == len(segments)

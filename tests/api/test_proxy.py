@@ -6,6 +6,7 @@ forward nothing, size limits, the audit, proxy-only rules and the path patterns.
 from __future__ import annotations
 
 import json
+import time
 from io import StringIO
 from typing import Any
 
@@ -336,6 +337,14 @@ def test_addaccessrule_sets_and_checks_the_proxy_rules(app):
 )
 def test_path_patterns(pattern, path, expected):
     assert matches(pattern, segments_of(path)) is expected
+
+
+def test_a_pattern_with_several_double_stars_matches_a_long_path_quickly():
+    segments = segments_of("/".join(["a"] * 1500))
+    started = time.monotonic()
+    assert matches("/**/**/**/**/z", segments) is False
+    assert matches("/**/a/**/a/**", segments) is True
+    assert time.monotonic() - started < 2
 
 
 def test_paths_are_forwarded_encoded_again():
