@@ -372,7 +372,16 @@ def test_behind_gunicorn_encoded_separators_are_refused(tmp_path, upstream, app,
             timeout=10,
         ).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}", "Broker-User": "alice"}
-        for path in ("v4%2Fuser", "v4%2fuser", "v4/%2E%2E/user", "v4%5Cuser", "v4/%40x"):
+        for path in (
+            "v4%2Fuser",
+            "v4%2fuser",
+            "v4/%2E%2E/user",
+            "v4%5Cuser",
+            "v4/%40x",
+            "v4/..%3B/user",
+            "v4/..;/user",
+            "v4/user;jsessionid=1",
+        ):
             status, answer = raw_get(url, f"/api/v1/proxy/upstream/{path}", headers)
             assert (status, answer["Broker-Error"]) == (400, "invalid_path"), path
         assert upstream.requests == []
