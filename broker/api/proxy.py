@@ -9,7 +9,17 @@ is checked and encoded again by broker.providers.proxy_paths, the query string i
 redirects are returned, never followed. The service's own `Authorization`, cookies,
 `Broker-*` and hop-by-hop headers are dropped; the grant's credentials are put in
 (`credentials_for`). The answer's status, headers (but hop-by-hop ones and cookies) and
-body come back unchanged, the body streamed.
+body come back unchanged, the body streamed (decoded: `Content-Encoding` is removed, so
+that the answer can be checked, and so is `Content-Length` when there was one).
+
+Never forwarded: TRACE, TRACK and CONNECT (405 `method_not_allowed`, whatever the rules
+say: an echo of the request would carry the user's credential back, a tunnel would go past
+every rule), the method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+`X-Method-Override`: dropped, so the rules judge the method the provider runs), and a
+`_method` query or form parameter (refused: it cannot be dropped without changing the
+request). An answer that carries the credential the broker put in (broker.api.credential_echo)
+is never relayed: 502 `credential_echoed` when it is found in the headers or the body's
+first 64 KiB, the relay cut off where it is found later; audited either way.
 
 An upstream 401 to an OAuth 2.0 token is classified: Atlassian's "scope does not match"
 (a missing scope, which a refresh cannot fix) is answered 403 `insufficient_scope`; any
@@ -26,6 +36,7 @@ for); every refusal as `proxy.denied`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -34,7 +45,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from django.conf import settings
@@ -42,8 +53,9 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.response import HTTPResponse as Urllib3Response
 
-from broker.api import grant_lookup, rules, subject_tokens
+from broker.api import credential_echo, grant_lookup, rules, subject_tokens
 from broker.api.auth import ServiceRequest
 from broker.api.decorators import ANY_METHOD, api_view
 from broker.api.errors import ApiError, invalid_request, not_visible
@@ -83,21 +95,44 @@ NOT_FORWARDED = HOP_BY_HOP | {
     "content-length",
     "expect",
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
     "x-real-ip",
+    # Read by some servers and front proxies (IIS, Symfony, nginx auth set-ups) as the path
+    # to serve: a path the rules never judged.
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    # Java stacks (Jersey, Spring) and Atlassian honour these, running another method than
+    # the one the rules judged.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    # The broker's HTTP client asks for the encodings it can decode, so that the answer can
+    # be checked for the credential (broker.api.credential_echo).
+    "accept-encoding",
 }
+# The broker's own headers, and what a front proxy says about the request (X-Forwarded-For,
+# -Host, -Proto, -Prefix: Spring builds paths and links from the last).
+NOT_FORWARDED_PREFIXES = ("broker-", "x-forwarded-")
+# The Allow header of the 405 for a method never forwarded (proxy_paths.NEVER_FORWARDED_METHODS).
+FORWARDED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# A query or form parameter some frameworks read as the method to run (Jersey, Spring,
+# Rails); the rules judged the request's own.
+METHOD_OVERRIDE_PARAMETER = "_method"
 # Cookies the provider sets belong to the broker's connection, not to the service.
 NOT_RETURNED = HOP_BY_HOP | {"set-cookie", "set-cookie2"}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# Content codings the HTTP client decodes (so that the body can be checked).
+DECODABLE = frozenset(Urllib3Response.CONTENT_DECODERS)
 # Atlassian's answer to a token without the scope an endpoint needs (PROVIDERS.md).
 SCOPE_FAILURE_CATEGORY = "FAILURE_CLIENT_SCOPE_CHECK"
 SCOPE_MISMATCH_MESSAGE = "scope does not match"
 # A 401's body is read to classify it; more than this is not an error message.
 ERROR_BODY_LIMIT = 64 * 1024
 CHUNK_BYTES = 64 * 1024
+# The start of a body is read and checked before the status is sent: a credential there is
+# answered 502; further on, the relay is cut.
+CHECKED_BEFORE_STATUS_BYTES = 64 * 1024
 # A stored token is used for a call when it lasts this long; otherwise it is refreshed first.
 FRESH_FOR_SECONDS = 10
 
@@ -280,7 +315,11 @@ def _forwarded_headers(request: HttpRequest, app: ProviderApp, method: str) -> d
         if not key.startswith("HTTP_"):
             continue
         name = key[5:].replace("_", "-").lower()
-        if name in NOT_FORWARDED or name in named_by_connection or name.startswith("broker-"):
+        if (
+            name in NOT_FORWARDED
+            or name in named_by_connection
+            or name.startswith(NOT_FORWARDED_PREFIXES)
+        ):
             continue
         headers[name.title()] = value
     if request.META.get("CONTENT_TYPE"):
@@ -290,6 +329,24 @@ def _forwarded_headers(request: HttpRequest, app: ProviderApp, method: str) -> d
     return headers
 
 
+def _refuse_method_override(request: HttpRequest, body: bytes, where: dict[str, Any]) -> None:
+    """A `_method` in the query or a form body would make some servers run another method
+    than the one the rules judged; it cannot be dropped without changing the request."""
+    sources = [request.META.get("QUERY_STRING", "")]
+    if FORM_CONTENT_TYPE in request.META.get("CONTENT_TYPE", "") and body:
+        sources.append(body.decode("latin-1"))
+    for source in sources:
+        names = (name for name, _ in parse_qsl(source, keep_blank_values=True))
+        if any(name.strip().lower() == METHOD_OVERRIDE_PARAMETER for name in names):
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"the proxy does not forward a {METHOD_OVERRIDE_PARAMETER!r} parameter: some "
+                "servers read it as the method to run; send that method instead",
+                **where,
+            )
+
+
 # --- the answer -------------------------------------------------------------------------
 
 
@@ -297,14 +354,23 @@ class UpstreamResponse(StreamingHttpResponse):
     """The provider's answer, relayed (the broker's own refusals are JSON errors)."""
 
 
+def _content_codings(upstream: requests.Response) -> list[str]:
+    codings = upstream.headers.get("Content-Encoding", "").lower().split(",")
+    return [coding.strip() for coding in codings if coding.strip() not in ("", "identity")]
+
+
 def _returned_headers(upstream: requests.Response) -> dict[str, str]:
     named_by_connection = {
         name.strip().lower() for name in upstream.headers.get("Connection", "").split(",")
     }
+    # The body is relayed decoded: its encoding and encoded length no longer apply.
+    decoded = {"content-encoding", "content-length"} if _content_codings(upstream) else set()
     return {
         name: value
         for name, value in upstream.headers.items()
-        if name.lower() not in NOT_RETURNED and name.lower() not in named_by_connection
+        if name.lower() not in NOT_RETURNED
+        and name.lower() not in named_by_connection
+        and name.lower() not in decoded
     }
 
 
@@ -326,28 +392,66 @@ def is_scope_mismatch(upstream: requests.Response, body: bytes) -> bool:
 
 
 class _Relay:
-    """The upstream body, streamed to the service up to BROKER_PROXY_MAX_RESPONSE_BYTES;
-    closing it (the WSGI server does, also when the service hangs up) ends the provider
-    call and writes the audit event."""
+    """The upstream body, decoded, checked for the credential (credential_echo.BodyCheck)
+    and streamed to the service up to BROKER_PROXY_MAX_RESPONSE_BYTES; closing it (the WSGI
+    server does, also when the service hangs up) ends the provider call and writes the
+    audit event."""
 
-    def __init__(self, upstream: requests.Response, resources: ExitStack, call: _Call) -> None:
+    def __init__(
+        self,
+        upstream: requests.Response,
+        resources: ExitStack,
+        call: _Call,
+        check: credential_echo.BodyCheck,
+    ) -> None:
         self.upstream = upstream
         self.resources = resources
         self.call = call
+        self.check = check
+        self.source = self._checked()
+        self.ahead: list[bytes] = []  # checked before the status was sent, not yet relayed
+        self.cut_off = False  # the provider hung up, or the deadline passed, while reading ahead
         self.sent = 0
         self.complete = False
+        self.echoed = False
         self.closed = False
+
+    def _checked(self) -> Iterator[bytes]:
+        for chunk in self.upstream.raw.stream(CHUNK_BYTES, decode_content=True):
+            if passed := self.check.passed(chunk):
+                yield passed
+        if rest := self.check.rest():
+            yield rest
+
+    def read_ahead(self) -> None:
+        """Reads and checks the start of the body, before the status is sent.
+        Raises CredentialEchoed."""
+        ahead = 0
+        try:
+            while ahead < CHECKED_BEFORE_STATUS_BYTES:
+                piece = next(self.source, None)
+                if piece is None:
+                    return
+                self.ahead.append(piece)
+                ahead += len(piece)
+        except (Urllib3Error, OSError) as exc:
+            self.cut_off = True
+            log.warning("proxied response cut off (%s): %s", self.call.path, type(exc).__name__)
 
     def __iter__(self) -> Iterator[bytes]:
         limit = settings.BROKER_PROXY_MAX_RESPONSE_BYTES
+        ahead, self.ahead = self.ahead, []
         try:
-            for chunk in self.upstream.raw.stream(CHUNK_BYTES, decode_content=False):
-                if self.sent + len(chunk) > limit:
+            for piece in itertools.chain(ahead, () if self.cut_off else self.source):
+                if self.sent + len(piece) > limit:
                     log.warning("proxied response cut at %d bytes (%s)", limit, self.call.path)
                     return
-                self.sent += len(chunk)
-                yield chunk
-            self.complete = True
+                self.sent += len(piece)
+                yield piece
+            self.complete = not self.cut_off
+        except credential_echo.CredentialEchoed:
+            self.echoed = True
+            log.warning("proxied response cut: it holds the credential (%s)", self.call.path)
         except (Urllib3Error, OSError) as exc:  # the provider hung up, or the deadline passed
             log.warning("proxied response cut off (%s): %s", self.call.path, type(exc).__name__)
 
@@ -359,7 +463,8 @@ class _Relay:
             self.upstream.close()
             self.resources.close()
         finally:
-            self.call.audit(self.upstream.status_code, self.sent, self.complete)
+            extra = {"credential_echoed": True} if self.echoed else {}
+            self.call.audit(self.upstream.status_code, self.sent, self.complete, **extra)
 
 
 @dataclass
@@ -371,7 +476,7 @@ class _Call:
     started: float
     refreshed: bool = False
 
-    def audit(self, status: int, sent: int, complete: bool) -> None:
+    def audit(self, status: int, sent: int, complete: bool, **extra: Any) -> None:
         grant = self.target.grant
         on_behalf: dict[str, Any] = (
             {"on_behalf_of": True, "subject_issuer": self.target.subject_issuer}
@@ -393,6 +498,7 @@ class _Call:
             complete=complete,
             refreshed=self.refreshed,
             **on_behalf,
+            **extra,
         )
 
 
@@ -405,7 +511,8 @@ def _send(
     headers: dict[str, str],
     body: bytes,
     where: dict[str, Any],
-) -> requests.Response:
+) -> tuple[requests.Response, str]:
+    """The provider's answer, and the `Authorization` value sent with the request."""
     try:
         credentials = credentials_for(
             grant, method=method, url=url, body=body, content_type=headers.get("Content-Type", "")
@@ -415,7 +522,7 @@ def _send(
     except oauth1_signing.SigningError as exc:
         raise ApiError(400, "invalid_request", str(exc), **where) from None
     try:
-        return session.request(
+        upstream = session.request(
             method,
             url,
             headers={**headers, **credentials},
@@ -434,6 +541,7 @@ def _send(
             f"the provider cannot be reached ({type(exc).__name__})",
             **where,
         ) from None
+    return upstream, credentials["Authorization"]
 
 
 @api_view(ANY_METHOD, scope="tokens:read", denied="proxy.denied")
@@ -443,6 +551,15 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
     where: dict[str, Any] = {"method": method, "path": "/" + path, "provider": slug}
     if not proxy_paths.METHOD.fullmatch(method):
         raise invalid_request("the method must be an HTTP method name")
+    if method in proxy_paths.NEVER_FORWARDED_METHODS:
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"the proxy never forwards {method}: it would echo the user's credentials "
+            "(TRACE, TRACK) or open a tunnel past the rules (CONNECT)",
+            {"Allow": FORWARDED_METHODS},
+            **where,
+        )
     try:
         proxy_paths.check_raw_request_path(
             request.META.get("RAW_URI") or request.META.get("REQUEST_URI")
@@ -464,6 +581,7 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
         )
     require_live(grant, **where)
     body = _request_body(request, where)
+    _refuse_method_override(request, body, where)
     app = grant.provider_app
     url = _upstream_url(app, path, segments, request.META.get("QUERY_STRING", ""), where)
     headers = _forwarded_headers(request, app, method)
@@ -477,7 +595,7 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
         send = partial(
             _send, session, method=method, url=url, headers=headers, body=body, where=where
         )
-        upstream = send(grant)
+        upstream, authorization = send(grant)
         if upstream.status_code == 401 and app.protocol == "oauth2":
             error_body = _read_error_body(upstream)
             if is_scope_mismatch(upstream, error_body):
@@ -494,7 +612,7 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
                 )
             grant = _renewed(grant, where)
             call.refreshed = True
-            upstream = send(grant)
+            upstream, authorization = send(grant)
         declared = upstream.headers.get("Content-Length", "")
         limit = settings.BROKER_PROXY_MAX_RESPONSE_BYTES
         if declared.isdigit() and int(declared) > limit:
@@ -507,7 +625,7 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
                 **where,
             )
         grant_lookup.note_use(grant, request.broker_token.service_id)
-        relay = _Relay(upstream, resources, call)
+        relay = _checked_relay(upstream, resources, call, authorization, where)
         response = UpstreamResponse(relay, status=upstream.status_code)
         del response["Content-Type"]  # the provider's, or none
         for name, value in _returned_headers(upstream).items():
@@ -516,6 +634,47 @@ def _proxied(request: ServiceRequest, slug: str, path: str) -> HttpResponseBase:
         return response
     finally:
         resources.close()
+
+
+def _checked_relay(
+    upstream: requests.Response,
+    resources: ExitStack,
+    call: _Call,
+    authorization: str,
+    where: dict[str, Any],
+) -> _Relay:
+    """The relay of an answer whose headers and first bytes hold no credential (502
+    `credential_echoed` otherwise) and whose body the broker can decode to check it."""
+    secrets = credential_echo.secrets_of(authorization)
+    echoed = ApiError(
+        502,
+        "credential_echoed",
+        "the provider's answer holds the credential the broker sent with the request; it is "
+        "not relayed",
+        upstream_status=upstream.status_code,
+        **where,
+    )
+    if credential_echo.in_headers(upstream.headers.items(), secrets):
+        upstream.close()
+        raise echoed
+    unknown = [coding for coding in _content_codings(upstream) if coding not in DECODABLE]
+    if unknown:
+        upstream.close()
+        raise ApiError(
+            502,
+            "unsupported_content_encoding",
+            f"the provider's answer is encoded with {', '.join(unknown)}, which the broker "
+            "cannot decode to check it",
+            upstream_status=upstream.status_code,
+            **where,
+        )
+    relay = _Relay(upstream, resources, call, credential_echo.BodyCheck(secrets))
+    try:
+        relay.read_ahead()
+    except credential_echo.CredentialEchoed:
+        upstream.close()
+        raise echoed from None
+    return relay
 
 
 @csrf_exempt

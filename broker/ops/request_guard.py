@@ -8,6 +8,10 @@ from django.http import HttpRequest, HttpResponse
 
 from broker.ops.error_pages import bad_request
 
+# The proxy refuses such a path itself, as `invalid_path` with its `Broker-Error` header and
+# an audit row (broker.providers.proxy_paths), before any look-up.
+PROXY_PREFIX = "/api/v1/proxy/"
+
 
 class RefuseNulMiddleware:
     """A NUL character in the path or a query parameter is a 400 (JSON under /api/, a page
@@ -22,7 +26,8 @@ class RefuseNulMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if "\x00" in request.path or any(
+        path_refused = "\x00" in request.path and not request.path_info.startswith(PROXY_PREFIX)
+        if path_refused or any(
             "\x00" in name or any("\x00" in value for value in values)
             for name, values in request.GET.lists()
         ):

@@ -6,6 +6,7 @@ forward nothing, size limits, the audit, proxy-only rules and the path patterns.
 from __future__ import annotations
 
 import json
+import time
 from io import StringIO
 from typing import Any
 
@@ -305,7 +306,13 @@ def test_addaccessrule_sets_and_checks_the_proxy_rules(app):
     assert result["proxy_only"] is True and result["proxy_methods"] == ["GET", "POST"]
     rule = AccessRule.objects.get(service=service)
     assert rule.proxy_paths == ["/ex/jira/*/rest/api/3/**", "/me"] and rule.proxy_only
-    for bad in (["--proxy-methods", "G T"], ["--proxy-paths", "/a/../b"], ["--proxy-paths", "/a*"]):
+    for bad in (
+        ["--proxy-methods", "G T"],
+        ["--proxy-paths", "/a/../b"],
+        ["--proxy-paths", "/a*"],
+        ["--proxy-paths", "/rest/api/2/issue/..;"],
+        ["--proxy-paths", "/a;x=1/**"],
+    ):
         with pytest.raises(CommandError):
             call_command("addaccessrule", service.client_id, "--provider", "upstream", *bad)
 
@@ -332,10 +339,22 @@ def test_path_patterns(pattern, path, expected):
     assert matches(pattern, segments_of(path)) is expected
 
 
+def test_a_pattern_with_several_double_stars_matches_a_long_path_quickly():
+    segments = segments_of("/".join(["a"] * 1500))
+    started = time.monotonic()
+    assert matches("/**/**/**/**/z", segments) is False
+    assert matches("/**/a/**/a/**", segments) is True
+    assert time.monotonic() - started < 2
+
+
 def test_paths_are_forwarded_encoded_again():
     assert encoded(segments_of("wiki/spaces/Café/pages")) == "/wiki/spaces/Caf%C3%A9/pages"
     assert encoded(segments_of("rest/api/2/issue/ACME-1:x")) == "/rest/api/2/issue/ACME-1:x"
     for bad in ("a//b", "a/./b", "a/../b", "..", "a/b%2fc", "a b", "a\\b", "a/@b", "a/b\x00"):
+        with pytest.raises(PathRefused):
+            segments_of(bad)
+    # What Tomcat, Jetty or Spring would read as a dot segment or strip (issue 25, item 2).
+    for bad in ("a/..;/b", "a/..;x=1", "a/b;jsessionid=1", "a/...", "a/\uff0e\uff0e", "a/b\u202e"):
         with pytest.raises(PathRefused):
             segments_of(bad)
 
@@ -353,7 +372,16 @@ def test_behind_gunicorn_encoded_separators_are_refused(tmp_path, upstream, app,
             timeout=10,
         ).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}", "Broker-User": "alice"}
-        for path in ("v4%2Fuser", "v4%2fuser", "v4/%2E%2E/user", "v4%5Cuser", "v4/%40x"):
+        for path in (
+            "v4%2Fuser",
+            "v4%2fuser",
+            "v4/%2E%2E/user",
+            "v4%5Cuser",
+            "v4/%40x",
+            "v4/..%3B/user",
+            "v4/..;/user",
+            "v4/user;jsessionid=1",
+        ):
             status, answer = raw_get(url, f"/api/v1/proxy/upstream/{path}", headers)
             assert (status, answer["Broker-Error"]) == (400, "invalid_path"), path
         assert upstream.requests == []

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from broker.audit import trail
 from broker.models import AccessRule, ProviderApp, ServiceClient
-from broker.providers.proxy_paths import METHOD, pattern_problem
+from broker.providers.proxy_paths import method_problem, pattern_problem
 
 
 class Command(BaseCommand):
@@ -80,8 +80,8 @@ class Command(BaseCommand):
         methods = [
             m.strip().upper() for m in (options["proxy_methods"] or "").split(",") if m.strip()
         ]
-        if bad_methods := [m for m in methods if not METHOD.fullmatch(m)]:
-            raise CommandError(f"--proxy-methods: not HTTP methods: {', '.join(bad_methods)}")
+        if problems := [p for m in methods if (p := method_problem(m))]:
+            raise CommandError(f"--proxy-methods: {'; '.join(problems)}")
         paths: list[str] = options["proxy_paths"]
         for pattern in paths:
             if problem := pattern_problem(pattern):
