@@ -24,6 +24,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from joserfc.errors import JoseError
 
+from broker.infra.bounded_json import unverified_jwt
 from broker.infra.outbound_http import provider_session
 
 # JWS algorithms accepted for ID tokens (RFC 7518 3.1): public-key signatures only.
@@ -62,6 +63,13 @@ class _IdPSession(OAuth2Session):
 
 class _IdPClient(DjangoOAuth2App):
     client_cls = _IdPSession
+
+    def parse_id_token(self, token: dict[str, Any], nonce: str, **kwargs: Any) -> Any:
+        """Authlib's checks, on an ID token the bounded parser read first: one nested too
+        deeply or too large is refused (a ValueError) before joserfc parses it again."""
+        if isinstance(token.get("id_token"), str):
+            unverified_jwt(token["id_token"])
+        return super().parse_id_token(token, nonce, **kwargs)
 
 
 class _OAuth(OAuth):

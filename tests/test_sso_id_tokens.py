@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from cryptography.hazmat.primitives import serialization
 from django.contrib.auth.models import Group
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.jwk import KeySet, RSAKey
 
 from accounts.models import ExternalIdentity, User
@@ -335,3 +335,34 @@ def test_an_idp_answering_too_slowly_is_cut_off_at_the_deadline(
     assert 1.4 <= elapsed <= 1.5 + 1.5  # the deadline, and slack for a busy machine
     assert len(slow.requests) == 1
     assert not User.objects.exists()
+
+
+# The bounded parser (broker.infra.bounded_json) reads the IdP's documents and ID tokens:
+# 1,500 nested arrays (Python's parser recursed on them until RecursionError, a 500) in the
+# discovery document, the token answer or a correctly signed ID token end on a clear page.
+DEEP_JSON = "[" * 1500 + "]" * 1500
+
+
+def test_a_deeply_nested_discovery_document_is_a_clear_page(client, idp):
+    idp.documents["/.well-known/openid-configuration"] = (
+        '{"issuer": "' + idp.url + '", "x": ' + DEEP_JSON + "}"
+    ).encode()
+    response = client.get("/accounts/oidc/login")
+    assert response.status_code == 502, response.content[:300]
+    assert "could not reach" in response.content.decode()
+
+
+def test_a_deeply_nested_token_answer_is_refused_with_nothing_created(client, idp):
+    request = start(client)
+    idp.bodies.append(DEEP_JSON.encode())
+    response = client.get("/accounts/oidc/callback", {"code": "c", "state": request["state"]})
+    assert_refused(response, "could not be verified")
+
+
+def test_a_signed_but_deeply_nested_id_token_is_refused_with_nothing_created(client, idp, keys):
+    request = start(client)
+    claims = json.dumps(claims_for(idp, request["nonce"]))[:-1] + ', "x": ' + DEEP_JSON + "}"
+    id_token = jws.serialize_compact(
+        {"alg": "RS256", "kid": keys["k1"].kid}, claims.encode(), keys["k1"]
+    )
+    assert_refused(finish(client, idp, request, id_token), "could not be verified")

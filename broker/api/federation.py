@@ -19,7 +19,6 @@ required.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from broker.api.client_assertions import AssertionRejected, unverified_parts
+from broker.infra import bounded_json
+from broker.infra.bounded_json import JsonRefused, unverified_jwt
 from broker.infra.outbound_http import provider_session
 
 ALGORITHMS = ("RS256", "PS256", "ES256")
@@ -61,15 +61,15 @@ def is_federated(assertion: str) -> bool:
     if not trusted_issuers():
         return False
     try:
-        _, claims = unverified_parts(assertion)
-    except AssertionRejected:
+        _, claims = unverified_jwt(assertion)
+    except JsonRefused:
         return False
     return _issuer_config(claims.get("iss")) is not None
 
 
 def _load_jwks(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("jwks_file"):
-        data: dict[str, Any] = json.loads(Path(config["jwks_file"]).read_text())
+        data: dict[str, Any] = bounded_json.loads(Path(config["jwks_file"]).read_bytes())
         return data
     # A total deadline, like every provider call: the key set is fetched while a service
     # waits for its broker token.
@@ -94,7 +94,7 @@ def _key_set(config: dict[str, Any], *, reload: bool = False) -> KeySet:
 
 
 def _decode(token: str, config: dict[str, Any]) -> dict[str, Any]:
-    header, _ = unverified_parts(token)
+    header, _ = unverified_jwt(token)  # read once already by `verify`
     if header.get("alg") not in ALGORITHMS:
         raise FederatedTokenRejected(f"algorithm {header.get('alg')!r} is not accepted")
     key_set = _key_set(config)
@@ -130,9 +130,9 @@ def is_app_token(claims: dict[str, Any]) -> bool:
 def verify(token: str) -> str:
     """Validates an app token from a trusted issuer; returns the broker client id it maps to."""
     try:
-        _, unverified = unverified_parts(token)
-    except AssertionRejected as exc:
-        raise FederatedTokenRejected(str(exc)) from None
+        _, unverified = unverified_jwt(token)
+    except JsonRefused as exc:
+        raise FederatedTokenRejected(f"the token is {exc}") from None
     config = _issuer_config(unverified.get("iss"))
     if config is None:
         raise FederatedTokenRejected("issuer not trusted")

@@ -24,8 +24,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from accounts.models import ExternalIdentity, User
-from broker.api.client_assertions import AssertionRejected, unverified_parts
 from broker.api.errors import ApiError
+from broker.infra.bounded_json import JsonRefused, unverified_jwt
 from broker.infra.outbound_http import provider_session
 from broker.models import ServiceClient
 
@@ -94,8 +94,8 @@ def forget_cached_keys() -> None:
 def unverified_issuer(token: str) -> str:
     """The `iss` a token claims, for the audit of a refusal (not proof of anything)."""
     try:
-        issuer = unverified_parts(token)[1].get("iss")
-    except AssertionRejected:
+        issuer = unverified_jwt(token)[1].get("iss")
+    except JsonRefused:
         return ""
     return issuer[:255] if isinstance(issuer, str) else ""
 
@@ -104,9 +104,9 @@ def verified_subject(token: str, audiences: list[str]) -> Subject:
     """The active user a valid subject token names, for a service registered for
     `audiences`. Raises SubjectTokenRejected."""
     try:
-        header, unverified = unverified_parts(token)
-    except AssertionRejected:
-        raise SubjectTokenRejected("the subject token is not a JWT") from None
+        header, unverified = unverified_jwt(token)
+    except JsonRefused as exc:
+        raise SubjectTokenRejected(f"the subject token is {exc}") from None
     issuer = unverified.get("iss")
     if not isinstance(issuer, str) or issuer not in trusted_issuers():
         raise SubjectTokenRejected("the subject token's issuer is not trusted")
