@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -75,6 +76,30 @@ def fresh_serving_caches() -> None:
         client.delete(key)
     grant_lookup.forget_cached_grants()
     rules.forget_cached_rules()
+
+
+class KeySetClock:
+    """broker.infra.key_sets' clock (time.monotonic), moved on by the test."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def pass_refetch_interval(self) -> None:
+        self.now += settings.BROKER_JWKS_REFETCH_SECONDS + 1
+
+
+@pytest.fixture(autouse=True)
+def key_set_clock(monkeypatch: pytest.MonkeyPatch) -> KeySetClock:
+    """Each test starts with no cached identity provider keys, on a clock it moves."""
+    from broker.infra import key_sets
+
+    key_sets.forget()
+    clock = KeySetClock()
+    monkeypatch.setattr(key_sets, "time", clock)
+    return clock
 
 
 @pytest.fixture

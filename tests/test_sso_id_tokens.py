@@ -181,11 +181,17 @@ def test_a_tampered_id_token_is_refused_with_nothing_created(client, idp, keys, 
     assert_refused(finish(client, idp, request, token), expected)
 
 
-def test_a_new_signing_key_is_fetched_once_and_accepted(client, idp, keys):
+def test_a_new_signing_key_is_fetched_once_and_accepted(client, idp, keys, key_set_clock):
     assert sign_in(client, idp, keys["k1"]).status_code == 302
     publish(idp, keys["k1"], keys["k2"])  # the IdP rolls its keys
     client.logout()
     jwks_fetches = sum(r.path == "/jwks" for r in idp.requests)
+    # Within BROKER_JWKS_REFETCH_SECONDS of the last fetch an unknown kid fetches nothing.
+    refused = sign_in(client, idp, keys["k2"])
+    assert refused.status_code == 400 and "could not be verified" in refused.content.decode()
+    assert "_auth_user_id" not in refused.wsgi_request.session
+    assert sum(r.path == "/jwks" for r in idp.requests) == jwks_fetches
+    key_set_clock.pass_refetch_interval()
     assert sign_in(client, idp, keys["k2"]).status_code == 302
     assert sum(r.path == "/jwks" for r in idp.requests) == jwks_fetches + 1
 
