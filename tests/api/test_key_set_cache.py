@@ -6,6 +6,7 @@ in is picked up once the interval has passed."""
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 from joserfc.jwk import RSAKey
@@ -98,3 +99,25 @@ def test_an_idp_that_is_down_is_asked_once_per_interval(api, idp, assistant, gra
     key_set_clock.pass_refetch_interval()
     assert exchange(api, assistant, idp.token("alice-sub")).status_code == 200
     assert fetches(idp) == (2, 1)
+
+
+def test_threads_missing_the_same_issuers_keys_share_one_fetch(key_set_clock):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from joserfc.jwk import KeySet
+
+    from broker.infra import key_sets
+
+    calls = []
+    published = KeySet([RSAKey.generate_key(2048, parameters={"kid": "k1"})])
+
+    def fetch() -> KeySet:
+        calls.append(1)
+        time.sleep(0.2)  # a slow IdP: the other threads arrive meanwhile
+        return published
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda n: key_sets.key_set("https://idp", f"kid-{n}", fetch), range(16))
+        )
+    assert len(calls) == 1 and all(answer is published for answer in answers)
