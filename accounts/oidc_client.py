@@ -2,12 +2,14 @@
 
 Authlib does the protocol: discovery, the authorization request with `state`, `nonce` and
 PKCE S256 (kept in the session), the code exchange, and the ID token's checks (signature
-by the JWKS, fetched again once when a `kid` is unknown so the IdP can roll its keys;
-`iss`, `aud`, `exp`, `iat`, `nonce`, `at_hash`). This module adds what Authlib leaves to
-the application: the discovery document must name the configured issuer (OIDC Discovery
-4.3), ID tokens are accepted only with asymmetric algorithms (never `none`, never HS256,
-which would let anyone holding the public key sign), an ID token is required, and the
-callback's `iss` must match where the IdP sends one (RFC 9207).
+by the JWKS, `iss`, `aud`, `exp`, `iat`, `nonce`, `at_hash`). The JWKS is cached by
+broker.infra.key_sets, like subject tokens' (an unknown `kid` fetches it again at most once
+per BROKER_JWKS_REFETCH_SECONDS, so the IdP can roll its keys). This module adds what
+Authlib leaves to the application: the discovery document must name the configured issuer
+(OIDC Discovery 4.3), ID tokens are accepted only with asymmetric algorithms (never `none`,
+never HS256, which would let anyone holding the public key sign), an ID token is required,
+and the callback's `iss` must match where the IdP sends one (RFC 9207). The ID token and the
+IdP's documents are read by the bounded parser (broker.infra.bounded_json) first.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from authlib.integrations.requests_client import OAuth2Session
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, KeySetSerialization
 
+from broker.infra import key_sets
+from broker.infra.bounded_json import unverified_jwt
 from broker.infra.outbound_http import provider_session
 
 # JWS algorithms accepted for ID tokens (RFC 7518 3.1): public-key signatures only.
@@ -63,6 +68,29 @@ class _IdPSession(OAuth2Session):
 class _IdPClient(DjangoOAuth2App):
     client_cls = _IdPSession
 
+    def fetch_jwk_set(self, force: bool = False) -> KeySetSerialization:
+        """The IdP's keys from the broker's one key-set cache; Authlib asks with `force`
+        when the ID token's `kid` is not among the keys it was given."""
+        kid = key_sets.UNKNOWN_KID if force else None
+        try:
+            keys = key_sets.key_set(settings.BROKER_OIDC_ISSUER, kid, self._fetched_keys)
+        except key_sets.KeySetUnavailable as exc:
+            raise unreachable(str(exc)) from None
+        return keys.as_dict(private=False)
+
+    def _fetched_keys(self) -> KeySet:
+        try:
+            return KeySet.import_key_set(super().fetch_jwk_set(force=True))
+        except (requests.RequestException, ValueError, KeyError, RuntimeError, JoseError) as exc:
+            raise key_sets.KeySetUnavailable(type(exc).__name__) from None
+
+    def parse_id_token(self, token: dict[str, Any], nonce: str, **kwargs: Any) -> Any:
+        """Authlib's checks, on an ID token the bounded parser read first: one nested too
+        deeply or too large is refused (a ValueError) before joserfc parses it again."""
+        if isinstance(token.get("id_token"), str):
+            unverified_jwt(token["id_token"])
+        return super().parse_id_token(token, nonce, **kwargs)
+
 
 class _OAuth(OAuth):
     oauth2_client_cls = _IdPClient
@@ -81,11 +109,13 @@ def _client(issuer: str, client_id: str, client_secret: str, scopes: str) -> Dja
     return client
 
 
-def unreachable(exc: Exception) -> SignInRefused:
+def unreachable(exc: Exception | str) -> SignInRefused:
+    """The page for an IdP that did not answer; `exc` is the failure or its name."""
+    reason = exc if isinstance(exc, str) else type(exc).__name__
     return SignInRefused(
         "Single sign-on is unavailable",
         "The broker could not reach the sign-in service. Try again in a moment; if it "
-        f"persists, tell your administrator ({type(exc).__name__}).",
+        f"persists, tell your administrator ({reason}).",
     )
 
 

@@ -321,6 +321,12 @@ BROKER_TRUSTED_ISSUERS = env.json("BROKER_TRUSTED_ISSUERS", default=[])
 # Issuers, besides BROKER_OIDC_ISSUER, whose user tokens services may exchange (RFC 8693)
 # for the user's provider tokens (comma-separated; keys found through their discovery).
 BROKER_SUBJECT_ISSUERS = env.list("BROKER_SUBJECT_ISSUERS", default=[])
+# Identity providers' key sets (JWKS; broker.infra.key_sets): fetched at most once per
+# BROKER_JWKS_REFETCH_SECONDS per issuer and process, also for a token naming an unknown
+# `kid` (so a rolled key is picked up within it), and used for at most
+# BROKER_JWKS_MAX_AGE_SECONDS.
+BROKER_JWKS_REFETCH_SECONDS = env.float("BROKER_JWKS_REFETCH_SECONDS", default=60.0)
+BROKER_JWKS_MAX_AGE_SECONDS = env.float("BROKER_JWKS_MAX_AGE_SECONDS", default=600.0)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.

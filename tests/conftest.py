@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,6 +61,30 @@ def forget_authentication_failures() -> None:
     client = redis_client()
     for key in client.scan_iter(f"{KEY_PREFIX}authfail:*"):
         client.delete(key)
+
+
+class KeySetClock:
+    """broker.infra.key_sets' clock (time.monotonic), moved on by the test."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def pass_refetch_interval(self) -> None:
+        self.now += settings.BROKER_JWKS_REFETCH_SECONDS + 1
+
+
+@pytest.fixture(autouse=True)
+def key_set_clock(monkeypatch: pytest.MonkeyPatch) -> KeySetClock:
+    """Each test starts with no cached identity provider keys, on a clock it moves."""
+    from broker.infra import key_sets
+
+    key_sets.forget()
+    clock = KeySetClock()
+    monkeypatch.setattr(key_sets, "time", clock)
+    return clock
 
 
 @pytest.fixture

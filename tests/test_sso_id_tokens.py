@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from cryptography.hazmat.primitives import serialization
 from django.contrib.auth.models import Group
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.jwk import KeySet, RSAKey
 
 from accounts.models import ExternalIdentity, User
@@ -181,11 +181,17 @@ def test_a_tampered_id_token_is_refused_with_nothing_created(client, idp, keys, 
     assert_refused(finish(client, idp, request, token), expected)
 
 
-def test_a_new_signing_key_is_fetched_once_and_accepted(client, idp, keys):
+def test_a_new_signing_key_is_fetched_once_and_accepted(client, idp, keys, key_set_clock):
     assert sign_in(client, idp, keys["k1"]).status_code == 302
     publish(idp, keys["k1"], keys["k2"])  # the IdP rolls its keys
     client.logout()
     jwks_fetches = sum(r.path == "/jwks" for r in idp.requests)
+    # Within BROKER_JWKS_REFETCH_SECONDS of the last fetch an unknown kid fetches nothing.
+    refused = sign_in(client, idp, keys["k2"])
+    assert refused.status_code == 400 and "could not be verified" in refused.content.decode()
+    assert "_auth_user_id" not in refused.wsgi_request.session
+    assert sum(r.path == "/jwks" for r in idp.requests) == jwks_fetches
+    key_set_clock.pass_refetch_interval()
     assert sign_in(client, idp, keys["k2"]).status_code == 302
     assert sum(r.path == "/jwks" for r in idp.requests) == jwks_fetches + 1
 
@@ -335,3 +341,34 @@ def test_an_idp_answering_too_slowly_is_cut_off_at_the_deadline(
     assert 1.4 <= elapsed <= 1.5 + 1.5  # the deadline, and slack for a busy machine
     assert len(slow.requests) == 1
     assert not User.objects.exists()
+
+
+# The bounded parser (broker.infra.bounded_json) reads the IdP's documents and ID tokens:
+# 1,500 nested arrays (Python's parser recursed on them until RecursionError, a 500) in the
+# discovery document, the token answer or a correctly signed ID token end on a clear page.
+DEEP_JSON = "[" * 1500 + "]" * 1500
+
+
+def test_a_deeply_nested_discovery_document_is_a_clear_page(client, idp):
+    idp.documents["/.well-known/openid-configuration"] = (
+        '{"issuer": "' + idp.url + '", "x": ' + DEEP_JSON + "}"
+    ).encode()
+    response = client.get("/accounts/oidc/login")
+    assert response.status_code == 502, response.content[:300]
+    assert "could not reach" in response.content.decode()
+
+
+def test_a_deeply_nested_token_answer_is_refused_with_nothing_created(client, idp):
+    request = start(client)
+    idp.bodies.append(DEEP_JSON.encode())
+    response = client.get("/accounts/oidc/callback", {"code": "c", "state": request["state"]})
+    assert_refused(response, "could not be verified")
+
+
+def test_a_signed_but_deeply_nested_id_token_is_refused_with_nothing_created(client, idp, keys):
+    request = start(client)
+    claims = json.dumps(claims_for(idp, request["nonce"]))[:-1] + ', "x": ' + DEEP_JSON + "}"
+    id_token = jws.serialize_compact(
+        {"alg": "RS256", "kid": keys["k1"].kid}, claims.encode(), keys["k1"]
+    )
+    assert_refused(finish(client, idp, request, id_token), "could not be verified")

@@ -12,7 +12,6 @@ URL, `exp` required and at most five minutes ahead, `nbf`/`iat` not in the futur
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from typing import Any, get_args
 
@@ -20,10 +19,10 @@ from django.conf import settings
 from django.urls import reverse
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jws import extract_compact
 
 from broker.api.schema import ClientAssertionType, matchable
 from broker.api.service_keys import certificate_current, public_jwk
+from broker.infra.bounded_json import JsonRefused, unverified_jwt
 from broker.infra.redis_connection import KEY_PREFIX, redis_client
 from broker.models import ServiceClient, ServiceKey
 
@@ -42,15 +41,13 @@ def token_endpoint_url() -> str:
 
 
 def unverified_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims before verification: only used to find the client and its key."""
+    """Header and claims before verification: only used to find the client and its key.
+    Read by the bounded parser, so a token nested too deeply or too large is just a
+    malformed assertion, refused before joserfc parses it again."""
     try:
-        compact = extract_compact(assertion.encode())
-        claims = json.loads(compact.payload)
-    except (JoseError, ValueError, TypeError) as exc:
-        raise AssertionRejected("malformed assertion") from exc
-    if not isinstance(claims, dict):
-        raise AssertionRejected("assertion claims are not an object")
-    return dict(compact.headers()), claims
+        return unverified_jwt(assertion)
+    except JsonRefused as exc:
+        raise AssertionRejected(f"malformed assertion: {exc}") from None
 
 
 def claimed_client_id(assertion: str) -> str:

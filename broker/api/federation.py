@@ -9,7 +9,8 @@ Trust is configured, per issuer, in BROKER_TRUSTED_ISSUERS (JSON list):
       "audience": "api://oauth-broker", "tenant": "<tid>", "required_role": "Broker.Client",
       "applications": {"<calling app id>": "<broker client id>"}}]
 
-(`jwks_file` may replace `jwks_uri`.) The token must be signed by a key of that JWKS and
+(`jwks_file` may replace `jwks_uri`; either is cached by broker.infra.key_sets.) The token
+must be signed by a key of that JWKS and
 carry that `iss`, `aud`, `tid`, a mapped `azp`/`appid` and the required role, and be an app
 (not a user's) token: `idtyp=app`, or, since `idtyp` is an optional claim an app must ask
 for, Microsoft's documented app-only test (no `scp`, `roles` present, `oid` equal to
@@ -19,8 +20,6 @@ required.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,13 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from broker.api.client_assertions import AssertionRejected, unverified_parts
+from broker.infra import bounded_json, key_sets
+from broker.infra.bounded_json import JsonRefused, unverified_jwt
 from broker.infra.outbound_http import provider_session
 
 ALGORITHMS = ("RS256", "PS256", "ES256")
-JWKS_CACHE_SECONDS = 600
 HTTP_TIMEOUT = 5
 LEEWAY = 60
-
-_jwks_cache: dict[str, tuple[float, KeySet]] = {}
 
 
 class FederatedTokenRejected(Exception):
@@ -61,15 +58,15 @@ def is_federated(assertion: str) -> bool:
     if not trusted_issuers():
         return False
     try:
-        _, claims = unverified_parts(assertion)
-    except AssertionRejected:
+        _, claims = unverified_jwt(assertion)
+    except JsonRefused:
         return False
     return _issuer_config(claims.get("iss")) is not None
 
 
 def _load_jwks(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("jwks_file"):
-        data: dict[str, Any] = json.loads(Path(config["jwks_file"]).read_text())
+        data: dict[str, Any] = bounded_json.loads(Path(config["jwks_file"]).read_bytes())
         return data
     # A total deadline, like every provider call: the key set is fetched while a service
     # waits for its broker token.
@@ -80,26 +77,23 @@ def _load_jwks(config: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _key_set(config: dict[str, Any], *, reload: bool = False) -> KeySet:
-    issuer = config["issuer"]
-    cached = _jwks_cache.get(issuer)
-    if cached and not reload and cached[0] > time.monotonic():
-        return cached[1]
+def _fetch_key_set(config: dict[str, Any]) -> KeySet:
     try:
-        key_set = KeySet.import_key_set(_load_jwks(config))  # type: ignore[arg-type]
+        return KeySet.import_key_set(_load_jwks(config))  # type: ignore[arg-type]
     except (OSError, ValueError, requests.RequestException, JoseError) as exc:
-        raise FederatedTokenRejected(f"cannot load the issuer's keys: {exc}") from None
-    _jwks_cache[issuer] = (time.monotonic() + JWKS_CACHE_SECONDS, key_set)
-    return key_set
+        raise key_sets.KeySetUnavailable(str(exc)) from None
 
 
 def _decode(token: str, config: dict[str, Any]) -> dict[str, Any]:
-    header, _ = unverified_parts(token)
+    header, _ = unverified_jwt(token)  # read once already by `verify`
     if header.get("alg") not in ALGORITHMS:
         raise FederatedTokenRejected(f"algorithm {header.get('alg')!r} is not accepted")
-    key_set = _key_set(config)
-    if header.get("kid") and not any(k.kid == header["kid"] for k in key_set.keys):
-        key_set = _key_set(config, reload=True)  # the issuer may have rotated its keys
+    try:
+        key_set = key_sets.key_set(
+            config["issuer"], header.get("kid"), lambda: _fetch_key_set(config)
+        )
+    except key_sets.KeySetUnavailable as exc:
+        raise FederatedTokenRejected(f"cannot load the issuer's keys: {exc}") from None
     try:
         claims: dict[str, Any] = jwt.decode(token, key_set, algorithms=list(ALGORITHMS)).claims
     except (JoseError, ValueError) as exc:
@@ -130,9 +124,9 @@ def is_app_token(claims: dict[str, Any]) -> bool:
 def verify(token: str) -> str:
     """Validates an app token from a trusted issuer; returns the broker client id it maps to."""
     try:
-        _, unverified = unverified_parts(token)
-    except AssertionRejected as exc:
-        raise FederatedTokenRejected(str(exc)) from None
+        _, unverified = unverified_jwt(token)
+    except JsonRefused as exc:
+        raise FederatedTokenRejected(f"the token is {exc}") from None
     config = _issuer_config(unverified.get("iss"))
     if config is None:
         raise FederatedTokenRejected("issuer not trusted")

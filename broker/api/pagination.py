@@ -18,6 +18,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest, QueryDict
 
 from broker.api.errors import invalid_request
+from broker.infra import bounded_json
 from broker.models import Grant
 
 MAX_LIMIT = 1000
@@ -41,7 +42,7 @@ def after_cursor(grants: QuerySet[Grant], cursor: str) -> QuerySet[Grant]:
     """The grants after `cursor` (a previous page's last grant)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, grant_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        created_at, grant_id = bounded_json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         at, pk = datetime.fromisoformat(created_at), uuid.UUID(grant_id)
     except (ValueError, TypeError, AttributeError, binascii.Error):
         raise invalid_request("query parameter 'cursor' is not one this API issued") from None

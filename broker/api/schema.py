@@ -16,7 +16,6 @@ one not sent as application/json a 415: never a 500.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Annotated, Any, Final, Generic, Literal, NotRequired, TypeVar, get_args
 
@@ -38,6 +37,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from broker.api.errors import ApiError, body_too_large, invalid_request
+from broker.infra import bounded_json
 from broker.models import Grant
 
 # --- the values the API speaks (the views and the document both read them here) --------
@@ -406,13 +406,13 @@ def json_object(request: HttpRequest) -> dict[str, Any]:
     if content_type != "application/json":
         raise ApiError(415, "invalid_request", "the body must be application/json")
     try:
-        data = json.loads(request.body or b"null")
+        data = bounded_json.loads(request.body or b"null")
     except RequestDataTooBig:
         raise body_too_large() from None
-    except RecursionError:
-        raise invalid_request("the body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_request("the body is not valid JSON") from None
+    except bounded_json.JsonRefused as exc:
+        if exc.too_large:
+            raise body_too_large() from None
+        raise invalid_request(f"the body is {exc}") from None
     if not isinstance(data, dict):
         raise invalid_request("the body must be a JSON object")
     request.parsed_json_object = data  # type: ignore[attr-defined]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from joserfc.jwk import JWKRegistry, Key, OctKey
 
+from broker.infra import bounded_json
 from broker.models import ServiceClient, ServiceKey
 
 MIN_RSA_BITS = 2048
@@ -84,7 +84,7 @@ def parse_public_key(text: str) -> ParsedKey:
         raise ServiceKeyError("this is a private key: register the public key only")
     if text.startswith("{"):
         try:
-            jwk = json.loads(text)
+            jwk = bounded_json.loads(text)
         except ValueError:
             raise ServiceKeyError("not a valid JWK (JSON)") from None
         if not isinstance(jwk, dict) or "d" in jwk or "k" in jwk:

@@ -5,14 +5,13 @@ Only JWTs from trusted issuers (BROKER_OIDC_ISSUER and BROKER_SUBJECT_ISSUERS) c
 signed with a public-key algorithm (never `none`, never HS*: anyone holding the public key
 could sign those), within `exp`/`nbf` (small leeway), with an `aud` registered for the
 presenting service. The issuer's keys come from its discovery document's `jwks_uri`,
-fetched through the outbound HTTP module and cached; an unknown `kid` fetches them once
-more, so the IdP can roll its keys. The user is the one whose (issuer, `sub`) it names.
+fetched through the outbound HTTP module and cached by broker.infra.key_sets (an unknown
+`kid` fetches them again at most once per BROKER_JWKS_REFETCH_SECONDS, so the IdP can roll
+its keys and random kids cost nothing). The user is the one whose (issuer, `sub`) it names.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -24,18 +23,15 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from accounts.models import ExternalIdentity, User
-from broker.api.client_assertions import AssertionRejected, unverified_parts
 from broker.api.errors import ApiError
+from broker.infra import key_sets
+from broker.infra.bounded_json import JsonRefused, unverified_jwt
 from broker.infra.outbound_http import provider_session
 from broker.models import ServiceClient
 
 ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
 LEEWAY_SECONDS = 30
-JWKS_CACHE_SECONDS = 600
 HEADER = "HTTP_BROKER_SUBJECT_TOKEN"  # the `Broker-Subject-Token` request header
-
-_jwks_cache: dict[str, tuple[float, KeySet]] = {}
-_jwks_lock = threading.Lock()
 
 
 class SubjectTokenRejected(Exception):
@@ -61,41 +57,31 @@ def _fetch_key_set(issuer: str) -> KeySet:
             metadata.raise_for_status()
             document = metadata.json()
             if not isinstance(document, dict) or document.get("issuer") != issuer:
-                raise SubjectTokenRejected("the issuer's discovery document names another issuer")
+                raise key_sets.KeySetUnavailable("its discovery document names another issuer")
             keys = session.get(document["jwks_uri"])
             keys.raise_for_status()
             return KeySet.import_key_set(keys.json())
     except (requests.RequestException, ValueError, KeyError, TypeError, JoseError) as exc:
-        raise SubjectTokenRejected(
-            f"cannot load the issuer's keys ({type(exc).__name__})"
-        ) from None
+        raise key_sets.KeySetUnavailable(type(exc).__name__) from None
 
 
 def _key_set(issuer: str, kid: object) -> KeySet:
-    """The issuer's keys from the cache; fetched again once when `kid` is unknown to it."""
-    now = time.monotonic()
-    with _jwks_lock:
-        cached = _jwks_cache.get(issuer)
-    if cached and cached[0] > now:
-        if kid is None or any(key.kid == kid for key in cached[1].keys):
-            return cached[1]
-    key_set = _fetch_key_set(issuer)
-    with _jwks_lock:
-        _jwks_cache[issuer] = (now + JWKS_CACHE_SECONDS, key_set)
-    return key_set
+    try:
+        return key_sets.key_set(issuer, kid, lambda: _fetch_key_set(issuer))
+    except key_sets.KeySetUnavailable as exc:
+        raise SubjectTokenRejected(f"cannot load the issuer's keys ({exc})") from None
 
 
 def forget_cached_keys() -> None:
-    """Drops this process's cached JWKS (tests)."""
-    with _jwks_lock:
-        _jwks_cache.clear()
+    """Drops this process's cached key sets (tests)."""
+    key_sets.forget()
 
 
 def unverified_issuer(token: str) -> str:
     """The `iss` a token claims, for the audit of a refusal (not proof of anything)."""
     try:
-        issuer = unverified_parts(token)[1].get("iss")
-    except AssertionRejected:
+        issuer = unverified_jwt(token)[1].get("iss")
+    except JsonRefused:
         return ""
     return issuer[:255] if isinstance(issuer, str) else ""
 
@@ -104,9 +90,9 @@ def verified_subject(token: str, audiences: list[str]) -> Subject:
     """The active user a valid subject token names, for a service registered for
     `audiences`. Raises SubjectTokenRejected."""
     try:
-        header, unverified = unverified_parts(token)
-    except AssertionRejected:
-        raise SubjectTokenRejected("the subject token is not a JWT") from None
+        header, unverified = unverified_jwt(token)
+    except JsonRefused as exc:
+        raise SubjectTokenRejected(f"the subject token is {exc}") from None
     issuer = unverified.get("iss")
     if not isinstance(issuer, str) or issuer not in trusted_issuers():
         raise SubjectTokenRejected("the subject token's issuer is not trusted")

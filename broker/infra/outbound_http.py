@@ -10,6 +10,7 @@ each read, not the exchange, so a server trickling one byte a second would keep 
 down when the deadline passes, and the call fails with `DeadlineExceeded`, a Timeout.
 A call sent with `stream=True` (the proxy's) returns once the headers are in; its body is
 read afterwards, still inside the `with provider_session(...)` block and its deadline.
+An answer's `json()` is the bounded parser's (`BoundedJsonResponse`).
 `provider_session(..., keep_alive=True)` (the proxy's) takes its connections from one pool
 per process and leaves them there, so that a call does not open a new TCP and TLS
 connection each time; a deadline then only ever cuts the connections its own call holds
@@ -48,6 +49,8 @@ from requests.adapters import HTTPAdapter
 from urllib3 import PoolManager, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from broker.infra import bounded_json
 
 CONNECT_TIMEOUT_SECONDS = 3.05
 READ_TIMEOUT_SECONDS = 10
@@ -377,6 +380,15 @@ class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
 WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
 
 
+class BoundedJsonResponse(requests.Response):
+    """A provider's or identity provider's answer whose `json()` is the bounded parser
+    (broker.infra.bounded_json): a document nested too deeply or too large raises a
+    ValueError like any other bad JSON, for the broker's code and Authlib's alike."""
+
+    def json(self, **kwargs: Any) -> Any:
+        return bounded_json.loads(self.text if self.encoding else self.content)
+
+
 class _DeadlineAdapter(HTTPAdapter):
     """Sends each request (redirects included) with what is left of one deadline, and reads
     the body before the deadline too."""
@@ -423,6 +435,11 @@ class _DeadlineAdapter(HTTPAdapter):
             _current_deadline.reset(token)
         if self.deadline.passed.is_set():  # the cut-off may look like a normal end of body
             raise self.exceeded(request)
+        return response
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        response = super().build_response(req, resp)
+        response.__class__ = BoundedJsonResponse  # the same object, its JSON read with bounds
         return response
 
     def exceeded(self, request: requests.PreparedRequest) -> DeadlineExceeded:

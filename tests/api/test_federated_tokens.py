@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from broker.api import federation, tokens
+from broker.api import tokens
+from broker.infra import key_sets
 from broker.models import ServiceClient
 from tests.api.conftest import audit_events, post_form
 
@@ -52,9 +53,7 @@ def trusted(settings, tmp_path, idp_key):
             "applications": {APP_ID: "reports-az"},
         }
     ]
-    federation._jwks_cache.clear()
     yield service
-    federation._jwks_cache.clear()
 
 
 def app_token(key: RSAKey, **overrides: Any) -> str:
@@ -171,7 +170,9 @@ def test_without_trusted_issuers_app_tokens_are_just_bad_assertions(
     assert exchange(api, app_token(idp_key)).status_code == 401
 
 
-def test_the_jwks_is_fetched_over_http_and_refetched_for_a_new_kid(api, trusted, settings):
+def test_the_jwks_is_fetched_over_http_and_refetched_for_a_new_kid(
+    api, trusted, settings, key_set_clock
+):
     keys = {"current": new_key("k-old")}
     hits = []
 
@@ -194,11 +195,14 @@ def test_the_jwks_is_fetched_over_http_and_refetched_for_a_new_kid(api, trusted,
         del config["jwks_file"]
         config["jwks_uri"] = f"http://127.0.0.1:{server.server_port}/keys"
         settings.BROKER_TRUSTED_ISSUERS = [config]
-        federation._jwks_cache.clear()
+        key_sets.forget()
         assert exchange(api, app_token(keys["current"])).status_code == 200
         assert exchange(api, app_token(keys["current"])).status_code == 200
         assert len(hits) == 1  # cached
         keys["current"] = new_key("k-new")  # the issuer rotates its signing key
+        assert exchange(api, app_token(keys["current"])).status_code == 401
+        assert len(hits) == 1  # an unknown kid fetches nothing within the interval
+        key_set_clock.pass_refetch_interval()
         assert exchange(api, app_token(keys["current"])).status_code == 200
         assert len(hits) == 2
     finally:

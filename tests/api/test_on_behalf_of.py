@@ -152,10 +152,11 @@ def test_a_token_for_another_services_audience_is_useless_to_this_one(
     assert nothing_served(grant)
 
 
-def test_a_rolled_key_is_fetched_once_more(api, idp, alice, assistant, grant):
+def test_a_rolled_key_is_fetched_once_more(api, idp, alice, assistant, grant, key_set_clock):
     assert exchange(api, assistant, idp.token("alice-sub")).status_code == 200
     new_key = RSAKey.generate_key(2048, parameters={"kid": "key-2"})
     idp.publish(idp.key, new_key)
+    key_set_clock.pass_refetch_interval()  # within it, an unknown kid fetches nothing
     response = exchange(api, assistant, idp.token("alice-sub", key=new_key))
     assert response.status_code == 200, response.content
     assert idp.jwks_fetches() == 2
