@@ -18,7 +18,7 @@ from accounts.external_identity import signed_in_user
 from accounts.oidc_client import SignInRefused
 
 NEXT_KEY = "oidc_next"
-ID_TOKEN_KEY = "oidc_id_token"
+SSO_SESSION_KEY = "oidc_signed_in"  # sign-out then ends the IdP's session too
 
 
 def refused(request: HttpRequest, refusal: SignInRefused, status: int = 400) -> HttpResponse:
@@ -76,23 +76,26 @@ def oidc_callback(request: HttpRequest) -> HttpResponse:
     if not oidc_client.enabled():
         raise Http404("single sign-on is not configured")
     try:
-        claims, id_token = oidc_client.verified_claims(request)
+        claims = oidc_client.verified_claims(request)
         user = signed_in_user(settings.BROKER_OIDC_ISSUER, claims)
     except SignInRefused as refusal:
         return refused(request, refusal)
     next_url = request.session.pop(NEXT_KEY, settings.LOGIN_REDIRECT_URL)
+    # The ID token is not kept: sessions live in the database, and the token would outlive
+    # its need there (sign-out names the broker's client instead, accounts.oidc_client).
     login(request, user, backend=settings.AUTHENTICATION_BACKENDS[0])
-    request.session[ID_TOKEN_KEY] = id_token
+    request.session[SSO_SESSION_KEY] = True
     return HttpResponseRedirect(safe_next(request, next_url))
 
 
 @require_POST
 def logout_view(request: HttpRequest) -> HttpResponse:
-    """Signs out here, then at the IdP too when it has an end_session_endpoint."""
-    id_token = request.session.get(ID_TOKEN_KEY)
+    """Signs out here, then at the IdP too when it has an end_session_endpoint and the
+    person signed in with single sign-on."""
+    signed_in_with_sso = request.session.get(SSO_SESSION_KEY, False)
     logout(request)
-    if id_token and oidc_client.enabled():
-        url = oidc_client.logout_url(id_token)
+    if signed_in_with_sso and oidc_client.enabled():
+        url = oidc_client.logout_url()
         if url:
             return HttpResponseRedirect(url)
     return HttpResponseRedirect(settings.LOGOUT_REDIRECT_URL)

@@ -34,6 +34,10 @@ def test_a_newcomer_signs_in_with_single_sign_on_and_out_again(page, sandbox_sso
     assert carol.is_superuser and ExternalIdentity.objects.filter(user=carol).exists()
 
     page.get_by_role("button", name="Sign out").click()
+    # The broker keeps no ID token to hint with, so the IdP asks before ending its session.
+    expect(page).to_have_url(re.compile(rf"^{re.escape(sandbox_sso.url)}/oidc/logout\?"))
+    expect(page.get_by_role("heading", name="Sign out of the sandbox too?")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(rf"^{re.escape(live_server.url)}/accounts/login/"))
     # Signed out at the IdP too: the button asks for the sandbox password again.
     page.locator('[data-sso="oidc"] button').click()

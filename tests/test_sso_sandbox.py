@@ -4,9 +4,14 @@ can be switched off."""
 
 from __future__ import annotations
 
+import json
+import re
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 import requests
 from django.contrib.auth.models import Group
+from django.contrib.sessions.models import Session
 
 from accounts.models import ExternalIdentity, User
 from broker.admin.roles import AUDITOR_GROUP
@@ -87,3 +92,61 @@ def test_without_password_login_there_is_no_password_form_and_posts_are_refused(
             assert "sessionid" not in browser.cookies
     with sso_sign_in(live_server, sandbox_sso, "carol"):  # single sign-on still works
         assert User.objects.get(username="carol").is_superuser
+
+
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+
+def test_no_session_row_holds_an_id_token_after_single_sign_on(sandbox_sso, live_server):
+    """Issue 25 item 5: sessions live in the database (django_session); the user's ID token
+    must not sit there, where a database or backup reader would find it."""
+    with sso_sign_in(live_server, sandbox_sso, "alice"):
+        sessions = [json.dumps(session.get_decoded()) for session in Session.objects.all()]
+    alice = User.objects.get(username="alice")
+    assert any(f'"_auth_user_id": "{alice.pk}"' in text for text in sessions), sessions
+    assert [JWT.findall(text) for text in sessions] == [[] for _ in sessions]
+    assert not any("id_token" in text for text in sessions)
+
+
+def test_sign_out_ends_the_idp_session_naming_the_brokers_client(sandbox_sso, live_server):
+    """RP-initiated logout with `client_id` and `post_logout_redirect_uri`, no ID token: the
+    IdP asks the person to confirm, then its session is over."""
+    with sso_sign_in(live_server, sandbox_sso, "alice") as browser:
+        browser.get(f"{live_server.url}/connections/", timeout=TIMEOUT)  # the CSRF cookie
+        out = browser.post(
+            f"{live_server.url}/accounts/logout/",
+            data={"csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+            allow_redirects=False,
+            timeout=TIMEOUT,
+        )
+        end_session = urlsplit(out.headers["Location"])
+        assert f"{end_session.scheme}://{end_session.netloc}" == sandbox_sso.url
+        query = parse_qs(end_session.query)
+        assert "id_token_hint" not in query
+        assert (query["client_id"], query["post_logout_redirect_uri"]) == (
+            ["broker-sso"],
+            [f"{live_server.url}/accounts/login/"],
+        )
+        assert not any("_auth_user_id" in s.get_decoded() for s in Session.objects.all())
+        confirm = browser.get(out.headers["Location"], timeout=TIMEOUT)
+        assert confirm.status_code == 200 and "Sign out of the sandbox too?" in confirm.text
+        done = browser.post(
+            out.headers["Location"],
+            data={
+                "csrfmiddlewaretoken": browser.cookies["sandbox_csrftoken"],
+                "client_id": "broker-sso",
+                "post_logout_redirect_uri": f"{live_server.url}/accounts/login/",
+                "state": query["state"][0],
+                "allow": "Logout",
+            },
+            allow_redirects=False,
+            timeout=TIMEOUT,
+        )
+        back = done.headers["Location"]
+        assert back.startswith(f"{live_server.url}/accounts/login/?state="), done.text
+        # Signed out at the IdP: single sign-on asks for the sandbox password again.
+        to_idp = browser.get(
+            f"{live_server.url}/accounts/oidc/login", allow_redirects=False, timeout=TIMEOUT
+        )
+        at_idp = browser.get(to_idp.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+        assert at_idp.headers["Location"].startswith("/accounts/login/"), at_idp.headers
