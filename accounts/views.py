@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts import oidc_client
 from accounts.external_identity import signed_in_user
 from accounts.oidc_client import SignInRefused
+from accounts.password_login import password_login_refused, sign_in_choices
 
 NEXT_KEY = "oidc_next"
 SSO_SESSION_KEY = "oidc_signed_in"  # sign-out then ends the IdP's session too
@@ -36,18 +37,11 @@ class LoginView(auth_views.LoginView):
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not settings.BROKER_PASSWORD_LOGIN:
-            refusal = SignInRefused(
-                "Password sign-in is off", "Sign in with single sign-on instead."
-            )
-            return refused(request, refusal, status=403)
+            return password_login_refused(request)
         return super().post(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        return {
-            **super().get_context_data(**kwargs),
-            "password_login": settings.BROKER_PASSWORD_LOGIN,
-            "sso_name": settings.BROKER_OIDC_NAME if oidc_client.enabled() else "",
-        }
+        return {**super().get_context_data(**kwargs), **sign_in_choices()}
 
 
 def safe_next(request: HttpRequest, value: str) -> str:

@@ -123,7 +123,8 @@ if not BROKER_PASSWORD_LOGIN and not BROKER_OIDC_ISSUER:
     raise ImproperlyConfigured("BROKER_PASSWORD_LOGIN=0 needs BROKER_OIDC_ISSUER (no sign-in left)")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin, whose sign-in page offers single sign-on (accounts.admin_site).
+    "accounts.admin_apps.BrokerAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -63,6 +63,9 @@ def test_group_sync_adds_and_removes_admin_and_auditor_rights(sandbox_sso, live_
     assert ExternalIdentity.objects.count() == 1 and User.objects.count() == 1
 
 
+CSRF_TOKEN = "c" * 32
+
+
 def test_without_password_login_there_is_no_password_form_and_posts_are_refused(
     sandbox_sso, live_server, settings, django_user_model
 ):
@@ -72,24 +75,33 @@ def test_without_password_login_there_is_no_password_form_and_posts_are_refused(
         page = browser.get(f"{live_server.url}/accounts/login/", timeout=TIMEOUT)
         assert 'data-sso="oidc"' in page.text and "Sign in with Sandbox SSO" in page.text
         assert 'type="password"' not in page.text
-        # The admin's sign-in page sets the CSRF cookie; its form refuses the password too.
+        # Nor the admin's (issue 25 item 10), and both refuse posts. No page has a form that
+        # sets the CSRF cookie any more: a scripted client makes its own (a valid one).
+        browser.cookies.set("csrftoken", CSRF_TOKEN)
+        admin_page = browser.get(f"{live_server.url}/admin/login/", timeout=TIMEOUT)
+        assert (
+            'data-sso="oidc"' in admin_page.text and "Sign in with Sandbox SSO" in admin_page.text
+        )
+        assert 'type="password"' not in admin_page.text and "login-form" not in admin_page.text
         for path, status, text in (
-            ("/admin/login/", 200, "Please enter the correct username and password"),
+            ("/admin/login/", 403, "Password sign-in is off"),
             ("/accounts/login/", 403, "Password sign-in is off"),
         ):
-            browser.get(f"{live_server.url}/admin/login/", timeout=TIMEOUT)
             refused = browser.post(
                 f"{live_server.url}{path}",
                 data={
                     "username": "root",
                     "password": "root-password",
-                    "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+                    "csrfmiddlewaretoken": CSRF_TOKEN,
                 },
                 allow_redirects=False,
                 timeout=TIMEOUT,
             )
             assert (refused.status_code, text in refused.text) == (status, True), path
             assert "sessionid" not in browser.cookies
+            assert "_auth_user_id" not in json.dumps(
+                [session.get_decoded() for session in Session.objects.all()]
+            )
     with sso_sign_in(live_server, sandbox_sso, "carol"):  # single sign-on still works
         assert User.objects.get(username="carol").is_superuser
 
@@ -150,3 +162,29 @@ def test_sign_out_ends_the_idp_session_naming_the_brokers_client(sandbox_sso, li
         )
         at_idp = browser.get(to_idp.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
         assert at_idp.headers["Location"].startswith("/accounts/login/"), at_idp.headers
+
+
+def test_an_sso_admin_signs_in_to_the_admin_from_its_sign_in_page(sandbox_sso, live_server):
+    """Issue 25 item 10: /admin/login/ offers single sign-on, which comes back to the admin;
+    with password sign-in on, the password form stays beside it."""
+    with requests.Session() as browser:
+        sign_in_to_sandbox(browser, sandbox_sso.url, "carol")
+        to_login = browser.get(f"{live_server.url}/admin/", allow_redirects=False, timeout=TIMEOUT)
+        assert to_login.headers["Location"] == "/admin/login/?next=/admin/"
+        page = browser.get(f"{live_server.url}/admin/login/?next=/admin/", timeout=TIMEOUT)
+        assert 'data-sso="oidc"' in page.text and "Sign in with Sandbox SSO" in page.text
+        assert 'action="/accounts/oidc/login"' in page.text
+        assert '<input type="hidden" name="next" value="/admin/">' in page.text
+        assert 'type="password"' in page.text  # BROKER_PASSWORD_LOGIN is on
+        to_idp = browser.get(
+            f"{live_server.url}/accounts/oidc/login",
+            params={"next": "/admin/"},
+            allow_redirects=False,
+            timeout=TIMEOUT,
+        )
+        back = browser.get(to_idp.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+        done = browser.get(back.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+        assert done.headers["Location"] == "/admin/", done.text
+        index = browser.get(f"{live_server.url}/admin/", timeout=TIMEOUT)
+        assert index.status_code == 200 and "Site administration" in index.text
+    assert User.objects.get(username="carol").is_superuser
