@@ -3,6 +3,11 @@
 
 import os
 import sys
+from importlib import import_module
+
+# Commands that make the secrets the settings require (BROKER_ENCRYPTION_KEYS): they run
+# without reading the settings, since a new installation has none of those secrets yet.
+SECRET_MAKERS = {"generatekey": "broker.management.commands.generatekey"}
 
 
 def main() -> None:
@@ -11,6 +16,9 @@ def main() -> None:
 
     from broker.ops.startup import configuration_errors_exit
 
+    if len(sys.argv) > 1 and sys.argv[1] in SECRET_MAKERS:
+        import_module(SECRET_MAKERS[sys.argv[1]]).Command().run_from_argv(sys.argv)
+        return
     with configuration_errors_exit():
         execute_from_command_line(sys.argv)
 

@@ -156,9 +156,8 @@ def authorize_redirect(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def verified_claims(request: HttpRequest) -> tuple[dict[str, Any], str]:
-    """The callback's ID token claims, every check passed, and the raw ID token (kept for
-    RP-initiated logout's `id_token_hint`). Raises SignInRefused."""
+def verified_claims(request: HttpRequest) -> dict[str, Any]:
+    """The callback's ID token claims, every check passed. Raises SignInRefused."""
     oidc = client()
     issuer = oidc.server_metadata["issuer"]
     sent_issuer = request.GET.get("iss")
@@ -200,11 +199,14 @@ def verified_claims(request: HttpRequest) -> tuple[dict[str, Any], str]:
             "The sign-in service answered without an ID token; check that its client is set "
             "up for OpenID Connect with the `openid` scope.",
         )
-    return dict(claims), token["id_token"]
+    return dict(claims)
 
 
-def logout_url(id_token: str) -> str | None:
-    """RP-initiated logout at the IdP (OIDC RP-Initiated Logout 1.0), if it has one."""
+def logout_url() -> str | None:
+    """RP-initiated logout at the IdP (OIDC RP-Initiated Logout 1.0 section 2), if it has
+    one: `client_id` and `post_logout_redirect_uri`, no `id_token_hint`, since the broker
+    keeps no ID token (a database reader must find none, and any service holding one could
+    present it). Without the hint the IdP may ask the person to confirm."""
     try:
         oidc = client()
     except SignInRefused:
@@ -213,7 +215,6 @@ def logout_url(id_token: str) -> str | None:
         return None
     url: str = oidc.create_logout_url(
         post_logout_redirect_uri=f"{settings.BROKER_PUBLIC_URL}{settings.LOGIN_URL}",
-        id_token_hint=id_token,
         client_id=settings.BROKER_OIDC_CLIENT_ID,
     )["url"]
     return url

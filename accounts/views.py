@@ -16,9 +16,10 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts import oidc_client
 from accounts.external_identity import signed_in_user
 from accounts.oidc_client import SignInRefused
+from accounts.password_login import password_login_refused, sign_in_choices
 
 NEXT_KEY = "oidc_next"
-ID_TOKEN_KEY = "oidc_id_token"
+SSO_SESSION_KEY = "oidc_signed_in"  # sign-out then ends the IdP's session too
 
 
 def refused(request: HttpRequest, refusal: SignInRefused, status: int = 400) -> HttpResponse:
@@ -36,18 +37,11 @@ class LoginView(auth_views.LoginView):
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not settings.BROKER_PASSWORD_LOGIN:
-            refusal = SignInRefused(
-                "Password sign-in is off", "Sign in with single sign-on instead."
-            )
-            return refused(request, refusal, status=403)
+            return password_login_refused(request)
         return super().post(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        return {
-            **super().get_context_data(**kwargs),
-            "password_login": settings.BROKER_PASSWORD_LOGIN,
-            "sso_name": settings.BROKER_OIDC_NAME if oidc_client.enabled() else "",
-        }
+        return {**super().get_context_data(**kwargs), **sign_in_choices()}
 
 
 def safe_next(request: HttpRequest, value: str) -> str:
@@ -76,23 +70,26 @@ def oidc_callback(request: HttpRequest) -> HttpResponse:
     if not oidc_client.enabled():
         raise Http404("single sign-on is not configured")
     try:
-        claims, id_token = oidc_client.verified_claims(request)
+        claims = oidc_client.verified_claims(request)
         user = signed_in_user(settings.BROKER_OIDC_ISSUER, claims)
     except SignInRefused as refusal:
         return refused(request, refusal)
     next_url = request.session.pop(NEXT_KEY, settings.LOGIN_REDIRECT_URL)
+    # The ID token is not kept: sessions live in the database, and the token would outlive
+    # its need there (sign-out names the broker's client instead, accounts.oidc_client).
     login(request, user, backend=settings.AUTHENTICATION_BACKENDS[0])
-    request.session[ID_TOKEN_KEY] = id_token
+    request.session[SSO_SESSION_KEY] = True
     return HttpResponseRedirect(safe_next(request, next_url))
 
 
 @require_POST
 def logout_view(request: HttpRequest) -> HttpResponse:
-    """Signs out here, then at the IdP too when it has an end_session_endpoint."""
-    id_token = request.session.get(ID_TOKEN_KEY)
+    """Signs out here, then at the IdP too when it has an end_session_endpoint and the
+    person signed in with single sign-on."""
+    signed_in_with_sso = request.session.get(SSO_SESSION_KEY, False)
     logout(request)
-    if id_token and oidc_client.enabled():
-        url = oidc_client.logout_url(id_token)
+    if signed_in_with_sso and oidc_client.enabled():
+        url = oidc_client.logout_url()
         if url:
             return HttpResponseRedirect(url)
     return HttpResponseRedirect(settings.LOGOUT_REDIRECT_URL)

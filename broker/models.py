@@ -188,7 +188,21 @@ class Grant(SealedFieldsModel):
 
 def validate_string_list(value: object) -> None:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValidationError('Enter a list of strings, e.g. ["broker-sso"].')
+        raise ValidationError('Enter a list of strings, e.g. ["assistant-web"].')
+
+
+def own_sign_in_audience_refused(audiences: object) -> ValidationError | None:
+    """The broker's own client id at the IdP is never a service's subject audience: the
+    ID tokens issued to it are the ones users sign in to the broker with, which no service
+    should hold, so accepting them would let any service holding one (a log, a backup)
+    act for that user. A service exchanges tokens the IdP issued to it (its own client id)."""
+    own = settings.BROKER_OIDC_CLIENT_ID
+    if own and isinstance(audiences, list) and own in audiences:
+        return ValidationError(
+            f"{own!r} is the broker's own sign-in client at the IdP (BROKER_OIDC_CLIENT_ID); "
+            "register the audience of tokens issued to this service (its own client id)."
+        )
+    return None
 
 
 class ServiceClient(SealedFieldsModel):
@@ -226,6 +240,21 @@ class ServiceClient(SealedFieldsModel):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.client_id})"
+
+    def clean(self) -> None:
+        refusal = own_sign_in_audience_refused(self.subject_audiences)
+        if refusal:
+            raise ValidationError({"subject_audiences": refusal})
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Every writer of the audiences (commands, the admin, code), not only forms; a save
+        # of other fields (disabling, rotating) never fails on a row written before.
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or "subject_audiences" in update_fields:
+            refusal = own_sign_in_audience_refused(self.subject_audiences)
+            if refusal:
+                raise ValidationError({"subject_audiences": refusal})
+        super().save(*args, **kwargs)
 
 
 class ServiceKey(models.Model):

@@ -14,10 +14,11 @@ from broker.crypto.key_ring import KeyRing, KeyRingError
 from broker.ops.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-# NAME=value lines read before anything else, never overriding the real environment: by
-# default the git-ignored `.env` that `make dev` writes, so manage.py works in development.
-# BROKER_ENV_FILE names another file, or none when empty.
-ENV_FILE = os.environ.get("BROKER_ENV_FILE", str(BASE_DIR / ".env"))
+# NAME=value lines read before anything else, never overriding the real environment, only
+# from the file BROKER_ENV_FILE names. Never a default: the checkout's `.env` that `make dev`
+# writes (DEBUG=1, the sandbox's IdP) must not reach a production command run in the same
+# checkout; make dev names it for its own processes.
+ENV_FILE = os.environ.get("BROKER_ENV_FILE", "")
 if ENV_FILE and Path(ENV_FILE).is_file():
     environ.Env.read_env(ENV_FILE)
 DATA_DIR = Path(environ.Env().str("BROKER_DATA_DIR", default=str(BASE_DIR / "data")))
@@ -122,7 +123,8 @@ if not BROKER_PASSWORD_LOGIN and not BROKER_OIDC_ISSUER:
     raise ImproperlyConfigured("BROKER_PASSWORD_LOGIN=0 needs BROKER_OIDC_ISSUER (no sign-in left)")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin, whose sign-in page offers single sign-on (accounts.admin_site).
+    "accounts.admin_apps.BrokerAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -1,12 +1,12 @@
 """`make dev`: set up and run the whole system locally, with the sandbox as the provider.
 
 Checks that the broker's and the sandbox's ports are free, uses the Redis answering at
-REDIS_URL (or starts a private one), writes `.env` so that manage.py in another shell uses
-the same settings, migrates both sites, registers the sandbox's apps with the broker,
-makes the sandbox the broker's single sign-on IdP (BROKER_OIDC_*, unless the environment
-names another issuer), creates the break-glass demo admin if it does not exist yet, runs the broker
-(runserver), a Celery worker, Celery beat and the sandbox, each output line prefixed with
-its process's name. Ctrl-C stops them all.
+REDIS_URL (or starts a private one), writes `.env`, which its processes read (and manage.py
+in another shell with BROKER_ENV_FILE=.env), migrates both sites, registers the sandbox's
+apps with the broker, makes the sandbox the broker's single sign-on IdP (BROKER_OIDC_*,
+unless the environment names another issuer), creates the break-glass demo admin if it
+does not exist yet, runs the broker (runserver), a Celery worker, Celery beat and the
+sandbox, each output line prefixed with its process's name. Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 INSTALL_REDIS = "sudo apt-get install redis-server"
 DEMO_ADMIN = ("admin", "admin-broker")
 ENV_FILE_HEADER = (
-    "# Written by `make dev` (git-ignored): the settings its processes run with, so that\n"
-    "# `.venv/bin/python manage.py ...` uses them too. make dev rewrites DEBUG,\n"
-    "# BROKER_PUBLIC_URL, REDIS_URL and the sandbox's BROKER_OIDC_* at each start and\n"
-    "# keeps other lines; the real environment wins over every line.\n"
+    "# Written by `make dev` (git-ignored): the settings its processes run with; read only\n"
+    "# where named, e.g. `BROKER_ENV_FILE=.env .venv/bin/python manage.py ...`. make dev\n"
+    "# rewrites DEBUG, BROKER_PUBLIC_URL, REDIS_URL and the sandbox's BROKER_OIDC_* at each\n"
+    "# start and keeps other lines; the real environment wins over every line.\n"
 )
 
 _output_lock = threading.Lock()
@@ -104,14 +104,12 @@ def start_private_redis(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 def write_env_file(path: Path, values: dict[str, str]) -> None:
-    """Sets `values` in the .env file (created if missing), keeping every other line."""
+    """Sets `values` in the .env file (created if missing), keeping every other line but
+    the header (the comment lines it starts with, as an earlier make dev wrote them)."""
     old = path.read_text().splitlines(keepends=True) if path.exists() else []
-    kept = [
-        line
-        for line in old
-        if line not in ENV_FILE_HEADER.splitlines(keepends=True)
-        and line.split("=", 1)[0].strip() not in values
-    ]
+    while old and old[0].startswith("#"):
+        old.pop(0)
+    kept = [line for line in old if line.split("=", 1)[0].strip() not in values]
     path.write_text(
         ENV_FILE_HEADER
         + "".join(f"{name}={value}\n" for name, value in values.items())
@@ -123,6 +121,18 @@ def env_file_values(path: Path) -> dict[str, str]:
     """NAME=value lines (as sandbox_setup --sso-env writes them)."""
     lines = path.read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def child_env(settings: dict[str, str]) -> dict[str, str]:
+    """The environment of make dev's processes: they read `.env` (the settings read it only
+    where BROKER_ENV_FILE names it), so lines a developer added there apply to them too."""
+    return {
+        **os.environ,
+        **settings,
+        "BROKER_ENV_FILE": str(ENV_FILE),
+        "SANDBOX_PUBLIC_URL": SANDBOX_URL,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def relay(name: str, stream: IO[str]) -> None:
@@ -209,12 +219,7 @@ def main() -> int:
             "REDIS_URL": redis_url,
         }
         write_env_file(ENV_FILE, settings)
-        env = {
-            **os.environ,
-            **settings,
-            "SANDBOX_PUBLIC_URL": SANDBOX_URL,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = child_env(settings)
         providers_file = DATA / "providers.dev.toml"
         sso_env_file = DATA / "sso.dev.env"
         run("manage.py", "migrate", "--no-input", "-v", "0", env=env)

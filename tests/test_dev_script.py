@@ -123,6 +123,52 @@ def test_the_env_file_keeps_other_lines_and_manage_py_reads_it(tmp_path):
     assert result.stdout.splitlines()[-1] == "True http://127.0.0.1:8000", result.stderr
 
 
+DEV_ENV_FILE = "DEBUG=1\nBROKER_PUBLIC_URL=http://127.0.0.1:8000\nBROKER_OIDC_NAME=Dev IdP\n"
+SHOW_SETTINGS = "from django.conf import settings as s; print(s.DEBUG, s.BROKER_OIDC_NAME)"
+
+
+def run_manage_py(checkout: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", SHOW_SETTINGS],
+        cwd=checkout,
+        env={**env, "DJANGO_SETTINGS_MODULE": "broker.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_production_command_in_a_checkout_does_not_read_make_devs_env_file(tmp_path):
+    """Issue 25 item 12: make dev's `.env` (DEBUG=1) sits in the checkout; a production
+    command started there without BROKER_ENV_FILE runs with the real environment only."""
+    checkout = tmp_path / "checkout"
+    ignore = shutil.ignore_patterns("__pycache__")
+    for package in ("broker", "accounts"):
+        shutil.copytree(ROOT / package, checkout / package, ignore=ignore)
+    shutil.copy(ROOT / "manage.py", checkout / "manage.py")
+    (checkout / ".env").write_text(DEV_ENV_FILE)
+    production = {
+        **{k: v for k, v in os.environ.items() if k not in ("DEBUG", "BROKER_ENV_FILE")},
+        "SECRET_KEY": "s" * 50,
+        "BROKER_PUBLIC_URL": "https://broker.example.com",
+        "BROKER_DATA_DIR": str(tmp_path / "data"),
+    }
+    result = run_manage_py(checkout, production)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False single sign-on"
+
+
+def test_make_devs_processes_read_its_env_file(isolated, monkeypatch):
+    """...while make dev's own processes do, lines a developer added there included."""
+    (isolated / ".env").write_text(DEV_ENV_FILE)
+    monkeypatch.delenv("DEBUG")
+    env = dev.child_env({"BROKER_DATA_DIR": str(isolated / "data")})
+    assert env["BROKER_ENV_FILE"] == str(isolated / ".env")
+    result = run_manage_py(ROOT, env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "True Dev IdP"
+
+
 def test_each_output_line_names_its_process(capsys):
     dev.relay("worker", io.StringIO("one\ntwo\n"))
     assert capsys.readouterr().out == "worker  | one\nworker  | two\n"

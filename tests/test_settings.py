@@ -1,5 +1,7 @@
 """Start-up: with DEBUG off, a missing or malformed secret stops the process with one clear line."""
 
+import base64
+import json
 import os
 import socket
 import subprocess
@@ -7,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from broker.crypto.key_ring import KeyRing
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_KEY = "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -160,6 +164,38 @@ def test_settings_read_the_env_file_and_the_environment_wins(tmp_path):
     production = check(DEBUG="0")
     assert production.returncode == 2
     assert production.stderr.strip().endswith("SECRET_KEY is not set (required when DEBUG is off)")
+
+
+@pytest.mark.parametrize("env_file", [None, ""], ids=["BROKER_ENV_FILE unset", "empty"])
+def test_generatekey_makes_a_key_with_no_secret_set(env_file):
+    """Issue 25 item 11: with DEBUG off the settings need BROKER_ENCRYPTION_KEYS and
+    SECRET_KEY; the command that makes the key must run before either exists."""
+    env = {
+        **{k: v for k, v in clean_env().items() if k != "BROKER_ENV_FILE"},
+        "DJANGO_SETTINGS_MODULE": "broker.settings",
+        "DEBUG": "0",
+        **({} if env_file is None else {"BROKER_ENV_FILE": env_file}),
+    }
+
+    def generatekey(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", "generatekey", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+        return result.stdout.strip()
+
+    kid, _, key = generatekey().partition(":")
+    assert kid.startswith("k") and len(base64.b64decode(key, validate=True)) == 32
+    answer = json.loads(generatekey("--kid", "k2027", "--json"))
+    assert answer["kid"] == "k2027" and answer["entry"] == f"k2027:{answer['key']}"
+    assert len(base64.b64decode(answer["key"], validate=True)) == 32
+    assert answer["key"] != key
+    KeyRing.parse(f"{answer['entry']},{kid}:{key}")  # both are valid in the setting
 
 
 def test_a_web_worker_imports_the_url_configuration_before_its_first_request():

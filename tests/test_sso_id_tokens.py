@@ -290,7 +290,7 @@ def test_an_unreachable_idp_is_a_clear_page_not_a_500(client, idp, settings):
     assert response.status_code == 502 and "could not reach" in response.content.decode()
 
 
-def test_sign_out_ends_the_session_at_the_idp_too(client, idp, keys):
+def test_sign_out_ends_the_session_at_the_idp_too(client, idp, keys, settings):
     request = start(client)
     token = signed(claims_for(idp, request["nonce"]), keys["k1"])
     finish(client, idp, request, token)
@@ -298,9 +298,18 @@ def test_sign_out_ends_the_session_at_the_idp_too(client, idp, keys):
     location = urlsplit(response["Location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == f"{idp.url}/logout"
     query = parse_qs(location.query)
-    assert query["id_token_hint"] == [token]
+    # The broker keeps no ID token to hint with (issue 25 item 5): it names its client.
+    assert "id_token_hint" not in query and token not in response["Location"]
+    assert query["client_id"] == [settings.BROKER_OIDC_CLIENT_ID]
     assert query["post_logout_redirect_uri"] == ["http://localhost:8000/accounts/login/"]
     assert "_auth_user_id" not in client.session
+
+
+def test_a_password_sign_out_does_not_send_the_person_to_the_idp(client, idp, django_user_model):
+    django_user_model.objects.create_user("root", password="root-password")
+    assert client.login(username="root", password="root-password")
+    response = client.post("/accounts/logout/")
+    assert response["Location"] == "/accounts/login/"
 
 
 def test_an_admin_sees_who_a_user_is_at_the_idp(client, idp, keys):

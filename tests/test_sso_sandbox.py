@@ -4,9 +4,14 @@ can be switched off."""
 
 from __future__ import annotations
 
+import json
+import re
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 import requests
 from django.contrib.auth.models import Group
+from django.contrib.sessions.models import Session
 
 from accounts.models import ExternalIdentity, User
 from broker.admin.roles import AUDITOR_GROUP
@@ -58,6 +63,9 @@ def test_group_sync_adds_and_removes_admin_and_auditor_rights(sandbox_sso, live_
     assert ExternalIdentity.objects.count() == 1 and User.objects.count() == 1
 
 
+CSRF_TOKEN = "c" * 32
+
+
 def test_without_password_login_there_is_no_password_form_and_posts_are_refused(
     sandbox_sso, live_server, settings, django_user_model
 ):
@@ -67,23 +75,116 @@ def test_without_password_login_there_is_no_password_form_and_posts_are_refused(
         page = browser.get(f"{live_server.url}/accounts/login/", timeout=TIMEOUT)
         assert 'data-sso="oidc"' in page.text and "Sign in with Sandbox SSO" in page.text
         assert 'type="password"' not in page.text
-        # The admin's sign-in page sets the CSRF cookie; its form refuses the password too.
+        # Nor the admin's (issue 25 item 10), and both refuse posts. No page has a form that
+        # sets the CSRF cookie any more: a scripted client makes its own (a valid one).
+        browser.cookies.set("csrftoken", CSRF_TOKEN)
+        admin_page = browser.get(f"{live_server.url}/admin/login/", timeout=TIMEOUT)
+        assert (
+            'data-sso="oidc"' in admin_page.text and "Sign in with Sandbox SSO" in admin_page.text
+        )
+        assert 'type="password"' not in admin_page.text and "login-form" not in admin_page.text
         for path, status, text in (
-            ("/admin/login/", 200, "Please enter the correct username and password"),
+            ("/admin/login/", 403, "Password sign-in is off"),
             ("/accounts/login/", 403, "Password sign-in is off"),
         ):
-            browser.get(f"{live_server.url}/admin/login/", timeout=TIMEOUT)
             refused = browser.post(
                 f"{live_server.url}{path}",
                 data={
                     "username": "root",
                     "password": "root-password",
-                    "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+                    "csrfmiddlewaretoken": CSRF_TOKEN,
                 },
                 allow_redirects=False,
                 timeout=TIMEOUT,
             )
             assert (refused.status_code, text in refused.text) == (status, True), path
             assert "sessionid" not in browser.cookies
+            assert "_auth_user_id" not in json.dumps(
+                [session.get_decoded() for session in Session.objects.all()]
+            )
     with sso_sign_in(live_server, sandbox_sso, "carol"):  # single sign-on still works
         assert User.objects.get(username="carol").is_superuser
+
+
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+
+def test_no_session_row_holds_an_id_token_after_single_sign_on(sandbox_sso, live_server):
+    """Issue 25 item 5: sessions live in the database (django_session); the user's ID token
+    must not sit there, where a database or backup reader would find it."""
+    with sso_sign_in(live_server, sandbox_sso, "alice"):
+        sessions = [json.dumps(session.get_decoded()) for session in Session.objects.all()]
+    alice = User.objects.get(username="alice")
+    assert any(f'"_auth_user_id": "{alice.pk}"' in text for text in sessions), sessions
+    assert [JWT.findall(text) for text in sessions] == [[] for _ in sessions]
+    assert not any("id_token" in text for text in sessions)
+
+
+def test_sign_out_ends_the_idp_session_naming_the_brokers_client(sandbox_sso, live_server):
+    """RP-initiated logout with `client_id` and `post_logout_redirect_uri`, no ID token: the
+    IdP asks the person to confirm, then its session is over."""
+    with sso_sign_in(live_server, sandbox_sso, "alice") as browser:
+        browser.get(f"{live_server.url}/connections/", timeout=TIMEOUT)  # the CSRF cookie
+        out = browser.post(
+            f"{live_server.url}/accounts/logout/",
+            data={"csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+            allow_redirects=False,
+            timeout=TIMEOUT,
+        )
+        end_session = urlsplit(out.headers["Location"])
+        assert f"{end_session.scheme}://{end_session.netloc}" == sandbox_sso.url
+        query = parse_qs(end_session.query)
+        assert "id_token_hint" not in query
+        assert (query["client_id"], query["post_logout_redirect_uri"]) == (
+            ["broker-sso"],
+            [f"{live_server.url}/accounts/login/"],
+        )
+        assert not any("_auth_user_id" in s.get_decoded() for s in Session.objects.all())
+        confirm = browser.get(out.headers["Location"], timeout=TIMEOUT)
+        assert confirm.status_code == 200 and "Sign out of the sandbox too?" in confirm.text
+        done = browser.post(
+            out.headers["Location"],
+            data={
+                "csrfmiddlewaretoken": browser.cookies["sandbox_csrftoken"],
+                "client_id": "broker-sso",
+                "post_logout_redirect_uri": f"{live_server.url}/accounts/login/",
+                "state": query["state"][0],
+                "allow": "Logout",
+            },
+            allow_redirects=False,
+            timeout=TIMEOUT,
+        )
+        back = done.headers["Location"]
+        assert back.startswith(f"{live_server.url}/accounts/login/?state="), done.text
+        # Signed out at the IdP: single sign-on asks for the sandbox password again.
+        to_idp = browser.get(
+            f"{live_server.url}/accounts/oidc/login", allow_redirects=False, timeout=TIMEOUT
+        )
+        at_idp = browser.get(to_idp.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+        assert at_idp.headers["Location"].startswith("/accounts/login/"), at_idp.headers
+
+
+def test_an_sso_admin_signs_in_to_the_admin_from_its_sign_in_page(sandbox_sso, live_server):
+    """Issue 25 item 10: /admin/login/ offers single sign-on, which comes back to the admin;
+    with password sign-in on, the password form stays beside it."""
+    with requests.Session() as browser:
+        sign_in_to_sandbox(browser, sandbox_sso.url, "carol")
+        to_login = browser.get(f"{live_server.url}/admin/", allow_redirects=False, timeout=TIMEOUT)
+        assert to_login.headers["Location"] == "/admin/login/?next=/admin/"
+        page = browser.get(f"{live_server.url}/admin/login/?next=/admin/", timeout=TIMEOUT)
+        assert 'data-sso="oidc"' in page.text and "Sign in with Sandbox SSO" in page.text
+        assert 'action="/accounts/oidc/login"' in page.text
+        assert '<input type="hidden" name="next" value="/admin/">' in page.text
+        assert 'type="password"' in page.text  # BROKER_PASSWORD_LOGIN is on
+        to_idp = browser.get(
+            f"{live_server.url}/accounts/oidc/login",
+            params={"next": "/admin/"},
+            allow_redirects=False,
+            timeout=TIMEOUT,
+        )
+        back = browser.get(to_idp.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+        done = browser.get(back.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+        assert done.headers["Location"] == "/admin/", done.text
+        index = browser.get(f"{live_server.url}/admin/", timeout=TIMEOUT)
+        assert index.status_code == 200 and "Site administration" in index.text
+    assert User.objects.get(username="carol").is_superuser

@@ -593,6 +593,14 @@ class ServiceClientAdmin(AuditedAdmin):
     fields = ["client_id", "name", "enabled", "webhook_url", "subject_audiences", *readonly_fields]
     actions = ["rotate_secret", "new_webhook_secret", "disable_services"]
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        help_texts = {
+            "subject_audiences": 'The "aud" of users\' tokens it may present: tokens the IdP '
+            'issued to this service (its own client id there), e.g. ["assistant-web"]; never '
+            "the broker's own sign-in client id"
+        }
+        return super().get_form(request, obj, change=change, help_texts=help_texts, **kwargs)
+
     @admin.display(description="webhook secret")
     def webhook_secret_status(self, service: ServiceClient) -> str:
         return "set" if service.has_secret("webhook_secret") else "not set"

@@ -115,6 +115,12 @@ def verified_subject(token: str, audiences: list[str]) -> Subject:
         raise SubjectTokenRejected(f"claims: {exc.error} {exc.description or ''}".strip()) from None
     aud = claims.get("aud")
     token_audiences = aud if isinstance(aud, list) else [aud]
+    if issuer == settings.BROKER_OIDC_ISSUER and settings.BROKER_OIDC_CLIENT_ID in token_audiences:
+        # Issued for signing in to the broker itself, never to a service: refused even where a
+        # service's row still lists that audience (written before registration refused it).
+        raise SubjectTokenRejected(
+            "the subject token was issued to the broker's own sign-in, not to this service"
+        )
     if not any(isinstance(a, str) and a in audiences for a in token_audiences):
         raise SubjectTokenRejected(
             "the subject token's audience is not registered for this service"

@@ -265,7 +265,7 @@ def test_the_commands_register_audiences_and_on_behalf_of_rules(atlassian):
         "createserviceclient",
         "Assistant",
         "--subject-audience",
-        "broker-sso",
+        "assistant-web",
         "--subject-audience",
         "chat",
         "--json",
@@ -273,7 +273,7 @@ def test_the_commands_register_audiences_and_on_behalf_of_rules(atlassian):
     )
     client_id = json.loads(out.getvalue())["client_id"]
     assert ServiceClient.objects.get(client_id=client_id).subject_audiences == [
-        "broker-sso",
+        "assistant-web",
         "chat",
     ]
     out = StringIO()

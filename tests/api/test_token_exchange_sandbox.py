@@ -1,6 +1,7 @@
 """Token exchange end to end over real HTTP: the sandbox is the company IdP (it issues
-alice's ID token to the `broker-sso` client) and the provider (its access token works at
-/me); a service exchanges her ID token at the live broker for her sandbox token."""
+alice's ID token to the service's own sign-in, the `demo-assistant` client) and the provider
+(its access token works at /me); the service exchanges her ID token at the live broker for
+her sandbox token. ID tokens issued to the broker's own sign-in (`broker-sso`) never work."""
 
 from __future__ import annotations
 
@@ -21,19 +22,32 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+# The sandbox's public client standing for a service's own sign-in (sandbox_setup).
+DEMO_SERVICE = "demo-assistant"
+DEMO_SERVICE_REDIRECT_URI = "http://127.0.0.1:8002/oidc/callback"
 
 
-def sandbox_id_token(sandbox, live_server, username: str) -> str:
-    """A real ID token for `username`: the authorization code flow (PKCE) of `broker-sso`."""
+def sandbox_id_token(sandbox, live_server, username: str, issued_to: str = DEMO_SERVICE) -> str:
+    """A real ID token for `username`, issued to `issued_to`: the authorization code flow
+    (PKCE) of the demo service's public client, or of the broker's own (`broker-sso`)."""
     sso = sandbox.sso_settings()
     issuer = sso["BROKER_OIDC_ISSUER"]
     metadata = requests.get(f"{issuer}/.well-known/openid-configuration", timeout=TIMEOUT).json()
+    if issued_to == sso["BROKER_OIDC_CLIENT_ID"]:
+        secret, redirect_uri = (
+            sso["BROKER_OIDC_CLIENT_SECRET"],
+            f"{live_server.url}/accounts/oidc/callback",
+        )
+        auth_method = "client_secret_basic"
+    else:
+        secret, redirect_uri, auth_method = None, DEMO_SERVICE_REDIRECT_URI, "none"
     with OAuth2Session(
-        sso["BROKER_OIDC_CLIENT_ID"],
-        sso["BROKER_OIDC_CLIENT_SECRET"],
-        redirect_uri=f"{live_server.url}/accounts/oidc/callback",
+        issued_to,
+        secret,
+        redirect_uri=redirect_uri,
         scope="openid profile email",
         code_challenge_method="S256",
+        token_endpoint_auth_method=auth_method,
     ) as client:
         verifier = generate_token(48)
         url, state = client.create_authorization_url(
@@ -54,7 +68,7 @@ def sandbox_id_token(sandbox, live_server, username: str) -> str:
 @pytest.fixture
 def assistant(sandbox_sso, sandbox_apps) -> tuple[ServiceClient, str]:
     service, secret = service_and_secret("assistant")
-    service.subject_audiences = ["broker-sso"]
+    service.subject_audiences = [DEMO_SERVICE]
     service.save()
     AccessRule.objects.create(
         service=service, provider_app=sandbox_apps["sandbox"], on_behalf_of=True
@@ -140,3 +154,25 @@ def test_refusals_serve_nothing_and_call_no_provider(
         (other.client_id, "invalid_request"),
         (assistant[0].client_id, "invalid_request"),
     ]
+
+
+def test_an_id_token_issued_to_the_brokers_own_sign_in_is_refused(
+    sandbox_sso, live_server, alice, assistant
+):
+    """Issue 25 item 5: users' sign-in ID tokens (aud = BROKER_OIDC_CLIENT_ID) are refused,
+    even for a service whose row lists that audience (written before registration refused
+    it, or by a raw update)."""
+    connect_grant(sandbox_sso, alice)
+    service, _ = assistant
+    ServiceClient.objects.filter(pk=service.pk).update(subject_audiences=["broker-sso"])
+    brokers_own = sandbox_id_token(sandbox_sso, live_server, "alice", issued_to="broker-sso")
+    refreshes = refresh_count(sandbox_sso)
+
+    refused = exchange(live_server, assistant, brokers_own)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == "invalid_request" and "access_token" not in refused.json()
+    assert "broker's own sign-in" in refused.json()["error_description"]
+    assert refresh_count(sandbox_sso) == refreshes
+    assert not events("token.exchanged")
+    [denied] = events("token.exchange_denied")
+    assert (denied.service, denied.detail["reason"]) == (service.client_id, "invalid_request")

@@ -6,6 +6,7 @@ from argparse import ArgumentParser
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.text import slugify
@@ -30,7 +31,8 @@ class Command(BaseCommand):
             action="append",
             default=[],
             metavar="AUD",
-            help="the `aud` of user tokens it may exchange (repeatable)",
+            help="the `aud` of user tokens it may exchange (repeatable): tokens the IdP "
+            "issued to this service (its client id there), never the broker's own",
         )
         parser.add_argument("--json", action="store_true")
 
@@ -63,6 +65,8 @@ class Command(BaseCommand):
                     )
         except service_keys.ServiceKeyError as exc:
             raise CommandError(str(exc)) from None
+        except ValidationError as exc:
+            raise CommandError(f"--subject-audience: {' '.join(exc.messages)}") from None
         if options["json"]:
             self.stdout.write(json.dumps(result))
             return

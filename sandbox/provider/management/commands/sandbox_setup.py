@@ -34,6 +34,11 @@ DEMO_GROUPS = {
 }
 ADMIN_GROUP, AUDITOR_GROUP = "broker-admins", "broker-auditors"
 SSO_CLIENT_ID = "broker-sso"
+# A service that signs its own users in at the sandbox IdP (an assistant's web front): the
+# ID tokens issued to it (`aud` = its client id) are what it exchanges at the broker (RFC
+# 8693), never the broker's own. A public client (PKCE), so a developer needs no secret.
+DEMO_SERVICE_CLIENT_ID = "demo-assistant"
+DEMO_SERVICE_REDIRECT_URI = "http://127.0.0.1:8002/oidc/callback"
 RSA_CONSUMER_KEY = "broker-sandbox-rsa"
 HMAC_CONSUMER_KEY = "broker-sandbox-hmac"
 PRIVATE_KEY_FILENAME = "sandbox-jira-rsa.pem"
@@ -147,6 +152,21 @@ def ensure_sso_app(broker_url: str) -> None:
             "hash_client_secret": True,
             "algorithm": Application.RS256_ALGORITHM,
             # A company IdP asks nothing of its people when they sign in to an internal app.
+            "skip_authorization": True,
+        },
+    )
+
+
+def ensure_demo_service_app() -> None:
+    Application.objects.update_or_create(
+        client_id=DEMO_SERVICE_CLIENT_ID,
+        defaults={
+            "name": "Demo assistant (a service's own sign-in)",
+            "client_type": Application.CLIENT_PUBLIC,
+            "authorization_grant_type": Application.GRANT_AUTHORIZATION_CODE,
+            "redirect_uris": DEMO_SERVICE_REDIRECT_URI,
+            "client_secret": "",
+            "algorithm": Application.RS256_ALGORITHM,
             "skip_authorization": True,
         },
     )
@@ -278,6 +298,7 @@ class Command(BaseCommand):
             for app in OAUTH2_APPS:
                 ensure_oauth2_app(app, broker_url)
             ensure_sso_app(broker_url)
+            ensure_demo_service_app()
             ensure_oauth1_consumers(private_key)
         out_path.write_text(providers_toml(private_key_path))
         if sso_env:
