@@ -49,6 +49,7 @@ from redis.exceptions import LockError
 from broker.infra.client_address import client_ip
 from broker.infra.json_template import JsonTemplate
 from broker.infra.redis_connection import KEY_PREFIX, redis_client
+from broker.infra.request_id import current_request_id
 from broker.infra.shared_round_trip import shared_round_trip
 from broker.models import AuditEvent
 from broker.ops import metrics
@@ -127,7 +128,12 @@ def event_fields(
     request: HttpRequest | None = None,
     **detail: Any,
 ) -> dict[str, Any]:
-    """One event's columns: what `record()` and `record_soon()` take."""
+    """One event's columns: what `record()` and `record_soon()` take. An event recorded
+    while a request is served names it: `detail["request_id"]` (broker.infra.request_id),
+    the id on the request's log line and in the X-Request-ID of its upstream calls."""
+    request_id = current_request_id()
+    if request_id is not None:
+        detail["request_id"] = request_id
     # Callers may pass what a client sent (a claimed client id, a username): keep every
     # value storable, so one odd event cannot block the buffer's bulk insert.
     return {
@@ -521,7 +527,11 @@ class ServiceEvent:
     repeats it (broker.api.warm_path)."""
 
     def __init__(self, fields: dict[str, Any]) -> None:
-        self._json = JsonTemplate(_json_ready(fields), ("event_id", "at", "client_ip"))
+        # Plain JSON values, as `JsonTemplate.fill` takes them.
+        detail = json.loads(json.dumps(fields["detail"], cls=DjangoJSONEncoder))
+        detail.pop("request_id", None)  # the request that built it; each use has its own
+        self._detail: dict[str, Any] = detail
+        self._json = JsonTemplate(_json_ready(fields), ("event_id", "at", "client_ip", "detail"))
 
     def json_for(self, request: HttpRequest | None) -> str:
         """The event as the buffer holds it (as `event_json` writes it): push it on the
@@ -531,7 +541,12 @@ class ServiceEvent:
             event_id=str(uuid.uuid4()),
             at=timezone.now().isoformat(),
             client_ip=client_ip(request),
+            detail=self._detail_now(),
         )
+
+    def _detail_now(self) -> dict[str, Any]:
+        request_id = current_request_id()
+        return self._detail if request_id is None else {**self._detail, "request_id": request_id}
 
 
 def service_event_of(

@@ -14,9 +14,21 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from contextvars import Token
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+
+from broker.infra.client_address import client_ip
+from broker.infra.request_id import (
+    HEADER,
+    META_KEY,
+    accepted,
+    bind_request_id,
+    current_request_id,
+    serving,
+    unbind_request_id,
+)
 
 REDACTED = "[REDACTED]"
 SENSITIVE_KEYS = (
@@ -108,8 +120,32 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id (broker.infra.request_id) on every record written
+    while it is served, whoever logs it: a traceback, a refresh's warning, a task's line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            request_id = current_request_id()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
+
+
+class UnexpectedErrorsOnlyFilter(logging.Filter):
+    """django.request: keeps the records of exceptions no view handled (their traceback).
+    Every response, 4xx and 5xx included, already has its line from RequestLogMiddleware:
+    Django's "Not Found: /x" (WARNING) or "Service Unavailable: /readyz" (ERROR) would only
+    repeat it, louder."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is not None
+
+
 # Structured fields the request and task log lines carry (JSON keys).
 EXTRA_FIELDS = (
+    "request_id",
+    "client",
     "method",
     "path",
     "status",
@@ -160,7 +196,13 @@ def logging_settings(level: str, log_format: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": "broker.ops.logging_config.RedactingFilter"}},
+        "filters": {
+            "redact": {"()": "broker.ops.logging_config.RedactingFilter"},
+            "request_id": {"()": "broker.ops.logging_config.RequestIdFilter"},
+            "unexpected_errors_only": {
+                "()": "broker.ops.logging_config.UnexpectedErrorsOnlyFilter"
+            },
+        },
         "formatters": {
             "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
             "json": {"()": "broker.ops.logging_config.JsonFormatter"},
@@ -169,12 +211,18 @@ def logging_settings(level: str, log_format: str) -> dict[str, Any]:
             "console": {
                 "class": "logging.StreamHandler",
                 "formatter": log_format,
-                "filters": ["redact"],
+                "filters": ["request_id", "redact"],
             }
         },
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
             "django": {"handlers": [], "level": level, "propagate": True},
+            "django.request": {
+                "handlers": [],
+                "level": level,
+                "propagate": True,
+                "filters": ["unexpected_errors_only"],
+            },
             # runserver's access lines would repeat broker.request's line for each request
             # (and print query strings); failures still reach django.request.
             "django.server": {"handlers": [], "level": "CRITICAL", "propagate": True},
@@ -200,47 +248,76 @@ def name_service(request: HttpRequest, client_id: str) -> None:
 
 
 class RequestLogMiddleware:
-    """One line per request: method, path (never the query string), status, duration, and
-    who asked: the signed-in user's id, or the service that `name_service` recorded."""
+    """One line per request: method, path (never the query string), status, duration, the
+    client's address, the request id, and who asked: the signed-in user's id, or the
+    service that `name_service` recorded.
+
+    The request id (broker.infra.request_id: the front's X-Request-ID when sane, else a new
+    one) is current while the request is served (log lines, audit events, upstream calls
+    carry it) and is returned in the X-Request-ID response header."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.monotonic()
-        response = self.get_response(request)
-        duration_ms = round((time.monotonic() - started) * 1000, 1)
-        service = getattr(request, "service_client_id", None)
-        # A service's request has no signed-in user; asking would load the session.
-        user = getattr(request, "user", None) if service is None else None
-        user_id = user.pk if user is not None and user.is_authenticated else None
-        fields = {
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
-            "duration_ms": duration_ms,
-            "user": user_id,
-            "service": service,
-        }
-        who = f" service={service}" if service else f" user={user_id}" if user_id else ""
-        request_logger.info(
-            "%s %s %s %sms%s",
-            request.method,
-            request.path,
-            response.status_code,
-            duration_ms,
-            who,
-            extra=fields,
-        )
+        request_id = accepted(request.META.get(META_KEY))
+        request.request_id = request_id  # type: ignore[attr-defined]
+        with serving(request_id):
+            response = self.get_response(request)
+            response[HEADER] = request_id
+            duration_ms = round((time.monotonic() - started) * 1000, 1)
+            service = getattr(request, "service_client_id", None)
+            # A service's request has no signed-in user; asking would load the session.
+            user = getattr(request, "user", None) if service is None else None
+            user_id = user.pk if user is not None and user.is_authenticated else None
+            address = client_ip(request)
+            fields = {
+                "request_id": request_id,
+                "client": address,
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": duration_ms,
+                "user": user_id,
+                "service": service,
+            }
+            who = f" service={service}" if service else f" user={user_id}" if user_id else ""
+            request_logger.info(
+                "%s %s %s %sms client=%s request_id=%s%s",
+                request.method,
+                request.path,
+                response.status_code,
+                duration_ms,
+                address,
+                request_id,
+                who,
+                extra=fields,
+            )
         return response
 
 
 _task_started: dict[str, float] = {}
 
 
-def on_task_prerun(task_id: str | None = None, **kwargs: Any) -> None:
+_task_request_ids: dict[str, Token[str | None]] = {}
+REQUEST_ID_TASK_HEADER = "broker_request_id"
+
+
+def on_before_task_publish(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """A task enqueued while a request is served carries the request's id: its log lines,
+    audit events and upstream calls name the request that caused them."""
+    request_id = current_request_id()
+    if request_id is not None and headers is not None:
+        headers.setdefault(REQUEST_ID_TASK_HEADER, request_id)
+
+
+def on_task_prerun(task_id: str | None = None, task: Any = None, **kwargs: Any) -> None:
     if task_id:
         _task_started[task_id] = time.monotonic()
+        request_id = getattr(getattr(task, "request", None), REQUEST_ID_TASK_HEADER, None)
+        if isinstance(request_id, str):
+            _task_request_ids[task_id] = bind_request_id(request_id)
 
 
 def on_task_postrun(
@@ -255,6 +332,7 @@ def on_task_postrun(
     A frequent housekeeping task (declared with `quiet_when_idle=True`) that succeeded and
     found nothing to do (returned 0) logs at DEBUG: no line every few seconds when idle."""
     started = _task_started.pop(task_id or "", None)
+    bound = _task_request_ids.pop(task_id or "", None)
     duration_ms = round((time.monotonic() - started) * 1000, 1) if started else None
     name = getattr(task, "name", "?")
     idle = state == "SUCCESS" and not retval and getattr(task, "quiet_when_idle", False)
@@ -267,10 +345,15 @@ def on_task_postrun(
         duration_ms,
         extra={"task": name, "task_id": task_id, "state": state, "duration_ms": duration_ms},
     )
+    if bound is not None:
+        unbind_request_id(bound)
 
 
 def connect_task_logging() -> None:
-    from celery.signals import task_postrun, task_prerun
+    from celery.signals import before_task_publish, task_postrun, task_prerun
 
+    before_task_publish.connect(
+        on_before_task_publish, weak=False, dispatch_uid="broker-task-request-id"
+    )
     task_prerun.connect(on_task_prerun, weak=False, dispatch_uid="broker-task-prerun")
     task_postrun.connect(on_task_postrun, weak=False, dispatch_uid="broker-task-postrun")
