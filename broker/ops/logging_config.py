@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from contextvars import Token
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from django.http import HttpRequest, HttpResponse
 
 from broker.infra.client_address import client_ip
@@ -142,8 +145,120 @@ class UnexpectedErrorsOnlyFilter(logging.Filter):
         return record.exc_info is not None
 
 
+# Exceptions that mean "Redis (or another server) is unreachable for now": an outage the
+# worker and beat recover from by themselves, not a bug to read a traceback for.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,  # refused, reset, aborted (OSError subclasses)
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+# Celery's and kombu's own loggers whose warnings and errors repeat while the broker
+# connection is down (the consumer's "Cannot connect ... Trying again", beat's "Connection
+# error", bootsteps restarting): the same line at most once per window.
+CONNECTION_LOGGERS = ("celery.worker.consumer", "celery.beat", "celery.bootsteps", "kombu")
+REPEAT_WINDOW_SECONDS = 60.0
+
+
+class SettledWarningsFilter(logging.Filter):
+    """py.warnings: drops the warnings this project has decided on (SETTLED_WARNINGS), which
+    libraries repeat at every occurrence (Celery makes its own warnings "always")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _message(record)
+        return not any(settled in message for settled in SETTLED_WARNINGS)
+
+
+SETTLED_WARNINGS = (
+    # Celery 5 warns, at every lost broker connection (nine lines each time), that Celery 6
+    # will cancel the tasks running then. The broker lets them end: a refresh cut off
+    # between the provider's answer and its commit would lose a rotated refresh token, and
+    # tasks are idempotent, so one delivered again does no harm.
+    "worker_cancel_long_running_tasks_on_connection_loss",
+)
+
+
+def connection_error_of(exc: BaseException | None) -> BaseException | None:
+    """The connection error that caused `exc` (itself, or one it was raised from or while
+    handling), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CONNECTION_ERRORS):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class ConnectionTroubleFilter(logging.Filter):
+    """While Redis is away, one short line per kind of event, not a traceback each time.
+
+    A record caused by a connection error (anywhere in its exception chain, so Celery's own
+    AttributeError while it restarts a component after the connection died counts too)
+    loses its traceback and is written on one line naming the connection error
+    (`connection_error` field). Such records, and the warnings of Celery's connection
+    loggers (CONNECTION_LOGGERS), are written at most once per REPEAT_WINDOW_SECONDS per
+    logger and message; the next one written says how many were left out (`repeated`).
+    Other records, tracebacks of real failures included, pass unchanged."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cause = connection_error_of(record.exc_info[1] if record.exc_info else None)
+        repeats = record.levelno >= logging.WARNING and record.name.startswith(CONNECTION_LOGGERS)
+        if cause is None and not repeats:
+            return True
+        message = _one_line(_message(record))
+        if cause is not None:
+            described = f"{type(cause).__name__}: {cause}"
+            if str(cause) not in message:
+                message = f"{message} ({_one_line(described)})"
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+            record.connection_error = _one_line(described)
+        key = (record.name, str(record.msg), type(cause).__name__)
+        now = time.monotonic()
+        with self._lock:
+            last, left_out = self._last.get(key, (-REPEAT_WINDOW_SECONDS, 0))
+            if now - last < REPEAT_WINDOW_SECONDS:
+                self._last[key] = (last, left_out + 1)
+                return False
+            self._last[key] = (now, 0)
+        if left_out:
+            record.repeated = left_out
+            message = f"{message} ({left_out} more like it left out)"
+        record.msg, record.args = message, None
+        return True
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:
+        return str(record.msg)
+
+
+def _one_line(text: str) -> str:
+    """The message's lines joined, up to where a stack or traceback listing starts (beat's
+    "Message Error" carries the whole stack in its text)."""
+    kept = []
+    for line in text.splitlines():
+        if line.lstrip().startswith(("Traceback", "['", 'File "')):
+            break
+        if line.strip():
+            kept.append(line.strip())
+    return " ".join(kept)
+
+
 # Structured fields the request and task log lines carry (JSON keys).
 EXTRA_FIELDS = (
+    "connection_error",
+    "repeated",
     "request_id",
     "client",
     "method",
@@ -199,6 +314,8 @@ def logging_settings(level: str, log_format: str) -> dict[str, Any]:
         "filters": {
             "redact": {"()": "broker.ops.logging_config.RedactingFilter"},
             "request_id": {"()": "broker.ops.logging_config.RequestIdFilter"},
+            "connection_trouble": {"()": "broker.ops.logging_config.ConnectionTroubleFilter"},
+            "settled_warnings": {"()": "broker.ops.logging_config.SettledWarningsFilter"},
             "unexpected_errors_only": {
                 "()": "broker.ops.logging_config.UnexpectedErrorsOnlyFilter"
             },
@@ -211,7 +328,7 @@ def logging_settings(level: str, log_format: str) -> dict[str, Any]:
             "console": {
                 "class": "logging.StreamHandler",
                 "formatter": log_format,
-                "filters": ["request_id", "redact"],
+                "filters": ["request_id", "connection_trouble", "redact"],
             }
         },
         "root": {"handlers": ["console"], "level": level},
@@ -227,12 +344,25 @@ def logging_settings(level: str, log_format: str) -> dict[str, Any]:
             # (and print query strings); failures still reach django.request.
             "django.server": {"handlers": [], "level": "CRITICAL", "propagate": True},
             "celery": {"handlers": [], "level": level, "propagate": True},
+            "py.warnings": {
+                "handlers": [],
+                "level": level,
+                "propagate": True,
+                "filters": ["settled_warnings"],
+            },
             # broker.task logs each run once; Celery's "received" / "succeeded" lines, and
             # beat's "Sending due task" every few seconds, would only repeat it. Warnings
             # and errors (a task failed, a message could not be sent) still show.
             **{
                 name: {"handlers": [], "level": max_level(level, "WARNING"), "propagate": True}
-                for name in ("celery.beat", "celery.app.trace", "celery.worker.strategy")
+                for name in (
+                    "celery.beat",
+                    "celery.app.trace",
+                    "celery.worker.strategy",
+                    # "Discarding revoked task" for each beat task that expired unsent
+                    # (claim-due-refreshes), e.g. after an outage.
+                    "celery.worker.request",
+                )
             },
         },
     }
