@@ -9,6 +9,8 @@ connections (BROKER_DB_POOL_MAX_SIZE per process). Sizing: README, "Deployment a
 
 import os
 
+from broker.ops.logging_config import logging_settings
+
 wsgi_app = "broker.wsgi"
 worker_class = "gthread"
 # Processes: one per core (each runs `threads` requests at once).
@@ -27,7 +29,17 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30
 # Behind a proxy that keeps connections open.
 keepalive = 5
-# The broker logs one line per request itself (broker.ops.logging_config).
+# gunicorn's own lines (starting, workers booted or killed) in the broker's format
+# (LOG_FORMAT=json: one JSON object per line) and through its redaction, like every other
+# line of the process. Its access log stays below the level: the broker logs one line per
+# request itself (broker.ops.logging_config), with the request id and client address.
 accesslog = None
+logconfig_dict = logging_settings(
+    os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "plain")
+)
+logconfig_dict["loggers"] |= {
+    "gunicorn.error": {"handlers": [], "level": "INFO", "propagate": True},
+    "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": True},
+}
 # No control socket: its default path is shared by every gunicorn of the same user.
 control_socket_disable = True

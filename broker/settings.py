@@ -310,6 +310,9 @@ vars().update(
     env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
 )
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
+# Seconds for each step of a conversation with the mail server; a server that does not
+# answer in time is tried again later (broker.notify.dispatch.email_user).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 # Internal API (broker.api): broker token lifetime, per-service requests per minute (0: no
 # limit), and identity providers whose app tokens services may authenticate with.

@@ -77,6 +77,9 @@ SANDBOX_PUBLIC_URL = env_str("SANDBOX_PUBLIC_URL", "http://localhost:8001").rstr
 # Its own public host too: the fault drills serve it on an address of their bridge.
 ALLOWED_HOSTS = ["localhost", "127.0.0.1", urlsplit(SANDBOX_PUBLIC_URL).hostname or "localhost"]
 SANDBOX_ACCESS_TOKEN_SECONDS = env_int("SANDBOX_ACCESS_TOKEN_SECONDS", 3600)
+# The broker's request log line names the client's address (broker.infra.client_address);
+# the sandbox runs with no proxy in front.
+BROKER_TRUSTED_PROXIES = 0
 SANDBOX_TEST_SWITCHES = os.environ.get("SANDBOX_TEST_SWITCHES", "") == "1"
 
 INSTALLED_APPS = [

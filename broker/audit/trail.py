@@ -27,6 +27,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from broker.infra.client_address import client_ip
+from broker.infra.request_id import current_request_id
 from broker.models import AuditEvent
 
 ActorType = AuditEvent.ActorType
@@ -81,7 +82,12 @@ def event_fields(
     request: HttpRequest | None = None,
     **detail: Any,
 ) -> dict[str, Any]:
-    """One event's columns: what `record()` takes."""
+    """One event's columns: what `record()` takes. An event recorded
+    while a request is served names it: `detail["request_id"]` (broker.infra.request_id),
+    the id on the request's log line and in the X-Request-ID of its upstream calls."""
+    request_id = current_request_id()
+    if request_id is not None:
+        detail["request_id"] = request_id
     # Callers may pass what a client sent (a claimed client id, a username): keep every
     # value storable, so one odd event cannot block the buffer's bulk insert.
     return {

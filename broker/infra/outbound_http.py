@@ -51,6 +51,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from broker.infra import bounded_json
+from broker.infra.request_id import HEADER, current_request_id
 
 CONNECT_TIMEOUT_SECONDS = 3.05
 READ_TIMEOUT_SECONDS = 10
@@ -169,6 +170,13 @@ def check_url(url: str) -> None:
     resolve_checked(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
 
 
+def with_request_id(headers: Mapping[str, str]) -> dict[str, str]:
+    """`headers` and, while a request is served, its id (broker.infra.request_id), so the
+    other side's logs can be matched with ours."""
+    request_id = current_request_id()
+    return dict(headers) if request_id is None else {**headers, HEADER: request_id}
+
+
 def post(url: str, body: bytes, headers: Mapping[str, str]) -> requests.Response:
     """POSTs `body`; raises DestinationRefused before anything is sent to a refused host, and
     requests.RequestException for network errors. The response body is not read."""
@@ -181,7 +189,7 @@ def post(url: str, body: bytes, headers: Mapping[str, str]) -> requests.Response
         response = session.post(
             url,
             data=body,
-            headers=dict(headers),
+            headers=with_request_id(headers),
             timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
             allow_redirects=False,
             stream=True,
@@ -422,6 +430,8 @@ class _DeadlineAdapter(HTTPAdapter):
         kwargs["proxies"] = environment_proxies(request.url or "") | (kwargs.get("proxies") or {})
         if kwargs.get("verify") is True:
             kwargs["verify"] = environment_ca_bundle() or True
+        if (request_id := current_request_id()) is not None:
+            request.headers[HEADER] = request_id
         token = _current_deadline.set(self.deadline)
         try:
             response = super().send(request, *args, **kwargs)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import smtplib
 import time
 from typing import Any
 
@@ -23,11 +24,19 @@ from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
+from broker.audit.trail import record
 from broker.infra.outbound_http import DestinationRefused, post
 from broker.infra.retried_task import RetriedTask
-from broker.models import AccessRule, Grant, ServiceClient, WebhookAttempt, WebhookDelivery
+from broker.models import (
+    AccessRule,
+    AuditEvent,
+    Grant,
+    ServiceClient,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 EVENTS = (
     "grant.created",
@@ -232,9 +241,51 @@ API_TOKEN_MESSAGES = {
 }
 
 
-@shared_task(name="broker.notifications.email_user")
-def email_user(grant_id: str, event: str) -> str:
-    """Emails the grant's owner about an event that needs their attention (no secrets)."""
+class MailServerUnavailable(Exception):
+    """The mail server could not be reached, hung up, timed out or answered 4xx (RFC 5321
+    4.2.1: a transient failure): worth another attempt later."""
+
+
+class EmailTask(RetriedTask):
+    def gave_up(self, exc: Exception, attempts: int, grant_id: str, event: str) -> None:
+        """The last attempt failed too, or the mail server refused the message for good:
+        the audit log says the user was not told, and why."""
+        log.warning("e-mail about %s to the owner of grant %s not sent: %r", event, grant_id, exc)
+        record(
+            "user.email_failed",
+            actor_type=AuditEvent.ActorType.SYSTEM,
+            outcome=AuditEvent.Outcome.FAILURE,
+            grant_id=grant_id,
+            event=event,
+            attempts=attempts,
+            error=repr(exc),
+        )
+
+
+def _transient(exc: Exception) -> bool:
+    """A connection error, a timeout, a hang-up or a 4xx reply; not a 5xx reply (a refused
+    sender or recipient: sending again would be refused again)."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(400 <= code < 500 for code, _ in exc.recipients.values())
+    return isinstance(exc, smtplib.SMTPServerDisconnected | OSError)
+
+
+# Waits below 10 s, 20 s, 40 s ... doubling up to 30 min, 10 retries: the user is told
+# within about 1 h 40 min of an outage's end, at most 2 h 30 min after the first attempt.
+@shared_task(
+    bind=True,
+    base=EmailTask,
+    name="broker.notifications.email_user",
+    autoretry_for=(MailServerUnavailable,),
+    retry_backoff=10,
+    retry_backoff_max=1800,
+    max_retries=10,
+)
+def email_user(self: Any, grant_id: str, event: str) -> str:
+    """Emails the grant's owner about an event that needs their attention (no secrets).
+    Retried while the mail server is away; a message it accepted is not sent again."""
     grant = Grant.objects.select_related("user", "provider_app").filter(pk=grant_id).first()
     if grant is None or not grant.user.email or event not in USER_MESSAGES:
         return "skipped"
@@ -248,10 +299,15 @@ def email_user(grant_id: str, event: str) -> str:
         if grant.refresh_absolute_expires_at
         else "",
     }
-    send_mail(
-        subject.format(**context),
-        text.format(**context),
-        settings.DEFAULT_FROM_EMAIL,
-        [grant.user.email],
-    )
+    try:
+        send_mail(
+            subject.format(**context),
+            text.format(**context),
+            settings.DEFAULT_FROM_EMAIL,
+            [grant.user.email],
+        )
+    except Exception as exc:
+        if _transient(exc):
+            raise MailServerUnavailable(repr(exc)) from exc  # retried; the last one: gave_up
+        raise  # for good: gave_up records it
     return "sent"
