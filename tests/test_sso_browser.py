@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from accounts.models import ExternalIdentity, User
+from tests.screenshots import at_each_width, horizontal_overflow, screenshot_dir
 
 pytestmark = [
     pytest.mark.browser,
@@ -38,3 +39,19 @@ def test_a_newcomer_signs_in_with_single_sign_on_and_out_again(page, sandbox_sso
     # Signed out at the IdP too: the button asks for the sandbox password again.
     page.locator('[data-sso="oidc"] button').click()
     expect(page).to_have_url(re.compile(rf"^{re.escape(sandbox_sso.url)}/accounts/login/"))
+
+
+def test_the_sign_in_page_says_or_between_single_sign_on_and_the_password(
+    page, sandbox_sso, live_server, tmp_path
+):
+    folder = screenshot_dir(tmp_path)
+    url = f"{live_server.url}/accounts/login/"
+    for width in at_each_width(page, url, "sign-in", folder):
+        sso = page.locator('[data-sso="oidc"] button')
+        separator = page.locator("p.separator")
+        password = page.get_by_label("Password")
+        expect(separator).to_have_text("or")
+        # In that order, top to bottom: single sign-on, "or", the password form.
+        tops = [el.bounding_box()["y"] for el in (sso, separator, password)]
+        assert tops == sorted(tops), (width, tops)
+        assert horizontal_overflow(page) <= 0, width
