@@ -29,13 +29,13 @@ def horizontal_overflow(page: Any) -> int:
 
 
 def at_each_width(page: Any, url: str, name: str, folder: Path) -> Iterator[str]:
-    """Opens `url` at desktop and phone width, yields "desktop" / "phone" for the caller's
-    checks, then saves the whole page as `<name>-<width>.png`."""
+    """Opens `url` at desktop and phone width, saves the whole page as
+    `<name>-<width>.png`, and yields "desktop" / "phone" for the caller's checks."""
     for width, viewport in WIDTHS.items():
         page.set_viewport_size(viewport)
         page.goto(url)
-        yield width
         page.screenshot(path=str(folder / f"{name}-{width}.png"), full_page=True)
+        yield width
 
 
 def sign_in_browser(page: Any, live_server: Any, user: Any) -> None:

@@ -26,7 +26,8 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
@@ -763,7 +764,7 @@ class AuditEventAdmin(RecordAdmin):
         "provider",
         "service_cell",
         "grant_cell",
-        "client_ip",
+        "client_address",
     ]
     # "Who read Alice's Jira token last week": user + action + provider + date.
     list_filter = [
@@ -790,7 +791,9 @@ class AuditEventAdmin(RecordAdmin):
 
     @admin.display(description="actor", ordering="actor")
     def actor_cell(self, event: AuditEvent) -> str:
-        return f"{event.actor_type}: {event.actor}" if event.actor else event.actor_type
+        if not event.actor or event.actor == event.service:
+            return event.actor_type  # a service acting itself: named in the service column
+        return f"{event.actor_type}: {event.actor}"
 
     @admin.display(description="acted for", ordering="subject_user")
     def acted_for(self, event: AuditEvent) -> str:
@@ -806,6 +809,13 @@ class AuditEventAdmin(RecordAdmin):
             event.service,
             name,
             event.service,
+        )
+
+    @admin.display(description="client address", ordering="client_ip")
+    def client_address(self, event: AuditEvent) -> str:
+        # An IPv6 address may wrap after a colon rather than widen the list.
+        return format_html_join(
+            mark_safe(":<wbr>"), "{}", ((p,) for p in (event.client_ip or "").split(":"))
         )
 
     @admin.display(description="grant", ordering="grant_id")

@@ -188,5 +188,5 @@ def test_the_audit_list_names_services_and_fits_1280_px(
             assert cell.count() == 1, service.name
             assert service.client_id in cell.inner_text()
             assert cell.locator(f'[title="client id {service.client_id}"]').count() == 1
-        ips = page.locator("#result_list td.field-client_ip")
+        ips = page.locator("#result_list td.field-client_address")
         assert ips.first.is_visible() and "2001:db8" in ips.first.inner_text()
