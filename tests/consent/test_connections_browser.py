@@ -107,7 +107,7 @@ def test_my_connections_fits_a_phone_screen(
 
     disconnect = f"{live_server.url}/connections/{grant.id}/disconnect"
     for width in at_each_width(page, disconnect, "disconnect", folder):
-        account_page = page.get_by_role("link", name=re.compile("manage-profile/apps"))
+        account_page = page.locator('main a[href$="/manage-profile/apps"]')
         expect(account_page).to_have_attribute("href", f"{sandbox.url}/manage-profile/apps")
         expect(page.locator("main")).not_to_contain_text("id.atlassian.com")
         assert horizontal_overflow(page) <= 0, width
