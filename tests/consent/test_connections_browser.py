@@ -135,3 +135,25 @@ def test_a_missing_page_is_the_sites_own_page(page, live_server, owner, path, tm
         expect(page.get_by_role("heading", name="This page does not exist")).to_be_visible()
         expect(page.get_by_role("link", name="Back to My connections")).to_be_visible()
         assert horizontal_overflow(page) <= 0, width
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "heading"),
+    [
+        ("/_test/forbidden", 403, "You may not open this page"),
+        ("/_test/broken", 500, "Something went wrong on our side"),
+    ],
+)
+def test_refusals_and_failures_are_the_sites_own_pages(
+    page, live_server, settings, path, status, heading, tmp_path
+):
+    settings.ROOT_URLCONF = "tests.error_page_urls"
+    folder = screenshot_dir(tmp_path)
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if path in r.url else None)
+    for width in at_each_width(page, f"{live_server.url}{path}", str(status), folder):
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        expect(page.get_by_role("link", name="My connections")).to_be_visible()
+        assert page.locator('link[rel="stylesheet"][href$="broker/site.css"]').count() == 1
+        assert horizontal_overflow(page) <= 0, width
+    assert statuses == [status, status]
