@@ -8,6 +8,7 @@ from oauth2_provider.views import AuthorizationView
 from sandbox.provider import (
     api_tokens,
     cloud_api_views,
+    connected_apps,
     jira_views,
     oauth1_views,
     oauth2_views,
@@ -74,6 +75,9 @@ urlpatterns = [
     # Atlassian Cloud with an API token (Basic auth), and where demo users make one.
     path("rest/api/3/myself", api_tokens.myself),
     path("manage-profile/security/api-tokens", api_tokens.manage, name="api-tokens"),
+    # Where a user removes the apps they authorized: Atlassian's path, and Jira DC's.
+    path("manage-profile/apps", connected_apps.connected_apps, name="connected-apps"),
+    path("plugins/servlet/oauth/users/access-tokens", connected_apps.connected_apps),
     # Test switches (404 unless SANDBOX_TEST_SWITCHES=1).
     path("_sandbox/faults", switch_views.faults),
     path("_sandbox/counters", switch_views.counters),

@@ -445,6 +445,35 @@ def test_revocation_endpoint_revokes_the_refresh_token(sandbox: SandboxServer, a
     assert me.status_code == 401
 
 
+def test_the_account_page_lists_authorized_apps_and_removes_their_access(
+    sandbox: SandboxServer, apps: dict
+) -> None:
+    """The sandbox's own "Connected apps" page, the `account` endpoint of its apps (the
+    broker's Disconnect page links there, not to Atlassian's)."""
+    app = apps["sandbox"]
+    assert app["endpoints"]["account"] == f"{sandbox.url}/manage-profile/apps"
+    token = cloud_tokens(sandbox, apps, "bob")
+    browser = signed_in_browser(sandbox, "bob")
+    page = browser.get(app["endpoints"]["account"], timeout=TIMEOUT)
+    assert page.status_code == 200 and 'data-app="Sandbox Cloud"' in page.text
+    form = parse_form(page.text)
+    response = browser.post(
+        app["endpoints"]["account"],
+        data=form.inputs,  # the CSRF token and the app to remove
+        allow_redirects=False,
+        timeout=TIMEOUT,
+    )
+    assert response.status_code == 302
+    refresh = json_token_request(
+        sandbox, app, grant_type="refresh_token", refresh_token=token["refresh_token"]
+    )
+    assert refresh.json()["error"] == "invalid_grant"
+    me = requests.get(f"{sandbox.url}/me", headers=bearer(token["access_token"]))
+    assert me.status_code == 401
+    again = browser.get(app["endpoints"]["account"], timeout=TIMEOUT)
+    assert "No app is connected." in again.text
+
+
 def test_wrong_client_secret_is_rejected(sandbox: SandboxServer, apps: dict) -> None:
     app = {**apps["sandbox"], "client_secret": "wrong"}
     response = json_token_request(sandbox, app, grant_type="refresh_token", refresh_token="x")

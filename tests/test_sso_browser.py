@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from accounts.models import ExternalIdentity, User
+from tests.screenshots import at_each_width, horizontal_overflow, screenshot_dir
 
 pytestmark = [
     pytest.mark.browser,
@@ -59,3 +60,19 @@ def test_an_sso_admin_signs_in_to_the_admin_with_single_sign_on(page, sandbox_ss
     expect(page).to_have_url(f"{live_server.url}/admin/")
     expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
     assert User.objects.get(username="carol").is_superuser
+
+
+def test_the_sign_in_page_says_or_between_single_sign_on_and_the_password(
+    page, sandbox_sso, live_server, tmp_path
+):
+    folder = screenshot_dir(tmp_path)
+    url = f"{live_server.url}/accounts/login/"
+    for width in at_each_width(page, url, "sign-in", folder):
+        sso = page.locator('[data-sso="oidc"] button')
+        separator = page.locator("p.separator")
+        password = page.get_by_label("Password")
+        expect(separator).to_have_text("or")
+        # In that order, top to bottom: single sign-on, "or", the password form.
+        tops = [el.bounding_box()["y"] for el in (sso, separator, password)]
+        assert tops == sorted(tops), (width, tops)
+        assert horizontal_overflow(page) <= 0, width

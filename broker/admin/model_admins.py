@@ -20,13 +20,14 @@ from django.contrib.admin import helpers
 from django.contrib.admin.models import LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Model, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
@@ -430,6 +431,12 @@ class GrantAdmin(AuditedAdmin):
             admin_event(request, "grant.refresh_requested", grant_id=grant_id)
         self.message_user(request, f"{len(grant_ids)} grant(s) queued for refresh.")
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A grant's page is read-only (consent, refresh and revocation change grants, the
+        # latter two through the list's actions, which need this permission without an
+        # object): no Save buttons, and a posted form is refused.
+        return obj is None and super().has_change_permission(request, obj)
+
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # deleting would skip the upstream revocation and the audit trail
 
@@ -711,8 +718,7 @@ def audit_csv_rows(queryset: QuerySet[AuditEvent]) -> Iterator[str]:
 
 class OnBehalfOfFilter(admin.SimpleListFilter):
     """Requests a service made for a signed-in user who presented their token (token
-    exchange, Broker-Subject-Token): with the user and the date, "which services acted for
-    Alice last week"."""
+    exchange, Broker-Subject-Token): a narrower question than `UserFilter`'s."""
 
     title = "on behalf of the user"
     parameter_name = "on_behalf_of"
@@ -728,29 +734,53 @@ class OnBehalfOfFilter(admin.SimpleListFilter):
         return queryset
 
 
+class UserFilter(admin.SimpleListFilter):
+    """Every use of a user's grants, in one filter: "which services acted for Alice" is
+    this with the actor type (service) and the date. An event belongs to Alice when it
+    names her as the user it was for (token fetches, signatures, proxied calls by name or
+    grant id, on-behalf-of requests, consents) or concerns one of her grants (whatever
+    name it was recorded under)."""
+
+    title = "user (every use of their grants)"
+    parameter_name = "user"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        names = User.objects.order_by("username").values_list("username", flat=True)
+        return [(name, name) for name in names]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> Any:
+        username = self.value()
+        if username is None:
+            return queryset
+        grants = Grant.objects.filter(user__username=username).values("pk")
+        return queryset.filter(Q(subject_user=username) | Q(grant_id__in=grants))
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(RecordAdmin):
     """Read-only for everyone, superusers included: the log is append-only."""
 
+    # Fits a 1280 px window beside the filters (tests/admin/test_admin_browser.py): the
+    # actor in one cell, services by name (client id below), grants by their first
+    # characters (the whole id in the tooltip and on the event's page).
     list_display = [
         "at",
-        "actor_type",
-        "actor",
+        "actor_cell",
         "action",
         "outcome",
-        "subject_user",
+        "acted_for",
         "provider",
-        "service",
-        "grant_id",
-        "client_ip",
+        "service_cell",
+        "grant_cell",
+        "client_address",
     ]
-    # "Who read Alice's Jira token last week": subject user + action + provider + date.
+    # "Who read Alice's Jira token last week": user + action + provider + date.
     list_filter = [
         ("at", admin.DateFieldListFilter),
         "actor_type",
         ("action", admin.AllValuesFieldListFilter),
         "outcome",
-        ("subject_user", admin.AllValuesFieldListFilter),
+        UserFilter,
         ("provider", admin.AllValuesFieldListFilter),
         ("service", admin.AllValuesFieldListFilter),
         ("actor", admin.AllValuesFieldListFilter),
@@ -760,6 +790,47 @@ class AuditEventAdmin(RecordAdmin):
     date_hierarchy = "at"
     actions = ["export_csv"]
     show_full_result_count = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
+        # Events name services by client id (they outlive the service's row): its current
+        # name comes from one subquery per page, not one query per row.
+        names = ServiceClient.objects.filter(client_id=OuterRef("service")).values("name")[:1]
+        return super().get_queryset(request).annotate(service_name=Subquery(names))
+
+    @admin.display(description="actor", ordering="actor")
+    def actor_cell(self, event: AuditEvent) -> str:
+        if not event.actor or event.actor == event.service:
+            return event.actor_type  # a service acting itself: named in the service column
+        return f"{event.actor_type}: {event.actor}"
+
+    @admin.display(description="acted for", ordering="subject_user")
+    def acted_for(self, event: AuditEvent) -> str:
+        return event.subject_user
+
+    @admin.display(description="service", ordering="service")
+    def service_cell(self, event: AuditEvent) -> str:
+        name = getattr(event, "service_name", None)
+        if not event.service or not name or name == event.service:
+            return event.service  # no service, or one deleted since: its client id
+        return format_html(
+            '<span title="client id {}">{}</span><br><span class="client-id">{}</span>',
+            event.service,
+            name,
+            event.service,
+        )
+
+    @admin.display(description="client address", ordering="client_ip")
+    def client_address(self, event: AuditEvent) -> str:
+        # An IPv6 address may wrap after a colon rather than widen the list.
+        return format_html_join(
+            mark_safe(":<wbr>"), "{}", ((p,) for p in (event.client_ip or "").split(":"))
+        )
+
+    @admin.display(description="grant", ordering="grant_id")
+    def grant_cell(self, event: AuditEvent) -> str:
+        if event.grant_id is None:
+            return ""
+        return format_html('<span title="{}">{}…</span>', event.grant_id, str(event.grant_id)[:8])
 
     @admin.action(description="Export selected events as CSV", permissions=["view"])
     def export_csv(

@@ -21,12 +21,9 @@ from broker.revocation.revoke import revoke_grant
 
 
 def user_revoke_url(grant: Grant) -> str:
-    """Where the user can also remove the broker's access at the provider, if known."""
-    app = grant.provider_app
-    path = app.catalog_entry.user_revoke_path
-    if not path or path.startswith(("https://", "http://")):
-        return path
-    return f"{app.base_url.rstrip('/')}{path}" if app.base_url else ""
+    """Where the user can also remove the broker's access at the provider, if known: the
+    app's `account` endpoint (the kind's page, or the app's own, e.g. the sandbox's)."""
+    return grant.provider_app.endpoint("account") or ""
 
 
 @login_required
@@ -37,7 +34,10 @@ def my_connections(request: AuthenticatedRequest) -> HttpResponse:
         .select_related("provider_app")
         .order_by("provider_app__name", "account_name")
     )
-    apps = ProviderApp.objects.filter(enabled=True).order_by("name")
+    # An app the user is connected to is reconnected from its grant's card, not offered
+    # again under "Connect an account".
+    connected = {grant.provider_app_id for grant in grants}
+    apps = ProviderApp.objects.filter(enabled=True).exclude(pk__in=connected).order_by("name")
     return render(request, "connections/list.html", {"grants": grants, "apps": apps})
 
 

@@ -3,7 +3,9 @@
 Flows, the refresh engine and revocation read these entries instead of branching on kind
 names, so a new provider that behaves like an existing kind needs no code. Endpoint
 templates may use `{base_url}` (Data Center apps); every endpoint can be overridden per app.
-`api` is the origin (and path prefix) the proxy forwards a service's calls to.
+`api` is the origin (and path prefix) the proxy forwards a service's calls to; `account` is
+the provider's page where the user sees and removes the apps they authorized (linked from
+the broker's Disconnect page), a page for people, never called by the broker.
 """
 
 from __future__ import annotations
@@ -44,8 +46,6 @@ class ProviderKind:
     refresh_token_absolute_days: int | None = None
     # How to read the identity document: our name -> candidate keys in the response.
     identity_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    # Where a user revokes access themselves when the provider has no revocation endpoint.
-    user_revoke_path: str = ""
     signature_methods: tuple[str, ...] = ()
     # Headers the proxy adds to requests that change something (not GET, HEAD, OPTIONS):
     # Data Center refuses form posts without `X-Atlassian-Token: no-check` (its XSRF check).
@@ -91,8 +91,8 @@ DATA_CENTER: Mapping[Protocol, Mapping[str, Any]] = {
             "request_token": "{base_url}/plugins/servlet/oauth/request-token",
             "authorize": "{base_url}/plugins/servlet/oauth/authorize",
             "access_token": "{base_url}/plugins/servlet/oauth/access-token",
+            "account": "{base_url}/plugins/servlet/oauth/users/access-tokens",
         },
-        "user_revoke_path": "/plugins/servlet/oauth/users/access-tokens",
         "signature_methods": ("RSA-SHA1", "HMAC-SHA1"),
     },
 }
@@ -137,6 +137,7 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                         "identity": "https://api.atlassian.com/me",
                         "resources": "https://api.atlassian.com/oauth/token/accessible-resources",
                         "api": "https://api.atlassian.com",
+                        "account": "https://id.atlassian.com/manage-profile/apps",
                     }
                 ),
                 token_encoding="json",
@@ -152,7 +153,6 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 identity_fields=MappingProxyType(
                     {"id": ("account_id",), "name": ("name", "nickname"), "email": ("email",)}
                 ),
-                user_revoke_path="https://id.atlassian.com/manage-profile/apps",
             ),
             *(
                 _data_center(product, protocol)
@@ -167,13 +167,16 @@ KINDS: Mapping[str, ProviderKind] = MappingProxyType(
                 label="Atlassian Cloud API token (email + token)",
                 protocol="api_token",
                 endpoints=MappingProxyType(
-                    {"api": "{base_url}", "identity": "{base_url}/rest/api/3/myself"}
+                    {
+                        "api": "{base_url}",
+                        "identity": "{base_url}/rest/api/3/myself",
+                        "account": "https://id.atlassian.com/manage-profile/security/api-tokens",
+                    }
                 ),
                 requires_base_url=True,
                 identity_fields=MappingProxyType(
                     {"id": ("accountId",), "name": ("displayName",), "email": ("emailAddress",)}
                 ),
-                user_revoke_path="https://id.atlassian.com/manage-profile/security/api-tokens",
             ),
             ProviderKind(
                 name="oauth2",
@@ -204,9 +207,18 @@ REQUIRED_ENDPOINTS: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
 )
 ENDPOINT_NAMES: Mapping[Protocol, tuple[str, ...]] = MappingProxyType(
     {
-        "oauth2": ("authorize", "token", "identity", "resources", "revoke", "issuer", "api"),
-        "oauth1": ("request_token", "authorize", "access_token", "identity", "api"),
-        "api_token": ("api", "identity"),
+        "oauth2": (
+            "authorize",
+            "token",
+            "identity",
+            "resources",
+            "revoke",
+            "issuer",
+            "api",
+            "account",
+        ),
+        "oauth1": ("request_token", "authorize", "access_token", "identity", "api", "account"),
+        "api_token": ("api", "identity", "account"),
     }
 )
 

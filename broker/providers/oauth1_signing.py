@@ -61,9 +61,9 @@ def origin_of(url: str) -> Origin | None:
 
 def allowed_origins(app: ProviderApp) -> set[Origin]:
     """The app's base URL origin and its API origin (the proxy's); an app without a base URL
-    (generic kind): its endpoints' origins."""
+    (generic kind): its endpoints' origins, but for the user's account page (for people)."""
     urls = [app.base_url, app.endpoint("api") or ""] if app.base_url else []
-    urls = urls or list(app.endpoint_urls().values())
+    urls = urls or [url for name, url in app.endpoint_urls().items() if name != "account"]
     return {origin for origin in map(origin_of, urls) if origin is not None}
 
 

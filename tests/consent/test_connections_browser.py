@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from broker.models import Grant
+from tests.screenshots import at_each_width, horizontal_overflow, screenshot_dir
 
 pytestmark = [
     pytest.mark.browser,
@@ -16,8 +17,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
 ]
-
-PHONE = {"width": 375, "height": 740}
 
 
 def sign_in(page, url: str, username: str, password: str) -> None:
@@ -67,12 +66,19 @@ def test_a_new_user_connects_the_sandbox_and_disconnects_it(
     assert tokens["oauth2_access_tokens"] == 0 and tokens["oauth2_refresh_tokens"] == 0
 
 
-def test_my_connections_fits_a_phone_screen(page, sandbox_apps, owner, live_server):
+def test_my_connections_fits_a_phone_screen(
+    page, sandbox_apps, sandbox, owner, live_server, tmp_path
+):
+    """My connections, the Disconnect page and the message after it, at desktop and phone
+    width: nothing scrolls sideways, a connected app is offered only as Reconnect, the
+    Disconnect page links to the sandbox's own account page, and "is disconnected" looks
+    like a success."""
     grant = Grant(
         user=owner,
         provider_app=sandbox_apps["sandbox"],
         external_account_id="sandbox-alice",
         account_name="Alice Anders",
+        account_email="alice.anders-with-a-long-address@a-long-company-domain.example",
         scopes=["read:me", "read:jira-work", "offline_access"],
         resources=[
             {
@@ -84,11 +90,70 @@ def test_my_connections_fits_a_phone_screen(page, sandbox_apps, owner, live_serv
         ],
     )
     grant.save()
-    page.set_viewport_size(PHONE)
+    folder = screenshot_dir(tmp_path)
     page.goto(f"{live_server.url}/connections/")
     sign_in(page, live_server.url, "alice", "alice-broker")
-    expect(page.locator('form[data-provider="sandbox-dc"] button')).to_be_visible()
-    expect(page.locator(f'[data-grant="{grant.id}"]')).to_contain_text("Acme Jira")
-    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0
+    offered = page.locator("#connect-an-account")
+    for width in at_each_width(page, f"{live_server.url}/connections/", "connections", folder):
+        expect(page.locator(f'[data-grant="{grant.id}"]')).to_contain_text("Acme Jira")
+        expect(offered.locator('form[data-provider="sandbox-dc"] button')).to_be_visible()
+        # Connected: reconnected from its card, not offered again.
+        expect(offered.locator('form[data-provider="sandbox"]')).to_have_count(0)
+        expect(offered).not_to_contain_text("Sandbox Cloud")
+        reconnect = page.locator(f'[data-grant="{grant.id}"] form[data-action="reconnect"]')
+        expect(reconnect).to_have_attribute("data-provider", "sandbox")
+        assert horizontal_overflow(page) <= 0, width
     assert page.evaluate("document.querySelector('meta[name=viewport]') !== null")
+
+    disconnect = f"{live_server.url}/connections/{grant.id}/disconnect"
+    for width in at_each_width(page, disconnect, "disconnect", folder):
+        account_page = page.locator('main a[href$="/manage-profile/apps"]')
+        expect(account_page).to_have_attribute("href", f"{sandbox.url}/manage-profile/apps")
+        expect(page.locator("main")).not_to_contain_text("id.atlassian.com")
+        assert horizontal_overflow(page) <= 0, width
+
+    page.get_by_role("button", name="Disconnect").click()
+    message = page.get_by_role("status").locator("li.success")
+    expect(message).to_contain_text("Sandbox Cloud is disconnected")
+    background = message.evaluate("el => getComputedStyle(el).backgroundColor")
+    assert background == "rgb(227, 252, 239)", background  # the success green, not white
+    page.screenshot(path=str(folder / "disconnected-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.screenshot(path=str(folder / "disconnected-desktop.png"), full_page=True)
+    expect(offered.locator('form[data-provider="sandbox"] button')).to_be_visible()
+
+    page.goto(f"{sandbox.url}/manage-profile/apps")  # the page the link leads to
+    sign_in(page, sandbox.url, "alice", "alice-sandbox")
+    expect(page.get_by_role("heading", name="Connected apps")).to_be_visible()
+
+
+@pytest.mark.parametrize("path", ["/no-such-page", "/connections/not-a-grant/disconnect"])
+def test_a_missing_page_is_the_sites_own_page(page, live_server, owner, path, tmp_path):
+    folder = screenshot_dir(tmp_path)
+    name = "404" + path.replace("/", "-")
+    for width in at_each_width(page, f"{live_server.url}{path}", name, folder):
+        expect(page.get_by_role("heading", name="This page does not exist")).to_be_visible()
+        expect(page.get_by_role("link", name="Back to My connections")).to_be_visible()
+        assert horizontal_overflow(page) <= 0, width
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "heading"),
+    [
+        ("/_test/forbidden", 403, "You may not open this page"),
+        ("/_test/broken", 500, "Something went wrong on our side"),
+    ],
+)
+def test_refusals_and_failures_are_the_sites_own_pages(
+    page, live_server, settings, path, status, heading, tmp_path
+):
+    settings.ROOT_URLCONF = "tests.error_page_urls"
+    folder = screenshot_dir(tmp_path)
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if path in r.url else None)
+    for width in at_each_width(page, f"{live_server.url}{path}", str(status), folder):
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        expect(page.get_by_role("link", name="My connections")).to_be_visible()
+        assert page.locator('link[rel="stylesheet"][href$="broker/site.css"]').count() == 1
+        assert horizontal_overflow(page) <= 0, width
+    assert statuses == [status, status]

@@ -70,6 +70,15 @@ def test_page_lists_own_live_grants_with_sites_and_connect_forms(apps, owner, ou
     assert f'href="/connections/{mine.id}/disconnect"' in page
 
 
+def test_an_app_the_user_is_connected_to_is_not_offered_again(apps, owner):
+    grant_with_sites(owner, apps["atlassian"], status=Grant.Status.RECONNECT_REQUIRED)
+    page = client_for(owner).get("/connections/").content.decode()
+    connected, offered = page.split('id="connect-an-account"')
+    assert 'data-provider="atlassian"' not in offered and "Atlassian" not in offered
+    assert 'data-provider="jira-acme"' in offered
+    assert 'data-action="reconnect" data-provider="atlassian"' in connected
+
+
 def test_page_warns_before_the_refresh_token_lapses(apps, owner):
     soon = grant_with_sites(owner, apps["atlassian"])
     soon.refresh_absolute_expires_at = timezone.now() + timedelta(days=3)

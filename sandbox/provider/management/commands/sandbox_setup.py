@@ -228,6 +228,7 @@ def providers_toml(private_key_path: Path) -> str:
         f"resources = {toml_string(base + '/oauth/token/accessible-resources')}",
         f"revoke = {toml_string(base + '/oauth/revoke')}",
         f"api = {toml_string(base)}",
+        f"account = {toml_string(base + '/manage-profile/apps')}",
         "",
         f"[apps.{dc.slug}]",
         'kind = "jira-dc-oauth2"',
@@ -238,6 +239,7 @@ def providers_toml(private_key_path: Path) -> str:
         'scopes = ["READ", "WRITE"]',
         f"[apps.{dc.slug}.endpoints]",
         f"revoke = {toml_string(base + '/oauth/revoke')}",
+        f"account = {toml_string(base + '/manage-profile/apps')}",
         "",
         f"[apps.{generic.slug}]",
         'kind = "oauth2"',
@@ -251,6 +253,7 @@ def providers_toml(private_key_path: Path) -> str:
         f"identity = {toml_string(base + '/me')}",
         f"revoke = {toml_string(base + '/oauth/revoke')}",
         f"api = {toml_string(base)}",
+        f"account = {toml_string(base + '/manage-profile/apps')}",
         "",
         "[apps.sandbox-jira]",
         'kind = "jira-dc-oauth1"',
@@ -273,6 +276,8 @@ def providers_toml(private_key_path: Path) -> str:
         'kind = "atlassian-api-token"',
         'name = "Sandbox Atlassian (API token)"',
         f"base_url = {toml_string(base)}",
+        "[apps.sandbox-api-token.endpoints]",
+        f"account = {toml_string(base + '/manage-profile/security/api-tokens')}",
     ]
     return "\n".join(lines) + "\n"
 
