@@ -1,0 +1,57 @@
+"""The recommended front server (deploy/nginx.conf, run as it is on loopback by
+tests/front_server.py) in front of gunicorn with gunicorn.conf.py: slow clients no longer
+hold the web process, and the broker still sees each client's own address."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from benchmarks import slow_clients
+from broker.audit import trail
+from broker.models import AuditEvent
+from tests import front_server, processes
+from tests.gunicorn_server import gunicorn
+from tests.sandbox_server import free_port
+
+
+@pytest.mark.slow
+def test_healthz_is_answered_while_600_slow_clients_trickle_their_headers(tmp_path):
+    # Straight to gunicorn, 560 such connections left /healthz unanswered for 20 s.
+    slow_clients.raise_file_limit()
+    with slow_clients.web_behind_front_server(tmp_path) as (_, front_port):
+        phase = slow_clients.measure("through nginx", front_port, connections=600, seconds=8)
+
+    print(phase.summary())
+    assert phase.slow_opened >= 600 and phase.slow_refused == 0  # the load was there
+    assert phase.probes_sent >= 70
+    assert phase.answered == phase.probes_sent
+    assert phase.percentile_ms(0.99) < 1000
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_broker_sees_the_address_the_front_server_received_the_request_from(tmp_path):
+    port = free_port()
+    with gunicorn(tmp_path / "gunicorn.log", BROKER_TRUSTED_PROXIES="1") as web_url:
+        nginx = front_server.start(port, web_url.removeprefix("http://"), tmp_path / "nginx")
+        try:
+            url = f"http://127.0.0.1:{port}"
+            processes.wait_until(
+                lambda: processes.answers(f"{url}/healthz"), 30, "nginx", process=nginx
+            )
+            refused = requests.post(
+                f"{url}/api/v1/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=("no-such-client", "wrong"),
+                # A caller's own entries prove nothing: nginx appends the address it saw.
+                headers={"X-Forwarded-For": "203.0.113.9"},
+                timeout=10,
+            )
+        finally:
+            processes.stop(nginx)
+
+    assert refused.status_code == 401
+    trail.flush_buffer()
+    failure = AuditEvent.objects.get(action="service.auth_failed")
+    assert failure.client_ip == "127.0.0.1"
