@@ -6,7 +6,8 @@ built, started as the README says, and used once end to end.
 - DEBUG=0 (BROKER_ALLOW_HTTP=1: loopback only), PostgreSQL on a database of its own
   (SMOKE_DATABASE_URL, dropped and created), Redis db SMOKE_REDIS_URL (flushed);
 - migrate, check --deploy, collectstatic; gunicorn with gunicorn.conf.py, a Celery worker
-  and Celery beat, all from that virtualenv;
+  and Celery beat, all from that virtualenv; nginx with deploy/nginx.conf in front of
+  gunicorn (on loopback ports, tests/front_server.py): every request below goes through it;
 - the sandbox provider (development-only: it runs from the dev virtualenv this script runs
   in) issuing 30-second access tokens;
 - a user signs in, presses Connect, signs in at the sandbox and approves, over HTTP;
@@ -46,7 +47,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import processes  # noqa: E402
+from tests import front_server, processes  # noqa: E402
 from tests.consent_driver import answer_consent, press_connect, sign_in_to_sandbox  # noqa: E402
 from tests.sandbox_server import (  # noqa: E402
     SandboxServer,
@@ -94,7 +95,9 @@ class Run:
         self.venv = venv or workdir / "venv"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.sandbox: SandboxServer | None = None
+        # The public URL is nginx's; gunicorn listens behind it.
         self.port = free_port()
+        self.web_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         encryption_key = base64.b64encode(secrets.token_bytes(32)).decode()
         self.env = {
@@ -111,6 +114,8 @@ class Run:
             "BROKER_ENCRYPTION_KEYS": f"smoke1:{encryption_key}",
             "BROKER_PUBLIC_URL": self.url,
             "ALLOWED_HOSTS": "127.0.0.1",
+            # nginx, the one proxy in front.
+            "BROKER_TRUSTED_PROXIES": "1",
             "DATABASE_URL": DATABASE_URL,
             "REDIS_URL": REDIS_URL,
             "BROKER_DATA_DIR": str(workdir / "data"),
@@ -153,7 +158,7 @@ class Run:
             processes.stop(process, timeout=15)
 
     def print_logs(self) -> None:
-        logs = [*sorted(self.workdir.glob("*.log"))]
+        logs = [*sorted(self.workdir.glob("*.log")), *sorted(self.workdir.glob("nginx/*.log"))]
         if self.sandbox is not None:
             logs.append(self.sandbox.log_file)
         for path in logs:
@@ -212,7 +217,11 @@ def release(run: Run) -> None:
 
 
 def start_processes(run: Run) -> None:
-    run.start("web", "gunicorn", "--bind", f"127.0.0.1:{run.port}")
+    run.start("web", "gunicorn", "--bind", f"127.0.0.1:{run.web_port}")
+    run.processes["nginx"] = front_server.start(
+        run.port, f"127.0.0.1:{run.web_port}", run.workdir / "nginx"
+    )
+    step(f"started nginx (pid {run.processes['nginx'].pid}) in front of gunicorn")
     run.start("worker", "celery", "-A", "broker", "worker", "--loglevel", "INFO", "-c", "2")
     run.start(
         "beat",
@@ -228,7 +237,7 @@ def start_processes(run: Run) -> None:
     wait_until(
         lambda: processes.answers(f"{run.url}/readyz"),
         60,
-        "gunicorn /readyz",
+        "gunicorn /readyz through nginx",
         process=run.processes["web"],
         log_file=run.log("web"),
     )
