@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import multiprocessing
 import os
 import random
 import resource
@@ -32,6 +33,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +99,16 @@ def raise_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def _slow_connection(port: int, start_at: float, end_at: float, phase: Phase) -> None:
+@dataclass
+class SlowLoad:
+    """What the slow clients saw."""
+
+    opened: int = 0
+    closed_by_server: int = 0
+    refused: int = 0
+
+
+async def _slow_connection(port: int, start_at: float, end_at: float, load: SlowLoad) -> None:
     """One slow client until `end_at`: a byte every 0.5-3.5 s; a new connection whenever
     the server closes this one (a 408, a reset)."""
     loop = asyncio.get_running_loop()
@@ -105,11 +116,11 @@ async def _slow_connection(port: int, start_at: float, end_at: float, phase: Pha
     while loop.time() < end_at:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 5)
-        except (TimeoutError, OSError):
-            phase.slow_refused += 1
+        except OSError:  # refused, reset, or TimeoutError
+            load.refused += 1
             await asyncio.sleep(random.uniform(*BYTE_PAUSE))
             continue
-        phase.slow_opened += 1
+        load.opened += 1
         closed = asyncio.ensure_future(reader.read(65536))  # an answer or EOF: closed
         try:
             for offset in range(len(SLOW_REQUEST)):
@@ -120,9 +131,32 @@ async def _slow_connection(port: int, start_at: float, end_at: float, phase: Pha
                 writer.write(SLOW_REQUEST[offset : offset + 1])
         finally:
             if closed.done() and not closed.cancelled():
-                phase.slow_closed_by_server += 1
+                load.closed_by_server += 1
             closed.cancel()
             writer.close()
+
+
+async def _slow_clients(port: int, connections: int, end_at: float) -> SlowLoad:
+    load = SlowLoad()
+    now = asyncio.get_running_loop().time()
+    clients = [
+        asyncio.ensure_future(
+            _slow_connection(port, now + random.uniform(0, RAMP_SECONDS), end_at, load)
+        )
+        for _ in range(connections)
+    ]
+    # Each client ends at end_at, or at its next pause.
+    await asyncio.wait(clients, timeout=max(0.0, end_at - now) + max(BYTE_PAUSE) + 5)
+    for client in clients:
+        client.cancel()
+    return load
+
+
+def _run_slow_clients(port: int, connections: int, end_at: float, results: Connection) -> None:
+    """The slow clients' process (their own event loop: a wave of reconnections there does
+    not delay the probes); sends its SlowLoad back."""
+    raise_file_limit()
+    results.send(asyncio.run(_slow_clients(port, connections, end_at)))
 
 
 async def _probe(port: int, phase: Phase) -> None:
@@ -141,41 +175,50 @@ async def _probe(port: int, phase: Phase) -> None:
 
     try:
         status_line = await asyncio.wait_for(exchange(), PROBE_TIMEOUT)
-    except (TimeoutError, OSError):
+    except OSError:  # refused, reset, or TimeoutError
         return
     if status_line.split(b" ")[1:2] == [b"200"]:
         phase.latencies.append(loop.time() - started)
 
 
-async def _run_phase(target: str, port: int, connections: int, seconds: float) -> Phase:
-    phase = Phase(target, connections)
+async def _probes(port: int, phase: Phase, probing_from: float, end_at: float) -> None:
     loop = asyncio.get_running_loop()
-    now = loop.time()
-    probing_from = now + RAMP_SECONDS + SETTLE_SECONDS
-    end_at = probing_from + seconds
-    slow = [
-        asyncio.ensure_future(
-            _slow_connection(port, now + random.uniform(0, RAMP_SECONDS), end_at, phase)
-        )
-        for _ in range(connections)
-    ]
-    await asyncio.sleep(probing_from - loop.time())
+    await asyncio.sleep(max(0.0, probing_from - loop.time()))
     probes = []
     while loop.time() < end_at:
         probes.append(asyncio.ensure_future(_probe(port, phase)))
         await asyncio.sleep(PROBE_INTERVAL)
-    # Each probe ends within its timeout, each slow client at end_at (or at its next pause).
-    await asyncio.wait(probes, timeout=PROBE_TIMEOUT + 1)
-    await asyncio.wait(slow, timeout=max(BYTE_PAUSE) + 5)
-    for task in [*probes, *slow]:
-        task.cancel()
-    return phase
+    await asyncio.wait(probes, timeout=PROBE_TIMEOUT + 1)  # each ends within its timeout
+    for probe in probes:
+        probe.cancel()
 
 
 def measure(target: str, port: int, connections: int, seconds: float) -> Phase:
-    """CONNECTIONS slow clients at 127.0.0.1:`port`, and /healthz probed every 100 ms for
-    `seconds` once they are all open; bounded by about seconds + 15 s."""
-    return asyncio.run(_run_phase(target, port, connections, seconds))
+    """CONNECTIONS slow clients at 127.0.0.1:`port` (in a process of their own), and
+    /healthz probed every 100 ms from this one for `seconds` once they are all open;
+    bounded by about seconds + 15 s."""
+    phase = Phase(target, connections)
+    # asyncio's clock is time.monotonic(), the same in both processes.
+    probing_from = time.monotonic() + RAMP_SECONDS + SETTLE_SECONDS
+    end_at = probing_from + seconds
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    clients = multiprocessing.get_context("spawn").Process(
+        target=_run_slow_clients, args=(port, connections, end_at, sending), daemon=True
+    )
+    clients.start()
+    try:
+        asyncio.run(_probes(port, phase, probing_from, end_at))
+        if receiving.poll(max(0.0, end_at - time.monotonic()) + max(BYTE_PAUSE) + 10):
+            load: SlowLoad = receiving.recv()
+            phase.slow_opened = load.opened
+            phase.slow_closed_by_server = load.closed_by_server
+            phase.slow_refused = load.refused
+    finally:
+        clients.join(timeout=10)
+        if clients.is_alive():
+            clients.kill()
+            clients.join()
+    return phase
 
 
 def broker_env(workdir: Path) -> dict[str, str]:

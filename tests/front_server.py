@@ -41,10 +41,19 @@ def _replace(config: str, pattern: str, replacement: str, count: int = 1) -> str
     return rewritten
 
 
-def loopback_config(port: int, upstream: str, prefix: Path) -> str:
-    """deploy/nginx.conf listening on 127.0.0.1:`port` (plain HTTP, no redirect server),
-    passing to `upstream` (host:port), its files under `prefix`; everything else as is."""
-    config = CONFIG.read_text()
+def relocated_config(prefix: Path, certificate: Path, key: Path) -> str:
+    """deploy/nginx.conf as shipped (TLS, ports 80 and 443), only its files moved: pid, logs
+    and temporary files under `prefix`, the given certificate. For `nginx -t`."""
+    config = _relocate(CONFIG.read_text(), prefix)
+    config = _replace(
+        config, r"^        ssl_certificate \S+;", f"        ssl_certificate {certificate};"
+    )
+    return _replace(
+        config, r"^        ssl_certificate_key \S+;", f"        ssl_certificate_key {key};"
+    )
+
+
+def _relocate(config: str, prefix: Path) -> str:
     # The user nginx's workers run as: this one's (no switch unless running as root).
     config = _replace(config, r"^user \S+;\n", "user root;\n" if os.getuid() == 0 else "")
     config = _replace(
@@ -55,12 +64,18 @@ def loopback_config(port: int, upstream: str, prefix: Path) -> str:
     config = _replace(config, r"^pid \S+;", f"pid {prefix}/nginx.pid;")
     config = _replace(config, r"^error_log \S+", f"error_log {prefix}/error.log")
     config = _replace(config, r"^    access_log \S+;", f"    access_log {prefix}/access.log;")
-    config = _replace(
+    return _replace(
         config,
         r"^http \{\n",
         f"http {{\n    client_body_temp_path {prefix}/client_body;\n"
         f"    proxy_temp_path {prefix}/proxy;\n",
     )
+
+
+def loopback_config(port: int, upstream: str, prefix: Path) -> str:
+    """deploy/nginx.conf listening on 127.0.0.1:`port` (plain HTTP, no redirect server),
+    passing to `upstream` (host:port), its files under `prefix`; everything else as is."""
+    config = _relocate(CONFIG.read_text(), prefix)
     config = _replace(config, r"^        server 127\.0\.0\.1:8000;", f"        server {upstream};")
     # The port-80 server only redirects to HTTPS.
     config = _replace(config, r"^    server \{\n        listen 80 .*?^    \}\n\n", "")
@@ -73,15 +88,25 @@ def loopback_config(port: int, upstream: str, prefix: Path) -> str:
     return _replace(config, r"^        ssl_\w+ [^\n]*\n", "", count=4)
 
 
+def check(conf: Path, prefix: Path) -> None:
+    """`nginx -t` on `conf`; RuntimeError with nginx's complaint if it refuses it."""
+    tested = subprocess.run(
+        [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+        + ["-t", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if tested.returncode != 0:
+        raise RuntimeError(f"nginx refused {conf}: {tested.stderr.strip()}")
+
+
 def start(port: int, upstream: str, prefix: Path) -> subprocess.Popen[bytes]:
     """nginx in the foreground (`daemon off`) with loopback_config; returns once its
     configuration is accepted and it is started. Its output goes to prefix/nginx.log."""
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(loopback_config(port, upstream, prefix))
-    binary = nginx_binary()
-    command = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    tested = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True, timeout=30)
-    if tested.returncode != 0:
-        raise RuntimeError(f"nginx refused its configuration: {tested.stderr.strip()}")
+    check(conf, prefix)
+    command = [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     return processes.start([*command, "-g", "daemon off;"], prefix / "nginx.log")
