@@ -102,8 +102,8 @@ def check(conf: Path, prefix: Path) -> None:
 
 
 def start(port: int, upstream: str, prefix: Path) -> subprocess.Popen[bytes]:
-    """nginx in the foreground (`daemon off`) with loopback_config; returns once its
-    configuration is accepted and it is started. Its output goes to prefix/nginx.log."""
+    """nginx in the foreground (`daemon off`) with loopback_config, once `nginx -t` accepted
+    it; the caller waits until it answers. Its output goes to prefix/nginx.log."""
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(loopback_config(port, upstream, prefix))
