@@ -53,6 +53,26 @@ def test_the_shipped_configuration_is_accepted_by_nginx(tmp_path):
     front_server.check(conf, tmp_path)  # raises with nginx's complaint
 
 
+def test_while_gunicorn_is_down_it_answers_503_with_retry_after_never_a_bare_502(tmp_path):
+    port, nothing_there = free_port(), free_port()
+    nginx = front_server.start(port, f"127.0.0.1:{nothing_there}", tmp_path / "nginx")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        processes.wait_until(lambda: processes.listening("127.0.0.1", port), 30, "nginx")
+        api = requests.post(f"{url}/api/v1/access-token", json={}, timeout=10)
+        mcp = requests.post(f"{url}/mcp", json={}, timeout=10)
+        page = requests.get(f"{url}/connections/", timeout=10)
+    finally:
+        processes.stop(nginx)
+
+    for answer in (api, mcp):
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+        assert answer.json()["error"] == "temporarily_unavailable"
+    assert page.status_code == 503 and page.headers["Retry-After"] == "5"
+    assert page.headers["Content-Type"] == "text/html"
+    assert "restarting" in page.text
+
+
 @pytest.mark.slow
 def test_healthz_is_answered_while_600_slow_clients_trickle_their_headers(tmp_path):
     # Straight to gunicorn, 560 such connections left /healthz unanswered for 20 s.
