@@ -11,6 +11,7 @@ import re
 import resource
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests import processes
@@ -72,8 +73,8 @@ def _relocate(config: str, prefix: Path) -> str:
     )
 
 
-def loopback_config(port: int, upstream: str, prefix: Path) -> str:
-    """deploy/nginx.conf listening on 127.0.0.1:`port` (plain HTTP, no redirect server),
+def loopback_config(port: int, upstream: str, prefix: Path, address: str = "127.0.0.1") -> str:
+    """deploy/nginx.conf listening on `address`:`port` (plain HTTP, no redirect server),
     passing to `upstream` (host:port), its files under `prefix`; everything else as is."""
     config = _relocate(CONFIG.read_text(), prefix)
     config = _replace(config, r"^        server 127\.0\.0\.1:8000;", f"        server {upstream};")
@@ -82,17 +83,18 @@ def loopback_config(port: int, upstream: str, prefix: Path) -> str:
     config = _replace(
         config,
         r"^        listen 443 ssl http2 default_server;",
-        f"        listen 127.0.0.1:{port};",
+        f"        listen {address}:{port};",
     )
     config = _replace(config, r"^        listen \[::\]:443 .*?\n", "")
     return _replace(config, r"^        ssl_\w+ [^\n]*\n", "", count=4)
 
 
-def check(conf: Path, prefix: Path) -> None:
-    """`nginx -t` on `conf`; RuntimeError with nginx's complaint if it refuses it."""
+def check(conf: Path, prefix: Path, wrapper: Sequence[str] = ()) -> None:
+    """`nginx -t` on `conf` (it binds the addresses it listens on, so `wrapper` must put it
+    where they are); RuntimeError with nginx's complaint if it refuses it."""
     tested = subprocess.run(
-        [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-        + ["-t", "-q"],
+        [*wrapper, nginx_binary(), "-p", str(prefix), "-c", str(conf)]
+        + ["-e", str(prefix / "error.log"), "-t", "-q"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -101,12 +103,23 @@ def check(conf: Path, prefix: Path) -> None:
         raise RuntimeError(f"nginx refused {conf}: {tested.stderr.strip()}")
 
 
-def start(port: int, upstream: str, prefix: Path) -> subprocess.Popen[bytes]:
+def start(
+    port: int,
+    upstream: str,
+    prefix: Path,
+    *,
+    address: str = "127.0.0.1",
+    wrapper: Sequence[str] = (),
+    own_session: bool = False,
+) -> subprocess.Popen[bytes]:
     """nginx in the foreground (`daemon off`) with loopback_config, once `nginx -t` accepted
-    it; the caller waits until it answers. Its output goes to prefix/nginx.log."""
+    it; the caller waits until it answers. Its output goes to prefix/nginx.log. `wrapper`
+    goes before the command (the drills' `ip netns exec NAME`)."""
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(loopback_config(port, upstream, prefix))
-    check(conf, prefix)
+    conf.write_text(loopback_config(port, upstream, prefix, address))
+    check(conf, prefix, wrapper)
     command = [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    return processes.start([*command, "-g", "daemon off;"], prefix / "nginx.log")
+    return processes.start(
+        [*wrapper, *command, "-g", "daemon off;"], prefix / "nginx.log", own_session=own_session
+    )
