@@ -1,5 +1,6 @@
 """The recommended production configuration of the web process (gunicorn reads this file
-from its working directory by default): `gunicorn broker.wsgi -b 0.0.0.0:8000`.
+from its working directory by default): `gunicorn broker.wsgi -b 127.0.0.1:8000`, behind nginx
+(deploy/nginx.conf: slow clients must never reach gunicorn's threads).
 
 Threaded workers (gthread): a request waiting on another process's single-flight refresh
 (up to 2 x BROKER_PROVIDER_TIMEOUT) blocks one thread, not a whole process, and holds no

@@ -5,6 +5,7 @@ defaults apply. Any secret NAME may instead be read from the file named by NAME_
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import environ
@@ -303,6 +304,13 @@ CELERY_IMPORTS = [
 ]
 # Keep the Django LOGGING configuration (JSON, redaction) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Beat's record of when each periodic task last ran: a cache (without it each task first
+# runs one period after beat starts), so the default is the temporary directory, writable
+# by any user, never the working directory (the checkout, or a read-only image).
+CELERY_BEAT_SCHEDULE_FILENAME = env.str(
+    "BROKER_BEAT_SCHEDULE_FILE",
+    default=str(Path(tempfile.gettempdir()) / f"broker-celerybeat-schedule-{os.getuid()}"),
+)
 
 # Email to users (reconnect needed, revoked by an admin): EMAIL_URL, e.g.
 # smtp+tls://user:password@mail.example:587; the console in development.

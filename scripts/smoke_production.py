@@ -1,11 +1,13 @@
 """Production smoke run (called by .ci/run): the broker installed as a production image is
 built, started as the README says, and used once end to end.
 
-- a virtualenv made from requirements.txt alone (no dev extras);
+- a virtualenv made from requirements.txt alone (no dev extras), or the one given with
+  `--venv PATH` (or SMOKE_VENV), used as it is (e.g. a release's, already installed);
 - DEBUG=0 (BROKER_ALLOW_HTTP=1: loopback only), PostgreSQL on a database of its own
   (SMOKE_DATABASE_URL, dropped and created), Redis db SMOKE_REDIS_URL (flushed);
 - migrate, check --deploy, collectstatic; gunicorn with gunicorn.conf.py, a Celery worker
-  and Celery beat, all from that virtualenv;
+  and Celery beat, all from that virtualenv; nginx with deploy/nginx.conf in front of
+  gunicorn (on loopback ports, tests/front_server.py): every request below goes through it;
 - the sandbox provider (development-only: it runs from the dev virtualenv this script runs
   in) issuing 30-second access tokens;
 - a user signs in, presses Connect, signs in at the sandbox and approves, over HTTP;
@@ -18,11 +20,12 @@ built, started as the README says, and used once end to end.
 Every process it started is stopped (by pid) however it ends; the whole run is bounded by
 SMOKE_TIMEOUT seconds. Any failure exits non-zero with the logs' last lines.
 
-    .venv/bin/python scripts/smoke_production.py
+    .venv/bin/python scripts/smoke_production.py [--venv PATH]
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import functools
 import json
@@ -44,7 +47,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import processes  # noqa: E402
+from tests import front_server, processes  # noqa: E402
 from tests.consent_driver import answer_consent, press_connect, sign_in_to_sandbox  # noqa: E402
 from tests.sandbox_server import (  # noqa: E402
     SandboxServer,
@@ -85,12 +88,16 @@ wait_until = functools.partial(
 class Run:
     """The temporary directory, the processes started and their logs."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, venv: Path | None = None) -> None:
         self.workdir = workdir
-        self.venv = workdir / "venv"
+        # None: a fresh one, built from requirements.txt alone.
+        self.given_venv = venv
+        self.venv = venv or workdir / "venv"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.sandbox: SandboxServer | None = None
+        # The public URL is nginx's; gunicorn listens behind it.
         self.port = free_port()
+        self.web_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         encryption_key = base64.b64encode(secrets.token_bytes(32)).decode()
         self.env = {
@@ -107,6 +114,8 @@ class Run:
             "BROKER_ENCRYPTION_KEYS": f"smoke1:{encryption_key}",
             "BROKER_PUBLIC_URL": self.url,
             "ALLOWED_HOSTS": "127.0.0.1",
+            # nginx, the one proxy in front.
+            "BROKER_TRUSTED_PROXIES": "1",
             "DATABASE_URL": DATABASE_URL,
             "REDIS_URL": REDIS_URL,
             "BROKER_DATA_DIR": str(workdir / "data"),
@@ -149,7 +158,7 @@ class Run:
             processes.stop(process, timeout=15)
 
     def print_logs(self) -> None:
-        logs = [*sorted(self.workdir.glob("*.log"))]
+        logs = [*sorted(self.workdir.glob("*.log")), *sorted(self.workdir.glob("nginx/*.log"))]
         if self.sandbox is not None:
             logs.append(self.sandbox.log_file)
         for path in logs:
@@ -176,6 +185,9 @@ def flush_redis() -> None:
 
 
 def install(run: Run) -> None:
+    if run.given_venv is not None:
+        step(f"the virtualenv at {run.given_venv}, as it is")
+        return
     step("virtualenv from requirements.txt only")
     subprocess.run(["python3", "-m", "venv", str(run.venv)], check=True, timeout=120)
     subprocess.run(
@@ -205,7 +217,11 @@ def release(run: Run) -> None:
 
 
 def start_processes(run: Run) -> None:
-    run.start("web", "gunicorn", "--bind", f"127.0.0.1:{run.port}")
+    run.start("web", "gunicorn", "--bind", f"127.0.0.1:{run.web_port}")
+    run.processes["nginx"] = front_server.start(
+        run.port, f"127.0.0.1:{run.web_port}", run.workdir / "nginx"
+    )
+    step(f"started nginx (pid {run.processes['nginx'].pid}) in front of gunicorn")
     run.start("worker", "celery", "-A", "broker", "worker", "--loglevel", "INFO", "-c", "2")
     run.start(
         "beat",
@@ -221,7 +237,7 @@ def start_processes(run: Run) -> None:
     wait_until(
         lambda: processes.answers(f"{run.url}/readyz"),
         60,
-        "gunicorn /readyz",
+        "gunicorn /readyz through nginx",
         process=run.processes["web"],
         log_file=run.log("web"),
     )
@@ -362,7 +378,37 @@ def smoke(run: Run) -> None:
     step("revokegrants: the worker revoked the grant; no token is served for it")
 
 
-def main() -> int:
+# What the run starts from the virtualenv (and python for manage.py).
+VENV_COMMANDS = ("python", "gunicorn", "celery")
+
+
+def existing_venv(value: str) -> Path:
+    """--venv's argument: a virtualenv with the broker's commands installed."""
+    venv = Path(value).resolve()
+    missing = [name for name in VENV_COMMANDS if not os.access(venv / "bin" / name, os.X_OK)]
+    if missing:
+        commands = ", ".join(f"bin/{name}" for name in missing)
+        raise argparse.ArgumentTypeError(
+            f"{venv} is not a virtualenv with the broker installed (no {commands}:"
+            " pip install -r requirements.txt in it)"
+        )
+    return venv
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--venv",
+        type=existing_venv,
+        default=os.environ.get("SMOKE_VENV") or None,
+        help="reuse this virtualenv as it is (default: SMOKE_VENV, else a fresh one built from"
+        " requirements.txt alone)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
     started = time.monotonic()
 
     def give_up(signum: int, frame: object) -> None:
@@ -372,7 +418,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, give_up)
     signal.signal(signal.SIGINT, give_up)
     signal.alarm(TIMEOUT_SECONDS)
-    run = Run(Path(tempfile.mkdtemp(prefix="broker-smoke-")))
+    run = Run(Path(tempfile.mkdtemp(prefix="broker-smoke-")), options.venv)
     try:
         smoke(run)
     except Exception as exc:  # anything: say what failed, show the logs

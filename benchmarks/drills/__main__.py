@@ -70,6 +70,8 @@ def broker_env(workdir: Path) -> dict[str, str]:
         "BROKER_ENCRYPTION_KEYS": new_key(),
         "BROKER_PUBLIC_URL": f"http://{web_hosts[0]}:{topology.WEB_PORT}",
         "ALLOWED_HOSTS": ",".join(web_hosts),
+        # nginx in front of each gunicorn (deploy/nginx.conf).
+        "BROKER_TRUSTED_PROXIES": "1",
         "DATABASE_URL": f"postgres://{BROKER_ROLE}@{PG_ADDRESS}:{PG_PORT}/{DATABASE}",
         "REDIS_URL": f"redis://{REDIS_ADDRESS}:{topology.REDIS_PORT}/0",
         "BROKER_DATA_DIR": str(workdir / "data"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from tests import processes
+from tests import front_server, processes
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -30,7 +30,8 @@ GATEWAY = "198.18.0.1"
 REDIS_ADDRESS, REDIS_PORT = "198.18.0.2", 26379
 PG_ADDRESS, PG_PORT = "198.18.0.3", 25432
 SANDBOX_ADDRESS, SANDBOX_PORT = "198.18.0.4", 28001
-WEB_PORT = 8000
+WEB_PORT = 8000  # nginx (deploy/nginx.conf), on the host's address
+GUNICORN_PORT = 8001  # gunicorn behind it, on the host's loopback
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql"))
 # name -> (namespace address, role)
 HOSTS = {
@@ -292,9 +293,9 @@ class Topology:
     # -- broker hosts --------------------------------------------------------------------
 
     def start_host(self, host: str) -> Process:
-        address = HOSTS[host]
         if host.startswith("web"):
-            args = [str(VENV_BIN / "gunicorn"), "--bind", f"{address}:{WEB_PORT}"]
+            self.start_front_server(host)
+            args = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{GUNICORN_PORT}"]
         elif host.startswith("worker"):
             args = [str(VENV_BIN / "celery"), "-A", "broker", "worker", "--loglevel", "INFO"]
             args += ["-c", "2", "-n", f"drills-{host}@%h"]
@@ -302,6 +303,23 @@ class Topology:
             args = [str(VENV_BIN / "celery"), "-A", "broker", "beat", "--loglevel", "INFO"]
             args += ["--schedule", str(self.workdir / f"{host}-schedule")]
         return self.start(host, args, host=host)
+
+    def start_front_server(self, host: str) -> None:
+        """nginx with deploy/nginx.conf on the web host's address, in front of its gunicorn;
+        left running when gunicorn alone restarts (it answers 503 with Retry-After meanwhile)."""
+        name = f"{host}-nginx"
+        if name in self.processes and self.processes[name].alive():
+            return
+        prefix = self.workdir / name
+        popen = front_server.start(
+            WEB_PORT,
+            f"127.0.0.1:{GUNICORN_PORT}",
+            prefix,
+            address=HOSTS[host],
+            wrapper=["ip", "netns", "exec", namespace(host)],
+            own_session=True,
+        )
+        self.processes[name] = Process(name, popen, prefix / "nginx.log")
 
     def web_url(self, host: str) -> str:
         return f"http://{HOSTS[host]}:{WEB_PORT}"
@@ -324,7 +342,9 @@ class Topology:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.processes[host].popen.wait(timeout=10)
+        for name in (host, f"{host}-nginx"):
+            if name in self.processes:
+                self.processes[name].popen.wait(timeout=10)
 
     def restart_host(self, host: str) -> None:
         old = self.processes.pop(host)
