@@ -65,7 +65,11 @@ def test_it_signs_exactly_the_request_and_audits_without_the_query(api, signer):
     assert grant.unseal("token_secret") not in response.content.decode()
     [event] = audit_events(action="request.signed")
     assert event.service == service.client_id and event.grant_id == grant.pk
-    assert event.detail == {"method": "GET", "path": MYSELF}
+    assert event.detail == {
+        "method": "GET",
+        "path": MYSELF,
+        "request_id": event.detail["request_id"],
+    }
     assert token_issues(service, "signed") == 1
 
 
