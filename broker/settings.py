@@ -339,9 +339,14 @@ BROKER_AUDIT_BUFFER_MAX = env.int("BROKER_AUDIT_BUFFER_MAX", default=100_000)
 BROKER_AUDIT_COPY_SECONDS = env.float("BROKER_AUDIT_COPY_SECONDS", default=6.0)
 # Audit events older than this many days are deleted, daily by the beat (and by
 # `manage.py pruneaudit`); 0 keeps them forever. 400: a year, plus a month to export it.
-BROKER_AUDIT_RETENTION_DAYS = env.int("BROKER_AUDIT_RETENTION_DAYS", default=400)
+try:
+    BROKER_AUDIT_RETENTION_DAYS = env.int("BROKER_AUDIT_RETENTION_DAYS", default=400)
+except ValueError:
+    BROKER_AUDIT_RETENTION_DAYS = -1
 if BROKER_AUDIT_RETENTION_DAYS < 0:
-    raise ImproperlyConfigured("BROKER_AUDIT_RETENTION_DAYS must be 0 (keep forever) or more")
+    raise ImproperlyConfigured(
+        "BROKER_AUDIT_RETENTION_DAYS must be a whole number of days, 0 (keep forever) or more"
+    )
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.

@@ -4,6 +4,9 @@ are deleted in bounded batches by the daily beat task and `manage.py pruneaudit`
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -16,6 +19,7 @@ from django.utils import timezone
 from broker.audit import retention
 from broker.celery import app
 from broker.models import AuditEvent
+from tests.sandbox_server import PROJECT_ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -180,3 +184,21 @@ def test_the_command_refuses_a_batch_of_zero(settings):
     with pytest.raises(CommandError, match="batch-size"):
         call_command("pruneaudit", "--batch-size", "0")
     assert remaining(old) == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "forever", "1.5"])
+def test_a_retention_that_is_not_a_number_of_days_stops_start_up(value):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "pruneaudit", "--dry-run"],
+        cwd=PROJECT_ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "BROKER_AUDIT_RETENTION_DAYS": value,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and result.stdout == ""
+    assert "BROKER_AUDIT_RETENTION_DAYS must be a whole number of days" in result.stderr

@@ -303,6 +303,7 @@ def test_a_service_without_a_connect_links_rule_is_told_the_flag(make_client, sa
 
     assert refused.value.status == 403
     assert "--connect-links" in refused.value.description
+    assert "--connect-links" in str(refused.value)  # what a traceback shows
     assert count("connect_link.created", created["client_id"]) == 0
 
 
