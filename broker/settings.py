@@ -284,6 +284,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "broker.refresh.end_expired_api_tokens",
         "schedule": 600.0,
     },
+    # Audit events older than BROKER_AUDIT_RETENTION_DAYS are deleted (broker.audit.retention).
+    "prune-audit-events": {"task": "broker.audit.prune_old_events", "schedule": 86400.0},
     "claim-due-refreshes": {
         "task": "broker.tasks.enqueue_due_refreshes",
         "schedule": env.float("BROKER_REFRESH_BEAT_SECONDS", default=15.0),
@@ -298,6 +300,7 @@ CELERY_IMPORTS = [
     "broker.revocation.bulk",
     "broker.notify.dispatch",
     "broker.audit.trail",
+    "broker.audit.retention",
     "broker.consent.pending",
     "broker.notify.expiry_warnings",
     "broker.refresh.api_token_expiry",
@@ -340,6 +343,16 @@ BROKER_SUBJECT_ISSUERS = env.list("BROKER_SUBJECT_ISSUERS", default=[])
 # BROKER_JWKS_MAX_AGE_SECONDS.
 BROKER_JWKS_REFETCH_SECONDS = env.float("BROKER_JWKS_REFETCH_SECONDS", default=60.0)
 BROKER_JWKS_MAX_AGE_SECONDS = env.float("BROKER_JWKS_MAX_AGE_SECONDS", default=600.0)
+# Audit events older than this many days are deleted, daily by the beat (and by
+# `manage.py pruneaudit`); 0 keeps them forever. 400: a year, plus a month to export it.
+try:
+    BROKER_AUDIT_RETENTION_DAYS = env.int("BROKER_AUDIT_RETENTION_DAYS", default=400)
+except ValueError:
+    BROKER_AUDIT_RETENTION_DAYS = -1
+if BROKER_AUDIT_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured(
+        "BROKER_AUDIT_RETENTION_DAYS must be a whole number of days, 0 (keep forever) or more"
+    )
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # LOG_FORMAT=json writes one JSON object per line; secrets are redacted either way.

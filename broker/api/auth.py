@@ -65,6 +65,17 @@ def _token_failure(
     )
 
 
+def granted_by(scope: str) -> str:
+    """What an operator does to give the service `scope`, for a refusal's description."""
+    if scope not in tokens.RULE_GRANTED_SCOPES:
+        return ""
+    flag, admin_field = tokens.RULE_GRANTED_SCOPES[scope]
+    return (
+        f": no access rule of this service has {flag} (`manage.py addaccessrule CLIENT_ID "
+        f"--provider SLUG {flag}`; admin: {admin_field!r}); then get a new broker token"
+    )
+
+
 def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.BrokerToken:
     """Checks the broker token, the service's state in the database (enabled, credentials
     generation) and its rate limit (one Redis round trip)."""
@@ -116,7 +127,7 @@ def authenticate_bearer(request: HttpRequest, scope: str | None) -> tokens.Broke
         raise ApiError(
             403,
             "insufficient_scope",
-            f"the broker token lacks the API scope {scope!r}",
+            f"the broker token lacks the API scope {scope!r}{granted_by(scope)}",
             {"WWW-Authenticate": f'{BEARER_CHALLENGE}, error="insufficient_scope"'},
         )
     return token

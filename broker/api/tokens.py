@@ -30,6 +30,12 @@ PREFIX = "bkt_"
 # What a broker token may be used for. A service asks for a subset at the token endpoint;
 # the access rules still decide which grants each of these reaches.
 API_SCOPES = ("grants:read", "tokens:read", "requests:sign", "connect-links:create")
+# The scopes a broker token carries only when one of the service's access rules grants the
+# right, and what grants it (`manage.py addaccessrule` flag, admin field): a refusal names it.
+RULE_GRANTED_SCOPES = {
+    "requests:sign": ("--sign", "Can sign"),
+    "connect-links:create": ("--connect-links", "Can create connect links"),
+}
 
 
 class InvalidToken(Exception):

@@ -29,6 +29,7 @@ from broker.api.auth import (
     ClientAuthFailed,
     ServiceRequest,
     authenticate_client,
+    granted_by,
 )
 from broker.api.decorators import api_view, audit_refusal, outages_answered
 from broker.api.errors import (
@@ -128,7 +129,7 @@ def _granted_api_scopes(service_id: Any, requested: str | None) -> tuple[str, ..
             400,
             "invalid_scope",
             f"scopes not available to this client: {' '.join(unknown) or '(empty)'}; "
-            f"available: {' '.join(allowed)}",
+            f"available: {' '.join(allowed)}" + "".join(granted_by(s) for s in unknown[:1]),
         )
     return tuple(s for s in allowed if s in wanted)
 
@@ -723,7 +724,9 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
         raise ApiError(
             403,
             "access_denied",
-            f"no access rule lets this service create connect links for {app.slug!r}",
+            f"no access rule lets this service create connect links for {app.slug!r}: "
+            f"its rule for {app.slug!r} needs --connect-links (`manage.py addaccessrule "
+            f"CLIENT_ID --provider {app.slug} --connect-links`)",
             **wanted,
         )
     requested = body.get("scopes")

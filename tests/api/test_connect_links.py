@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from broker.consent import connect_links
 from broker.models import ConnectLink, PendingAuthorization
-from tests.api.conftest import audit_events
+from tests.api.conftest import audit_events, basic, post_form
 
 pytestmark = pytest.mark.django_db
 
@@ -73,6 +73,31 @@ def test_a_rule_without_connect_links_is_403(api, owner, rule, bearer):
     response = create(api, {"HTTP_AUTHORIZATION": f"Bearer {token}"})
     assert response.status_code == 403 and not ConnectLink.objects.exists()
     assert audit_events(action="connect_link.denied")
+    assert "--connect-links" in response.json()["error_description"]
+
+
+def test_a_service_without_any_connect_links_rule_is_told_the_flag(api, owner, rule, bearer):
+    rule.can_create_connect_links = False
+    rule.save()
+    response = create(api, bearer())  # its broker token lacks connect-links:create
+    assert response.status_code == 403 and not ConnectLink.objects.exists()
+    assert response.json()["error"] == "insufficient_scope"
+    assert "--connect-links" in response.json()["error_description"]
+
+
+def test_asking_for_the_connect_links_scope_without_the_rule_names_the_flag(
+    api, owner, rule, service_with_secret
+):
+    rule.can_create_connect_links = False
+    rule.save()
+    service, secret = service_with_secret
+    response = post_form(
+        api,
+        {"grant_type": "client_credentials", "scope": "connect-links:create"},
+        HTTP_AUTHORIZATION=basic(service.client_id, secret),
+    )
+    assert response.status_code == 400 and response.json()["error"] == "invalid_scope"
+    assert "--connect-links" in response.json()["error_description"]
 
 
 def test_the_link_requires_sign_in_and_is_not_consumed_by_it(link_url):

@@ -291,6 +291,28 @@ def test_a_rule_that_does_not_allow_it_is_forbidden(broker, service, owner):
     assert count("connect_link.created", service["client_id"]) == 0
 
 
+def test_a_service_without_a_connect_links_rule_is_told_the_flag(make_client, sandbox_apps, owner):
+    created = create_service()
+    add_rule(created["client_id"], "sandbox")  # no --connect-links
+    broker = make_client(created["client_id"], client_secret=created["client_secret"])
+
+    with pytest.raises(Forbidden) as refused:
+        broker.connect_link("alice", "sandbox", "/connections/")
+
+    assert refused.value.status == 403
+    assert "--connect-links" in refused.value.description
+    assert "--connect-links" in str(refused.value)  # what a traceback shows
+    assert count("connect_link.created", created["client_id"]) == 0
+
+
+def test_a_rule_for_another_app_names_the_flag_this_app_needs(broker, service, owner):
+    with pytest.raises(Forbidden) as refused:
+        broker.connect_link("alice", "sandbox-jira", "/connections/")
+    assert "--connect-links" in refused.value.description
+    assert "sandbox-jira" in refused.value.description
+    assert count("connect_link.created", service["client_id"]) == 0
+
+
 def test_a_grant_dead_at_the_provider_is_reconnect_required(broker, service, grant, sandbox):
     sandbox.revoke_user("alice")
     with pytest.raises(ReconnectRequired) as dead:

@@ -19,14 +19,17 @@ from tests.subject_idp import AUDIENCE
 pytestmark = pytest.mark.sandbox
 
 GUIDE = PROJECT_ROOT / "docs" / "client.md"
+CLOUD_ID = "6f1c2a0e-5b7d-4c1e-9a4f-0d3e8b7a1c01"  # the sandbox's first site
 
 
 # How each test below finds its example: a text only that example holds.
 MARKERS = (
     'BrokerClient("https://broker.example"',
+    'BrokerClient("http://localhost:8000"',
     "for grant in broker.grants(",
     "def profile_page(",
     "requests_oauth1_auth",
+    "broker.proxy_session(",
 )
 
 
@@ -88,6 +91,29 @@ def test_the_three_lines(run, service, grant, broker_url):
     )
     names = run(code, {}, BrokerClient=BrokerClient, requests=requests)
     assert names["me"].status_code == 200 and names["me"].json()["name"] == "Alice Anders"
+
+
+def test_the_three_lines_against_make_dev(run, service, grant, broker_url, sandbox):
+    code = (
+        example('BrokerClient("http://localhost:8000"')
+        .replace("http://localhost:8000", broker_url)
+        .replace("http://localhost:8001", sandbox.url)
+        .replace("reporting-1a2b", service["client_id"])
+        .replace("bks_...", service["client_secret"])
+    )
+    names = run(code, {}, BrokerClient=BrokerClient, requests=requests)
+    assert names["me"].status_code == 200 and names["me"].json()["name"] == "Alice Anders"
+
+
+def test_the_proxy_session(run, broker, grant, sandbox):
+    sandbox.reset_counters()
+    names = run(example("broker.proxy_session("), {}, broker=broker, cloud_id=CLOUD_ID)
+    assert names["myself"].status_code == 200 and names["issue"].status_code == 200
+    assert names["issue"].json()["jql"] == "project = OPS"
+    # Both went to the sandbox through the broker, the token never to the example.
+    assert "access_token" not in names
+    requests_seen = sandbox.counters()["requests"]
+    assert any(path.endswith("/rest/api/3/myself") for path in requests_seen)
 
 
 def test_the_cron_job(run, service, grant, sandbox, django_user_model, capsys):
