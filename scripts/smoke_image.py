@@ -133,6 +133,7 @@ class ImageRun(Run):
         image_env = dict(line.split("=", 1) for line in config["config"]["Env"])
         self.container = sh("buildah", "from", "--quiet", self.image)
         self.mount(Path(sh("buildah", "mount", self.container)))
+        self.check_contents()
         # The image's environment, then the smoke run's settings (not its host paths).
         host_only = {"PATH", "HOME", "BROKER_DATA_DIR"}
         self.env = {
@@ -160,6 +161,18 @@ class ImageRun(Run):
         sh("mount", "-t", "tmpfs", "-o", "mode=1777,size=256m", "tmpfs", str(self.root / "tmp"))
         sh("mount", "--bind", str(data), str(self.root / IMAGE_DATA_DIR.lstrip("/")))
         sh("mount", "--bind", "-o", "ro", "/etc/hosts", str(self.root / "etc" / "hosts"))
+
+    def check_contents(self) -> None:
+        """Static files collected, no development package, nothing left of the build's CA
+        bundle mount."""
+        require = smoke_production.require
+        require((self.root / "app/staticfiles/staticfiles.json").is_file(), "no collected static")
+        packages = {p.name.lower() for p in self.root.glob("opt/venv/lib/python3*/site-packages/*")}
+        require("django" in packages, "no Django in /opt/venv")
+        dev_only = {"pytest", "oauth2_provider", "playwright", "ruff", "mypy", "sandbox"}
+        require(not dev_only & packages, f"development packages: {dev_only & packages}")
+        require(not (self.root / "run/host-ca.crt").exists(), "/run/host-ca.crt left in the image")
+        require(not (self.root / "app/sandbox").exists(), "the sandbox is in the image")
 
     def command(self, *args: str) -> list[str]:
         """`args` given to the image's entrypoint, as its user, in its root."""
