@@ -86,6 +86,10 @@ def base_image() -> str:
         )
         partial.rename(tarball)
     sh("podman", "import", "--quiet", str(tarball), name)
+    repository = name.rpartition(":")[0]
+    for stale in sh("podman", "images", "--format", "{{.Repository}}:{{.Tag}}", repository).split():
+        if stale != name:
+            sh("podman", "rmi", stale)
     return name
 
 
