@@ -17,6 +17,8 @@ built, started as the README says, and used once end to end.
 
 Every process it started is stopped (by pid) however it ends; the whole run is bounded by
 SMOKE_TIMEOUT seconds. Any failure exits non-zero with the logs' last lines.
+scripts/smoke_image.py runs the same inside the OCI image (Run's install, command and
+process commands are what it changes).
 
     .venv/bin/python scripts/smoke_production.py
 """
