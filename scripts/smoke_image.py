@@ -87,9 +87,10 @@ def base_image() -> str:
         partial.rename(tarball)
     sh("podman", "import", "--quiet", str(tarball), name)
     repository = name.rpartition(":")[0]
-    for stale in sh("podman", "images", "--format", "{{.Repository}}:{{.Tag}}", repository).split():
-        if stale != name:
-            sh("podman", "rmi", stale)
+    tags = sh("podman", "images", "--format", "{{.Repository}}:{{.Tag}}", repository).split()
+    for tagged in tags:
+        if tagged != name:  # last week's
+            sh("podman", "rmi", tagged)
     return name
 
 
