@@ -30,5 +30,6 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	$(BIN)/lint-imports
+	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 	$(BIN)/python manage.py makemigrations --check --dry-run --settings=tests.settings
 	test ! -f sandbox/manage.py || $(BIN)/python sandbox/manage.py makemigrations --check --dry-run

@@ -28,8 +28,9 @@ env = environ.Env()
 DEBUG = env.bool("DEBUG", default=False)
 
 
-def secret(name: str, dev_default: str | None = None) -> str:
-    """A secret from NAME, or from the file named by NAME_FILE; required unless DEBUG."""
+def secret(name: str, dev_default: str | None = None, *, default: str | None = None) -> str:
+    """A secret from NAME, or from the file named by NAME_FILE (a mounted Kubernetes or
+    Compose secret); required unless DEBUG, or unless it has a `default`."""
     value = env.str(name, default="")
     path = env.str(f"{name}_FILE", default="")
     if not value and path:
@@ -39,6 +40,8 @@ def secret(name: str, dev_default: str | None = None) -> str:
             raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
     if value:
         return value
+    if default is not None:
+        return default
     if DEBUG and dev_default is not None:
         return dev_default
     raise ImproperlyConfigured(f"{name} is not set (required when DEBUG is off)")
@@ -83,7 +86,8 @@ BROKER_PROXY_MAX_RESPONSE_BYTES = env.int(
 )
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
-REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# URLs that may carry a password are secrets too (NAME_FILE).
+REDIS_URL = secret("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # Refresh engine (broker.refresh.engine): grants claimed per beat query and per beat run, how long
 # a claim lasts before the beat takes the grant again, retry backoff (seconds).
 BROKER_REFRESH_BATCH_SIZE = env.int("BROKER_REFRESH_BATCH_SIZE", default=500)
@@ -168,7 +172,11 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'broker.sqlite3'}")}
+DATABASES = {
+    "default": env.db_url_config(
+        secret("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'broker.sqlite3'}")
+    )
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions and WAL let the web, worker and beat processes share one file
     # without "database is locked" errors; the test database is a file for the same reason.
@@ -258,7 +266,7 @@ CONTENT_SECURITY_POLICY = (
 # Celery: JSON only, one task at a time per worker process, acknowledged after it ran so a
 # killed worker's task is delivered again. The visibility timeout must outlast the refresh
 # lock (see broker.refresh.engine) so a slow task is not handed to a second worker meanwhile.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_BROKER_URL = secret("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -318,7 +326,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = env.str(
 # Email to users (reconnect needed, revoked by an admin): EMAIL_URL, e.g.
 # smtp+tls://user:password@mail.example:587; the console in development.
 vars().update(
-    env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
+    env.email_url_config(
+        secret("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
+    )
 )
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="broker@localhost")
 # Seconds for each step of a conversation with the mail server; a server that does not

@@ -19,6 +19,8 @@ built, started as the README says, and used once end to end.
 
 Every process it started is stopped (by pid) however it ends; the whole run is bounded by
 SMOKE_TIMEOUT seconds. Any failure exits non-zero with the logs' last lines.
+scripts/smoke_image.py runs the same inside the OCI image (Run's install, command and
+process commands are what it changes).
 
     .venv/bin/python scripts/smoke_production.py [--venv PATH]
 """
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -126,10 +129,54 @@ class Run:
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 
+    # What differs in the image smoke run (scripts/smoke_image.py): how the broker is
+    # installed, how a command is run, and the commands of its processes.
+    def install(self) -> None:
+        if self.given_venv is not None:
+            step(f"the virtualenv at {self.given_venv}, as it is")
+            return
+        step("virtualenv from requirements.txt only")
+        subprocess.run(["python3", "-m", "venv", str(self.venv)], check=True, timeout=120)
+        subprocess.run(
+            [
+                str(self.venv / "bin" / "pip"),
+                "install",
+                "--quiet",
+                "-r",
+                str(ROOT / "requirements.txt"),
+            ],
+            check=True,
+            timeout=600,
+        )
+
+    def command(self, *args: str) -> list[str]:
+        """The command line of `args` (a program of the production virtualenv)."""
+        return [str(self.venv / "bin" / args[0]), *args[1:]]
+
+    def migrate_command(self) -> tuple[str, ...]:
+        return ("python", "manage.py", "migrate", "--no-input", "-v", "0")
+
+    def collectstatic_command(self) -> tuple[str, ...] | None:
+        return ("python", "manage.py", "collectstatic", "--no-input", "-v", "0")
+
+    def web_command(self) -> tuple[str, ...]:
+        return ("gunicorn", "--bind", f"127.0.0.1:{self.web_port}")
+
+    def worker_command(self) -> tuple[str, ...]:
+        return ("celery", "-A", "broker", "worker", "--loglevel", "INFO", "-c", "2")
+
+    def beat_command(self) -> tuple[str, ...]:
+        schedule = str(self.workdir / "celerybeat-schedule")
+        return ("celery", "-A", "broker", "beat", "--loglevel", "INFO", "--schedule", schedule)
+
+    def readable_path(self, path: Path) -> str:
+        """`path` (a file this script wrote) as the broker's commands can read it."""
+        return str(path)
+
     def run(self, *args: str, env: dict[str, str] | None = None) -> str:
-        """A command in the production virtualenv; its output, or SmokeFailure."""
+        """A command of the installed broker; its output, or SmokeFailure."""
         result = subprocess.run(
-            [str(self.venv / "bin" / args[0]), *args[1:]],
+            self.command(*args),
             cwd=ROOT,
             env={**self.env, **(env or {})},
             capture_output=True,
@@ -141,9 +188,7 @@ class Run:
         return result.stdout
 
     def start(self, name: str, *args: str) -> None:
-        self.processes[name] = processes.start(
-            [str(self.venv / "bin" / args[0]), *args[1:]], self.log(name), env=self.env
-        )
+        self.processes[name] = processes.start(self.command(*args), self.log(name), env=self.env)
         step(f"started {name} (pid {self.processes[name].pid})")
 
     def check_alive(self) -> None:
@@ -184,25 +229,14 @@ def flush_redis() -> None:
     redis.Redis.from_url(REDIS_URL, socket_timeout=5).flushdb()
 
 
-def install(run: Run) -> None:
-    if run.given_venv is not None:
-        step(f"the virtualenv at {run.given_venv}, as it is")
-        return
-    step("virtualenv from requirements.txt only")
-    subprocess.run(["python3", "-m", "venv", str(run.venv)], check=True, timeout=120)
-    subprocess.run(
-        [str(run.venv / "bin" / "pip"), "install", "--quiet", "-r", str(ROOT / "requirements.txt")],
-        check=True,
-        timeout=600,
-    )
-
-
 def release(run: Run) -> None:
     """The README's release steps."""
     step("migrate, check --deploy, collectstatic")
-    run.run("python", "manage.py", "migrate", "--no-input", "-v", "0")
+    run.run(*run.migrate_command())
     run.run("python", "manage.py", "check", "--deploy", "--fail-level", "ERROR")
-    run.run("python", "manage.py", "collectstatic", "--no-input", "-v", "0")
+    collectstatic = run.collectstatic_command()
+    if collectstatic is not None:
+        run.run(*collectstatic)
     run.run(
         "python",
         "manage.py",
@@ -217,23 +251,13 @@ def release(run: Run) -> None:
 
 
 def start_processes(run: Run) -> None:
-    run.start("web", "gunicorn", "--bind", f"127.0.0.1:{run.web_port}")
+    run.start("web", *run.web_command())
     run.processes["nginx"] = front_server.start(
         run.port, f"127.0.0.1:{run.web_port}", run.workdir / "nginx"
     )
     step(f"started nginx (pid {run.processes['nginx'].pid}) in front of gunicorn")
-    run.start("worker", "celery", "-A", "broker", "worker", "--loglevel", "INFO", "-c", "2")
-    run.start(
-        "beat",
-        "celery",
-        "-A",
-        "broker",
-        "beat",
-        "--loglevel",
-        "INFO",
-        "--schedule",
-        str(run.workdir / "celerybeat-schedule"),
-    )
+    run.start("worker", *run.worker_command())
+    run.start("beat", *run.beat_command())
     wait_until(
         lambda: processes.answers(f"{run.url}/readyz"),
         60,
@@ -334,14 +358,14 @@ def provider_accepts(sandbox: SandboxServer, token: str) -> bool:
 
 
 def smoke(run: Run) -> None:
-    install(run)
+    run.install()
     fresh_database()
     flush_redis()
     release(run)
     start_processes(run)
     run.sandbox = launch_sandbox(run.workdir / "sandbox", run.url, ACCESS_TOKEN_SECONDS)
     wait_until_up(run.sandbox)
-    run.run("python", "manage.py", "loadproviders", str(run.sandbox.providers_file))
+    run.run("python", "manage.py", "loadproviders", run.readable_path(run.sandbox.providers_file))
     step(f"sandbox at {run.sandbox.url}, registered")
 
     consent(run, run.sandbox)
@@ -407,18 +431,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    make_run: Callable[[Path, Path | None], Run] = Run,
+    timeout_seconds: int = TIMEOUT_SECONDS,
+    argv: list[str] | None = None,
+) -> int:
     options = parse_args(argv)
     started = time.monotonic()
 
     def give_up(signum: int, frame: object) -> None:
-        raise SmokeFailure(f"stopped by signal {signum} (bound: {TIMEOUT_SECONDS}s)")
+        raise SmokeFailure(f"stopped by signal {signum} (bound: {timeout_seconds}s)")
 
     signal.signal(signal.SIGALRM, give_up)
     signal.signal(signal.SIGTERM, give_up)
     signal.signal(signal.SIGINT, give_up)
-    signal.alarm(TIMEOUT_SECONDS)
-    run = Run(Path(tempfile.mkdtemp(prefix="broker-smoke-")), options.venv)
+    signal.alarm(timeout_seconds)
+    run = make_run(Path(tempfile.mkdtemp(prefix="broker-smoke-")), options.venv)
     try:
         smoke(run)
     except Exception as exc:  # anything: say what failed, show the logs

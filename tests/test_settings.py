@@ -214,3 +214,48 @@ def test_a_web_worker_imports_the_url_configuration_before_its_first_request():
         timeout=60,
     )
     assert result.stdout.strip() == "True", result.stderr
+
+
+def test_urls_with_passwords_are_read_from_their_files(tmp_path):
+    """DATABASE_URL, REDIS_URL, CELERY_BROKER_URL and EMAIL_URL carry passwords: a
+    deployment mounts them as secrets (deploy/kubernetes) and names the files."""
+    files = {
+        "DATABASE_URL": "postgres://broker:db-pw@db.internal:5432/broker",
+        "REDIS_URL": "redis://:redis-pw@redis.internal:6379/3",
+        "CELERY_BROKER_URL": "redis://:celery-pw@redis.internal:6379/4",
+        "EMAIL_URL": "smtp+tls://mailer:mail-pw@mail.internal:587",
+    }
+    for name, url in files.items():
+        (tmp_path / name).write_text(url + "\n")
+    show = (
+        "import json, django; django.setup(); from django.conf import settings as s; "
+        "db = s.DATABASES['default']; "
+        "print(json.dumps([db['HOST'], db['PASSWORD'], s.REDIS_URL, s.CACHES['default']"
+        "['LOCATION'], s.CELERY_BROKER_URL, s.EMAIL_HOST, s.EMAIL_HOST_PASSWORD]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", show],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in clean_env().items() if k not in files},
+            "DJANGO_SETTINGS_MODULE": "broker.settings",
+            "DEBUG": "0",
+            "SECRET_KEY": "x" * 60,
+            "BROKER_ENCRYPTION_KEYS": GOOD_KEY,
+            "BROKER_PUBLIC_URL": "https://broker.example.com",
+            **{f"{name}_FILE": str(tmp_path / name) for name in files},
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        "db.internal",
+        "db-pw",
+        files["REDIS_URL"],
+        files["REDIS_URL"],
+        files["CELERY_BROKER_URL"],
+        "mail.internal",
+        "mail-pw",
+    ]

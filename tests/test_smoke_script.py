@@ -52,7 +52,7 @@ def test_it_reuses_the_venv_given_with_the_option_and_installs_nothing(
     monkeypatch.delenv("SMOKE_VENV", raising=False)
     run = smoke.Run(tmp_path / "work", smoke.parse_args(["--venv", str(venv)]).venv)
 
-    smoke.install(run)
+    run.install()
 
     assert run.venv == venv
     assert run.env["PATH"].startswith(f"{venv / 'bin'}:")
