@@ -1,8 +1,9 @@
 """Production smoke run (called by .ci/run): the broker installed as a production image is
 built, started as the README says, and used once end to end.
 
-- a virtualenv made from requirements.txt alone (no dev extras), or the one given with
-  `--venv PATH` (or SMOKE_VENV), used as it is (e.g. a release's, already installed);
+- a virtualenv made from requirements.txt alone (no dev extras; `--require-hashes`), or the
+  one given with `--venv PATH` (or SMOKE_VENV), used as it is (e.g. a release's, already
+  installed);
 - DEBUG=0 (BROKER_ALLOW_HTTP=1: loopback only), PostgreSQL on a database of its own
   (SMOKE_DATABASE_URL, dropped and created), Redis db SMOKE_REDIS_URL (flushed);
 - migrate, check --deploy, collectstatic; gunicorn with gunicorn.conf.py, a Celery worker
@@ -135,16 +136,11 @@ class Run:
         if self.given_venv is not None:
             step(f"the virtualenv at {self.given_venv}, as it is")
             return
-        step("virtualenv from requirements.txt only")
+        step("virtualenv from requirements.txt only, every package checked against its hash")
         subprocess.run(["python3", "-m", "venv", str(self.venv)], check=True, timeout=120)
+        pip = str(self.venv / "bin" / "pip")
         subprocess.run(
-            [
-                str(self.venv / "bin" / "pip"),
-                "install",
-                "--quiet",
-                "-r",
-                str(ROOT / "requirements.txt"),
-            ],
+            [pip, "install", "--quiet", "--require-hashes", "-r", str(ROOT / "requirements.txt")],
             check=True,
             timeout=600,
         )

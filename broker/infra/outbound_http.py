@@ -127,9 +127,16 @@ class _GuardedConnectionMixin:
     port: int
 
     def _new_conn(self) -> socket.socket:
-        addresses = resolve_checked(self._dns_host, self.port)
-        self._dns_host = addresses[0]  # connect to the checked address, not a new lookup
-        return super()._new_conn()  # type: ignore[misc]
+        name = self._dns_host
+        addresses = resolve_checked(name, self.port)
+        # urllib3 connects to `_dns_host`: the checked address, not a new lookup. `host` reads
+        # it too, and names the server to TLS (SNI, the certificate's check) and in the Host
+        # header: that stays the name (tests/infra/test_urllib3_internals.py).
+        self._dns_host = addresses[0]
+        try:
+            return super()._new_conn()  # type: ignore[misc]
+        finally:
+            self._dns_host = name
 
 
 class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
