@@ -5,7 +5,7 @@ from its working directory by default): `gunicorn broker.wsgi -b 127.0.0.1:8000`
 Threaded workers (gthread): a request waiting on another process's single-flight refresh
 (up to 2 x BROKER_PROVIDER_TIMEOUT) blocks one thread, not a whole process, and holds no
 database connection meanwhile (broker.refresh.engine), so many threads share a small pool of
-connections (BROKER_DB_POOL_MAX_SIZE per process). Sizing: README, "Deployment at scale".
+connections (BROKER_DB_POOL_MAX_SIZE per process). Sizing: docs/operations.md.
 """
 
 import os
@@ -19,11 +19,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
 # Threads: every caller waiting on a refresh in flight holds one (and no database
 # connection). A process takes connections beyond its threads, and a request that waits for
 # a thread is read only after the refresh ended: a force_refresh then refreshes again. The
-# processes do not share a burst evenly (200 callers on 2 processes came as 133/67), so each
-# needs threads for the whole burst: 256 keep 200 concurrent force_refresh callers on one
-# upstream call (benchmarks/refresh_waiters.py; 128 gave 2 calls whenever one process took
-# more than 128, 16 gave 9 calls and 19 s answers). Threads start only when requests need
-# them; idle ones cost neither CPU nor database connections (benchmarks/api.py).
+# processes do not share a burst evenly, so each needs threads for the whole burst of
+# callers of one grant (measured with benchmarks/refresh_waiters.py: benchmarks/README.md,
+# "Figures behind the code"). Threads start only when requests need them; idle ones cost
+# neither CPU nor database connections.
 threads = int(os.environ.get("GUNICORN_THREADS", "256"))
 # Longest request: waiting 2 x 10 s for another refresh, then a refresh of its own.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))

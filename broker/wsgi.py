@@ -12,6 +12,6 @@ with configuration_errors_exit(GUNICORN_APP_LOAD_ERROR):
     application = get_wsgi_application()
     # Django imports the URL configuration, and with it the views and the API's schemas, at
     # the first request: the first requests a new worker takes (at every start and reload)
-    # all waited 0.4 s for it on the development machine. Here it happens before the worker
-    # accepts a connection.
+    # all waited for it (benchmarks/README.md, "A new worker's first requests"). Here it
+    # happens before the worker accepts a connection.
     get_resolver().url_patterns  # noqa: B018

@@ -223,8 +223,8 @@ def wait_for_redone_refreshes(run: Run) -> None:
     served) until the dead holder's lock lapses and a request redoes the refresh. The drill
     ends only once every refresh marked at the restart stored its result, so that the next
     drill's fault does not land on that window: a Redis flush in it would erase the doubt
-    (README, troubleshooting: a double fault). The load goes on meanwhile, and those grants
-    are asked for once a second, as services waiting for them would."""
+    (docs/operations.md, troubleshooting: a double fault). The load goes on meanwhile, and
+    those grants are asked for once a second, as services waiting for them would."""
     marked = refreshes_marked(run)
     started = time.monotonic()
     deadline = started + REDO_BOUND_SECONDS

@@ -1,11 +1,11 @@
 """How long the audit trail is kept: events older than BROKER_AUDIT_RETENTION_DAYS are
 deleted by a daily beat task (`prune_old_events_task`) or by hand (`manage.py pruneaudit`).
 
-Every token served writes an event, so the table grows with traffic (README, "Audit log
+Every token served writes an event, so the table grows with traffic (docs/operations.md, "Audit and
 retention", has the figure per million fetches). The oldest events go in bounded batches,
 each its own short transaction: a delete of millions of rows in one statement would hold
 its locks, and on SQLite the whole database's write lock, for as long as it ran, while
-the web processes and the audit flusher insert. Events are only ever appended with the
+the web processes insert. Events are only ever appended with the
 time of their recording, so "older than the cutoff" never grows while a prune runs, and
 two prunes at once (a manual run beside the beat's) only share the work.
 """

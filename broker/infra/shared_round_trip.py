@@ -1,11 +1,11 @@
 """Redis commands of many threads of a process, sent in one round trip (group commit).
 
-A burst of callers answered at once (200 waiters of one refresh, woken together) each sent
-their audit push and metrics in a pipeline of their own: 100 round trips in a process,
-each costing its thread about 1 ms of CPU in redis-py and the GIL's handovers, one after
-the other. Here a thread's commands join those of the threads that send theirs while a
-round trip is under way, and the next round trip carries them all: a thread alone goes at
-once, as before; under load a round trip carries many.
+A burst of callers answered at once (the waiters of one refresh, woken together) each sent
+their commands in a pipeline of their own: a round trip per caller, one after the other,
+each costing its thread CPU in redis-py and the GIL's handovers (benchmarks/README.md,
+"Figures behind the code"). Here a thread's commands join those of the threads that send
+theirs while a round trip is under way, and the next round trip carries them all: a thread
+alone goes at once, as before; under load a round trip carries many.
 
 Each caller still waits for its own replies, so nothing is acknowledged before Redis took
 it (an audit event counted as buffered is in Redis), and one caller's failing command

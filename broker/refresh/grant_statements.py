@@ -2,26 +2,25 @@
 the fenced write of a refresh's result.
 
 Every refresh reads its grant (with its provider app and user) under the lock. Building
-that three-table statement through the ORM costs more than running it (on SQLite 0.47
-against 0.19 ms of CPU), so the ORM compiles it once per process and database alias,
-noting which columns belong to which model; each thread takes a copy bound to its own
-connection with the list of converters its columns need there (the backend's own: UUIDs,
-datetimes, JSON; finding them again for each row cost a third of the read on PostgreSQL).
-Each call only binds the id, runs the statement, lets the compiler apply those converters
-to the row and makes the model instances with `Model.from_db`, as the ORM's own iterator
-does.
+that three-table statement through the ORM costs more than running it, so the ORM compiles
+it once per process and database alias, noting which columns belong to which model; each
+thread takes a copy bound to its own connection with the list of converters its columns
+need there (the backend's own: UUIDs, datetimes, JSON; finding them again for each row was
+a large part of the read). Each call only binds the id, runs the statement, lets the
+compiler apply those converters to the row and makes the model instances with
+`Model.from_db`, as the ORM's own iterator does.
 
 The write (`update_if_current`) is the ORM's `filter(...).update(...)` of the same fields
-with the same fence, whose building cost twice its running on PostgreSQL (0.28 against
-0.14 ms of CPU per refresh): its text is built once per set of fields written, and each
-call prepares the values as the ORM's update does (`Field.get_db_prep_save`).
+with the same fence, whose building cost more than its running: its text is built once per
+set of fields written, and each call prepares the values as the ORM's update does
+(`Field.get_db_prep_save`).
 
 A refresh's result and its audit event are one transaction (`update_and_record_if_current`).
 On PostgreSQL that is one statement, the update in a WITH and the event inserted only if
-the update wrote the row, run without BEGIN and COMMIT: four round trips (BEGIN, UPDATE,
-INSERT, COMMIT) and the event's model instance had cost about a tenth of a worker's CPU
-per refresh (benchmarks/README.md, P3).
-Elsewhere it is the update and `trail.store` in a transaction.
+the update wrote the row, run without BEGIN and COMMIT, instead of four round trips (BEGIN,
+UPDATE, INSERT, COMMIT) and the event's model instance. Elsewhere it is the update and
+`trail.store` in a transaction. The figures that chose this: benchmarks/README.md,
+"Figures behind the code".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The README's key rotation runbook, end to end: generatekey, two-key ring, reencrypt,
-old key removed, every secret still readable."""
+"""The key rotation runbook of docs/operations.md, end to end: generatekey, two-key ring,
+reencrypt, old key removed, every secret still readable."""
 
 from __future__ import annotations
 
