@@ -107,8 +107,6 @@ class DrillRun(Run):
             "REDIS_URL": REDIS_URL,
             "WEB_CONCURRENCY": "1",
         }
-        # The restored cluster's database, once there is one.
-        self.restored_url = ""
 
     def start_web(self, name: str, **env: str) -> None:
         """gunicorn (gunicorn.conf.py) with `env` over the run's settings, until /readyz."""
@@ -332,10 +330,15 @@ def restore(bindir: Path, cluster: FreshCluster, path: Path, checks: Checks) -> 
 
 
 def the_restored_broker(
-    run: DrillRun, service: Service, grants: list[dict[str, Any]], token: str, checks: Checks
+    run: DrillRun,
+    restored_url: str,
+    service: Service,
+    grants: list[dict[str, Any]],
+    token: str,
+    checks: Checks,
 ) -> None:
     """The same keys: the same service, grants and token; another key: no token."""
-    run.env["DATABASE_URL"] = run.restored_url
+    run.env["DATABASE_URL"] = restored_url
     # Redis holds nothing a restore needs (locks, limits, metrics, Celery's queue).
     flush_redis()
     run.run("python", "manage.py", "migrate", "--check", "-v", "0")
@@ -417,8 +420,7 @@ def drill(run: DrillRun, checks: Checks) -> None:
     try:
         cluster.create()
         restore(bindir, cluster, path, checks)
-        run.restored_url = cluster.url
-        the_restored_broker(run, service, grants, token, checks)
+        the_restored_broker(run, cluster.url, service, grants, token, checks)
     finally:
         for name in list(run.processes):
             run.stop_web(name)
@@ -459,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
         run.stop()
         try:
-            fresh_database_dropped()
+            drop_database()
         except psycopg.Error as exc:
             print(f"restore drill: the drill's database stays ({exc})", file=sys.stderr)
     shutil.rmtree(run.workdir, ignore_errors=True)
@@ -468,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def fresh_database_dropped() -> None:
+def drop_database() -> None:
     parts = urlsplit(DATABASE_URL)
     maintenance = parts._replace(path="/postgres").geturl()
     with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
