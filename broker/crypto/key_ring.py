@@ -92,7 +92,8 @@ class KeyRing:
             )
         except InvalidTag:
             raise DecryptionError(
-                "ciphertext does not authenticate: altered, or not written for this row and field"
+                "ciphertext does not authenticate: altered, not written for this row and field,"
+                f" or sealed under another key named {kid!r} (BROKER_ENCRYPTION_KEYS)"
             ) from None
         return plain.decode()
 

@@ -47,6 +47,14 @@ def test_an_unknown_key_id_fails_clearly():
         RING.decrypt(other.encrypt("x", "t:1:f"), "t:1:f")
 
 
+def test_another_key_under_the_same_key_id_is_named_as_a_cause():
+    """A restore with a ring made anew under the old key id (docs/backups.md): the log must
+    point at BROKER_ENCRYPTION_KEYS, not only at tampering."""
+    same_id = KeyRing.parse(KeyRing.generate_entry("a"))
+    with pytest.raises(DecryptionError, match="another key named 'a' \\(BROKER_ENCRYPTION_KEYS"):
+        same_id.decrypt(RING.encrypt("secret-token", "t:1:f"), "t:1:f")
+
+
 def test_garbage_is_not_a_ciphertext():
     with pytest.raises(DecryptionError, match="unknown format"):
         RING.decrypt("plain-text-token", "t:1:f")
