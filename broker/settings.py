@@ -181,6 +181,8 @@ TEMPLATES = [
     },
 ]
 
+# PostgreSQL is reached through PgBouncer in transaction pooling (see below).
+BROKER_DB_BEHIND_PGBOUNCER = env.bool("BROKER_DB_BEHIND_PGBOUNCER", default=False)
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'broker.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions and WAL let the web, worker and beat processes share one file
@@ -206,6 +208,16 @@ else:
             "timeout": env.float("BROKER_DB_POOL_TIMEOUT", default=5.0),
         },
     }
+    # Behind PgBouncer in transaction pooling, each transaction may run on another server
+    # connection, so nothing may outlive one. The pool above stays (its connections go to
+    # PgBouncer, which holds a server connection only during a transaction). Server-side
+    # cursors (QuerySet.iterator: the audit export) would be fetched from on a connection
+    # that never declared them; prepared statements (psycopg's automatic ones, should
+    # server-side binding ever be turned on) likewise. Django's one session setting, the
+    # time zone, is one PgBouncer tracks and applies itself.
+    if BROKER_DB_BEHIND_PGBOUNCER:
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+        DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {
