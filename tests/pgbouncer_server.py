@@ -23,26 +23,26 @@ def installed() -> bool:
     return Path(PGBOUNCER).is_file()
 
 
-@contextmanager
-def pgbouncer(
-    log_file: Path,
+def command(
+    directory: Path,
     *,
-    server_host: str = "127.0.0.1",
-    server_port: int = 5432,
-    listen_addr: str = "127.0.0.1",
-    port: int = 0,
+    server_host: str,
+    server_port: int,
+    listen_addr: str,
+    port: int,
     pool_size: int = 4,
+    users: tuple[str, ...] = ("postgres",),
     run_as: str = "postgres",
-) -> Iterator[int]:
-    """Runs pgbouncer until the block ends; yields its port. Its server connections are
-    handed out in turn (`server_round_robin`), as under load from many clients: state a
-    client left on one server connection is then missing on its next transaction. As root
-    it runs as `run_as` (pgbouncer refuses root)."""
-    port = port or free_port()
-    # pgbouncer reads its files after dropping root: a directory of its own it may read.
-    directory = Path(tempfile.mkdtemp(prefix="broker-pgbouncer-"))
+) -> list[str]:
+    """Writes a configuration into `directory` (which must be readable by `run_as`: as root
+    pgbouncer drops to that user before reading it, since it refuses to run as root) and
+    returns the command that runs pgbouncer with it, in the foreground. Transaction pooling;
+    its server connections are handed out in turn (`server_round_robin`), as under load
+    from many clients: state a client left on one server connection is then missing on its
+    next transaction."""
+    directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)
-    (directory / "userlist.txt").write_text('"postgres" ""\n')
+    (directory / "userlist.txt").write_text("".join(f'"{user}" ""\n' for user in users))
     config = directory / "pgbouncer.ini"
     config.write_text(
         "[databases]\n"
@@ -58,18 +58,35 @@ def pgbouncer(
         f"default_pool_size = {pool_size}\n"
         f"min_pool_size = {min(2, pool_size)}\n"
         "server_round_robin = 1\n"
-        "max_client_conn = 1000\n"
+        "max_client_conn = 2000\n"
         "ignore_startup_parameters = extra_float_digits\n"
     )
-    for path in directory.iterdir():
+    for path in (directory / "userlist.txt", config):
         path.chmod(0o644)
     args = [PGBOUNCER, str(config)]
     if os.geteuid() == 0:
         args[1:1] = ["-u", run_as]
+    return args
+
+
+@contextmanager
+def pgbouncer(
+    log_file: Path, *, server_host: str = "127.0.0.1", server_port: int = 5432
+) -> Iterator[int]:
+    """Runs pgbouncer on a free loopback port until the block ends; yields the port."""
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="broker-pgbouncer-"))
+    args = command(
+        directory,
+        server_host=server_host,
+        server_port=server_port,
+        listen_addr="127.0.0.1",
+        port=port,
+    )
     process = processes.start(args, log_file)
     try:
         processes.wait_until(
-            lambda: processes.listening(listen_addr, port),
+            lambda: processes.listening("127.0.0.1", port),
             20,
             "pgbouncer to listen",
             process=process,
