@@ -194,6 +194,10 @@ class Topology:
                 "",
                 "--protected-mode",
                 "no",
+                # Its connections leave from the bridge's first address: as a replica it
+                # tells the master (and so the sentinels) where it really listens.
+                "--replica-announce-ip",
+                address,
             ],
             env={"PATH": os.environ["PATH"]},
         )
@@ -219,7 +223,9 @@ class Topology:
 
         seen: Counter[str] = Counter()
         for address in SENTINEL_ADDRESSES:
-            client = redis.Redis(host=address, port=SENTINEL_PORT, socket_timeout=2)
+            client = redis.Redis(
+                host=address, port=SENTINEL_PORT, socket_timeout=2, decode_responses=True
+            )
             try:
                 master = client.sentinel_get_master_addr_by_name(SENTINEL_MASTER)
             except redis.RedisError:
@@ -243,6 +249,7 @@ class Topology:
             conf = self.workdir / f"sentinel{n}.conf"
             conf.write_text(
                 f"bind {address}\nport {SENTINEL_PORT}\nprotected-mode no\n"
+                f"sentinel announce-ip {address}\n"
                 f"dir {self.workdir}\n"
                 f"sentinel monitor {SENTINEL_MASTER} {REDIS_ADDRESS} {REDIS_PORT} 2\n"
                 f"sentinel down-after-milliseconds {SENTINEL_MASTER} 2000\n"
