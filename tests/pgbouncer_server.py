@@ -60,6 +60,9 @@ def command(
         "server_round_robin = 1\n"
         "max_client_conn = 2000\n"
         "ignore_startup_parameters = extra_float_digits\n"
+        # After a failed login to PostgreSQL (it restarting) PgBouncer waits this long before
+        # trying again, answering every client with an error meanwhile: 15 s by default.
+        "server_login_retry = 1\n"
     )
     for path in (directory / "userlist.txt", config):
         path.chmod(0o644)

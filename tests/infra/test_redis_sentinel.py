@@ -179,3 +179,14 @@ def test_a_half_or_malformed_sentinel_setting_stops_start_up(env, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "ImproperlyConfigured" in result.stderr
+
+
+def test_celery_gets_the_password_and_database_of_redis_url_for_every_sentinel():
+    from broker.infra.redis_connection import celery_broker_url, parse_sentinel_addresses
+
+    sentinels = parse_sentinel_addresses(["10.0.0.1:26379", " [::1]:26380"])
+    assert sentinels == (("10.0.0.1", 26379), ("::1", 26380))
+    assert celery_broker_url("redis://:s3cret@ignored:6379/4", sentinels) == (
+        "sentinel://:s3cret@10.0.0.1:26379/4;sentinel://:s3cret@[::1]:26380/4"
+    )
+    assert celery_broker_url("redis://127.0.0.1:6379/4", ()) == "redis://127.0.0.1:6379/4"
