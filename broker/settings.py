@@ -7,11 +7,13 @@ defaults apply. Any secret NAME may instead be read from the file named by NAME_
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from broker.crypto.key_ring import KeyRing, KeyRingError
+from broker.infra.redis_connection import celery_broker_url, parse_sentinel_addresses
 from broker.ops.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -88,6 +90,20 @@ BROKER_PROXY_MAX_RESPONSE_BYTES = env.int(
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 # URLs that may carry a password are secrets too (NAME_FILE).
 REDIS_URL = secret("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Redis Sentinel: every Redis use (broker.infra.redis_connection, the cache, Celery) follows
+# the master the sentinels name; REDIS_URL (and CELERY_BROKER_URL) then give only the
+# database number and password.
+try:
+    BROKER_REDIS_SENTINELS = parse_sentinel_addresses(
+        env.list("BROKER_REDIS_SENTINELS", default=[])
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"BROKER_REDIS_SENTINELS: {exc}") from exc
+BROKER_REDIS_SENTINEL_MASTER = env.str("BROKER_REDIS_SENTINEL_MASTER", default="")
+if bool(BROKER_REDIS_SENTINELS) != bool(BROKER_REDIS_SENTINEL_MASTER):
+    raise ImproperlyConfigured(
+        "BROKER_REDIS_SENTINELS and BROKER_REDIS_SENTINEL_MASTER are set together or not at all"
+    )
 # Refresh engine (broker.refresh.engine): grants claimed per beat query and per beat run, how long
 # a claim lasts before the beat takes the grant again, retry backoff (seconds).
 BROKER_REFRESH_BATCH_SIZE = env.int("BROKER_REFRESH_BATCH_SIZE", default=500)
@@ -172,6 +188,8 @@ TEMPLATES = [
     },
 ]
 
+# PostgreSQL is reached through PgBouncer in transaction pooling (see below).
+BROKER_DB_BEHIND_PGBOUNCER = env.bool("BROKER_DB_BEHIND_PGBOUNCER", default=False)
 DATABASES = {
     "default": env.db_url_config(
         secret("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'broker.sqlite3'}")
@@ -201,6 +219,16 @@ else:
             "timeout": env.float("BROKER_DB_POOL_TIMEOUT", default=5.0),
         },
     }
+    # Behind PgBouncer in transaction pooling, each transaction may run on another server
+    # connection, so nothing may outlive one. The pool above stays (its connections go to
+    # PgBouncer, which holds a server connection only during a transaction). Server-side
+    # cursors (QuerySet.iterator: the audit export) would be fetched from on a connection
+    # that never declared them; prepared statements (psycopg's automatic ones, should
+    # server-side binding ever be turned on) likewise. Django's one session setting, the
+    # time zone, is one PgBouncer tracks and applies itself.
+    if BROKER_DB_BEHIND_PGBOUNCER:
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+        DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {
@@ -208,6 +236,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "broker",
+        "OPTIONS": {"pool_class": "broker.infra.redis_connection.SharedPool"},
     }
 }
 
@@ -266,7 +295,10 @@ CONTENT_SECURITY_POLICY = (
 # Celery: JSON only, one task at a time per worker process, acknowledged after it ran so a
 # killed worker's task is delivered again. The visibility timeout must outlast the refresh
 # lock (see broker.refresh.engine) so a slow task is not handed to a second worker meanwhile.
-CELERY_BROKER_URL = secret("CELERY_BROKER_URL", default=REDIS_URL)
+# The Redis URL of Celery's queue (the metrics read its depth there); Celery's own URL is
+# kombu's sentinel:// form of it when sentinels are set.
+REDIS_CELERY_QUEUE_URL = secret("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_BROKER_URL = celery_broker_url(REDIS_CELERY_QUEUE_URL, BROKER_REDIS_SENTINELS)
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -274,7 +306,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {"visibility_timeout": 3600}
+if BROKER_REDIS_SENTINELS:
+    CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = BROKER_REDIS_SENTINEL_MASTER
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "purge-expired-consent-state": {

@@ -343,6 +343,40 @@ def key_rotation(run: Run) -> float:
     return time.time()
 
 
+def sentinels_on(run: Run) -> None:
+    """Before redis-failover: a replica and three sentinels join the Redis, and a rolling
+    restart moves every host onto them (BROKER_REDIS_SENTINELS)."""
+    run.topology.start_sentinels()
+    run.env["BROKER_REDIS_SENTINELS"] = run.topology.sentinel_setting
+    run.env["BROKER_REDIS_SENTINEL_MASTER"] = topology.SENTINEL_MASTER
+    say(f"sentinels up ({run.topology.sentinel_setting}); rolling restart onto them")
+    rolling_restart(run)
+
+
+def redis_failover(run: Run) -> float:
+    """The master's process is SIGKILLed; the sentinels promote the replica; the old one
+    comes back (its AOF) as a replica. The fault's end is the kill: recovery counts the
+    sentinels' detection and promotion."""
+    old = run.topology.redis_master()
+    name = run.topology.redis_process(old)
+    killed = time.time()
+    run.topology.processes[name].signal_group(signal.SIGKILL)
+    run.topology.processes.pop(name).popen.wait(timeout=10)
+    say(f"redis master {old} SIGKILLed")
+    topology.wait_until(lambda: run.topology.redis_master() not in ("", old), 60, "a new master")
+    new = run.topology.redis_master()
+    say(f"sentinels promoted {new} {time.time() - killed:.1f} s after the kill")
+    run.topology.start_redis(name, old)
+    topology.wait_until(
+        lambda: run.topology.redis_at(old).info("replication")["master_link_status"] == "up",
+        60,
+        f"{old} to replicate {new}",
+    )
+    say(f"{old} back as a replica of {new}")
+    wait_for_redone_refreshes(run)
+    return killed
+
+
 def bulk_revocation(run: Run) -> float:
     say(
         topology.manage(run.env, "revokegrants", "--user", BULK_USER, "--reason", "drill")
@@ -376,7 +410,12 @@ DRILLS: dict[str, Callable[[Run], float]] = {
     "worker-partitioned": worker_partitioned,
     "key-rotation": key_rotation,
     "bulk-revocation": bulk_revocation,
+    # Last: it leaves Redis replicated under sentinels, which the Redis drills above do not
+    # expect (main() runs it after any other named drill).
+    "redis-failover": redis_failover,
 }
+# What a drill needs before its load starts.
+PREPARE: dict[str, Callable[[Run], None]] = {"redis-failover": sentinels_on}
 QUICK = ["web-killed", "worker-killed", "redis-flushed", "bulk-revocation"]
 
 
@@ -516,6 +555,8 @@ def check(
 def run_drill(run: Run, name: str) -> checks.Figures:
     settle = 8 if run.quick else 15
     say(f"== {name}")
+    if name in PREPARE:
+        PREPARE[name](run)
     started = time.time()
     run.load.start()
     try:
@@ -525,7 +566,8 @@ def run_drill(run: Run, name: str) -> checks.Figures:
     finally:
         run.load.stop()
     results = run.load.since(started)
-    figures = check(run, name, results, started, fault_end)
+    label = f"{name} (pgbouncer)" if "BROKER_DB_BEHIND_PGBOUNCER" in run.env else name
+    figures = check(run, label, results, started, fault_end)
     checks.print_table([figures])
     return figures
 
@@ -536,11 +578,17 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=list(DRILLS), default=None)
     parser.add_argument("--grants", type=int, default=None, help="besides the 101 revoked")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="the broker reaches PostgreSQL through PgBouncer in transaction pooling",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("drills: needs root (ip netns, bridge, a PostgreSQL cluster)", file=sys.stderr)
         return 2
     names = args.only or (QUICK if args.quick else list(DRILLS))
+    names = sorted(names, key=lambda name: name == "redis-failover")  # see DRILLS
     grant_count = args.grants or (100 if args.quick else 300)
     token_seconds = 60 if args.quick else 90
     bound = 170 + 60 * len(names) if args.quick else 300 + 150 * len(names)
@@ -561,6 +609,13 @@ def main() -> int:
         net.start_redis()
         net.start_postgres()
         create_database()
+        if args.pgbouncer:
+            net.start_pgbouncer(users=(BROKER_ROLE, "postgres"))
+            net.broker_env["DATABASE_URL"] = (
+                f"postgres://{BROKER_ROLE}@{topology.PGBOUNCER_ADDRESS}:"
+                f"{topology.PGBOUNCER_PORT}/{DATABASE}"
+            )
+            net.broker_env["BROKER_DB_BEHIND_PGBOUNCER"] = "1"
         sandbox_url, _ = net.start_sandbox(token_seconds)
         say(f"network, Redis, PostgreSQL and the sandbox up ({time.monotonic() - started:.0f} s)")
         seeded = seed(net.broker_env, workdir, net.sandbox_env, grant_count)

@@ -14,6 +14,7 @@ import pwd
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,12 @@ GATEWAY = "198.18.0.1"
 REDIS_ADDRESS, REDIS_PORT = "198.18.0.2", 26379
 PG_ADDRESS, PG_PORT = "198.18.0.3", 25432
 SANDBOX_ADDRESS, SANDBOX_PORT = "198.18.0.4", 28001
+# Redis Sentinel (the redis-failover drill): a replica of the Redis above, three sentinels.
+REPLICA_ADDRESS = "198.18.0.5"
+SENTINEL_ADDRESSES, SENTINEL_PORT = ("198.18.0.6", "198.18.0.7", "198.18.0.8"), 26390
+SENTINEL_MASTER = "drills"
+# PgBouncer in front of PostgreSQL (--pgbouncer).
+PGBOUNCER_ADDRESS, PGBOUNCER_PORT = "198.18.0.9", 26432
 WEB_PORT = 8000  # nginx (deploy/nginx.conf), on the host's address
 GUNICORN_PORT = 8001  # gunicorn behind it, on the host's loopback
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql"))
@@ -80,7 +87,8 @@ def remove_network() -> None:
 def create_network() -> None:
     remove_network()
     sh("ip", "link", "add", BRIDGE, "type", "bridge")
-    for address in (GATEWAY, REDIS_ADDRESS, PG_ADDRESS, SANDBOX_ADDRESS):
+    services = (GATEWAY, REDIS_ADDRESS, PG_ADDRESS, SANDBOX_ADDRESS, REPLICA_ADDRESS)
+    for address in (*services, *SENTINEL_ADDRESSES, PGBOUNCER_ADDRESS):
         sh("ip", "addr", "add", f"{address}/{PREFIX}", "dev", BRIDGE)
     sh("ip", "link", "set", BRIDGE, "up")
     for host, address in HOSTS.items():
@@ -134,6 +142,7 @@ class Topology:
     broker_env: dict[str, str]
     processes: dict[str, Process] = field(default_factory=dict)
     pg_data: Path | None = None
+    sentinels: bool = False  # running: the master is where they say
 
     # -- generic -------------------------------------------------------------------------
 
@@ -162,15 +171,17 @@ class Topology:
 
     # -- Redis ---------------------------------------------------------------------------
 
-    def start_redis(self) -> None:
-        data = self.workdir / "redis"
+    def start_redis(self, name: str = "redis", address: str = REDIS_ADDRESS) -> None:
+        """A Redis server named `name` on `address`; with sentinels running, they make it a
+        replica of their master if it is not that master."""
+        data = self.workdir / name
         data.mkdir(exist_ok=True)
         self.start(
-            "redis",
+            name,
             [
                 "redis-server",
                 "--bind",
-                REDIS_ADDRESS,
+                address,
                 "--port",
                 str(REDIS_PORT),
                 "--dir",
@@ -184,15 +195,111 @@ class Topology:
                 "",
                 "--protected-mode",
                 "no",
+                # Its connections leave from the bridge's first address: as a replica it
+                # tells the master (and so the sentinels) where it really listens.
+                "--replica-announce-ip",
+                address,
             ],
             env={"PATH": os.environ["PATH"]},
         )
-        wait_until(lambda: self.redis().ping(), 20, "redis")
+        wait_until(lambda: self.redis_at(address).ping(), 20, name)
 
-    def redis(self):  # noqa: ANN201 - redis.Redis
+    def redis_at(self, address: str):  # noqa: ANN201 - redis.Redis
         import redis
 
-        return redis.Redis(host=REDIS_ADDRESS, port=REDIS_PORT, socket_timeout=5)
+        return redis.Redis(host=address, port=REDIS_PORT, socket_timeout=5)
+
+    def redis(self):  # noqa: ANN201 - redis.Redis
+        """The master: the one Redis, or the one the sentinels name."""
+        return self.redis_at(self.redis_master() if self.sentinels else REDIS_ADDRESS)
+
+    @property
+    def sentinel_setting(self) -> str:
+        """BROKER_REDIS_SENTINELS for the broker hosts."""
+        return ",".join(f"{address}:{SENTINEL_PORT}" for address in SENTINEL_ADDRESSES)
+
+    def redis_master(self) -> str:
+        """The master's address as a majority of the sentinels see it ("" if none does)."""
+        import redis
+
+        seen: Counter[str] = Counter()
+        for address in SENTINEL_ADDRESSES:
+            client = redis.Redis(
+                host=address, port=SENTINEL_PORT, socket_timeout=2, decode_responses=True
+            )
+            try:
+                master = client.sentinel_get_master_addr_by_name(SENTINEL_MASTER)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            if master:
+                seen[str(master[0])] += 1
+        best = seen.most_common(1)
+        return best[0][0] if best and best[0][1] >= 2 else ""
+
+    def redis_process(self, address: str) -> str:
+        return "redis" if address == REDIS_ADDRESS else "redis-replica"
+
+    def start_sentinels(self) -> None:
+        """A replica of the Redis (REPLICA_ADDRESS) and three sentinels watching it, each on
+        its own bridge address; waits until the sentinels know the replica and each other."""
+        self.start_redis("redis-replica", REPLICA_ADDRESS)
+        self.redis_at(REPLICA_ADDRESS).replicaof(REDIS_ADDRESS, REDIS_PORT)
+        for n, address in enumerate(SENTINEL_ADDRESSES, 1):
+            conf = self.workdir / f"sentinel{n}.conf"
+            conf.write_text(
+                f"bind {address}\nport {SENTINEL_PORT}\nprotected-mode no\n"
+                f"sentinel announce-ip {address}\n"
+                f"dir {self.workdir}\n"
+                f"sentinel monitor {SENTINEL_MASTER} {REDIS_ADDRESS} {REDIS_PORT} 2\n"
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 2000\n"
+                f"sentinel failover-timeout {SENTINEL_MASTER} 20000\n"
+            )
+            self.start(
+                f"sentinel{n}",
+                ["redis-server", str(conf), "--sentinel"],
+                env={"PATH": os.environ["PATH"]},
+            )
+
+        def group_known() -> bool:
+            import redis
+
+            for address in SENTINEL_ADDRESSES:
+                client = redis.Redis(
+                    host=address, port=SENTINEL_PORT, socket_timeout=2, decode_responses=True
+                )
+                master = client.sentinel_master(SENTINEL_MASTER)
+                replicas = client.sentinel_slaves(SENTINEL_MASTER)
+                client.close()
+                if int(master["num-other-sentinels"]) != 2 or [r["flags"] for r in replicas] != [
+                    "slave"
+                ]:
+                    return False
+            link = self.redis_at(REPLICA_ADDRESS).info("replication")["master_link_status"]
+            return bool(link == "up")
+
+        wait_until(group_known, 60, "the sentinels to know the replica and each other")
+        self.sentinels = True
+
+    # -- PgBouncer -----------------------------------------------------------------------
+
+    def start_pgbouncer(self, users: tuple[str, ...]) -> None:
+        """PgBouncer in transaction pooling on its bridge address, in front of PostgreSQL
+        (tests/pgbouncer_server.py's configuration)."""
+        from tests.pgbouncer_server import command
+
+        args = command(
+            self.workdir / "pgbouncer",
+            server_host=PG_ADDRESS,
+            server_port=PG_PORT,
+            listen_addr=PGBOUNCER_ADDRESS,
+            port=PGBOUNCER_PORT,
+            pool_size=40,
+            users=users,
+        )
+        self.start("pgbouncer", args, env={"PATH": os.environ["PATH"]})
+        wait_until(lambda: processes.listening(PGBOUNCER_ADDRESS, PGBOUNCER_PORT), 20, "pgbouncer")
 
     # -- PostgreSQL ----------------------------------------------------------------------
 

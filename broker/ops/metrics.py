@@ -137,7 +137,7 @@ class BrokerCollector(Collector):
         latency.add_metric([], buckets, sum_value=float(raw.get("sum", 0)))
         yield latency
 
-        broker = redis_client(settings.CELERY_BROKER_URL)
+        broker = redis_client(settings.REDIS_CELERY_QUEUE_URL)
         queue = settings.CELERY_TASK_DEFAULT_QUEUE
         depth = sum(int(broker.llen(queue + s)) for s in CELERY_PRIORITY_SUFFIXES)
         yield GaugeMetricFamily("broker_celery_queue_depth", "Tasks waiting in the queue", depth)
