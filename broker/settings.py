@@ -84,7 +84,10 @@ BROKER_PROXY_MAX_RESPONSE_BYTES = env.int(
 # Origins (scheme://host[:port]) that a consent may return to besides the broker itself.
 BROKER_RETURN_URL_ALLOWLIST = env.list("BROKER_RETURN_URL_ALLOWLIST", default=[])
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
-# Refresh engine (broker.refresh.engine): grants claimed per beat query and per beat run, how long
+# Every key the broker keeps in Redis starts with this (broker.infra.redis_connection.redis_key;
+# the Django cache's keys too), so that two brokers can share one Redis database.
+BROKER_REDIS_KEY_PREFIX = env.str("BROKER_REDIS_KEY_PREFIX", default="broker:")
+# Refresh engine (broker.refresh): grants claimed per beat query and per beat run, how long
 # a claim lasts before the beat takes the grant again, retry backoff (seconds).
 BROKER_REFRESH_BATCH_SIZE = env.int("BROKER_REFRESH_BATCH_SIZE", default=500)
 BROKER_REFRESH_MAX_BATCHES = env.int("BROKER_REFRESH_MAX_BATCHES", default=20)
@@ -93,7 +96,7 @@ BROKER_REFRESH_BACKOFF_BASE = env.float("BROKER_REFRESH_BACKOFF_BASE", default=5
 BROKER_REFRESH_BACKOFF_MAX = env.float("BROKER_REFRESH_BACKOFF_MAX", default=300.0)
 BROKER_REFRESH_TASK_MAX_RETRIES = env.int("BROKER_REFRESH_TASK_MAX_RETRIES", default=5)
 BROKER_REFRESH_TASK_MAX_COUNTDOWN = env.float("BROKER_REFRESH_TASK_MAX_COUNTDOWN", default=120.0)
-# Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.engine.lock_timeout).
+# Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.timing.lock_timeout).
 BROKER_REFRESH_LOCK_TIMEOUT = env.float("BROKER_REFRESH_LOCK_TIMEOUT", default=0.0) or None
 # Webhook targets must be public addresses unless they fall in one of these networks
 # (CIDR, comma-separated), e.g. an internal service's subnet.
@@ -199,7 +202,7 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "broker",
+        "KEY_PREFIX": BROKER_REDIS_KEY_PREFIX.removesuffix(":"),
     }
 }
 
@@ -257,7 +260,7 @@ CONTENT_SECURITY_POLICY = (
 
 # Celery: JSON only, one task at a time per worker process, acknowledged after it ran so a
 # killed worker's task is delivered again. The visibility timeout must outlast the refresh
-# lock (see broker.refresh.engine) so a slow task is not handed to a second worker meanwhile.
+# lock (see broker.refresh.lock) so a slow task is not handed to a second worker meanwhile.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_SERIALIZER = "json"

@@ -51,7 +51,7 @@ from broker.providers.api_token_auth import API_TOKEN_KINDS
 from broker.providers.app_validation import app_problems
 from broker.providers.catalog import KINDS
 from broker.providers.oauth1_consumer import ConsumerMisconfigured, public_key_pem
-from broker.refresh.engine import claim_now
+from broker.refresh.claims import claim_now
 from broker.refresh.tasks import enqueue_refreshes
 from broker.revocation import bulk
 from broker.revocation.revoke import revoke_grant

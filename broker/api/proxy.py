@@ -65,7 +65,8 @@ from broker.audit import trail
 from broker.infra.outbound_http import provider_session
 from broker.models import Grant, ProviderApp
 from broker.providers import api_token_auth, oauth1_signing, proxy_paths
-from broker.refresh import engine
+from broker.refresh import on_demand
+from broker.refresh.doubt_marks import stored_token_in_doubt
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +204,11 @@ def _fresh(grant: Grant, where: dict[str, Any]) -> Grant:
     As for the access-token endpoint, a token whose refresh is in flight, cut short or
     rescued may be retired upstream: the engine waits for, applies or redoes that refresh."""
     if grant.provider_app.protocol != "oauth2" or (
-        grant.access_token_valid_for(FRESH_FOR_SECONDS) and not engine.stored_token_in_doubt(grant)
+        grant.access_token_valid_for(FRESH_FOR_SECONDS) and not stored_token_in_doubt(grant)
     ):
         return grant
     try:
-        return engine.ensure_fresh(grant.pk, min_ttl=FRESH_FOR_SECONDS)
+        return on_demand.ensure_fresh(grant.pk, min_ttl=FRESH_FOR_SECONDS)
     except REFRESH_REFUSALS as exc:
         raise refresh_refusal(grant, exc, **where) from None
 
@@ -216,7 +217,7 @@ def _renewed(grant: Grant, where: dict[str, Any]) -> Grant:
     """After the provider refused `grant`'s token: the token of a refresh that completed
     since (another call's, if one did; otherwise a forced one, single flight)."""
     try:
-        return engine.ensure_fresh(
+        return on_demand.ensure_fresh(
             grant.pk, min_ttl=0, force_refresh=True, refused_version=grant.token_version
         )
     except REFRESH_REFUSALS as exc:

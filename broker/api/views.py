@@ -74,7 +74,8 @@ from broker.ops.database_busy import busy_response, is_database_busy
 from broker.ops.error_pages import error_response
 from broker.ops.logging_config import name_service
 from broker.providers import oauth1_signing
-from broker.refresh import engine
+from broker.refresh import on_demand
+from broker.refresh.doubt_marks import stored_token_in_doubt
 
 log = logging.getLogger(__name__)
 
@@ -424,11 +425,11 @@ def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     if (
         not force_refresh
         and grant.access_token_valid_for(min_ttl)
-        and not engine.stored_token_in_doubt(grant)
+        and not stored_token_in_doubt(grant)
     ):
         return grant
     try:
-        return engine.ensure_fresh(
+        return on_demand.ensure_fresh(
             grant.pk, min_ttl=min_ttl, force_refresh=force_refresh, as_read=grant
         )
     except REFRESH_REFUSALS as exc:

@@ -22,8 +22,6 @@ HEALTH_CHECK_INTERVAL_SECONDS = 30
 # failed with MaxConnectionsError, which the API answers as Redis being down (503). A pool
 # keeps only as many connections as were in use at once; this bound is only a backstop.
 MAX_CONNECTIONS_PER_CLIENT = 4096
-# Prefix of the broker's own keys (the Django cache adds its own).
-KEY_PREFIX = "broker:"
 
 
 @lru_cache(maxsize=1)
@@ -53,3 +51,9 @@ def redis_client(
 ) -> redis.Redis:
     """A client for `url` (default REDIS_URL), shared per URL and timeouts in the process."""
     return _client(url or settings.REDIS_URL, socket_timeout, connect_timeout)
+
+
+def redis_key(*parts: object) -> str:
+    """The name of one of the broker's own Redis keys: BROKER_REDIS_KEY_PREFIX, then the
+    parts joined by colons (`redis_key("refresh-lock", grant_id)`)."""
+    return settings.BROKER_REDIS_KEY_PREFIX + ":".join(str(part) for part in parts)

@@ -11,7 +11,7 @@ import requests
 from django.utils import timezone
 
 from broker.models import AuditEvent, Grant, PendingAuthorization, ProviderApp
-from broker.refresh.engine import ensure_fresh
+from broker.refresh.on_demand import ensure_fresh
 from tests.consent_driver import (
     answer_consent,
     callback_url,
