@@ -159,10 +159,10 @@ def main() -> None:
     from django.core.management import call_command
 
     from accounts.models import User
-    from broker.api import service_secrets
     from broker.infra.redis_connection import redis_client
     from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
     from broker.ops import metrics
+    from broker.service_identity import service_secrets
     from tests.sandbox_server import (
         free_port,
         mint_tokens,

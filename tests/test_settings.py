@@ -205,7 +205,7 @@ def test_a_web_worker_imports_the_url_configuration_before_its_first_request():
         [
             sys.executable,
             "-c",
-            "import sys, broker.wsgi; print('broker.api.views' in sys.modules)",
+            "import sys, broker.wsgi; print('broker.api.serving' in sys.modules)",
         ],
         cwd=ROOT,
         env={**clean_env(), "DJANGO_SETTINGS_MODULE": "tests.settings"},

@@ -31,9 +31,6 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker.api import service_secrets
-from broker.api.service_keys import ServiceKeyError, parse_certificate, parse_public_key
-from broker.api.tokens import disable_service
 from broker.audit import trail
 from broker.consent.api_tokens import ApiTokenForm, ApiTokenRefused, store_api_token
 from broker.models import (
@@ -55,6 +52,13 @@ from broker.refresh.claims import claim_now
 from broker.refresh.tasks import enqueue_refreshes
 from broker.revocation import bulk
 from broker.revocation.revoke import revoke_grant
+from broker.service_identity import service_secrets
+from broker.service_identity.service_keys import (
+    ServiceKeyError,
+    parse_certificate,
+    parse_public_key,
+)
+from broker.service_identity.tokens import disable_service
 
 admin.site.site_header = "OAuth broker administration"
 admin.site.site_title = "OAuth broker admin"

@@ -60,8 +60,8 @@ from broker.api.auth import ServiceRequest
 from broker.api.decorators import ANY_METHOD, api_view
 from broker.api.errors import ApiError, invalid_request, not_visible
 from broker.api.refusals import REFRESH_REFUSALS, refresh_refusal, require_live
-from broker.api.schema import matchable
 from broker.audit import trail
+from broker.infra.lookup_text import matchable
 from broker.infra.outbound_http import provider_session
 from broker.models import Grant, ProviderApp
 from broker.providers import api_token_auth, oauth1_signing, proxy_paths

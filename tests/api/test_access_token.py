@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from broker.api.views import capped_min_ttl
+from broker.api.serving import capped_min_ttl
 from broker.models import Grant
 from tests.api.conftest import audit_events, token_issues
 from tests.factories import consented_grant
@@ -220,12 +220,12 @@ def test_errors_under_api_are_json(api, rule, bearer):
 
 
 def test_server_errors_are_json_and_say_nothing_inside(api, grant, rule, bearer, monkeypatch):
-    from broker.api import views
+    from broker.api import serving
 
     def explode(*args, **kwargs):
         raise RuntimeError("database password is hunter2")
 
-    monkeypatch.setattr(views.grant_lookup, "note_use", explode)
+    monkeypatch.setattr(serving.grant_lookup, "note_use", explode)
     response = post(api, {"grant": str(grant.pk)}, bearer())
     assert response.status_code == 500
     assert response.json()["error"] == "server_error" and "hunter2" not in response.content.decode()

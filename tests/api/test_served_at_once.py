@@ -20,12 +20,12 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from accounts.models import User
-from broker.api import service_secrets, tokens
 from broker.infra.redis_connection import redis_client
 from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
 from broker.providers.oauth2_client import TokenResponse
 from broker.refresh import single_flight
 from broker.revocation.revoke import revoke_grant
+from broker.service_identity import service_secrets, tokens
 from tests.gunicorn_server import gunicorn
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from django.db.models import F
 from django.utils import timezone
 
-from broker.api.service_secrets import rotate_secret
 from broker.models import Grant, ServiceClient
+from broker.service_identity.service_secrets import rotate_secret
 from tests.client.conftest import (
     ACCESS_TOKEN_SECONDS,
     add_rule,

@@ -486,8 +486,8 @@ def test_two_simultaneous_callbacks_with_one_state_connect_once(alice, live_serv
 
 
 def test_a_new_grant_is_announced_to_subscribed_services_once(alice, live_server):
-    from broker.api.service_secrets import new_webhook_secret
     from broker.models import AccessRule, ServiceClient, WebhookDelivery
+    from broker.service_identity.service_secrets import new_webhook_secret
 
     service = ServiceClient.objects.create(
         client_id="svc-hooks", name="Hooks", webhook_url="https://hooks.example/broker"

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from django.conf import settings
 from django.urls import reverse
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from broker.api.schema import ClientAssertionType, matchable
-from broker.api.service_keys import certificate_current, public_jwk
 from broker.infra.bounded_json import JsonRefused, unverified_jwt
+from broker.infra.lookup_text import matchable
 from broker.infra.redis_connection import redis_client, redis_key
 from broker.models import ServiceClient, ServiceKey
+from broker.service_identity.service_keys import certificate_current, public_jwk
+
+# RFC 7523 2.2 (private_key_jwt).
+ClientAssertionType = Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
 
 (ASSERTION_TYPE,) = get_args(ClientAssertionType)
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")
