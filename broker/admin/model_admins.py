@@ -32,6 +32,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
 from broker.audit import trail
+from broker.catalog.provider_kinds import KINDS
 from broker.consent.api_tokens import ApiTokenForm, ApiTokenRefused, store_api_token
 from broker.models import (
     AccessRule,
@@ -46,7 +47,6 @@ from broker.models import (
 )
 from broker.providers.api_token_auth import API_TOKEN_KINDS
 from broker.providers.app_validation import app_problems
-from broker.providers.catalog import KINDS
 from broker.providers.oauth1_consumer import ConsumerMisconfigured, public_key_pem
 from broker.refresh.claims import claim_now
 from broker.refresh.tasks import enqueue_refreshes

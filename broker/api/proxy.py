@@ -5,7 +5,7 @@ The service authenticates with its broker token and names the grant with `Broker
 <id>` or `Broker-User: <username>`, or proves the user with `Broker-Subject-Token` (the
 user's token from the company IdP, as in token exchange; required by on-behalf-of rules).
 The request goes to the app's API origin (its `api` endpoint) and nowhere else: the path
-is checked and encoded again by broker.providers.proxy_paths, the query string is appended, and
+is checked and encoded again by broker.catalog.proxy_paths, the query string is appended, and
 redirects are returned, never followed. The service's own `Authorization`, cookies,
 `Broker-*` and hop-by-hop headers are dropped; the grant's credentials are put in
 (`credentials_for`). The answer's status, headers (but hop-by-hop ones and cookies) and
@@ -61,10 +61,11 @@ from broker.api.decorators import ANY_METHOD, api_view
 from broker.api.errors import ApiError, invalid_request, not_visible
 from broker.api.refusals import REFRESH_REFUSALS, refresh_refusal, require_live
 from broker.audit import trail
+from broker.catalog import proxy_paths
 from broker.infra.lookup_text import matchable
 from broker.infra.outbound_http import provider_session
 from broker.models import Grant, ProviderApp
-from broker.providers import api_token_auth, oauth1_signing, proxy_paths
+from broker.providers import api_token_auth, oauth1_signing
 from broker.refresh import on_demand
 from broker.refresh.doubt_marks import stored_token_in_doubt
 

@@ -19,7 +19,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from broker.admin.roles import AUDITOR_GROUP
+from accounts.models import AUDITOR_GROUP
 from broker.audit import trail
 from broker.models import (
     AuditEvent,
