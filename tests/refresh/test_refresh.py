@@ -428,7 +428,7 @@ def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, cap
     app.seal("client_secret", "wrong-secret")
     app.save()
     claim(grant)
-    with caplog.at_level(logging.ERROR, logger="broker.refresh.engine"):
+    with caplog.at_level(logging.ERROR, logger="broker.refresh.single_flight"):
         outcome = refresh_grant_now(grant.pk, retries_left=0)
     assert outcome.result == Result.CLIENT_MISCONFIGURED
     assert outcome.task_retry_in is None  # no retries left: back to the beat
