@@ -4,7 +4,7 @@ from its working directory by default): `gunicorn broker.wsgi -b 127.0.0.1:8000`
 
 Threaded workers (gthread): a request waiting on another process's single-flight refresh
 (up to 2 x BROKER_PROVIDER_TIMEOUT) blocks one thread, not a whole process, and holds no
-database connection meanwhile (broker.refresh.engine), so many threads share a small pool of
+database connection meanwhile (broker.refresh.lock), so many threads share a small pool of
 connections (BROKER_DB_POOL_MAX_SIZE per process). Sizing: docs/operations.md.
 """
 

@@ -10,9 +10,8 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from accounts.models import ExternalIdentity, User
+from accounts.models import AUDITOR_GROUP, ExternalIdentity, User
 from accounts.oidc_client import SignInRefused
-from broker.admin.roles import AUDITOR_GROUP
 
 # The longest user and group names Django's auth models hold.
 NAME_MAX_LENGTH = 150

@@ -1,6 +1,10 @@
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 
+# The group whose members read every broker model in the admin and change nothing (its
+# permissions: broker.admin.roles); single sign-on puts the IdP's auditors in it.
+AUDITOR_GROUP = "auditor"
+
 
 class User(AbstractUser):
     """The broker's user. A custom model from the first migration, so it can grow later."""

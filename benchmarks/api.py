@@ -95,9 +95,9 @@ def create_fixtures() -> tuple[str, str, str]:
     from django.utils import timezone
 
     from accounts.models import User
-    from broker.api import service_secrets
     from broker.infra.redis_connection import redis_client
     from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
+    from broker.service_identity import service_secrets
 
     redis_client().flushdb()  # this DB belongs to the benchmark
     Grant.objects.all().delete()

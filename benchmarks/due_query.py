@@ -6,7 +6,7 @@
 Creates (or recreates) the database named in DATABASE_URL, migrates it, fills it with
 INSERT ... SELECT generate_series (next refresh times spread over the next hour, `--due`
 of them overdue, 2% not active), then prints the timing of the claim query
-(`broker.refresh.engine.claim_due_grants`) and its EXPLAIN ANALYZE plan. Reuses a filled database
+(`broker.refresh.claims.claim_due_grants`) and its EXPLAIN ANALYZE plan. Reuses a filled database
 unless --refill.
 """
 
@@ -84,7 +84,7 @@ def main() -> None:
 
     from accounts.models import User
     from broker.models import Grant, ProviderApp
-    from broker.refresh import engine
+    from broker.refresh.claims import claim_due_grants
 
     if fill:
         call_command("migrate", verbosity=0)
@@ -129,7 +129,7 @@ def main() -> None:
     for _ in range(10):
         with transaction.atomic():
             started = time.perf_counter()
-            claimed = engine.claim_due_grants(on_claimed=lambda ids: None, batch_size=args.batch)
+            claimed = claim_due_grants(on_claimed=lambda ids: None, batch_size=args.batch)
             claims.append((time.perf_counter() - started) * 1000)
             transaction.set_rollback(True)
     print(

@@ -95,8 +95,8 @@ def main() -> None:
     from django.core.management import call_command
 
     from accounts.models import User
-    from broker.api import service_secrets
     from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
+    from broker.service_identity import service_secrets
     from tests import sandbox_server
     from tests.sandbox_grants import connect_grant
 

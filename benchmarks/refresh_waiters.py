@@ -159,10 +159,10 @@ def main() -> None:
     from django.core.management import call_command
 
     from accounts.models import User
-    from broker.api import service_secrets
     from broker.infra.redis_connection import redis_client
     from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
     from broker.ops import metrics
+    from broker.service_identity import service_secrets
     from tests.sandbox_server import (
         free_port,
         mint_tokens,
@@ -238,7 +238,9 @@ def main() -> None:
         cpu.append(workers_cpu(server.pid))
         # The one refresh's own time (the upstream call and its write), as the broker
         # counted it: what the sandbox adds to the delay is not the broker's doing.
-        refresh_seconds = float(redis_client().hget(metrics.REFRESH_SECONDS, "sum") or 0)
+        refresh_seconds = float(
+            redis_client().hget(metrics.metrics_key(metrics.REFRESH_SECONDS), "sum") or 0
+        )
         sandbox.faults(mode="none")
         upstream = sandbox.counters()["token"].get("refresh_token", 0)
     finally:

@@ -10,8 +10,8 @@ class BrokerConfig(AppConfig):
     def ready(self) -> None:
         # Imported once the app registry is ready: these modules import the models.
         from broker.admin.roles import sync_after_migrate
-        from broker.refresh import engine
+        from broker.refresh import timing
 
-        checks.register(engine.check_timing)
+        checks.register(timing.check_timing)
         # After the auth app has created this app's permissions (it connects first).
         post_migrate.connect(sync_after_migrate, sender=self, dispatch_uid="broker-auditor")

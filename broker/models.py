@@ -18,9 +18,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from broker.catalog.provider_kinds import KINDS, ProviderKind, get_kind, resolve_endpoints
+from broker.catalog.proxy_paths import validate_proxy_methods, validate_proxy_paths
 from broker.crypto.sealed_fields import SealedFieldsModel, sealed_column
-from broker.providers.catalog import KINDS, ProviderKind, get_kind, resolve_endpoints
-from broker.providers.proxy_paths import validate_proxy_methods, validate_proxy_paths
 
 PENDING_AUTHORIZATION_LIFETIME = timedelta(minutes=10)
 

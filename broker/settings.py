@@ -104,7 +104,10 @@ if bool(BROKER_REDIS_SENTINELS) != bool(BROKER_REDIS_SENTINEL_MASTER):
     raise ImproperlyConfigured(
         "BROKER_REDIS_SENTINELS and BROKER_REDIS_SENTINEL_MASTER are set together or not at all"
     )
-# Refresh engine (broker.refresh.engine): grants claimed per beat query and per beat run, how long
+# Every key the broker keeps in Redis starts with this (broker.infra.redis_connection.redis_key;
+# the Django cache's keys too), so that two brokers can share one Redis database.
+BROKER_REDIS_KEY_PREFIX = env.str("BROKER_REDIS_KEY_PREFIX", default="broker:")
+# Refresh engine (broker.refresh): grants claimed per beat query and per beat run, how long
 # a claim lasts before the beat takes the grant again, retry backoff (seconds).
 BROKER_REFRESH_BATCH_SIZE = env.int("BROKER_REFRESH_BATCH_SIZE", default=500)
 BROKER_REFRESH_MAX_BATCHES = env.int("BROKER_REFRESH_MAX_BATCHES", default=20)
@@ -113,7 +116,7 @@ BROKER_REFRESH_BACKOFF_BASE = env.float("BROKER_REFRESH_BACKOFF_BASE", default=5
 BROKER_REFRESH_BACKOFF_MAX = env.float("BROKER_REFRESH_BACKOFF_MAX", default=300.0)
 BROKER_REFRESH_TASK_MAX_RETRIES = env.int("BROKER_REFRESH_TASK_MAX_RETRIES", default=5)
 BROKER_REFRESH_TASK_MAX_COUNTDOWN = env.float("BROKER_REFRESH_TASK_MAX_COUNTDOWN", default=120.0)
-# Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.engine.lock_timeout).
+# Default: 2 x BROKER_PROVIDER_TIMEOUT + 10 s (see broker.refresh.timing.lock_timeout).
 BROKER_REFRESH_LOCK_TIMEOUT = env.float("BROKER_REFRESH_LOCK_TIMEOUT", default=0.0) or None
 # Webhook targets must be public addresses unless they fall in one of these networks
 # (CIDR, comma-separated), e.g. an internal service's subnet.
@@ -235,7 +238,7 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "broker",
+        "KEY_PREFIX": BROKER_REDIS_KEY_PREFIX.removesuffix(":"),
         "OPTIONS": {"pool_class": "broker.infra.redis_connection.SharedPool"},
     }
 }
@@ -294,7 +297,7 @@ CONTENT_SECURITY_POLICY = (
 
 # Celery: JSON only, one task at a time per worker process, acknowledged after it ran so a
 # killed worker's task is delivered again. The visibility timeout must outlast the refresh
-# lock (see broker.refresh.engine) so a slow task is not handed to a second worker meanwhile.
+# lock (see broker.refresh.lock) so a slow task is not handed to a second worker meanwhile.
 # The Redis URL of Celery's queue (the metrics read its depth there); Celery's own URL is
 # kombu's sentinel:// form of it when sentinels are set.
 REDIS_CELERY_QUEUE_URL = secret("CELERY_BROKER_URL", default=REDIS_URL)

@@ -56,10 +56,10 @@ def clean_redis() -> None:
 def forget_authentication_failures() -> None:
     """Each test starts with no failed authentications counted (broker.api.ratelimit), so
     that the wrong secrets of earlier tests in the same minute do not throttle it."""
-    from broker.infra.redis_connection import KEY_PREFIX, redis_client
+    from broker.infra.redis_connection import redis_client, redis_key
 
     client = redis_client()
-    for key in client.scan_iter(f"{KEY_PREFIX}authfail:*"):
+    for key in client.scan_iter(redis_key("authfail", "*")):
         client.delete(key)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from broker.api import service_secrets
 from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
+from broker.service_identity import service_secrets
 
 
 def make_app(slug: str = "acme", *, revoke_url: str = "", secret: str = "app-secret-1", **kw: Any):

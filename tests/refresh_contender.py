@@ -17,7 +17,7 @@ def main() -> None:
     django.setup()
     from django.db import connections
 
-    from broker.refresh.engine import ensure_fresh
+    from broker.refresh.on_demand import ensure_fresh
     from tests.sandbox_grants import digest
 
     grant_id, threads = sys.argv[1], int(sys.argv[2])

@@ -205,7 +205,7 @@ def test_a_web_worker_imports_the_url_configuration_before_its_first_request():
         [
             sys.executable,
             "-c",
-            "import sys, broker.wsgi; print('broker.api.views' in sys.modules)",
+            "import sys, broker.wsgi; print('broker.api.serving' in sys.modules)",
         ],
         cwd=ROOT,
         env={**clean_env(), "DJANGO_SETTINGS_MODULE": "tests.settings"},
@@ -259,3 +259,36 @@ def test_urls_with_passwords_are_read_from_their_files(tmp_path):
         "mail.internal",
         "mail-pw",
     ]
+
+
+def test_every_setting_has_its_default_in_settings_py_only():
+    """A setting's default is written once, in broker/settings.py: code that reads it with
+    a fallback of its own (`getattr(settings, "X", default)`) keeps a second default, which
+    drifts from the first (BROKER_API_RATE_LIMIT: 6000 there, 0 in the rate limiter)."""
+    import ast
+
+    from django.conf import settings
+
+    fallbacks = []
+    for package in ("broker", "accounts"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in ("getattr", "hasattr")
+                    and node.args
+                    and isinstance(node.args[0], ast.Name)
+                    and node.args[0].id == "settings"
+                ):
+                    name = ast.unparse(node.args[1]) if len(node.args) > 1 else "?"
+                    fallbacks.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert fallbacks == []
+    for name in (
+        "BROKER_API_TOKEN_SECONDS",
+        "BROKER_API_RATE_LIMIT",
+        "BROKER_TRUSTED_ISSUERS",
+        "BROKER_REFRESH_LOCK_TIMEOUT",
+        "BROKER_REDIS_KEY_PREFIX",
+    ):
+        assert hasattr(settings, name), name

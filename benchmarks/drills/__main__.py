@@ -197,11 +197,11 @@ REDO_BOUND_SECONDS = 30 + 15
 def refreshes_marked(run: Run) -> dict[str, int]:
     """The active grants whose stored token a refresh in flight, or cut short, may have
     replaced upstream, with the version it started from: their in-flight mark names the
-    version stored (broker.refresh.engine, "Refreshes in doubt")."""
+    version stored (broker.refresh.doubt_marks, "Refreshes in doubt")."""
     from django.db import connection
 
     from broker.models import Grant
-    from broker.refresh.engine import IN_FLIGHT_KEY
+    from broker.refresh.redis_keys import in_flight_key
 
     connection.close()  # (the drill may have cut it)
     stored = {
@@ -210,7 +210,7 @@ def refreshes_marked(run: Run) -> dict[str, int]:
             "id", "token_version"
         )
     }
-    marks = run.topology.redis().mget([IN_FLIGHT_KEY.format(grant_id=g) for g in stored])
+    marks = run.topology.redis().mget([in_flight_key(g) for g in stored])
     return {
         grant: int(mark)
         for (grant, version), mark in zip(stored.items(), marks, strict=True)

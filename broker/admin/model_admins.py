@@ -31,10 +31,8 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
-from broker.api import service_secrets
-from broker.api.service_keys import ServiceKeyError, parse_certificate, parse_public_key
-from broker.api.tokens import disable_service
 from broker.audit import trail
+from broker.catalog.provider_kinds import KINDS
 from broker.consent.api_tokens import ApiTokenForm, ApiTokenRefused, store_api_token
 from broker.models import (
     AccessRule,
@@ -49,12 +47,18 @@ from broker.models import (
 )
 from broker.providers.api_token_auth import API_TOKEN_KINDS
 from broker.providers.app_validation import app_problems
-from broker.providers.catalog import KINDS
 from broker.providers.oauth1_consumer import ConsumerMisconfigured, public_key_pem
-from broker.refresh.engine import claim_now
+from broker.refresh.claims import claim_now
 from broker.refresh.tasks import enqueue_refreshes
 from broker.revocation import bulk
 from broker.revocation.revoke import revoke_grant
+from broker.service_identity import service_secrets
+from broker.service_identity.service_keys import (
+    ServiceKeyError,
+    parse_certificate,
+    parse_public_key,
+)
+from broker.service_identity.tokens import disable_service
 
 admin.site.site_header = "OAuth broker administration"
 admin.site.site_title = "OAuth broker admin"

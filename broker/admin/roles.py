@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-AUDITOR_GROUP = "auditor"
+from accounts.models import AUDITOR_GROUP
 
 
 def sync_auditor_group(apps: Any, using: str = "default") -> None:

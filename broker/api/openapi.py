@@ -17,7 +17,7 @@ from django.urls import reverse
 from pydantic import TypeAdapter
 
 from broker.api import schema
-from broker.api.tokens import API_SCOPES
+from broker.service_identity.tokens import API_SCOPES
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ The service authenticates with its broker token and names the grant with `Broker
 <id>` or `Broker-User: <username>`, or proves the user with `Broker-Subject-Token` (the
 user's token from the company IdP, as in token exchange; required by on-behalf-of rules).
 The request goes to the app's API origin (its `api` endpoint) and nowhere else: the path
-is checked and encoded again by broker.providers.proxy_paths, the query string is appended, and
+is checked and encoded again by broker.catalog.proxy_paths, the query string is appended, and
 redirects are returned, never followed. The service's own `Authorization`, cookies,
 `Broker-*` and hop-by-hop headers are dropped; the grant's credentials are put in
 (`credentials_for`). The answer's status, headers (but hop-by-hop ones and cookies) and
@@ -60,12 +60,14 @@ from broker.api.auth import ServiceRequest
 from broker.api.decorators import ANY_METHOD, api_view
 from broker.api.errors import ApiError, invalid_request, not_visible
 from broker.api.refusals import REFRESH_REFUSALS, refresh_refusal, require_live
-from broker.api.schema import matchable
 from broker.audit import trail
+from broker.catalog import proxy_paths
+from broker.infra.lookup_text import matchable
 from broker.infra.outbound_http import provider_session
 from broker.models import Grant, ProviderApp
-from broker.providers import api_token_auth, oauth1_signing, proxy_paths
-from broker.refresh import engine
+from broker.providers import api_token_auth, oauth1_signing
+from broker.refresh import on_demand
+from broker.refresh.doubt_marks import stored_token_in_doubt
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +205,11 @@ def _fresh(grant: Grant, where: dict[str, Any]) -> Grant:
     As for the access-token endpoint, a token whose refresh is in flight, cut short or
     rescued may be retired upstream: the engine waits for, applies or redoes that refresh."""
     if grant.provider_app.protocol != "oauth2" or (
-        grant.access_token_valid_for(FRESH_FOR_SECONDS) and not engine.stored_token_in_doubt(grant)
+        grant.access_token_valid_for(FRESH_FOR_SECONDS) and not stored_token_in_doubt(grant)
     ):
         return grant
     try:
-        return engine.ensure_fresh(grant.pk, min_ttl=FRESH_FOR_SECONDS)
+        return on_demand.ensure_fresh(grant.pk, min_ttl=FRESH_FOR_SECONDS)
     except REFRESH_REFUSALS as exc:
         raise refresh_refusal(grant, exc, **where) from None
 
@@ -216,7 +218,7 @@ def _renewed(grant: Grant, where: dict[str, Any]) -> Grant:
     """After the provider refused `grant`'s token: the token of a refresh that completed
     since (another call's, if one did; otherwise a forced one, single flight)."""
     try:
-        return engine.ensure_fresh(
+        return on_demand.ensure_fresh(
             grant.pk, min_ttl=0, force_refresh=True, refused_version=grant.token_version
         )
     except REFRESH_REFUSALS as exc:

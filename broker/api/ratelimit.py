@@ -24,7 +24,7 @@ from django.conf import settings
 from redis.client import Pipeline
 
 from broker.api.errors import ApiError
-from broker.infra.redis_connection import KEY_PREFIX, redis_client
+from broker.infra.redis_connection import redis_client, redis_key
 
 WINDOW = 60
 
@@ -32,12 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def limit() -> int:
-    return int(getattr(settings, "BROKER_API_RATE_LIMIT", 0))
+    return int(settings.BROKER_API_RATE_LIMIT)
 
 
 def counter_key(client_id: str, now: float | None = None) -> str:
     """The service's counter of the window `now` falls in."""
-    return f"{KEY_PREFIX}rl:{client_id}:{int((now or time.time()) // WINDOW)}"
+    return redis_key("rl", client_id, int((now or time.time()) // WINDOW))
 
 
 def queue_count(pipe: Pipeline, client_id: str, now: float | None = None) -> None:
@@ -81,11 +81,11 @@ def _failure_counters(kind: str, client_id: str, address: str | None) -> list[tu
     per_address = int(settings.BROKER_AUTH_FAILURES_PER_ADDRESS)
     per_client = int(settings.BROKER_AUTH_FAILURES_PER_CLIENT)
     if address and per_address > 0:
-        counters.append((f"{KEY_PREFIX}authfail:{kind}:addr:{address}:{window}", per_address))
+        counters.append((redis_key("authfail", kind, "addr", address, window), per_address))
     if client_id and per_client > 0:
         # A claimed client id is whatever the caller sent: a digest keeps the key short.
         digest = hashlib.sha256(client_id.encode(errors="backslashreplace")).hexdigest()[:32]
-        counters.append((f"{KEY_PREFIX}authfail:{kind}:client:{digest}:{window}", per_client))
+        counters.append((redis_key("authfail", kind, "client", digest, window), per_client))
     return counters
 
 

@@ -6,28 +6,28 @@ from typing import Any
 
 from broker.api.errors import ApiError, not_visible
 from broker.models import Grant
-from broker.refresh import engine
+from broker.refresh import on_demand
 
 # What the refresh engine may raise instead of giving a token.
 REFRESH_REFUSALS = (
     Grant.DoesNotExist,
-    engine.UserDeactivated,
-    engine.ReconnectRequired,
-    engine.ProviderUnavailable,
+    on_demand.UserDeactivated,
+    on_demand.ReconnectRequired,
+    on_demand.ProviderUnavailable,
 )
 
 
 def refresh_refusal(grant: Grant, exc: Exception, **concerning: Any) -> ApiError:
     """One of REFRESH_REFUSALS as the API's error; `concerning` goes to the audit."""
     concerning = {"grant_id": grant.pk, "provider": grant.provider_app.slug, **concerning}
-    if isinstance(exc, engine.ReconnectRequired):
+    if isinstance(exc, on_demand.ReconnectRequired):
         return ApiError(
             409,
             "reconnect_required",
             "the grant is no longer valid at the provider; the user must connect again",
             **concerning,
         )
-    if isinstance(exc, engine.ProviderUnavailable):
+    if isinstance(exc, on_demand.ProviderUnavailable):
         return ApiError(
             503,
             "temporarily_unavailable",

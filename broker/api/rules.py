@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from accounts.models import User
+from broker.catalog import proxy_paths
 from broker.models import AccessRule, Grant, ProviderApp
-from broker.providers import proxy_paths
 
 
 @dataclass(frozen=True)

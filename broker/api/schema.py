@@ -38,7 +38,9 @@ from typing_extensions import TypedDict
 
 from broker.api.errors import ApiError, body_too_large, invalid_request
 from broker.infra import bounded_json
+from broker.infra.lookup_text import is_text
 from broker.models import Grant
+from broker.service_identity.client_assertions import ClientAssertionType
 
 # --- the values the API speaks (the views and the document both read them here) --------
 
@@ -53,27 +55,8 @@ SubjectTokenType = Literal[
 SUBJECT_TOKEN_TYPES: list[str] = list(get_args(SubjectTokenType))
 # RFC 8693 2.2.1: what the exchange issues (TokenResponse's type makes mypy hold them equal).
 ISSUED_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"
-# RFC 7523 2.2 (private_key_jwt).
-ClientAssertionType = Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
 # No URL may carry NUL (broker.ops.request_guard answers 400).
 NO_NUL = "^[^\\u0000]*$"
-
-
-def is_text(value: str) -> bool:
-    """False for a string JSON can carry but UTF-8 cannot (a lone surrogate, "\\ud800"):
-    no database can store or compare it."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def matchable(*values: str) -> bool:
-    """False when a value holds NUL or is not valid text: no username, slug, id or key name
-    does, and databases refuse to compare it (PostgreSQL any NUL, every database a lone
-    surrogate), so such a lookup finds nothing without asking the database."""
-    return all("\x00" not in value and is_text(value) for value in values)
 
 
 # --- field types ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Identity providers' key sets (JWKS), cached per issuer in each process, under one policy
 for every reader: subject tokens (broker.api.subject_tokens), app tokens from trusted
-identity providers (broker.api.federation) and single sign-on (accounts.oidc_client).
+identity providers (broker.service_identity.federation) and single sign-on (accounts.oidc_client).
 
 An issuer's keys are fetched at most once per BROKER_JWKS_REFETCH_SECONDS, whatever asks
 and whatever the answer. A token naming a `kid` the cached set lacks (an IdP rolling its

@@ -32,8 +32,6 @@ HEALTH_CHECK_INTERVAL_SECONDS = 30
 # failed with MaxConnectionsError, which the API answers as Redis being down (503). A pool
 # keeps only as many connections as were in use at once; this bound is only a backstop.
 MAX_CONNECTIONS_PER_CLIENT = 4096
-# Prefix of the broker's own keys (the Django cache adds its own).
-KEY_PREFIX = "broker:"
 # A command that lost its connection is tried again this many times, waiting a little more
 # each time (at most 1 s): redis-py's own default for a client made from a URL. A client
 # made from a pool (the Sentinel one) gets none unless given; with it, a failover that ends
@@ -144,3 +142,9 @@ class SharedPool:
     @classmethod
     def from_url(cls, url: str, **_options: Any) -> ConnectionPool:
         return redis_client(url).connection_pool
+
+
+def redis_key(*parts: object) -> str:
+    """The name of one of the broker's own Redis keys: BROKER_REDIS_KEY_PREFIX, then the
+    parts joined by colons (`redis_key("refresh-lock", grant_id)`)."""
+    return settings.BROKER_REDIS_KEY_PREFIX + ":".join(str(part) for part in parts)

@@ -7,7 +7,7 @@ from django.db import migrations, models
 def record_redirect_uris(apps, schema_editor):
     """Grants from before this migration consented with today's redirect URI (the public
     URL has not moved since, or they could not refresh): freeze it for their refreshes."""
-    from broker.providers.catalog import KINDS
+    from broker.catalog.provider_kinds import KINDS
 
     ProviderApp = apps.get_model("broker", "ProviderApp")
     Grant = apps.get_model("broker", "Grant")

@@ -31,15 +31,21 @@ from prometheus_client.registry import Collector
 from redis.client import Pipeline
 
 from broker.infra.client_address import client_ip
-from broker.infra.redis_connection import redis_client
+from broker.infra.redis_connection import redis_client, redis_key
 from broker.models import Grant
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "broker:metrics:"
-REFRESHES = PREFIX + "refreshes"
-REFRESH_SECONDS = PREFIX + "refresh_seconds"
-TOKEN_ISSUES = PREFIX + "token_issues"
+# The hashes counted in Redis, shared by every process (named by `metrics_key`).
+REFRESHES = "refreshes"
+REFRESH_SECONDS = "refresh_seconds"
+TOKEN_ISSUES = "token_issues"
+
+
+def metrics_key(name: str) -> str:
+    return redis_key("metrics", name)
+
+
 SEPARATOR = "\x1f"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 # Kombu's Redis transport keeps one list per queue and priority step: "celery",
@@ -66,10 +72,10 @@ def count_refresh(outcome: str, seconds: float) -> None:
 
 def queue_refresh(pipe: Pipeline, outcome: str, seconds: float) -> None:
     """`count_refresh` added to a pipeline the caller executes (four results)."""
-    pipe.hincrby(REFRESHES, outcome, 1)
-    pipe.hincrby(REFRESH_SECONDS, _bucket_field(seconds), 1)
-    pipe.hincrbyfloat(REFRESH_SECONDS, "sum", seconds)
-    pipe.hincrby(REFRESH_SECONDS, "count", 1)
+    pipe.hincrby(metrics_key(REFRESHES), outcome, 1)
+    pipe.hincrby(metrics_key(REFRESH_SECONDS), _bucket_field(seconds), 1)
+    pipe.hincrbyfloat(metrics_key(REFRESH_SECONDS), "sum", seconds)
+    pipe.hincrby(metrics_key(REFRESH_SECONDS), "count", 1)
 
 
 def token_issue_field(service: str, outcome: str) -> str:
@@ -81,14 +87,14 @@ def count_token_issue(service: str, outcome: str) -> None:
     """`service` (client id) was served a token (`outcome` issued, or exchanged for a
     user's token) or a signature (signed)."""
     try:
-        redis_client().hincrby(TOKEN_ISSUES, token_issue_field(service, outcome), 1)
+        redis_client().hincrby(metrics_key(TOKEN_ISSUES), token_issue_field(service, outcome), 1)
     except Exception as exc:
         logger.warning("metrics: token issue not counted: %s", type(exc).__name__)
 
 
 def queue_token_issue(pipe: Pipeline, service: str, outcome: str) -> None:
     """`count_token_issue` added to a pipeline the caller executes (one result)."""
-    pipe.hincrby(TOKEN_ISSUES, token_issue_field(service, outcome), 1)
+    pipe.hincrby(metrics_key(TOKEN_ISSUES), token_issue_field(service, outcome), 1)
 
 
 def _text(value: bytes | str) -> str:
@@ -109,7 +115,7 @@ class BrokerCollector(Collector):
         refreshes = CounterMetricFamily(
             "broker_refreshes", "Grant refreshes by outcome", labels=["outcome"]
         )
-        for outcome, n in sorted(client.hgetall(REFRESHES).items()):
+        for outcome, n in sorted(client.hgetall(metrics_key(REFRESHES)).items()):
             refreshes.add_metric([_text(outcome)], int(n))
         yield refreshes
 
@@ -119,12 +125,12 @@ class BrokerCollector(Collector):
             "served, by service",
             labels=["service", "outcome"],
         )
-        for key, n in sorted(client.hgetall(TOKEN_ISSUES).items()):
+        for key, n in sorted(client.hgetall(metrics_key(TOKEN_ISSUES)).items()):
             service, _, outcome = _text(key).partition(SEPARATOR)
             issues.add_metric([service, outcome], int(n))
         yield issues
 
-        raw = {_text(k): _text(v) for k, v in client.hgetall(REFRESH_SECONDS).items()}
+        raw = {_text(k): _text(v) for k, v in client.hgetall(metrics_key(REFRESH_SECONDS)).items()}
         cumulative = 0
         buckets = []
         for bound in LATENCY_BUCKETS:

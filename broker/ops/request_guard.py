@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from broker.ops.error_pages import bad_request
 
 # The proxy refuses such a path itself, as `invalid_path` with its `Broker-Error` header and
-# an audit row (broker.providers.proxy_paths), before any look-up.
+# an audit row (broker.catalog.proxy_paths), before any look-up.
 PROXY_PREFIX = "/api/v1/proxy/"
 
 

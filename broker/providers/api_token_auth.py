@@ -14,9 +14,9 @@ from base64 import b64encode
 from django.utils import timezone
 from requests.auth import HTTPBasicAuth
 
+from broker.catalog.provider_kinds import KINDS
 from broker.models import Grant, ProviderApp
 from broker.providers.account import Account, AccountLookupError, get_json_with, identity_from
-from broker.providers.catalog import KINDS
 
 
 class ApiTokenUnusable(Exception):

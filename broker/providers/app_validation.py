@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 
-from broker.providers.catalog import (
+from broker.catalog.provider_kinds import (
     ENDPOINT_NAMES,
     REQUIRED_ENDPOINTS,
     ProviderKind,

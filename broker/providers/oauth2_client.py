@@ -30,9 +30,9 @@ from authlib.integrations.requests_client import OAuth2Session
 from django.utils import timezone
 from requests.auth import AuthBase
 
+from broker.catalog.provider_kinds import TokenEncoding
 from broker.infra.outbound_http import provider_session
 from broker.models import ProviderApp
-from broker.providers.catalog import TokenEncoding
 
 # Codes that say the grant (not the client) is bad; anything else from a 4xx JSON error
 # that is not a client error below is treated the same way.

@@ -16,9 +16,9 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import transaction
 
+from broker.catalog.provider_kinds import KINDS
 from broker.models import ProviderApp
 from broker.providers.app_validation import DEFAULT_SIGNATURE_METHOD, app_problems
-from broker.providers.catalog import KINDS
 
 APP_KEYS = {
     "kind",

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from broker.models import Grant
 from broker.providers.api_token_auth import API_TOKEN_KINDS
-from broker.refresh.engine import announce
+from broker.refresh.single_flight import announce
 
 log = logging.getLogger(__name__)
 

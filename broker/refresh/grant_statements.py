@@ -214,3 +214,15 @@ def _fenced_update(alias: str, names: tuple[str, ...]) -> tuple[str, list[Field[
     # Only the model's own table and column names go into the text, quoted; values are bound.
     sql = f"UPDATE {quote(meta.db_table)} SET {values} WHERE {where}"  # noqa: S608
     return sql, [field for _, field in assigned]
+
+
+def load(grant_id: Any) -> Grant:
+    """The grant with its app and user; raises Grant.DoesNotExist."""
+    return grant_with_app_and_user(grant_id)
+
+
+def load_or_none(grant_id: Any) -> Grant | None:
+    try:
+        return load(grant_id)
+    except Grant.DoesNotExist:
+        return None

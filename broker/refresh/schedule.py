@@ -64,7 +64,7 @@ def apply_token_response(
     `token_version` is bumped so that a writer holding an older read can tell it lost.
     `now`: when the response came; `lifetime_from` (default `now`): when its tokens'
     lifetimes began, if earlier (a provider answering a redone refresh with what it
-    issued before: `broker.refresh.engine.MarkedInFlight`).
+    issued before: `broker.refresh.doubt_marks.MarkedInFlight`).
     """
     now = now or timezone.now()
     issued = lifetime_from or now

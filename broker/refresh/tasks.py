@@ -1,7 +1,7 @@
 """Celery tasks of the refresh engine (`celery -A broker worker` runs them, beat schedules).
 
 Tasks take grant ids, reload the row, do nothing when the grant is gone, not active or no
-longer due, and are safe to run twice: the logic is in broker.refresh.engine.
+longer due, and are safe to run twice: the logic is in broker.refresh.claims.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from broker.infra.retried_task import RetriedTask
-from broker.refresh.engine import Result, claim_due_grants, refresh_grant_now
+from broker.refresh.claims import claim_due_grants, refresh_grant_now
+from broker.refresh.single_flight import Result
 
 log = logging.getLogger(__name__)
 

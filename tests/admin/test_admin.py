@@ -19,8 +19,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from broker.admin.roles import AUDITOR_GROUP
-from broker.api import service_secrets
+from accounts.models import AUDITOR_GROUP
 from broker.audit import trail
 from broker.models import (
     AuditEvent,
@@ -31,6 +30,7 @@ from broker.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from broker.service_identity import service_secrets
 from tests.factories import make_app, make_service, save_grant
 from tests.sandbox_grants import connect_grant, identity_works, refresh_count
 
@@ -449,8 +449,8 @@ def test_a_key_added_in_the_admin_is_named_by_its_thumbprint(client, superuser, 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from broker.api.service_keys import thumbprint
     from broker.models import ServiceKey
+    from broker.service_identity.service_keys import thumbprint
 
     pem = (
         ec.generate_private_key(ec.SECP256R1())

@@ -13,8 +13,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import ExternalIdentity
-from broker.admin.roles import AUDITOR_GROUP
+from accounts.models import AUDITOR_GROUP, ExternalIdentity
 from broker.audit import trail
 from broker.models import AccessRule
 from tests.api.conftest import basic, fetch_token

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from broker.api.views import capped_min_ttl
+from broker.api.serving import capped_min_ttl
 from broker.models import Grant
 from tests.api.conftest import audit_events, token_issues
 from tests.factories import consented_grant
@@ -125,11 +125,11 @@ def test_a_spent_refresh_mark_costs_no_query(
 ):
     """A refresh's in-flight mark stays a while after it committed: the hot path compares it
     with the token_version read with the token (no query of its own, no deferred load)."""
-    from broker.refresh import engine
+    from broker.refresh import doubt_marks
 
     headers = bearer()
     post(api, {"grant": str(grant.pk)}, headers)  # the first use writes last_used
-    assert engine.mark_in_flight(grant.pk, grant.token_version - 1)
+    assert doubt_marks.mark_in_flight(grant.pk, grant.token_version - 1)
     with django_assert_max_num_queries(4):  # three reads and the audit event
         response = post(api, {"grant": str(grant.pk)}, headers)
     assert response.status_code == 200
@@ -220,12 +220,12 @@ def test_errors_under_api_are_json(api, rule, bearer):
 
 
 def test_server_errors_are_json_and_say_nothing_inside(api, grant, rule, bearer, monkeypatch):
-    from broker.api import views
+    from broker.api import serving
 
     def explode(*args, **kwargs):
         raise RuntimeError("database password is hunter2")
 
-    monkeypatch.setattr(views.grant_lookup, "note_use", explode)
+    monkeypatch.setattr(serving.grant_lookup, "note_use", explode)
     response = post(api, {"grant": str(grant.pk)}, bearer())
     assert response.status_code == 500
     assert response.json()["error"] == "server_error" and "hunter2" not in response.content.decode()
@@ -290,7 +290,7 @@ def test_a_rescued_refresh_is_applied_before_a_stored_token_is_served(api, grant
     from django.utils import timezone
 
     from broker.providers.oauth2_client import TokenResponse
-    from broker.refresh.engine import Rescue, rescue_pending, stash_rescue
+    from broker.refresh.doubt_marks import Rescue, rescue_pending, stash_rescue
 
     rescued = TokenResponse(
         access_token="rescued-access",
@@ -417,7 +417,7 @@ def test_a_stored_token_with_a_rescued_refresh_is_not_served(api, grant, rule, b
     """A rescued response waits: the rescue flag, read after the grant, sends the request
     to apply it."""
     from broker.providers.oauth2_client import TokenResponse
-    from broker.refresh.engine import Rescue, stash_rescue
+    from broker.refresh.doubt_marks import Rescue, stash_rescue
 
     headers = bearer()
     assert post(api, {"grant": str(grant.pk)}, headers).status_code == 200

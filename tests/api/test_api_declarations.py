@@ -23,7 +23,7 @@ from accounts.models import ExternalIdentity, User
 from broker.api import subject_tokens, urls
 from broker.api.openapi import OPERATIONS, openapi_document
 from broker.models import AccessRule, Grant, ServiceClient
-from broker.refresh import engine
+from broker.refresh import on_demand
 from tests.api.conftest import TOKEN_URL, basic, fetch_token, post_form
 from tests.factories import consented_grant, make_app, service_and_secret
 from tests.local_http import LocalServer
@@ -179,13 +179,13 @@ def reconnect_required(grant: Grant) -> str:
 def user_deactivated_meanwhile(world: World) -> None:
     """The race behind a 404 at the token exchange: the user is deactivated after the view
     found her grant, before the refresh engine loads it."""
-    real = engine.ensure_fresh
+    real = on_demand.ensure_fresh
 
     def deactivating(*args: Any, **kwargs: Any) -> Grant:
         User.objects.filter(username="alice").update(is_active=False)
         return real(*args, **kwargs)
 
-    world.monkeypatch.setattr(engine, "ensure_fresh", deactivating)
+    world.monkeypatch.setattr(on_demand, "ensure_fresh", deactivating)
 
 
 def token_probes() -> dict[int, Callable[[World], Any]]:

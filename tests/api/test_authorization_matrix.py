@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from broker.api import tokens
 from broker.models import AccessRule, ConnectLink, Grant
+from broker.service_identity import tokens
 from tests.api.conftest import audit_events, fetch_token
 from tests.factories import consented_grant, service_and_secret
 

@@ -68,8 +68,9 @@ def client_assertion(api, assertion: str):
 
 @pytest.fixture(params=["keys", "federation"])
 def trust(request, settings):
-    """Client assertions with and without trusted identity providers (broker.api.federation
-    reads every assertion's issuer first when there are some)."""
+    """Client assertions with and without trusted identity providers
+    (broker.service_identity.federation reads every assertion's issuer first when there are
+    some)."""
     if request.param == "federation":
         settings.BROKER_TRUSTED_ISSUERS = [
             {"issuer": "https://idp.example", "jwks_uri": "https://idp.example/keys",

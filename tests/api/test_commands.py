@@ -8,8 +8,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from broker.api import service_secrets
 from broker.models import AccessRule, ServiceClient
+from broker.service_identity import service_secrets
 from tests.api.conftest import fetch_token
 
 pytestmark = pytest.mark.django_db

@@ -66,7 +66,7 @@ def test_an_allow_listed_origin_is_accepted(api, owner, rule, bearer, settings):
 def test_a_rule_without_connect_links_is_403(api, owner, rule, bearer):
     rule.can_create_connect_links = False
     rule.save()
-    from broker.api import tokens
+    from broker.service_identity import tokens
 
     # A token minted with every API scope, to reach the rule check itself.
     token, _ = tokens.issue(rule.service, tokens.API_SCOPES)

@@ -300,7 +300,7 @@ def test_a_deactivated_users_grant_is_neither_served_nor_refreshed_until_reactiv
 ):
     from django.utils import timezone
 
-    from broker.refresh import engine
+    from broker.refresh import claims, on_demand, single_flight
 
     Grant.objects.filter(pk=sandbox_grant.pk).update(next_refresh_at=timezone.now())
     owner.is_active = False
@@ -311,17 +311,17 @@ def test_a_deactivated_users_grant_is_neither_served_nor_refreshed_until_reactiv
     assert response.status_code == 404 and "access_token" not in response.json()
     listed = api.get("/api/v1/grants", **broker_token(api, key_service)).json()["grants"]
     assert listed == []
-    assert engine.claim_due_grants(on_claimed=lambda ids: None) == []
-    assert engine.refresh_grant_now(sandbox_grant.pk).result == engine.Result.GONE
-    with pytest.raises(engine.UserDeactivated):
-        engine.ensure_fresh(sandbox_grant.pk, min_ttl=60, force_refresh=True)
+    assert claims.claim_due_grants(on_claimed=lambda ids: None) == []
+    assert claims.refresh_grant_now(sandbox_grant.pk).result == single_flight.Result.GONE
+    with pytest.raises(on_demand.UserDeactivated):
+        on_demand.ensure_fresh(sandbox_grant.pk, min_ttl=60, force_refresh=True)
     assert sandbox.counters()["token"]["refresh_token"] == 0  # nothing went upstream
     kept = Grant.objects.get(pk=sandbox_grant.pk)
     assert kept.status == Grant.Status.ACTIVE and kept.has_secret("refresh_token")
 
     owner.is_active = True
     owner.save(update_fields=["is_active"])
-    assert engine.claim_due_grants(on_claimed=lambda ids: None) == [str(sandbox_grant.pk)]
+    assert claims.claim_due_grants(on_claimed=lambda ids: None) == [str(sandbox_grant.pk)]
     restored = access_token(api, key_service, min_ttl=60)
     assert restored.status_code == 200, restored.content
     assert restored.json()["expires_in"] >= 60

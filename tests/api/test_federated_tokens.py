@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from broker.api import tokens
 from broker.infra import key_sets
 from broker.models import ServiceClient
+from broker.service_identity import tokens
 from tests.api.conftest import audit_events, post_form
 
 pytestmark = pytest.mark.django_db

@@ -21,8 +21,8 @@ from django.core.management import call_command
 from joserfc import jwt
 from joserfc.jwk import JWKRegistry
 
-from broker.api import service_keys, tokens
 from broker.models import ServiceClient, ServiceKey
+from broker.service_identity import service_keys, tokens
 from tests.api.conftest import audit_events, post_form
 
 pytestmark = pytest.mark.django_db

@@ -16,8 +16,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from accounts.models import ExternalIdentity
+from broker.catalog.proxy_paths import PathRefused, encoded, matches, segments_of
 from broker.models import AccessRule, Grant, ProviderApp
-from broker.providers.proxy_paths import PathRefused, encoded, matches, segments_of
 from tests.api.conftest import audit_events, basic, fetch_token, post_form
 from tests.api.test_proxy_sandbox import raw_get
 from tests.factories import consented_grant, service_and_secret

@@ -20,8 +20,8 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
 from broker.api import credential_echo
+from broker.catalog.proxy_paths import validate_proxy_methods
 from broker.models import AccessRule, Grant, ProviderApp
-from broker.providers.proxy_paths import validate_proxy_methods
 from tests.api.conftest import audit_events, fetch_token
 from tests.factories import consented_grant, service_and_secret
 

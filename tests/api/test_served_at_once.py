@@ -20,12 +20,12 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from accounts.models import User
-from broker.api import service_secrets, tokens
 from broker.infra.redis_connection import redis_client
 from broker.models import AccessRule, Grant, ProviderApp, ServiceClient
 from broker.providers.oauth2_client import TokenResponse
-from broker.refresh import engine
+from broker.refresh import single_flight
 from broker.revocation.revoke import revoke_grant
+from broker.service_identity import service_secrets, tokens
 from tests.gunicorn_server import gunicorn
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,7 +65,7 @@ def test_a_refresh_serves_the_new_token_at_once(api, grant, served):
         scopes=None,
         token_type="Bearer",
     )
-    assert engine.persist_refresh(
+    assert single_flight.persist_refresh(
         stored, response, seen_version=stored.token_version, received_at=timezone.now()
     )
     assert fetch(api, grant, served).json()["access_token"] == "at-rotated"

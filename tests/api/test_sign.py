@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.api import tokens
 from broker.models import AccessRule, Grant
+from broker.service_identity import tokens
 from tests.api.conftest import audit_events, fetch_token, token_issues
 from tests.factories import consented_grant, service_and_secret
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from broker.api import service_secrets, tokens
 from broker.models import ServiceClient
+from broker.service_identity import service_secrets, tokens
 from tests.api.conftest import (
     TOKEN_URL,
     audit_events,

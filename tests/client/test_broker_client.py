@@ -3,6 +3,8 @@ the broker token and provider token caches, min_ttl, connect links, typed errors
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -21,9 +23,13 @@ from broker_client import (
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from django.db.models import F
 from django.utils import timezone
+from joserfc import jwt
 
-from broker.api.service_secrets import rotate_secret
+from broker.infra.bounded_json import unverified_jwt
 from broker.models import Grant, ServiceClient
+from broker.service_identity.client_assertions import ALGORITHMS
+from broker.service_identity.service_keys import public_jwk, thumbprint
+from broker.service_identity.service_secrets import rotate_secret
 from tests.client.conftest import (
     ACCESS_TOKEN_SECONDS,
     add_rule,
@@ -74,6 +80,45 @@ def test_it_authenticates_with_private_key_jwt(make_key, make_client, tmp_path, 
     assert identity_works(sandbox, token.access_token)
     [authenticated] = events("service.authenticated", created["client_id"])
     assert authenticated.detail["method"] == "private_key_jwt"
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        pytest.param(lambda: rsa.generate_private_key(65537, 2048), id="rsa"),
+        pytest.param(lambda: ec.generate_private_key(ec.SECP256R1()), id="ec-p256"),
+        pytest.param(ed25519.Ed25519PrivateKey.generate, id="ed25519"),
+    ],
+)
+def test_the_client_signs_with_the_brokers_jose_library_alone(make_key, tmp_path):
+    """One JOSE library across the broker and the client package (joserfc): the client signs
+    its assertions with PyJWT unimportable, and the broker's own check of a registered key
+    accepts them (algorithm, kid as the RFC 7638 thumbprint the command prints)."""
+    key = make_key()
+    (tmp_path / "private.pem").write_text(private_pem(key))
+    signed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['jwt'] = None\n"
+            "from broker_client.assertions import AssertionSigner\n"
+            "signer = AssertionSigner(open(sys.argv[1]).read(), None, 'svc', sys.argv[2])\n"
+            "print(signer.kid, signer.algorithm, signer.assertion())",
+            str(tmp_path / "private.pem"),
+            "https://broker.example/api/v1/oauth/token",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert signed.returncode == 0, signed.stderr
+    kid, algorithm, assertion = signed.stdout.split()
+    assert kid == thumbprint(public_pem(key))
+    assert algorithm in ALGORITHMS and algorithm != "EdDSA"  # (deprecated by RFC 9864)
+    header, claims = unverified_jwt(assertion)
+    assert header == {"typ": "JWT", "alg": algorithm, "kid": kid}
+    assert claims["iss"] == claims["sub"] == "svc"
+    assert jwt.decode(assertion, public_jwk(public_pem(key)), algorithms=[algorithm])
 
 
 def test_an_explicit_kid_is_sent_and_a_wrong_one_is_refused(rsa_key, make_client, tmp_path, grant):

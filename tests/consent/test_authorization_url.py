@@ -174,10 +174,10 @@ def test_unsafe_return_url_is_not_even_stored(apps, signed_in):
 def test_a_kind_the_catalog_marks_as_rejecting_pkce_gets_no_challenge(apps, signed_in, monkeypatch):
     from dataclasses import replace
 
-    from broker.providers import catalog
+    from broker.catalog import provider_kinds
 
-    atlassian = replace(catalog.KINDS["atlassian"], rejects_pkce=True)
-    monkeypatch.setattr(catalog, "KINDS", {**catalog.KINDS, "atlassian": atlassian})
+    atlassian = replace(provider_kinds.KINDS["atlassian"], rejects_pkce=True)
+    monkeypatch.setattr(provider_kinds, "KINDS", {**provider_kinds.KINDS, "atlassian": atlassian})
     params = query(signed_in.post("/connect/atlassian")["Location"])
     assert "code_challenge" not in params and "code_challenge_method" not in params
     assert not PendingAuthorization.objects.get().has_secret("code_verifier")

@@ -11,7 +11,7 @@ import requests
 from django.utils import timezone
 
 from broker.models import AuditEvent, Grant, PendingAuthorization, ProviderApp
-from broker.refresh.engine import ensure_fresh
+from broker.refresh.on_demand import ensure_fresh
 from tests.consent_driver import (
     answer_consent,
     callback_url,
@@ -486,8 +486,8 @@ def test_two_simultaneous_callbacks_with_one_state_connect_once(alice, live_serv
 
 
 def test_a_new_grant_is_announced_to_subscribed_services_once(alice, live_server):
-    from broker.api.service_secrets import new_webhook_secret
     from broker.models import AccessRule, ServiceClient, WebhookDelivery
+    from broker.service_identity.service_secrets import new_webhook_secret
 
     service = ServiceClient.objects.create(
         client_id="svc-hooks", name="Hooks", webhook_url="https://hooks.example/broker"

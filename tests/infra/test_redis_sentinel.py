@@ -17,7 +17,7 @@ import redis
 from django.core.cache import caches
 
 from broker.infra.redis_connection import redis_client
-from broker.refresh.engine import lock_redis
+from broker.refresh.redis_keys import lock_redis
 from tests.infra.redis_sentinels import (
     MASTER_NAME,
     SentinelGroup,

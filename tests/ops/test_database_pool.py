@@ -18,9 +18,9 @@ from django.conf import settings
 from django.db import OperationalError, connections
 from django.utils import timezone
 
-from broker.api import service_secrets
 from broker.models import AccessRule, ServiceClient
 from broker.ops.database_busy import is_database_busy
+from broker.service_identity import service_secrets
 from tests.gunicorn_server import gunicorn
 from tests.sandbox_grants import connect_grant, database_url, digest, refresh_count
 

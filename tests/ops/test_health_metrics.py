@@ -16,7 +16,12 @@ CLOSED_REDIS = "redis://127.0.0.1:1/0"
 @pytest.fixture(autouse=True)
 def clean_metrics():
     client = redis_client()
-    client.delete(metrics.REFRESHES, metrics.REFRESH_SECONDS, metrics.TOKEN_ISSUES)
+    client.delete(
+        *(
+            metrics.metrics_key(n)
+            for n in (metrics.REFRESHES, metrics.REFRESH_SECONDS, metrics.TOKEN_ISSUES)
+        )
+    )
     yield
 
 

@@ -11,10 +11,10 @@ import logging.config
 import pytest
 from django.conf import settings
 
-from broker.api.service_secrets import new_secret
 from broker.ops.logging_config import logging_settings, redact
 from broker.refresh.tasks import enqueue_due_refreshes
 from broker.revocation.revoke import revoke_grant
+from broker.service_identity.service_secrets import new_secret
 from tests.factories import make_app, make_service, save_grant
 
 SECRETS = {

@@ -8,10 +8,10 @@ import base64
 import pytest
 from django.test import Client
 
-from broker.api.service_secrets import new_secret
 from broker.models import AccessRule, Grant, PendingAuthorization, ProviderApp, ServiceClient
-from broker.refresh.engine import ensure_fresh
+from broker.refresh.on_demand import ensure_fresh
 from broker.revocation.revoke import revoke_grant
+from broker.service_identity.service_secrets import new_secret
 from tests.consent_driver import (
     callback_url,
     press_connect,

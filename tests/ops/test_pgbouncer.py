@@ -15,8 +15,8 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-from broker.api import service_secrets
 from broker.models import AccessRule, AuditEvent, ServiceClient
+from broker.service_identity import service_secrets
 from tests.gunicorn_server import gunicorn
 from tests.pgbouncer_server import installed, pgbouncer, transactions_served
 from tests.processes import PROJECT_ROOT

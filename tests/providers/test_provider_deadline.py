@@ -27,7 +27,7 @@ from broker.consent import oauth1_flow
 from broker.infra.outbound_http import DeadlineExceeded, provider_session
 from broker.models import Grant
 from broker.providers import account, oauth2_client
-from broker.refresh import engine
+from broker.refresh import on_demand, timing
 from broker.revocation import revoke
 from tests.factories import make_app, save_grant
 from tests.local_http import TricklingServer, start_trickling_server
@@ -227,7 +227,7 @@ def test_a_second_refresher_never_sends_the_same_refresh_token_upstream_twice(
     of sending the same (rotating) refresh token again."""
     settings.BROKER_PROVIDER_TIMEOUT = DEADLINE
     settings.BROKER_REFRESH_LOCK_TIMEOUT = DEADLINE + 1
-    assert engine.check_timing() == []
+    assert timing.check_timing() == []
     server = trickling("body")
     app = make_app("slow", endpoints={"token": f"{server.url}/token"})
     grant = save_grant(owner, app, refresh="the-one-refresh-token")
@@ -236,7 +236,7 @@ def test_a_second_refresher_never_sends_the_same_refresh_token_upstream_twice(
     def refresher(name: str) -> None:
         started = time.monotonic()
         try:
-            engine.ensure_fresh(grant.pk, min_ttl=60, force_refresh=True)
+            on_demand.ensure_fresh(grant.pk, min_ttl=60, force_refresh=True)
             outcomes[name] = "token"
         except Exception as exc:
             outcomes[name] = type(exc)
@@ -252,8 +252,8 @@ def test_a_second_refresher_never_sends_the_same_refresh_token_upstream_twice(
     first.join(timeout=30)
     second.join(timeout=30)
 
-    assert outcomes["first"] is engine.ProviderUnavailable
-    assert outcomes["second"] is engine.ProviderUnavailable
+    assert outcomes["first"] is on_demand.ProviderUnavailable
+    assert outcomes["second"] is on_demand.ProviderUnavailable
     assert outcomes["first seconds"] <= DEADLINE + SLACK
     sent = [r.body for r in server.requests]
     assert len(sent) == 1 and b"the-one-refresh-token" in sent[0]
@@ -265,4 +265,4 @@ def test_a_second_refresher_never_sends_the_same_refresh_token_upstream_twice(
 def test_a_lock_that_does_not_outlast_the_provider_deadline_is_a_startup_error(settings):
     settings.BROKER_PROVIDER_TIMEOUT = 10
     settings.BROKER_REFRESH_LOCK_TIMEOUT = 10
-    assert [e.id for e in engine.check_timing()] == ["broker.E103"]
+    assert [e.id for e in timing.check_timing()] == ["broker.E103"]

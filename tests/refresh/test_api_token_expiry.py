@@ -22,7 +22,7 @@ from broker.providers.api_token_auth import (
     basic_credentials,
 )
 from broker.refresh.api_token_expiry import end_expired_api_tokens, expire
-from broker.refresh.engine import claim_due_grants, claim_now
+from broker.refresh.claims import claim_due_grants, claim_now
 from tests.factories import make_app, make_service, save_grant
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -22,14 +22,10 @@ from broker.models import (
     ServiceClient,
     WebhookDelivery,
 )
-from broker.refresh import engine
-from broker.refresh.engine import (
-    ProviderUnavailable,
-    ReconnectRequired,
-    Result,
-    ensure_fresh,
-    refresh_grant_now,
-)
+from broker.refresh import claims, doubt_marks, lock, on_demand, redis_keys, single_flight
+from broker.refresh.claims import refresh_grant_now
+from broker.refresh.on_demand import ProviderUnavailable, ReconnectRequired, ensure_fresh
+from broker.refresh.single_flight import Result
 from broker.refresh.tasks import refresh_grant
 from tests.other_refresher import REFRESHED_ACCESS_TOKEN, refreshing_elsewhere
 from tests.sandbox_grants import (
@@ -54,7 +50,7 @@ def wait_until_expired(grant: Grant) -> None:
 def claim(grant: Grant) -> None:
     """What the beat does for a due grant (without enqueueing)."""
     Grant.objects.filter(pk=grant.pk).update(next_refresh_at=timezone.now())
-    assert engine.claim_due_grants(on_claimed=lambda ids: None) == [str(grant.pk)]
+    assert claims.claim_due_grants(on_claimed=lambda ids: None) == [str(grant.pk)]
 
 
 def stored(grant: Grant) -> Grant:
@@ -301,7 +297,7 @@ def cut_short(grant: Grant, monkeypatch: pytest.MonkeyPatch) -> None:
 
     claim(grant)
     with monkeypatch.context() as patched:
-        patched.setattr(engine, "persist_refresh", killed)
+        patched.setattr(single_flight, "persist_refresh", killed)
         with pytest.raises(Killed):
             refresh_grant_now(grant.pk, retries_left=3)
 
@@ -319,10 +315,10 @@ def test_a_refresh_cut_short_is_redone_at_once_inside_the_reuse_window(
     settings.BROKER_PROVIDER_TIMEOUT = 1  # waiters give up on a held lock after 2 s
     cut_short(grant, monkeypatch)
     assert not identity_works(sandbox, grant.unseal("access_token"))  # retired upstream
-    assert engine.stored_token_in_doubt(grant)
+    assert doubt_marks.stored_token_in_doubt(grant)
     # The dead worker's lock outlives it a while (here 2.5 s, beyond a waiter's 2 s).
-    lock = engine.lock_redis().lock(engine.LOCK_KEY.format(grant_id=grant.pk), timeout=2.5)
-    assert lock.acquire(blocking=False)
+    dead_holders = redis_keys.lock_redis().lock(redis_keys.lock_key(grant.pk), timeout=2.5)
+    assert dead_holders.acquire(blocking=False)
     with pytest.raises(ProviderUnavailable):
         ensure_fresh(grant.pk, min_ttl=0)  # never the retired token
     time.sleep(0.6)
@@ -332,7 +328,7 @@ def test_a_refresh_cut_short_is_redone_at_once_inside_the_reuse_window(
     # with it, so what is served works.
     assert redone.token_version == grant.token_version + 2
     assert identity_works(sandbox, redone.unseal("access_token"))
-    assert not engine.stored_token_in_doubt(redone)
+    assert not doubt_marks.stored_token_in_doubt(redone)
     fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
     assert fresh.status == Grant.Status.ACTIVE
     assert identity_works(sandbox, fresh.unseal("access_token"))
@@ -374,7 +370,7 @@ def test_a_timed_out_refresh_keeps_the_stored_token_from_being_served(
         assert refresh_grant_now(grant.pk, retries_left=0).result == Result.PROVIDER_FAILED
     finally:
         sandbox.faults(mode="none")
-    assert engine.stored_token_in_doubt(grant)
+    assert doubt_marks.stored_token_in_doubt(grant)
     time.sleep(1.5)  # the sandbox finishes the abandoned request meanwhile
     redone = ensure_fresh(grant.pk, min_ttl=0)  # redone at once, not after the backoff
     assert redone.token_version > grant.token_version
@@ -387,7 +383,7 @@ def test_an_error_answer_consumed_nothing_and_leaves_no_doubt(sandbox, grant):
     sandbox.faults(mode="error500", times=1)
     claim(grant)
     assert refresh_grant_now(grant.pk).result == Result.PROVIDER_FAILED
-    assert not engine.stored_token_in_doubt(grant)
+    assert not doubt_marks.stored_token_in_doubt(grant)
     served = ensure_fresh(grant.pk, min_ttl=0)
     assert served.unseal("access_token") == grant.unseal("access_token")
 
@@ -420,7 +416,7 @@ def test_an_upstream_revoke_makes_the_grant_reconnect_required_in_one_cycle(sand
         ensure_fresh(grant.pk, min_ttl=0)
     # Nothing more goes upstream for a dead grant.
     before = refresh_count(sandbox)
-    assert engine.claim_due_grants(on_claimed=lambda ids: None) == []
+    assert claims.claim_due_grants(on_claimed=lambda ids: None) == []
     assert refresh_grant_now(grant.pk).result == Result.GONE
     assert refresh_count(sandbox) == before
 
@@ -432,7 +428,7 @@ def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, cap
     app.seal("client_secret", "wrong-secret")
     app.save()
     claim(grant)
-    with caplog.at_level(logging.ERROR, logger="broker.refresh.engine"):
+    with caplog.at_level(logging.ERROR, logger="broker.refresh.single_flight"):
         outcome = refresh_grant_now(grant.pk, retries_left=0)
     assert outcome.result == Result.CLIENT_MISCONFIGURED
     assert outcome.task_retry_in is None  # no retries left: back to the beat
@@ -459,7 +455,7 @@ def test_a_rejected_client_alerts_admins_and_keeps_the_grant(sandbox, grant, cap
 def test_waiters_wake_at_the_announced_release_not_at_their_next_look(grant, monkeypatch):
     """Callers waiting for another process's refresh are woken by the announcement of its
     lock's release, not by their look at the lock every WAIT_RECHECK_SECONDS."""
-    monkeypatch.setattr(engine, "WAIT_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(lock, "WAIT_RECHECK_SECONDS", 30.0)
     started = time.monotonic()
     with refreshing_elsewhere(grant, commits_after=0.5):
         fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
@@ -470,11 +466,11 @@ def test_waiters_wake_at_the_announced_release_not_at_their_next_look(grant, mon
 def test_a_holder_that_never_announces_its_release_is_seen_gone_at_the_next_look(grant):
     """A killed holder's lock lapses unannounced (so does one of a process of an older
     release): its waiters find it gone at their next look."""
-    engine.lock_redis().set(engine.LOCK_KEY.format(grant_id=grant.pk), "killed", px=300)
+    redis_keys.lock_redis().set(redis_keys.lock_key(grant.pk), "killed", px=300)
     started = time.monotonic()
-    ended = engine.wait_for_refresh_in_flight(grant.pk, wait=5)
+    ended = lock.wait_for_refresh_in_flight(grant.pk, wait=5)
     assert ended is not None and ended.grant is not None and ended.grant.pk == grant.pk
-    assert time.monotonic() - started < 0.3 + engine.WAIT_RECHECK_SECONDS + 0.5
+    assert time.monotonic() - started < 0.3 + lock.WAIT_RECHECK_SECONDS + 0.5
 
 
 def test_a_caller_beaten_to_the_lock_waits_with_the_others_not_for_its_turn(grant, monkeypatch):
@@ -482,12 +478,12 @@ def test_a_caller_beaten_to_the_lock_waits_with_the_others_not_for_its_turn(gran
     lock: the caller waits for its release and takes its result, as those who saw it do,
     instead of taking the lock in turn after it (one after the other, each re-reading the
     grant under the lock, while the answers are due)."""
-    real_wait = engine.wait_for_refresh_in_flight
-    real_lock = engine.refresh_lock
+    real_wait = lock.wait_for_refresh_in_flight
+    real_lock = lock.refresh_lock
     held: list[bool] = []
 
     @contextmanager
-    def recorded_lock(grant_id: Any, *, wait: float) -> Iterator[engine.HeldLock | None]:
+    def recorded_lock(grant_id: Any, *, wait: float) -> Iterator[lock.HeldLock | None]:
         with real_lock(grant_id, wait=wait) as acquired:
             held.append(acquired is not None)
             yield acquired
@@ -495,15 +491,17 @@ def test_a_caller_beaten_to_the_lock_waits_with_the_others_not_for_its_turn(gran
     with ExitStack() as elsewhere:
         looks: list[float] = []
 
-        def look_then_beaten(grant_id: Any, *, wait: float) -> engine.RefreshEnded | None:
+        def look_then_beaten(grant_id: Any, *, wait: float) -> lock.RefreshEnded | None:
             ended = real_wait(grant_id, wait=wait)
             if not looks:  # nothing in flight yet; another process takes the lock now
                 elsewhere.enter_context(refreshing_elsewhere(grant, commits_after=0.5))
             looks.append(wait)
             return ended
 
-        monkeypatch.setattr(engine, "wait_for_refresh_in_flight", look_then_beaten)
-        monkeypatch.setattr(engine, "refresh_lock", recorded_lock)
+        monkeypatch.setattr(on_demand, "wait_for_refresh_in_flight", look_then_beaten)
+        # (where this caller takes it, and where `refreshing_elsewhere` does)
+        monkeypatch.setattr(single_flight, "refresh_lock", recorded_lock)
+        monkeypatch.setattr(lock, "refresh_lock", recorded_lock)
         fresh = ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
     assert fresh.unseal("access_token") == REFRESHED_ACCESS_TOKEN
     assert len(looks) == 2
@@ -515,7 +513,7 @@ def test_a_caller_beaten_to_the_lock_waits_with_the_others_not_for_its_turn(gran
 def test_a_lock_held_elsewhere_is_busy_never_an_authorization_failure(sandbox, grant, settings):
     settings.BROKER_PROVIDER_TIMEOUT = 0.5  # callers wait 2 x this for the lock
     wait_until_expired(grant)
-    held = engine.lock_redis().lock(f"broker:refresh-lock:{grant.pk}", timeout=10)
+    held = redis_keys.lock_redis().lock(redis_keys.lock_key(grant.pk), timeout=10)
     assert held.acquire(blocking=False)
     before = refresh_count(sandbox)
     try:
@@ -533,7 +531,7 @@ def test_a_lock_held_elsewhere_is_busy_never_an_authorization_failure(sandbox, g
 
 def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, grant, monkeypatch):
     wait_until_expired(grant)
-    real_persist = engine.persist_refresh
+    real_persist = single_flight.persist_refresh
     calls = []
 
     def database_away_once(*args, **kwargs):
@@ -542,16 +540,16 @@ def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, 
             raise OperationalError("server closed the connection unexpectedly")
         return real_persist(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "persist_refresh", database_away_once)
+    monkeypatch.setattr(single_flight, "persist_refresh", database_away_once)
     before = refresh_count(sandbox)
     with pytest.raises(ProviderUnavailable):
         ensure_fresh(grant.pk, min_ttl=1)
     assert refresh_count(sandbox) == before + 1
     assert stored(grant).token_version == grant.token_version  # nothing written
-    rescued = engine.lock_redis().get(f"broker:refresh-rescue:{grant.pk}")
+    rescued = redis_keys.lock_redis().get(redis_keys.rescue_key(grant.pk))
     assert rescued is not None
-    assert engine.lock_redis().ttl(f"broker:refresh-rescue:{grant.pk}") <= 600
-    rescue = engine.read_rescue(grant.pk)
+    assert redis_keys.lock_redis().ttl(redis_keys.rescue_key(grant.pk)) <= 600
+    rescue = doubt_marks.read_rescue(grant.pk)
     assert rescue.response.refresh_token.encode() not in rescued  # sealed, not plaintext
     assert rescue.response.access_token.encode() not in rescued
 
@@ -559,7 +557,7 @@ def test_a_database_failure_after_the_provider_answered_loses_no_token(sandbox, 
     assert refresh_count(sandbox) == before + 1  # applied from the rescue, no second call
     assert served.unseal("refresh_token") == rescue.response.refresh_token
     assert served.unseal("access_token") == rescue.response.access_token
-    assert engine.lock_redis().get(f"broker:refresh-rescue:{grant.pk}") is None
+    assert redis_keys.lock_redis().get(redis_keys.rescue_key(grant.pk)) is None
     # The stored refresh token is the rotated one: the strict sandbox accepts it.
     again = ensure_fresh(grant.pk, min_ttl=1, force_refresh=True)
     assert again.status == Grant.Status.ACTIVE
@@ -572,15 +570,15 @@ def test_a_rescued_response_only_opens_for_its_own_grant(sandbox, sandbox_apps, 
     first = connect_grant(sandbox, owner)
     second = connect_grant(sandbox, owner, username="bob")
     response = TokenResponse("at", "rt", 2, None, "Bearer")
-    rescue = engine.Rescue(response, based_on_version=1, received_at=timezone.now())
-    assert engine.stash_rescue(first.pk, rescue)
-    client = engine.lock_redis()
-    sealed_for_first = client.get(f"broker:refresh-rescue:{first.pk}")
-    client.set(f"broker:refresh-rescue:{second.pk}", sealed_for_first)
-    assert engine.read_rescue(second.pk) is None  # does not decrypt: dropped
-    assert client.get(f"broker:refresh-rescue:{second.pk}") is None
-    assert engine.read_rescue(first.pk).response.refresh_token == "rt"
-    engine.drop_rescue(first.pk)
+    rescue = doubt_marks.Rescue(response, based_on_version=1, received_at=timezone.now())
+    assert doubt_marks.stash_rescue(first.pk, rescue)
+    client = redis_keys.lock_redis()
+    sealed_for_first = client.get(redis_keys.rescue_key(first.pk))
+    client.set(redis_keys.rescue_key(second.pk), sealed_for_first)
+    assert doubt_marks.read_rescue(second.pk) is None  # does not decrypt: dropped
+    assert client.get(redis_keys.rescue_key(second.pk)) is None
+    assert doubt_marks.read_rescue(first.pk).response.refresh_token == "rt"
+    doubt_marks.drop_rescue(first.pk)
 
 
 def test_a_rescued_redo_keeps_the_lifetime_of_its_first_attempt(grant):
@@ -590,21 +588,21 @@ def test_a_rescued_redo_keeps_the_lifetime_of_its_first_attempt(grant):
 
     first_attempt = timezone.now() - timedelta(seconds=30)
     response = TokenResponse("rescued-access", "rescued-refresh", 3600, None, "Bearer")
-    rescue = engine.Rescue(
+    rescue = doubt_marks.Rescue(
         response,
         based_on_version=grant.token_version,
         received_at=timezone.now(),
         lifetime_from=first_attempt,
     )
-    assert engine.stash_rescue(grant.pk, rescue)
-    applied = engine.apply_rescue(grant, engine.read_rescue(grant.pk))
+    assert doubt_marks.stash_rescue(grant.pk, rescue)
+    applied = single_flight.apply_rescue(grant, doubt_marks.read_rescue(grant.pk))
     assert applied.unseal("access_token") == "rescued-access"
     expected = first_attempt + timedelta(seconds=3600)
     assert abs(applied.access_expires_at - expected) < timedelta(milliseconds=1)
 
 
 def test_a_pending_rescue_is_applied_before_the_stored_token_is_served(sandbox, grant, monkeypatch):
-    real_persist = engine.persist_refresh
+    real_persist = single_flight.persist_refresh
     calls = []
 
     def database_away_once(*args, **kwargs):
@@ -613,10 +611,10 @@ def test_a_pending_rescue_is_applied_before_the_stored_token_is_served(sandbox, 
             raise OperationalError("database is locked")
         return real_persist(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "persist_refresh", database_away_once)
+    monkeypatch.setattr(single_flight, "persist_refresh", database_away_once)
     with pytest.raises(ProviderUnavailable):
         ensure_fresh(grant.pk, min_ttl=0, force_refresh=True)
-    rescue = engine.read_rescue(grant.pk)
+    rescue = doubt_marks.read_rescue(grant.pk)
     # The stored access token still looks valid, but the provider replaced it: the
     # rescued one is served instead, with no second call upstream.
     before = refresh_count(sandbox)

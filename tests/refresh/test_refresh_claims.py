@@ -11,7 +11,7 @@ from django.db import connections
 from django.utils import timezone
 
 from broker.models import Grant, ProviderApp
-from broker.refresh import engine, tasks
+from broker.refresh import claims, on_demand, redis_keys, single_flight, tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,7 +44,7 @@ def test_only_active_due_grants_are_claimed_oldest_first(owner, app):
     make_grants(owner, app, 2, due_in=timedelta(minutes=5))
     make_grants(owner, app, 2, status=Grant.Status.RECONNECT_REQUIRED)
     enqueued: list[list[str]] = []
-    claimed = engine.claim_due_grants(on_claimed=enqueued.append, batch_size=10)
+    claimed = claims.claim_due_grants(on_claimed=enqueued.append, batch_size=10)
     assert claimed == [str(g.pk) for g in reversed(due)]  # the most overdue first
     assert enqueued == [claimed]
     now = timezone.now()
@@ -56,10 +56,10 @@ def test_only_active_due_grants_are_claimed_oldest_first(owner, app):
 def test_a_claimed_grant_is_claimed_again_only_after_the_claim_timeout(owner, app, settings):
     settings.BROKER_REFRESH_CLAIM_TIMEOUT = 60
     make_grants(owner, app, 1)
-    assert len(engine.claim_due_grants(on_claimed=lambda ids: None)) == 1
-    assert engine.claim_due_grants(on_claimed=lambda ids: None) == []
+    assert len(claims.claim_due_grants(on_claimed=lambda ids: None)) == 1
+    assert claims.claim_due_grants(on_claimed=lambda ids: None) == []
     later = timezone.now() + timedelta(seconds=61)
-    assert len(engine.claim_due_grants(on_claimed=lambda ids: None, now=later)) == 1
+    assert len(claims.claim_due_grants(on_claimed=lambda ids: None, now=later)) == 1
 
 
 def test_the_enqueue_callback_runs_only_after_the_claim_is_committed(owner, app):
@@ -80,13 +80,13 @@ def test_the_enqueue_callback_runs_only_after_the_claim_is_committed(owner, app)
         reader.start()
         reader.join()
 
-    claimed = engine.claim_due_grants(on_claimed=on_claimed)
+    claimed = claims.claim_due_grants(on_claimed=on_claimed)
     assert len(seen) == len(claimed) == 2
 
 
 def test_two_beats_at_once_never_claim_a_grant_twice(owner, app):
     make_grants(owner, app, 300)
-    claims: list[str] = []
+    claimed: list[str] = []
     lock = threading.Lock()
     start = threading.Barrier(2)
 
@@ -94,9 +94,9 @@ def test_two_beats_at_once_never_claim_a_grant_twice(owner, app):
         start.wait()
         try:
             while True:
-                ids = engine.claim_due_grants(on_claimed=lambda ids: None, batch_size=20)
+                ids = claims.claim_due_grants(on_claimed=lambda ids: None, batch_size=20)
                 with lock:
-                    claims.extend(ids)
+                    claimed.extend(ids)
                 if not ids:
                     return
         finally:
@@ -107,14 +107,14 @@ def test_two_beats_at_once_never_claim_a_grant_twice(owner, app):
         thread.start()
     for thread in beats:
         thread.join(timeout=120)
-    assert len(claims) == 300
-    assert len(set(claims)) == 300
+    assert len(claimed) == 300
+    assert len(set(claimed)) == 300
 
 
 def test_the_beat_task_enqueues_one_refresh_task_per_claimed_grant(owner, app, settings):
     settings.BROKER_REFRESH_BATCH_SIZE = 4
     make_grants(owner, app, 10)
-    queue = engine.lock_redis()
+    queue = redis_keys.lock_redis()
     queue.delete("celery")
     try:
         assert tasks.enqueue_due_refreshes() == 10
@@ -135,9 +135,9 @@ def test_a_grant_without_refresh_token_is_served_while_valid_and_never_killed_by
     grant.seal("access_token", "oauth1-token")
     grant.seal("token_secret", "oauth1-secret")
     grant.save()
-    served = engine.ensure_fresh(grant.pk, min_ttl=3600, force_refresh=True)
+    served = on_demand.ensure_fresh(grant.pk, min_ttl=3600, force_refresh=True)
     assert served.unseal("access_token") == "oauth1-token"
-    assert engine.refresh_grant_now(grant.pk).result == engine.Result.NOT_NEEDED
+    assert claims.refresh_grant_now(grant.pk).result == single_flight.Result.NOT_NEEDED
     grant.refresh_from_db()
     assert grant.status == Grant.Status.ACTIVE and grant.unseal("token_secret") == "oauth1-secret"
 
@@ -151,8 +151,8 @@ def test_an_expired_grant_without_refresh_token_needs_reconnecting(owner, app):
     )
     grant.seal("access_token", "expired")
     grant.save()
-    with pytest.raises(engine.ReconnectRequired):
-        engine.ensure_fresh(grant.pk, min_ttl=60)
+    with pytest.raises(on_demand.ReconnectRequired):
+        on_demand.ensure_fresh(grant.pk, min_ttl=60)
     grant.refresh_from_db()
     assert grant.status == Grant.Status.RECONNECT_REQUIRED
     assert grant.access_token_sealed == ""

@@ -12,7 +12,7 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from broker.refresh.engine import ensure_fresh
+from broker.refresh.on_demand import ensure_fresh
 from tests.sandbox_grants import (
     PROJECT_ROOT,
     connect_grant,

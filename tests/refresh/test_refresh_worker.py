@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from broker.infra.redis_connection import redis_client
 from broker.models import Grant
-from broker.refresh import engine, tasks
-from broker.refresh.engine import ensure_fresh
+from broker.refresh import redis_keys, tasks
+from broker.refresh.on_demand import ensure_fresh
 from tests import celery_worker
 from tests.celery_worker import stop_worker
 from tests.processes import wait_until
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sandbox, pyte
 
 def start_worker(log_file: Path, **env: str) -> subprocess.Popen:
     """Tasks other tests queued (notification emails) are dropped first."""
-    engine.redis_client().delete("celery")
+    redis_client().delete("celery")
     return celery_worker.start_worker(log_file, **env)
 
 
@@ -69,7 +70,7 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
     settings.BROKER_REFRESH_CLAIM_TIMEOUT = 12
     worker_env = {"BROKER_PROVIDER_TIMEOUT": "5", "BROKER_REFRESH_LOCK_TIMEOUT": "8"}
     worker = start_worker(tmp_path / "first.log", **worker_env)
-    lock_key = f"broker:refresh-lock:{grant.pk}"
+    lock_key = redis_keys.lock_key(grant.pk)
     try:
         wait_until_due(grant)
         before = refresh_count(sandbox)
@@ -77,7 +78,7 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
         assert tasks.enqueue_due_refreshes() == 1
         # The worker holds the lock and its request is at the provider: kill it there.
         wait_until(lambda: refresh_count(sandbox) == before + 1, 30, "the upstream call")
-        assert engine.redis_client().exists(lock_key)
+        assert redis_client().exists(lock_key)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
     finally:
@@ -91,7 +92,7 @@ def test_a_worker_killed_during_the_upstream_call_leaves_a_grant_that_still_refr
     # worker refreshes it (the provider's reuse window covers the lost response). That
     # answer is the token issued at the lost call, long expired (the sandbox's last 2 s):
     # refreshed once more at once, with the unused refresh token that came with it.
-    wait_until(lambda: not engine.redis_client().exists(lock_key), 15, "the lock to expire")
+    wait_until(lambda: not redis_client().exists(lock_key), 15, "the lock to expire")
     second = start_worker(tmp_path / "second.log", **worker_env)
     try:
         wait_until(lambda: tasks.enqueue_due_refreshes() == 1, 30, "the claim to time out")

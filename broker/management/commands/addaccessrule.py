@@ -8,8 +8,8 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
 from broker.audit import trail
+from broker.catalog.proxy_paths import method_problem, pattern_problem
 from broker.models import AccessRule, ProviderApp, ServiceClient
-from broker.providers.proxy_paths import method_problem, pattern_problem
 
 
 class Command(BaseCommand):

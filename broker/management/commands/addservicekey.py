@@ -7,8 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from broker.api import service_keys
 from broker.models import ServiceClient
+from broker.service_identity import service_keys
 
 
 class Command(BaseCommand):

@@ -11,8 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.text import slugify
 
-from broker.api import service_keys, service_secrets
 from broker.models import ServiceClient
+from broker.service_identity import service_keys, service_secrets
 
 
 class Command(BaseCommand):

@@ -6,9 +6,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from broker.api import tokens
 from broker.audit import trail
 from broker.models import ServiceClient
+from broker.service_identity import tokens
 
 
 class Command(BaseCommand):

@@ -66,7 +66,7 @@ def _unb64(text: str) -> bytes:
 
 
 def lifetime_seconds() -> int:
-    return int(getattr(settings, "BROKER_API_TOKEN_SECONDS", 300))
+    return int(settings.BROKER_API_TOKEN_SECONDS)
 
 
 def issue(

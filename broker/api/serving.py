@@ -1,5 +1,7 @@
-"""Endpoints of the internal API (/api/v1/). Views validate and orchestrate; the rules,
-tokens and refresh logic live in their own modules."""
+"""The serving endpoints of the internal API (/api/v1/): access tokens, signatures, the
+grants list, connect links, ping and the OpenAPI document (the token endpoint is
+broker.api.token_endpoint). Views validate and orchestrate; the rules, tokens and refresh
+logic live in their own modules."""
 
 from __future__ import annotations
 
@@ -8,34 +10,24 @@ from datetime import UTC, datetime
 from typing import Any, overload
 
 import redis
-from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
 from broker.api import (
     grant_lookup,
     pagination,
-    ratelimit,
     rules,
     subject_tokens,
-    tokens,
 )
 from broker.api.auth import (
-    BASIC_CHALLENGE,
-    AuthenticatedClient,
-    ClientAuthFailed,
     ServiceRequest,
-    authenticate_client,
-    granted_by,
 )
-from broker.api.decorators import api_view, audit_refusal, outages_answered
+from broker.api.decorators import api_view
 from broker.api.errors import (
     ApiError,
     api_token_grant,
-    body_too_large,
     invalid_request,
     not_visible,
     proxy_only,
@@ -44,12 +36,8 @@ from broker.api.openapi import openapi_document
 from broker.api.refusals import REFRESH_REFUSALS, refresh_refusal, require_live
 from broker.api.schema import (
     ACCESS_TOKEN_BODY,
-    CLIENT_CREDENTIALS,
     CONNECT_LINK_BODY,
-    ISSUED_TOKEN_TYPE,
     SIGN_BODY,
-    SUBJECT_TOKEN_TYPES,
-    TOKEN_EXCHANGE,
     AccessToken,
     Account,
     ConnectLink,
@@ -59,23 +47,19 @@ from broker.api.schema import (
     GrantSummary,
     Ping,
     Signature,
-    TokenResponse,
-    matchable,
     parse_json_body,
 )
 from broker.audit import trail
 from broker.consent import connect_links
 from broker.consent.return_urls import safe_return_url
-from broker.infra.client_address import client_ip
-from broker.infra.redis_connection import redis_client
+from broker.infra.lookup_text import matchable
 from broker.infra.shared_round_trip import shared_round_trip
 from broker.models import Grant, ProviderApp
 from broker.ops import metrics
-from broker.ops.database_busy import busy_response, is_database_busy
 from broker.ops.error_pages import error_response
-from broker.ops.logging_config import name_service
 from broker.providers import oauth1_signing
-from broker.refresh import engine
+from broker.refresh import on_demand
+from broker.refresh.doubt_marks import stored_token_in_doubt
 
 log = logging.getLogger(__name__)
 
@@ -83,145 +67,10 @@ DEFAULT_MIN_TTL = 60
 MAX_MIN_TTL_MARGIN = 30
 
 
-def _no_store(response: HttpResponse) -> HttpResponse:
+def no_store(response: HttpResponse) -> HttpResponse:
     response["Cache-Control"] = "no-store"
     response["Pragma"] = "no-cache"
     return response
-
-
-# --- /api/v1/oauth/token ---------------------------------------------------------------
-
-
-def _form(request: HttpRequest) -> dict[str, str]:
-    """The token request's parameters (RFC 6749 3.2: form-encoded, no repeats)."""
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise invalid_request("the body must be application/x-www-form-urlencoded")
-    if request.GET:
-        raise invalid_request("parameters belong in the body, not the query string")
-    try:
-        params: QueryDict = request.POST
-    except RequestDataTooBig:
-        raise body_too_large() from None
-    except (SuspiciousOperation, BadRequest):  # too many parameters, a charset not UTF-8
-        raise invalid_request("the body cannot be read as form parameters") from None
-    form: dict[str, str] = {}
-    for name, values in params.lists():
-        if len(values) > 1:
-            raise invalid_request(f"parameter {name!r} is repeated")
-        if values[0] != "":  # RFC 6749 3.1: a parameter without a value is omitted
-            form[name] = values[0]
-    return form
-
-
-def _granted_api_scopes(service_id: Any, requested: str | None) -> tuple[str, ...]:
-    can_sign, can_link = rules.service_capabilities(service_id)
-    allowed = [
-        s
-        for s in tokens.API_SCOPES
-        if (s != "requests:sign" or can_sign) and (s != "connect-links:create" or can_link)
-    ]
-    if requested is None:
-        return tuple(allowed)
-    wanted = requested.split()
-    unknown = [s for s in wanted if s not in allowed]
-    if unknown or not wanted:
-        raise ApiError(
-            400,
-            "invalid_scope",
-            f"scopes not available to this client: {' '.join(unknown) or '(empty)'}; "
-            f"available: {' '.join(allowed)}" + "".join(granted_by(s) for s in unknown[:1]),
-        )
-    return tuple(s for s in allowed if s in wanted)
-
-
-@csrf_exempt
-@sensitive_post_parameters("client_secret", "client_assertion", "subject_token")
-@outages_answered
-def token_endpoint(request: HttpRequest) -> HttpResponse:
-    """Client credentials grant (RFC 6749 4.4) and token exchange (RFC 8693); errors per
-    RFC 6749 5.2 and RFC 8693 2.2.2."""
-    if request.method != "POST":
-        return error_response(405, "invalid_request", "use POST", {"Allow": "POST"})
-    client_id = ""  # set once the client is authenticated
-    address = client_ip(request)
-    try:
-        form = _form(request)
-        grant_type = form.get("grant_type")
-        if grant_type is None:
-            raise invalid_request("grant_type is required")
-        if grant_type not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
-            raise ApiError(
-                400,
-                "unsupported_grant_type",
-                f"the grant types supported are {CLIENT_CREDENTIALS} and {TOKEN_EXCHANGE}",
-            )
-        client = authenticate_client(request, form)
-        client_id = client.service.client_id
-        name_service(request, client_id)
-        if grant_type == CLIENT_CREDENTIALS:
-            scopes = _granted_api_scopes(client.service.pk, form.get("scope"))
-        pipe = redis_client().pipeline(transaction=False)
-        ratelimit.queue_count(pipe, client_id)
-        count, _ = pipe.execute()
-        if ratelimit.exceeded(count):
-            raise ApiError(
-                429,
-                "rate_limited",
-                "too many requests from this client; retry later",
-                {"Retry-After": str(ratelimit.retry_after())},
-            )
-    except ratelimit.Throttled as exc:
-        return _no_store(exc.response())
-    except ClientAuthFailed as exc:
-        if ratelimit.count_failure("client", exc.client_id, address):
-            return _no_store(ratelimit.Throttled().response())
-        trail.service_event(
-            "service.auth_failed",
-            exc.client_id,
-            outcome=trail.Outcome.DENIED,
-            request=request,
-            reason=exc.reason,
-            method=exc.method,
-        )
-        return _no_store(
-            error_response(
-                401,
-                "invalid_client",
-                "client authentication failed",
-                {"WWW-Authenticate": BASIC_CHALLENGE},
-            )
-        )
-    except ApiError as exc:
-        # Malformed requests before authentication count toward the throttle too.
-        if not client_id and ratelimit.count_failure("client", "", address):
-            return _no_store(ratelimit.Throttled().response())
-        trail.service_event(
-            "service.auth_failed",
-            client_id,
-            outcome=trail.Outcome.DENIED,
-            request=request,
-            reason=exc.error,
-            description=exc.description,
-        )
-        return _no_store(exc.response())
-    if grant_type == TOKEN_EXCHANGE:
-        return _no_store(_exchange_or_refusal(request, client, form))
-    access_token, expires_in = tokens.issue(client.service, scopes, not_after=client.not_after)
-    trail.service_event(
-        "service.authenticated",
-        client_id,
-        request=request,
-        method=client.method,
-        api_scopes=list(scopes),
-        expires_in=expires_in,
-    )
-    answer: TokenResponse = {
-        "access_token": access_token,
-        "token_type": "Bearer",
-        "expires_in": expires_in,
-        "scope": " ".join(scopes),
-    }
-    return _no_store(JsonResponse(answer))
 
 
 # --- grants ----------------------------------------------------------------------------
@@ -289,7 +138,7 @@ def list_grants(request: ServiceRequest) -> HttpResponse:
         for grant in rows
     ]
     answer: GrantList = {"grants": body, "next": next_page}
-    return _no_store(JsonResponse(answer))
+    return no_store(JsonResponse(answer))
 
 
 def _find_grant(request: ServiceRequest, body: GrantNamed) -> tuple[Grant, rules.Permission]:
@@ -385,7 +234,7 @@ def capped_min_ttl(requested: int, grant: Grant) -> int:
     return max(0, min(requested, int(lifetime - margin)))
 
 
-def _served(
+def record_served(
     request: HttpRequest,
     service_id: Any,
     client_id: str,
@@ -425,11 +274,11 @@ def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     if (
         not force_refresh
         and grant.access_token_valid_for(min_ttl)
-        and not engine.stored_token_in_doubt(grant)
+        and not stored_token_in_doubt(grant)
     ):
         return grant
     try:
-        return engine.ensure_fresh(
+        return on_demand.ensure_fresh(
             grant.pk, min_ttl=min_ttl, force_refresh=force_refresh, as_read=grant
         )
     except REFRESH_REFUSALS as exc:
@@ -451,7 +300,7 @@ def _stored_token(grant: Grant) -> tuple[str, datetime | None]:
     return token, grant.access_expires_at
 
 
-def _serve_token(
+def serve_token(
     grant: Grant,
     permission: rules.Permission,
     requested: list[str] | None,
@@ -475,7 +324,7 @@ def _serve_token(
     return grant, token, expires_at, scopes
 
 
-def _expires_in(expires_at: datetime | None) -> int | None:
+def expires_in(expires_at: datetime | None) -> int | None:
     if expires_at is None:
         return None
     return max(0, int((expires_at - timezone.now()).total_seconds()))
@@ -509,11 +358,11 @@ def access_token(request: ServiceRequest) -> HttpResponse:
     if grant.provider_app.protocol != "oauth2":
         raise invalid_request("this is an OAuth 1.0a grant: use /api/v1/sign")
     min_ttl = capped_min_ttl(body.get("min_ttl", DEFAULT_MIN_TTL), grant)
-    grant, token, expires_at, scopes = _serve_token(
+    grant, token, expires_at, scopes = serve_token(
         grant, permission, body.get("scopes"), min_ttl, force_refresh
     )
     service = request.broker_token
-    _served(
+    record_served(
         request,
         service.service_id,
         service.client_id,
@@ -528,13 +377,13 @@ def access_token(request: ServiceRequest) -> HttpResponse:
         "access_token": token,
         "token_type": "Bearer",
         "expires_at": _iso(expires_at),
-        "expires_in": _expires_in(expires_at),
+        "expires_in": expires_in(expires_at),
         "scopes": scopes,
         "grant": str(grant.pk),
         "account": _account(grant),
         "resources": grant.resources,
     }
-    return _no_store(JsonResponse(answer))
+    return no_store(JsonResponse(answer))
 
 
 @api_view("POST", scope="requests:sign", denied="token.denied")
@@ -580,7 +429,7 @@ def sign(request: ServiceRequest) -> HttpResponse:
     except oauth1_signing.SigningError as exc:
         raise ApiError(400, "invalid_request", str(exc), **concerning) from None
     service = request.broker_token
-    _served(
+    record_served(
         request,
         service.service_id,
         service.client_id,
@@ -593,117 +442,7 @@ def sign(request: ServiceRequest) -> HttpResponse:
         **on_behalf,
     )
     answer: Signature = {"authorization": header}
-    return _no_store(JsonResponse(answer))
-
-
-# --- token exchange (RFC 8693): acting on behalf of a signed-in user --------------------
-
-RESOURCE_PREFIX = "urn:broker:provider:"
-
-
-def _target_slug(form: dict[str, str]) -> str:
-    """The provider app named by `audience=<slug>` or `resource=urn:broker:provider:<slug>`."""
-    audience, resource = form.get("audience"), form.get("resource")
-    if audience and resource:
-        raise invalid_request("give either 'audience' or 'resource', not both")
-    if resource:
-        if not resource.startswith(RESOURCE_PREFIX):
-            raise ApiError(
-                400, "invalid_target", f"'resource' must be {RESOURCE_PREFIX}<provider app slug>"
-            )
-        return resource[len(RESOURCE_PREFIX) :]
-    if not audience:
-        raise invalid_request("'audience' (the provider app's slug) or 'resource' is required")
-    return audience
-
-
-def _exchange(
-    request: HttpRequest, client: AuthenticatedClient, form: dict[str, str]
-) -> TokenResponse:
-    """The provider access token of the user the subject token names (RFC 8693 2.2.1)."""
-    service = client.service
-    token_type = form.get("subject_token_type")
-    if not form.get("subject_token") or token_type is None:
-        raise invalid_request("'subject_token' and 'subject_token_type' are required")
-    if token_type not in SUBJECT_TOKEN_TYPES:
-        raise invalid_request(f"subject_token_type must be one of {', '.join(SUBJECT_TOKEN_TYPES)}")
-    if (
-        "actor_token" in form
-        or "requested_token_type" in form
-        and (form["requested_token_type"] != ISSUED_TOKEN_TYPE)
-    ):
-        raise invalid_request(f"only {ISSUED_TOKEN_TYPE} is issued, without an actor_token")
-    slug = _target_slug(form)
-    subject = subject_tokens.subject_for_service(
-        service.pk, form["subject_token"], named="subject_token"
-    )
-    on_behalf: dict[str, Any] = {
-        "subject_user": subject.user.username,
-        "provider": slug,
-        "subject_issuer": subject.issuer,
-    }
-    app = ProviderApp.objects.filter(slug=slug).first() if matchable(slug) else None
-    permission = rules.permission(service.pk, app, subject.user) if app else None
-    if app is None or permission is None:
-        raise ApiError(
-            400,
-            "invalid_target",
-            f"this service may not use {slug!r} for this user",
-            **on_behalf,
-        )
-    if permission.proxy_only:
-        raise proxy_only(app.slug, subject_user=subject.user.username)
-    grant = grant_lookup.users_grant(subject.user.username, app.slug)
-    if grant is None:
-        raise ApiError(400, "invalid_target", f"the user has no grant of {slug!r}", **on_behalf)
-    if app.protocol == "api_token":
-        raise api_token_grant(**on_behalf)
-    if app.protocol != "oauth2":
-        raise ApiError(
-            400,
-            "invalid_target",
-            f"{slug!r} is an OAuth 1.0a app: use /api/v1/sign with Broker-Subject-Token",
-            **on_behalf,
-        )
-    requested = form["scope"].split() if "scope" in form else None
-    min_ttl = capped_min_ttl(DEFAULT_MIN_TTL, grant)
-    grant, token, expires_at, scopes = _serve_token(
-        grant, permission, requested, min_ttl, force_refresh=False
-    )
-    _served(
-        request,
-        service.pk,
-        service.client_id,
-        grant,
-        "token.exchanged",
-        "exchanged",
-        scopes=scopes,
-        on_behalf_of=True,
-        subject_issuer=subject.issuer,
-        subject_token_type=token_type,
-    )
-    return {
-        "access_token": token,
-        "issued_token_type": ISSUED_TOKEN_TYPE,
-        "token_type": "Bearer",
-        "expires_in": _expires_in(expires_at),
-        "scope": " ".join(scopes),
-    }
-
-
-def _exchange_or_refusal(
-    request: HttpRequest, client: AuthenticatedClient, form: dict[str, str]
-) -> HttpResponse:
-    try:
-        return JsonResponse(_exchange(request, client, form))
-    except ApiError as exc:
-        audit_refusal("token.exchange_denied", client.service.client_id, request, exc)
-        return exc.response()
-    except Exception as exc:
-        if is_database_busy(exc):
-            return busy_response(request)
-        log.exception("token exchange failed")
-        return error_response(500, "server_error", "the broker failed; try again later")
+    return no_store(JsonResponse(answer))
 
 
 @api_view("POST", scope="connect-links:create", denied="connect_link.denied")
@@ -752,7 +491,7 @@ def create_connect_link(request: ServiceRequest) -> HttpResponse:
         link=str(link.pk),
     )
     answer: ConnectLink = {"url": url, "expires_at": _iso(link.expires_at)}
-    return _no_store(JsonResponse(answer, status=201))
+    return no_store(JsonResponse(answer, status=201))
 
 
 @api_view("GET")
@@ -760,7 +499,7 @@ def ping(request: ServiceRequest) -> HttpResponse:
     """Checks a broker token; the same wrapper as every endpoint (the benchmark baseline)."""
     token = request.broker_token
     answer: Ping = {"service": token.client_id, "scopes": list(token.scopes)}
-    return _no_store(JsonResponse(answer))
+    return no_store(JsonResponse(answer))
 
 
 @api_view("GET", authenticated=False)

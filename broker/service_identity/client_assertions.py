@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from django.conf import settings
 from django.urls import reverse
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from broker.api.schema import ClientAssertionType, matchable
-from broker.api.service_keys import certificate_current, public_jwk
 from broker.infra.bounded_json import JsonRefused, unverified_jwt
-from broker.infra.redis_connection import KEY_PREFIX, redis_client
+from broker.infra.lookup_text import matchable
+from broker.infra.redis_connection import redis_client, redis_key
 from broker.models import ServiceClient, ServiceKey
+from broker.service_identity.service_keys import certificate_current, public_jwk
+
+# RFC 7523 2.2 (private_key_jwt).
+ClientAssertionType = Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
 
 (ASSERTION_TYPE,) = get_args(ClientAssertionType)
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")
@@ -116,6 +119,6 @@ def verify(service: ServiceClient, assertion: str) -> ServiceKey:
 def _use_jti_once(service: ServiceClient, jti: str, seconds: int) -> None:
     """RFC 7523 3 (7): a jti is accepted once; remembered until the assertion has expired."""
     digest = hashlib.sha256(jti.encode()).hexdigest()
-    key = f"{KEY_PREFIX}jti:{service.pk}:{digest}"
+    key = redis_key("jti", service.pk, digest)
     if not redis_client().set(key, "1", nx=True, ex=max(1, seconds)):
         raise AssertionRejected("jti was already used (replay)")

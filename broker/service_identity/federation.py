@@ -43,7 +43,7 @@ class FederatedTokenRejected(Exception):
 
 
 def trusted_issuers() -> list[dict[str, Any]]:
-    return list(getattr(settings, "BROKER_TRUSTED_ISSUERS", []) or [])
+    return list(settings.BROKER_TRUSTED_ISSUERS)
 
 
 def _issuer_config(issuer: object) -> dict[str, Any] | None:
