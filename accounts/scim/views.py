@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -17,8 +19,6 @@ from accounts.models import ScimConnection, ScimGroup, ScimUser
 from accounts.scim import discovery, filters, patch, provisioning, resources, tokens
 from accounts.scim.errors import ScimError, error_response, scim_response
 from broker.infra import bounded_json
-
-MAX_BODY_BYTES = 1024 * 1024
 
 ScimView = Callable[..., HttpResponse]
 
@@ -54,7 +54,9 @@ def _authenticated(request: HttpRequest) -> ScimConnection:
 
 def _body(request: HttpRequest) -> dict[str, Any]:
     try:
-        body = bounded_json.loads(request.body, max_bytes=MAX_BODY_BYTES)
+        body = bounded_json.loads(request.body, max_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    except RequestDataTooBig:  # over DATA_UPLOAD_MAX_MEMORY_SIZE, before it was read
+        raise ScimError(413, "The body is too large.") from None
     except bounded_json.JsonRefused as refused:
         if refused.too_large:
             raise ScimError(413, "The body is too large.") from None

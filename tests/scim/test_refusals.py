@@ -131,6 +131,13 @@ def test_a_malformed_patch_changes_nothing(okta, operations, scim_type):
     assert list(AuditEvent.objects.values_list("pk", flat=True)) == before
 
 
+def test_a_body_over_the_size_limit_is_a_scim_413_with_nothing_written(okta, settings):
+    AuditEvent.objects.all().delete()
+    body = {**USER, "externalId": "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)}
+    assert_scim_error(okta.post("/Users", body), 413)
+    assert nothing_written()
+
+
 def test_group_refusals_write_nothing(okta):
     AuditEvent.objects.all().delete()
     group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"]}
