@@ -10,6 +10,7 @@ import json
 import re
 
 from accounts.scim.errors import ScimError
+from accounts.scim.resources import storable
 
 MAX_FILTER_LENGTH = 1000
 
@@ -43,6 +44,8 @@ def equalities(text: str, allowed: set[str]) -> list[tuple[str, str | bool]]:
             value: str | bool = json.loads(raw) if raw.startswith('"') else raw.lower() == "true"
         except ValueError:
             raise ScimError(400, "A filter value is not a valid string.", "invalidFilter") from None
+        if isinstance(value, str) and ("\x00" in value or not storable(value)):
+            raise ScimError(400, "A filter value is not a valid string.", "invalidFilter")
         tests.append((attribute, value))
         position = match.end()
         if position == len(text):

@@ -107,6 +107,16 @@ class UserFields:
         )
 
 
+def storable(value: str) -> bool:
+    """Whether a database can hold `value`: JSON's `\\ud800` escape decodes to a lone
+    surrogate, which no UTF-8 column takes (the insert would fail, a 500)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def text(value: Any, name: str, max_length: int, *, required: bool = False) -> str:
     if value is None and not required:
         return ""
@@ -114,8 +124,8 @@ def text(value: Any, name: str, max_length: int, *, required: bool = False) -> s
         raise invalid_value(f"`{name}` must be a {'non-empty ' if required else ''}string.")
     if len(value) > max_length:
         raise invalid_value(f"`{name}` is longer than {max_length} characters.")
-    if "\x00" in value:
-        raise invalid_value(f"`{name}` holds a NUL character.")
+    if "\x00" in value or not storable(value):
+        raise invalid_value(f"`{name}` holds a NUL character or an unpaired surrogate.")
     return value
 
 

@@ -83,7 +83,12 @@ def _list(
 ) -> HttpResponse:
     start, count = _page(request)
     total = rows.count()
-    page = list(rows.order_by("created_at", "pk")[start - 1 : start - 1 + count])
+    # A start past the end is an empty page, never an OFFSET the database cannot take.
+    page = (
+        list(rows.order_by("created_at", "pk")[start - 1 : start - 1 + count])
+        if start <= total
+        else []
+    )
     return scim_response(
         {
             "schemas": [resources.LIST_SCHEMA],

@@ -92,6 +92,8 @@ def test_a_disabled_connection_is_refused(okta):
         ({**USER, "emails": [{"value": "not an address"}]}, "invalidValue"),
         ({**USER, "name": ["Mallory"]}, "invalidValue"),
         ({**USER, "externalId": "a\x00b"}, "invalidValue"),
+        ('{"userName": "m", "name": {"givenName": "\\ud800"}}', "invalidValue"),
+        ('{"userName": "m", "externalId": "\\udfff"}', "invalidValue"),
     ],
 )
 def test_a_malformed_user_is_refused_with_nothing_written(okta, body, scim_type):
@@ -156,6 +158,9 @@ def test_bad_filters_and_unknown_resources_are_scim_errors(okta):
     assert_scim_error(okta.get('/Users?filter=userName eq "a" or userName eq "b"'), 400,
                       "invalidFilter")  # fmt: skip
     assert_scim_error(okta.get("/Users?count=lots"), 400, "invalidValue")
+    assert_scim_error(okta.get('/Users?filter=userName eq "\\ud800"'), 400, "invalidFilter")
+    assert_scim_error(okta.get('/Groups?filter=displayName eq "a\\u0000"'), 400, "invalidFilter")
+    assert okta.get(f"/Users?startIndex={10**30}").json()["Resources"] == []
     assert_scim_error(okta.get("/Users/not-a-uuid"), 404)
     assert_scim_error(okta.get(f"/Groups/{'0' * 32}"), 404)
     assert_scim_error(okta.get("/Bulk"), 404)
