@@ -160,12 +160,14 @@ def delete_user(connection: ScimConnection, resource_id: str, request: HttpReque
         was_active = user.is_active
         user.is_active = False
         user.save(update_fields=["is_active"])
-        user.groups.remove(*Group.objects.filter(scim__isnull=False))
+        left = list(user.groups.filter(scim__isnull=False))
+        user.groups.remove(*left)
         subject = {"subject_user": user.username, "scim_id": str(scim_user.pk)}
         scim_user.delete()
         if was_active:
             _event("scim.user_deactivated", connection, request, **subject)
-        _event("scim.user_deleted", connection, request, **subject)
+        groups = sorted(group.name for group in left)
+        _event("scim.user_deleted", connection, request, left_groups=groups, **subject)
 
 
 # -- groups ------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def users(request: HttpRequest, connection: ScimConnection) -> HttpResponse:
             connection, resources.user_fields(_body(request)), request
         )
         return _user_answer(request, created, status=201)
-    rows = ScimUser.objects.filter(connection=connection).select_related("user")
+    rows = resources.with_groups(ScimUser.objects.filter(connection=connection))
     if request.GET.get("filter"):
         for attribute, value in filters.equalities(request.GET["filter"], set(_USER_FILTERS)):
             rows = _matching(rows, _USER_FILTERS[attribute], value)

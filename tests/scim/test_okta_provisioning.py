@@ -179,3 +179,18 @@ def test_discovery_documents_describe_what_is_supported(okta):
     schemas = okta.get("/Schemas").json()
     assert {s["id"] for s in schemas["Resources"]} == {USER, GROUP}
     assert okta.get(f"/Schemas/{USER}").json()["name"] == "User"
+
+
+def test_a_page_of_users_with_their_groups_takes_a_fixed_number_of_queries(
+    okta, django_assert_max_num_queries
+):
+    ids = [
+        okta.post("/Users", {**okta_user(), "userName": f"u{n}", "externalId": str(n)}).json()["id"]
+        for n in range(30)
+    ]
+    members = [{"value": user_id} for user_id in ids]
+    okta.post("/Groups", {"schemas": [GROUP], "displayName": "eng", "members": members})
+    with django_assert_max_num_queries(8):
+        page = okta.get("/Users?count=50").json()
+    assert page["itemsPerPage"] == 30
+    assert all(user["groups"][0]["display"] == "eng" for user in page["Resources"])
