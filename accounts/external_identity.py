@@ -10,8 +10,9 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from accounts.models import AUDITOR_GROUP, ExternalIdentity, User
+from accounts.models import AUDITOR_GROUP, ExternalIdentity, ScimUser, User
 from accounts.oidc_client import SignInRefused
+from broker.audit import trail
 
 # The longest user and group names Django's auth models hold.
 NAME_MAX_LENGTH = 150
@@ -113,26 +114,49 @@ def _link_and_sync(
         )
         if identity is None:
             username = username_from(claims)
-            if User.objects.filter(username__iexact=username).exists():
-                raise SignInRefused(
-                    "This user name is taken",
-                    f"A broker account named {username!r} already exists and is not linked to "
-                    "your single sign-on identity. The broker never merges accounts on its "
-                    "own: an administrator must rename or delete the existing account first.",
+            existing = User.objects.select_for_update().filter(username__iexact=username).first()
+            if existing is None:
+                user = User.objects.create_user(username, email=email)  # no usable password
+            else:
+                user = _provisioned_user(existing, username)
+                trail.record(
+                    "scim.user_linked",
+                    actor_type=trail.ActorType.USER,
+                    actor=user.username,
+                    subject_user=user.username,
+                    issuer=issuer,
                 )
-            user = User.objects.create_user(username, email=email)  # no usable password
             ExternalIdentity.objects.create(user=user, issuer=issuer, subject=subject)
         else:
             user = identity.user
-            if not user.is_active:
-                raise SignInRefused(
-                    "Your account is deactivated",
-                    "An administrator has deactivated your broker account; single sign-on "
-                    "does not reactivate it.",
-                )
-            user.email = email or user.email
+        if not user.is_active:
+            raise _deactivated()
+        user.email = email or user.email
         if groups is None:
             user.save(update_fields=["email"])
         else:
             sync_groups(user, groups)
     return user
+
+
+def _deactivated() -> SignInRefused:
+    return SignInRefused(
+        "Your account is deactivated",
+        "An administrator has deactivated your broker account; single sign-on "
+        "does not reactivate it.",
+    )
+
+
+def _provisioned_user(existing: User, username: str) -> User:
+    """The account named like the person, if SCIM made it for them and no single sign-on
+    identity is linked to it yet: the IdP provisioned it under the username it signs them
+    in with (DESIGN.md, "Identity, round two"). Any other account is never merged."""
+    provisioned = ScimUser.objects.filter(user=existing).exists()
+    if not provisioned or ExternalIdentity.objects.filter(user=existing).exists():
+        raise SignInRefused(
+            "This user name is taken",
+            f"A broker account named {username!r} already exists and is not linked to "
+            "your single sign-on identity. The broker never merges accounts on its "
+            "own: an administrator must rename or delete the existing account first.",
+        )
+    return existing

@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/", include("broker.api.urls")),
     path("", RedirectView.as_view(pattern_name="connections", permanent=False)),
     path("accounts/", include("accounts.urls")),
+    path("scim/v2/", include("accounts.scim.urls")),
     path("connections/", connections.my_connections, name="connections"),
     path("connections/<uuid:grant_id>/disconnect", connections.disconnect, name="disconnect"),
     path("connect/<slug:slug>", connections.connect, name="connect"),

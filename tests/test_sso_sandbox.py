@@ -15,7 +15,9 @@ from django.contrib.sessions.models import Session
 
 from accounts.models import ExternalIdentity, User
 from broker.admin.roles import AUDITOR_GROUP
+from broker.models import AuditEvent
 from tests.consent_driver import TIMEOUT, sign_in_to_sandbox
+from tests.scim.conftest import ScimClient, create_token
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
@@ -188,3 +190,59 @@ def test_an_sso_admin_signs_in_to_the_admin_from_its_sign_in_page(sandbox_sso, l
         index = browser.get(f"{live_server.url}/admin/", timeout=TIMEOUT)
         assert index.status_code == 200 and "Site administration" in index.text
     assert User.objects.get(username="carol").is_superuser
+
+
+# -- users provisioned by SCIM ----------------------------------------------------------------
+
+
+def scim_provision(username: str, active: bool = True) -> None:
+    created = ScimClient(create_token("okta")).post(
+        "/Users",
+        {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": username,
+            "externalId": f"00u-{username}",
+            "active": active,
+        },
+    )
+    assert created.status_code == 201, created.content
+
+
+def test_sso_links_to_the_user_scim_created_by_username(sandbox_sso, live_server):
+    scim_provision("alice")
+    provisioned = User.objects.get(username="alice")
+    with sso_sign_in(live_server, sandbox_sso, "alice"):
+        pass
+    identity = ExternalIdentity.objects.get()
+    assert identity.user_id == provisioned.pk and identity.issuer == sandbox_sso.url
+    assert User.objects.count() == 1
+    assert AuditEvent.objects.filter(action="scim.user_linked", subject_user="alice").count() == 1
+    with sso_sign_in(live_server, sandbox_sso, "alice"):  # later sign-ins: by (issuer, sub)
+        pass
+    assert ExternalIdentity.objects.count() == 1 and User.objects.count() == 1
+
+
+def refused_sign_in(live_server, sandbox, username: str) -> requests.Response:
+    session = requests.Session()
+    sign_in_to_sandbox(session, sandbox.url, username)
+    to_idp = session.get(f"{live_server.url}/accounts/oidc/login", allow_redirects=False)
+    back = session.get(to_idp.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+    return session.get(back.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+
+
+def test_sso_never_links_to_an_account_scim_did_not_make(
+    sandbox_sso, live_server, django_user_model
+):
+    django_user_model.objects.create_user("alice", password="local-alice-1")
+    refused = refused_sign_in(live_server, sandbox_sso, "alice")
+    assert refused.status_code == 400 and "This user name is taken" in refused.text
+    assert not ExternalIdentity.objects.exists()
+
+
+def test_sso_does_not_link_or_reactivate_a_deactivated_scim_user(sandbox_sso, live_server):
+    scim_provision("alice", active=False)
+    refused = refused_sign_in(live_server, sandbox_sso, "alice")
+    assert refused.status_code == 400 and "deactivated" in refused.text
+    assert not ExternalIdentity.objects.exists()
+    assert not User.objects.get(username="alice").is_active
+    assert not AuditEvent.objects.filter(action="scim.user_linked").exists()
