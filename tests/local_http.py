@@ -1,10 +1,20 @@
-"""A tiny HTTP server in a thread that records every request (fake provider or receiver)."""
+"""A tiny HTTP server in a thread that records every request (fake provider or receiver),
+one that trickles its answers, and a self-signed certificate to serve either over TLS."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 @dataclass
@@ -155,3 +165,45 @@ def start_trickling_server(interval: float, *, phase: str = "headers") -> Trickl
     holder["state"] = TricklingServer(server, interval, phase)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return holder["state"]
+
+
+def self_signed_certificate(directory: Path, name: str) -> tuple[str, str]:
+    """A certificate for `name` only (a DNS name, or an IP address), signed by its own key
+    and valid for an hour: its PEM files written in `directory`, (certificate, key). It is
+    its own CA, so a client trusts it by that one file (`verify=`, `cafile=`)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    try:
+        alt_name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        alt_name = x509.DNSName(name)
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+def serve_tls(server: ThreadingHTTPServer, certificate: tuple[str, str]) -> None:
+    """Makes `server` (not yet answering) answer over TLS with `certificate`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server.socket = context.wrap_socket(server.socket, server_side=True)

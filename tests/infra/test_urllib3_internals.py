@@ -19,21 +19,14 @@ here too, through the adapters outbound_http mounts."""
 from __future__ import annotations
 
 import contextlib
-import datetime
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from urllib3 import PoolManager, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.response import HTTPResponse
@@ -54,7 +47,7 @@ from broker.infra.outbound_http import (
     _WatchedHTTPConnectionPool,
     _WatchedHTTPSConnectionPool,
 )
-from tests.local_http import start_trickling_server
+from tests.local_http import self_signed_certificate, serve_tls, start_trickling_server
 
 # -- local servers: plain and TLS, on the address "localhost" resolves to first ------------
 
@@ -73,35 +66,6 @@ def localhost_address() -> tuple[socket.AddressFamily, str]:
     """Where the guard connects "localhost" to: the first address it resolves to."""
     family, _, _, _, address = socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)[0]
     return family, str(address[0])
-
-
-def certificate_for_localhost(directory: Path) -> tuple[str, str]:
-    """A self-signed certificate valid for the name "localhost" only, not for an address."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "localhost.pem", directory / "localhost.key"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_file), str(key_file)
 
 
 def start_server(certificate: tuple[str, str] | None = None) -> Server:
@@ -129,9 +93,7 @@ def start_server(certificate: tuple[str, str] | None = None) -> Server:
 
     server = LocalhostServer((address, 0), Handler)
     if certificate is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(*certificate)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        serve_tls(server, certificate)
     holder["state"] = Server(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return holder["state"]
@@ -144,7 +106,8 @@ def allow_localhost(settings) -> None:
 
 @pytest.fixture
 def certificate(tmp_path) -> tuple[str, str]:
-    return certificate_for_localhost(tmp_path)
+    """Valid for the name "localhost" only, not for an address."""
+    return self_signed_certificate(tmp_path, "localhost")
 
 
 @pytest.fixture

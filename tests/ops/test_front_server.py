@@ -4,50 +4,25 @@ hold the web process, and the broker still sees each client's own address."""
 
 from __future__ import annotations
 
-import datetime
+from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from benchmarks import slow_clients
 from broker.models import AuditEvent
 from tests import front_server, processes
 from tests.gunicorn_server import gunicorn
+from tests.local_http import self_signed_certificate
 from tests.sandbox_server import free_port
 
 
 def test_the_shipped_configuration_is_accepted_by_nginx(tmp_path):
     """As shipped (TLS on 443, the redirect on 80), only its files moved: the loopback runs
     below leave the TLS lines out."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker.example")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "tls.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    certificate, key = self_signed_certificate(tmp_path, "broker.example")
     conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        front_server.relocated_config(tmp_path, tmp_path / "tls.crt", tmp_path / "tls.key")
-    )
+    conf.write_text(front_server.relocated_config(tmp_path, Path(certificate), Path(key)))
 
     front_server.check(conf, tmp_path)  # raises with nginx's complaint
 

@@ -7,9 +7,6 @@ own timeouts (per read) would never fire, and it would take a minute to finish."
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +14,6 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 from authlib.integrations.requests_client import OAuth1Auth
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from django.db import connection
 
 from broker.consent import oauth1_flow
@@ -30,7 +23,12 @@ from broker.providers import account, oauth2_client
 from broker.refresh import on_demand, timing
 from broker.revocation import revoke
 from tests.factories import make_app, save_grant
-from tests.local_http import TricklingServer, start_trickling_server
+from tests.local_http import (
+    TricklingServer,
+    self_signed_certificate,
+    serve_tls,
+    start_trickling_server,
+)
 
 DEADLINE = 1.5
 INTERVAL = 0.5  # one byte per half second: no single read ever waits for DEADLINE
@@ -50,36 +48,6 @@ def trickling() -> Iterator[Callable[..., TricklingServer]]:
         server.stop()
 
 
-def self_signed_certificate(directory) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_file), str(key_file)
-
-
 def timed(call: Callable[[], object], expected: type[Exception]) -> tuple[float, Exception]:
     started = time.monotonic()
     with pytest.raises(expected) as raised:
@@ -94,11 +62,9 @@ def test_a_trickled_answer_is_cut_off_at_the_deadline(trickling, tmp_path, phase
     url = f"{server.url}/token"
     verify: bool | str = True
     if tls:
-        cert_file, key_file = self_signed_certificate(tmp_path)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_file, key_file)
-        server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
-        url, verify = url.replace("http://", "https://"), cert_file
+        certificate = self_signed_certificate(tmp_path, "127.0.0.1")
+        serve_tls(server.server, certificate)
+        url, verify = url.replace("http://", "https://"), certificate[0]
 
     def call() -> None:
         with provider_session(seconds=DEADLINE) as session:
