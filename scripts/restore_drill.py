@@ -44,10 +44,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
-import redis
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -253,21 +251,6 @@ def new_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def fresh_database() -> None:
-    """Drops and creates the drill's own database in the usual cluster."""
-    parts = urlsplit(DATABASE_URL)
-    name = parts.path.lstrip("/")
-    require(re.fullmatch(r"[A-Za-z0-9_]+", name), f"unexpected database name {name!r}")
-    maintenance = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def flush_redis() -> None:
-    redis.Redis.from_url(REDIS_URL, socket_timeout=5).flushdb()
-
-
 def tool(bindir: Path, *args: str) -> str:
     """A PostgreSQL client program; its output, or SmokeFailure with what it said."""
     result = subprocess.run(
@@ -280,8 +263,9 @@ def tool(bindir: Path, *args: str) -> str:
 
 def the_broker_in_use(run: DrillRun, checks: Checks) -> tuple[Service, list[dict[str, Any]], str]:
     """A grant from a consent, a service with a rule, the token served: the state to back up."""
-    fresh_database()
-    flush_redis()
+    # The drill's own database in the usual cluster.
+    smoke_production.fresh_database(DATABASE_URL)
+    smoke_production.flush_redis(REDIS_URL)
     smoke_production.release(run)
     run.start_web("web")
     run.sandbox = launch_sandbox(run.workdir / "sandbox", run.url, ACCESS_TOKEN_SECONDS)
@@ -340,7 +324,7 @@ def the_restored_broker(
     """The same keys: the same service, grants and token; another key: no token."""
     run.env["DATABASE_URL"] = restored_url
     # Redis holds nothing a restore needs (locks, limits, metrics, Celery's queue).
-    flush_redis()
+    smoke_production.flush_redis(REDIS_URL)
     run.run("python", "manage.py", "migrate", "--check", "-v", "0")
     checks.passed("the restored schema is complete", "migrate --check: nothing to apply")
 
@@ -437,13 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     started = time.monotonic()
-
-    def give_up(signum: int, frame: object) -> None:
-        raise SmokeFailure(f"stopped by signal {signum} (bound: {TIMEOUT_SECONDS}s)")
-
-    for signum in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, give_up)
-    signal.alarm(TIMEOUT_SECONDS)
+    smoke_production.bound(TIMEOUT_SECONDS)
     workdir = Path(tempfile.mkdtemp(prefix="broker-restore-drill-"))
     # The postgres user reaches its cluster's directory inside.
     workdir.chmod(0o711)
@@ -461,20 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
         run.stop()
         try:
-            drop_database()
-        except psycopg.Error as exc:
+            smoke_production.drop_database(DATABASE_URL)
+        except (psycopg.Error, SmokeFailure) as exc:
             print(f"restore drill: the drill's database stays ({exc})", file=sys.stderr)
     shutil.rmtree(run.workdir, ignore_errors=True)
     checks.print()
     step(f"passed in {time.monotonic() - started:.0f}s")
     return 0
-
-
-def drop_database() -> None:
-    parts = urlsplit(DATABASE_URL)
-    maintenance = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

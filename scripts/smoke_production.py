@@ -208,21 +208,28 @@ class Run:
             print("\n".join(lines), file=sys.stderr)
 
 
-def fresh_database() -> None:
-    """Drops and creates the smoke run's own database."""
-    parts = urlsplit(DATABASE_URL)
+def drop_database(url: str = DATABASE_URL, *, create: bool = False) -> None:
+    """Drops a run's own database (the smoke run's, or `url`), and creates it anew with
+    `create`."""
+    parts = urlsplit(url)
     name = parts.path.lstrip("/")
     require(re.fullmatch(r"[A-Za-z0-9_]+", name), f"unexpected database name {name!r}")
     maintenance = parts._replace(path="/postgres").geturl()
     with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if create:
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def flush_redis() -> None:
+def fresh_database(url: str = DATABASE_URL) -> None:
+    """Drops and creates a run's own database (the smoke run's, or `url`)."""
+    drop_database(url, create=True)
+
+
+def flush_redis(url: str = REDIS_URL) -> None:
     import redis
 
-    redis.Redis.from_url(REDIS_URL, socket_timeout=5).flushdb()
+    redis.Redis.from_url(url, socket_timeout=5).flushdb()
 
 
 def release(run: Run) -> None:
@@ -427,6 +434,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def bound(timeout_seconds: int) -> None:
+    """After `timeout_seconds`, or on SIGTERM or SIGINT, SmokeFailure is raised wherever the
+    run is, so that its `finally` stops what it started (`signal.alarm(0)` ends the bound)."""
+
+    def give_up(signum: int, frame: object) -> None:
+        raise SmokeFailure(f"stopped by signal {signum} (bound: {timeout_seconds}s)")
+
+    for signum in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, give_up)
+    signal.alarm(timeout_seconds)
+
+
 def main(
     make_run: Callable[[Path, Path | None], Run] = Run,
     timeout_seconds: int = TIMEOUT_SECONDS,
@@ -434,14 +453,7 @@ def main(
 ) -> int:
     options = parse_args(argv)
     started = time.monotonic()
-
-    def give_up(signum: int, frame: object) -> None:
-        raise SmokeFailure(f"stopped by signal {signum} (bound: {timeout_seconds}s)")
-
-    signal.signal(signal.SIGALRM, give_up)
-    signal.signal(signal.SIGTERM, give_up)
-    signal.signal(signal.SIGINT, give_up)
-    signal.alarm(timeout_seconds)
+    bound(timeout_seconds)
     run = make_run(Path(tempfile.mkdtemp(prefix="broker-smoke-")), options.venv)
     try:
         smoke(run)
