@@ -11,11 +11,15 @@ import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 
+from accounts.models import ExternalIdentity
 from broker.models import AccessRule, AuditEvent, Grant, ProviderApp, ServiceClient
 from tests.factories import consented_grant, service_and_secret
+from tests.subject_idp import AUDIENCE
 
 TOKEN_URL = "/api/v1/oauth/token"
 ATLASSIAN_SCOPES = ["read:me", "read:jira-work", "write:jira-work", "offline_access"]
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 
 
 def metric_value(name: str, **labels: str) -> float:
@@ -138,6 +142,44 @@ def fetch_token(api: Client, service: ServiceClient, secret: str, **form: str) -
     assert response.status_code == 200, response.content
     body: dict[str, Any] = response.json()
     return body
+
+
+@pytest.fixture
+def alice(owner, idp):
+    """The owner, whom the company IdP (`idp`) knows as "alice-sub"."""
+    ExternalIdentity.objects.create(user=owner, issuer=idp.issuer, subject="alice-sub")
+    return owner
+
+
+@pytest.fixture
+def assistant(atlassian) -> tuple[ServiceClient, str]:
+    """A chat assistant that may use Atlassian tokens only for the user it acts for."""
+    service, secret = service_and_secret("assistant")
+    service.subject_audiences = [AUDIENCE]
+    service.save()
+    AccessRule.objects.create(
+        service=service,
+        provider_app=atlassian,
+        scopes=["read:me", "read:jira-work"],
+        on_behalf_of=True,
+    )
+    return service, secret
+
+
+def exchange(
+    api: Client, caller: tuple[ServiceClient, str], subject_token: str, **form: str
+) -> Any:
+    """Token exchange (RFC 8693) by `caller` (service, secret) of the IdP's ID token for the
+    user's Atlassian token."""
+    service, secret = caller
+    body = {
+        "grant_type": EXCHANGE,
+        "subject_token": subject_token,
+        "subject_token_type": ID_TOKEN,
+        "audience": "atlassian",
+        **form,
+    }
+    return post_form(api, body, HTTP_AUTHORIZATION=basic(service.client_id, secret))
 
 
 @pytest.fixture

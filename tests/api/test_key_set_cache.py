@@ -11,43 +11,13 @@ import time
 import pytest
 from joserfc.jwk import RSAKey
 
-from accounts.models import ExternalIdentity
-from broker.models import AccessRule, Grant, ServiceClient
-from tests.api.conftest import audit_events, basic, post_form
-from tests.factories import service_and_secret
-from tests.subject_idp import AUDIENCE, SubjectIdp
+from broker.models import Grant
+from tests.api.conftest import audit_events, exchange
+from tests.subject_idp import SubjectIdp
 
 pytestmark = pytest.mark.django_db
 
-EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 DISCOVERY = "/.well-known/openid-configuration"
-
-
-@pytest.fixture
-def assistant(owner, idp, atlassian) -> tuple[ServiceClient, str]:
-    ExternalIdentity.objects.create(user=owner, issuer=idp.issuer, subject="alice-sub")
-    service, secret = service_and_secret("assistant")
-    service.subject_audiences = [AUDIENCE]
-    service.save()
-    AccessRule.objects.create(
-        service=service,
-        provider_app=atlassian,
-        scopes=["read:me", "read:jira-work"],
-        on_behalf_of=True,
-    )
-    return service, secret
-
-
-def exchange(api, assistant, subject_token: str):
-    service, secret = assistant
-    form = {
-        "grant_type": EXCHANGE,
-        "subject_token": subject_token,
-        "subject_token_type": ID_TOKEN,
-        "audience": "atlassian",
-    }
-    return post_form(api, form, HTTP_AUTHORIZATION=basic(service.client_id, secret))
 
 
 def fetches(idp: SubjectIdp) -> tuple[int, int]:
@@ -60,7 +30,7 @@ def random_key() -> RSAKey:
 
 
 def test_random_kids_fetch_the_keys_once_per_interval_and_a_rolled_key_is_picked_up_after(
-    api, idp, assistant, grant: Grant, key_set_clock
+    api, idp, alice, assistant, grant: Grant, key_set_clock
 ):
     strangers = [random_key() for _ in range(4)]
     for attempt in range(20):
@@ -87,7 +57,9 @@ def test_random_kids_fetch_the_keys_once_per_interval_and_a_rolled_key_is_picked
     assert fetches(idp) == (2, 2)
 
 
-def test_an_idp_that_is_down_is_asked_once_per_interval(api, idp, assistant, grant, key_set_clock):
+def test_an_idp_that_is_down_is_asked_once_per_interval(
+    api, idp, alice, assistant, grant, key_set_clock
+):
     documents = dict(idp.server.documents)
     idp.server.documents.clear()  # every path answers 404
     for _ in range(5):

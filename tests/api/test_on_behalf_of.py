@@ -14,48 +14,13 @@ from joserfc.jwk import RSAKey
 
 from accounts.models import ExternalIdentity
 from broker.models import AccessRule, Grant, ServiceClient
-from tests.api.conftest import audit_events, basic, fetch_token, post_form
+from tests.api.conftest import audit_events, exchange, fetch_token
 from tests.factories import consented_grant, service_and_secret
 from tests.subject_idp import AUDIENCE, SubjectIdp
 
 pytestmark = pytest.mark.django_db
 
-EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 MYSELF = "https://jira.acme.example/rest/api/2/myself"
-
-
-@pytest.fixture
-def alice(owner, idp):
-    ExternalIdentity.objects.create(user=owner, issuer=idp.issuer, subject="alice-sub")
-    return owner
-
-
-@pytest.fixture
-def assistant(atlassian) -> tuple[ServiceClient, str]:
-    """A chat assistant that may use Atlassian tokens only for the user it acts for."""
-    service, secret = service_and_secret("assistant")
-    service.subject_audiences = [AUDIENCE]
-    service.save()
-    AccessRule.objects.create(
-        service=service,
-        provider_app=atlassian,
-        scopes=["read:me", "read:jira-work"],
-        on_behalf_of=True,
-    )
-    return service, secret
-
-
-def exchange(api, service_and_secret, subject_token: str, **form: str):
-    service, secret = service_and_secret
-    body = {
-        "grant_type": EXCHANGE,
-        "subject_token": subject_token,
-        "subject_token_type": ID_TOKEN,
-        "audience": "atlassian",
-        **form,
-    }
-    return post_form(api, body, HTTP_AUTHORIZATION=basic(service.client_id, secret))
 
 
 def nothing_served(grant: Grant) -> bool:
