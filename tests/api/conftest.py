@@ -182,6 +182,18 @@ def exchange(
     return post_form(api, body, HTTP_AUTHORIZATION=basic(service.client_id, secret))
 
 
+def proxy_headers(api: Client, caller: tuple[ServiceClient, str]) -> dict[str, str]:
+    """The headers of a proxied call by `caller` (service, secret) for alice, with a broker
+    token fetched now."""
+    token = fetch_token(api, *caller)["access_token"]
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_BROKER_USER": "alice"}
+
+
+def body_of(response: Any) -> bytes:
+    """A test client response's whole body, streamed or not."""
+    return b"".join(response.streaming_content) if response.streaming else response.content
+
+
 @pytest.fixture
 def service_with_secret(db) -> tuple[ServiceClient, str]:
     return service_and_secret()

@@ -18,7 +18,7 @@ from django.core.management.base import CommandError
 from accounts.models import ExternalIdentity
 from broker.catalog.proxy_paths import PathRefused, encoded, matches, segments_of
 from broker.models import AccessRule, Grant, ProviderApp
-from tests.api.conftest import audit_events, basic, fetch_token, post_form
+from tests.api.conftest import audit_events, basic, body_of, fetch_token, post_form, proxy_headers
 from tests.api.test_proxy_sandbox import raw_get
 from tests.factories import consented_grant, service_and_secret
 from tests.gunicorn_server import gunicorn
@@ -66,12 +66,7 @@ def service(app) -> tuple[Any, str]:
 
 @pytest.fixture
 def headers(api, service) -> dict[str, str]:
-    token = fetch_token(api, *service)["access_token"]
-    return {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_BROKER_USER": "alice"}
-
-
-def body_of(response) -> bytes:
-    return b"".join(response.streaming_content) if response.streaming else response.content
+    return proxy_headers(api, service)
 
 
 def test_a_get_goes_to_the_api_origin_with_the_users_token(api, upstream, grant, headers):
@@ -196,8 +191,7 @@ def test_method_and_path_rules_forward_only_what_they_allow(api, upstream, app, 
     AccessRule.objects.filter(service=service[0]).update(
         proxy_methods=["GET"], proxy_paths=["/v4/user", "/v4/projects/*/issues/**"]
     )
-    token = fetch_token(api, *service)["access_token"]
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_BROKER_USER": "alice"}
+    headers = proxy_headers(api, service)
     denied = [
         api.post(f"{PROXY}/v4/user", b"{}", content_type="application/json", **headers),
         api.get(f"{PROXY}/v4/users", **headers),
@@ -382,10 +376,10 @@ def test_behind_gunicorn_encoded_separators_are_refused(tmp_path, upstream, app,
             "v4/..;/user",
             "v4/user;jsessionid=1",
         ):
-            status, answer = raw_get(url, f"/api/v1/proxy/upstream/{path}", headers)
+            status, answer, _ = raw_get(url, f"/api/v1/proxy/upstream/{path}", headers)
             assert (status, answer["Broker-Error"]) == (400, "invalid_path"), path
         assert upstream.requests == []
-        status, _ = raw_get(url, "/api/v1/proxy/upstream/v4/user", headers)
+        status, _, _ = raw_get(url, "/api/v1/proxy/upstream/v4/user", headers)
     assert status == 200 and [r.path for r in upstream.requests] == ["/api/v4/user"]
 
 

@@ -22,7 +22,7 @@ from django.core.management import CommandError, call_command
 from broker.api import credential_echo
 from broker.catalog.proxy_paths import validate_proxy_methods
 from broker.models import AccessRule, Grant, ProviderApp
-from tests.api.conftest import audit_events, fetch_token
+from tests.api.conftest import audit_events, body_of, proxy_headers
 from tests.factories import consented_grant, service_and_secret
 
 pytestmark = pytest.mark.django_db
@@ -157,12 +157,7 @@ def service(app) -> tuple[Any, str]:
 
 @pytest.fixture
 def headers(api, service) -> dict[str, str]:
-    token = fetch_token(api, *service)["access_token"]
-    return {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_BROKER_USER": "alice"}
-
-
-def body_of(response) -> bytes:
-    return b"".join(response.streaming_content) if response.streaming else response.content
+    return proxy_headers(api, service)
 
 
 def everything(response) -> bytes:
@@ -225,8 +220,7 @@ def test_a_rule_cannot_name_a_method_that_is_never_forwarded(app, service):
 
 def test_method_override_headers_never_reach_the_upstream(api, echo, app, grant, service):
     AccessRule.objects.filter(service=service[0]).update(proxy_methods=["GET"])
-    token = fetch_token(api, *service)["access_token"]
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_BROKER_USER": "alice"}
+    headers = proxy_headers(api, service)
 
     response = api.get(f"{PROXY}/plain", **headers, **OVERRIDES)
 

@@ -7,16 +7,14 @@ nothing was forwarded."""
 
 from __future__ import annotations
 
-import http.client
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
 from broker.models import Grant
 from tests.api import test_proxy_sandbox
 from tests.api.conftest import audit_events
-from tests.api.test_proxy_sandbox import TIMEOUT, Service
+from tests.api.test_proxy_sandbox import Service, raw_get
 from tests.sandbox_server import SandboxServer
 
 pytestmark = [pytest.mark.sandbox]
@@ -46,23 +44,6 @@ def allowed_only(provider, apps, jira_grant: Grant, live_server) -> Iterator[Ser
     provider.reset_counters()
     yield service
     service.http.close()
-
-
-def raw_get_body(
-    broker_url: str, path: str, headers: dict[str, str]
-) -> tuple[int, dict[str, str], bytes]:
-    """A request line sent exactly as written (requests would normalise it), and the answer."""
-    parts = urlsplit(broker_url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
-    try:
-        connection.putrequest("GET", path, skip_accept_encoding=True)
-        for name, value in headers.items():
-            connection.putheader(name, value)
-        connection.endheaders()
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
 
 
 ESCAPES = [
@@ -111,7 +92,7 @@ ESCAPES = [
 def test_a_segment_a_servlet_container_would_read_otherwise_is_refused_unsent(
     provider, allowed_only, path
 ):
-    status, headers, body = raw_get_body(
+    status, headers, body = raw_get(
         allowed_only.broker_url, f"/api/v1/proxy/{JIRA}/{path}", allowed_only.headers
     )
 
@@ -124,7 +105,7 @@ def test_a_segment_a_servlet_container_would_read_otherwise_is_refused_unsent(
 
 def test_the_rules_still_forward_what_they_allow(provider, allowed_only):
     for path in ("rest/api/2/issue/ACME-1", "rest/api/2/echo"):
-        status, _, body = raw_get_body(
+        status, _, body = raw_get(
             allowed_only.broker_url, f"/api/v1/proxy/{JIRA}/{path}", allowed_only.headers
         )
         assert status != 400 and b"invalid_path" not in body, body

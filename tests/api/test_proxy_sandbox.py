@@ -241,8 +241,11 @@ def test_method_and_path_rules_deny_with_nothing_forwarded(
     assert seen(provider) == {f"GET /{JIRA}/myself": 1}
 
 
-def raw_get(broker_url: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
-    """A request line sent exactly as written (requests would remove dot segments)."""
+def raw_get(
+    broker_url: str, path: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    """A request line sent exactly as written (requests would remove dot segments or
+    normalise it otherwise), and the answer: status, headers, body."""
     parts = urlsplit(broker_url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
     try:
@@ -251,8 +254,7 @@ def raw_get(broker_url: str, path: str, headers: dict[str, str]) -> tuple[int, d
             connection.putheader(name, value)
         connection.endheaders()
         response = connection.getresponse()
-        response.read()
-        return response.status, dict(response.getheaders())
+        return response.status, dict(response.getheaders()), response.read()
     finally:
         connection.close()
 
@@ -276,7 +278,7 @@ def raw_get(broker_url: str, path: str, headers: dict[str, str]) -> tuple[int, d
 def test_traversal_and_host_smuggling_are_refused(provider, cloud_grant, service, path):
     provider.reset_counters()
 
-    status, headers = raw_get(service.broker_url, f"/api/v1/proxy/{path}", service.headers)
+    status, headers, _ = raw_get(service.broker_url, f"/api/v1/proxy/{path}", service.headers)
 
     assert status == 400 and headers["Broker-Error"] == "invalid_path"
     assert seen(provider) == {}
