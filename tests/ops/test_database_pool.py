@@ -18,10 +18,10 @@ from django.conf import settings
 from django.db import OperationalError, connections
 from django.utils import timezone
 
-from broker.models import AccessRule, ServiceClient
+from broker.models import ServiceClient
 from broker.ops.database_busy import is_database_busy
 from broker.service_identity import service_secrets
-from tests.gunicorn_server import gunicorn
+from tests.gunicorn_server import broker_token, gunicorn, service_for, token_request
 from tests.sandbox_grants import connect_grant, database_url, digest, refresh_count
 
 pytestmark = [
@@ -36,33 +36,12 @@ pytestmark = [
 TIMEOUT = 30
 
 
-def service_for(app) -> tuple[str, str]:
-    """A service allowed the app's scopes for every user: (client id, secret)."""
-    service = ServiceClient.objects.create(
-        client_id=f"pool-{secrets.token_hex(4)}", name="Pool test"
-    )
-    secret = service_secrets.new_secret(service)
-    AccessRule.objects.create(service=service, provider_app=app, scopes=list(app.scopes))
-    return service.client_id, secret
-
-
-def broker_token(url: str, client_id: str, secret: str) -> str:
-    response = requests.post(
-        f"{url}/api/v1/oauth/token",
-        data={"grant_type": "client_credentials"},
-        auth=(client_id, secret),
-        timeout=TIMEOUT,
-    )
-    assert response.status_code == 200, response.text
-    return str(response.json()["access_token"])
-
-
 def test_more_waiters_than_connections_all_get_the_one_refreshed_token(
     sandbox, sandbox_apps, owner, tmp_path
 ):
     """Ten callers, a pool of two: nine wait for the slow refresh holding no connection."""
     grant = connect_grant(sandbox, owner)
-    client_id, secret = service_for(sandbox_apps["sandbox"])
+    client_id, secret = service_for(sandbox_apps["sandbox"], "pool")
     pool = {
         "WEB_CONCURRENCY": "1",
         "GUNICORN_THREADS": "12",
@@ -133,15 +112,6 @@ def table_lock():
     yield lock
     lock.release()
     lock.holder.close()
-
-
-def token_request(url: str, client_id: str, secret: str) -> requests.Response:
-    return requests.post(
-        f"{url}/api/v1/oauth/token",
-        data={"grant_type": "client_credentials"},
-        auth=(client_id, secret),
-        timeout=TIMEOUT,
-    )
 
 
 def test_a_request_that_gets_no_connection_is_answered_503_with_retry_after(table_lock, tmp_path):

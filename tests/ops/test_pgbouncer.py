@@ -5,9 +5,6 @@ audit export run through a real pgbouncer whose server connections are handed ou
 
 from __future__ import annotations
 
-import secrets
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -15,11 +12,10 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-from broker.models import AccessRule, AuditEvent, ServiceClient
-from broker.service_identity import service_secrets
-from tests.gunicorn_server import gunicorn
+from broker.models import AuditEvent
+from tests.gunicorn_server import broker_token, gunicorn, service_for
 from tests.pgbouncer_server import installed, pgbouncer, transactions_served
-from tests.processes import PROJECT_ROOT
+from tests.processes import python_output
 from tests.sandbox_grants import connect_grant, digest, refresh_count, subprocess_env
 
 pytestmark = [
@@ -49,30 +45,17 @@ def bouncer(tmp_path):
         yield f"postgres://{params['USER']}@127.0.0.1:{port}/{params['NAME']}", port
 
 
-def broker_token(url: str, client_id: str, secret: str) -> str:
-    response = requests.post(
-        f"{url}/api/v1/oauth/token",
-        data={"grant_type": "client_credentials"},
-        auth=(client_id, secret),
-        timeout=TIMEOUT,
-    )
-    assert response.status_code == 200, response.text
-    return str(response.json()["access_token"])
-
-
 def test_tokens_and_a_refresh_are_served_through_pgbouncer(
     sandbox, sandbox_apps, owner, bouncer, tmp_path
 ):
     database_url, port = bouncer
     app = sandbox_apps["sandbox"]
     grant = connect_grant(sandbox, owner)
-    service = ServiceClient.objects.create(client_id=f"pgb-{secrets.token_hex(4)}", name="PgB")
-    secret = service_secrets.new_secret(service)
-    AccessRule.objects.create(service=service, provider_app=app, scopes=list(app.scopes))
+    client_id, secret = service_for(app, "pgb")
     before_refreshes = refresh_count(sandbox)
     env = {"DATABASE_URL": database_url, "BROKER_DB_BEHIND_PGBOUNCER": "1"}
     with gunicorn(tmp_path / "gunicorn.log", **env) as url:
-        headers = {"Authorization": f"Bearer {broker_token(url, service.client_id, secret)}"}
+        headers = {"Authorization": f"Bearer {broker_token(url, client_id, secret)}"}
 
         def fetch(**extra: object) -> requests.Response:
             return requests.post(
@@ -128,13 +111,5 @@ def test_the_audit_export_reads_past_its_first_chunk_through_pgbouncer(bouncer):
         AuditEvent(actor_type="system", action="test.event") for _ in range(4500)
     )
     env = subprocess_env(DATABASE_URL=database_url, BROKER_DB_BEHIND_PGBOUNCER="1")
-    done = subprocess.run(
-        [sys.executable, "-c", EXPORT],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert int(done.stdout.strip().splitlines()[-1]) == 4501  # the header, every event
+    exported = python_output(EXPORT, env, timeout=120)
+    assert int(exported) == 4501  # the header, every event
