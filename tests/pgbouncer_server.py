@@ -86,18 +86,17 @@ def pgbouncer(
         listen_addr="127.0.0.1",
         port=port,
     )
-    process = processes.start(args, log_file)
     try:
-        processes.wait_until(
+        with processes.running(
+            args,
+            log_file,
             lambda: processes.listening("127.0.0.1", port),
-            20,
             "pgbouncer to listen",
-            process=process,
-            log_file=log_file,
-        )
-        yield port
+            seconds=20,
+            stop_timeout=10,
+        ):
+            yield port
     finally:
-        processes.stop(process, timeout=10)
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -45,16 +46,32 @@ def start(
         )
 
 
+def python_output(code: str, env: Mapping[str, str], timeout: float = 60) -> str:
+    """Runs `code` in a fresh interpreter of this checkout (`python -c`, from the project
+    root) with exactly `env`; returns the last line it printed. Raises AssertionError with
+    the end of its stderr when it fails."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def celery(*args: str) -> list[str]:
+    """The command of `celery -A broker *args` (worker, beat, inspect) of this checkout."""
+    return [sys.executable, "-m", "celery", "-A", "broker", *args]
+
+
 def celery_worker(hostname: str, *, loglevel: str = "INFO") -> list[str]:
     """The command of one solo-pool worker of this checkout (the task runs in the process a
     test may kill), without the chatter between workers that tests and benchmarks do not
     need. `hostname` tells workers apart (`name@localhost`)."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "broker",
+    return celery(
         "worker",
         "--pool=solo",
         f"--loglevel={loglevel}",
@@ -62,6 +79,24 @@ def celery_worker(hostname: str, *, loglevel: str = "INFO") -> list[str]:
         "--without-mingle",
         "--without-heartbeat",
         f"--hostname={hostname}@localhost",
+    )
+
+
+def redis_server(port: int, directory: Path) -> list[str]:
+    """The command of a throwaway redis-server on 127.0.0.1:`port`: nothing saved to disk,
+    its working files in `directory`."""
+    return [
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
     ]
 
 
@@ -92,6 +127,27 @@ def wait_until(
         if time.monotonic() - started > seconds:
             raise NotReady(f"timed out after {seconds:.0f}s waiting for {what}{last_error}{where}")
         time.sleep(interval)
+
+
+@contextmanager
+def running(
+    args: Sequence[str],
+    log_file: Path,
+    ready: Callable[[], object],
+    what: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    seconds: float = 60,
+    stop_timeout: float = 20,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`args` started (`start`), waited for until `ready` (`wait_until`, `what` naming it),
+    and stopped by its pid (`stop`) when the block ends, however it ends."""
+    process = start(args, log_file, env=env)
+    try:
+        wait_until(ready, seconds, what, process=process, log_file=log_file)
+        yield process
+    finally:
+        stop(process, timeout=stop_timeout)
 
 
 def answers(url: str, timeout: float = 2) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.processes import listening, start, stop, wait_until
+from tests.processes import listening, redis_server, start, stop, wait_until
 
 MASTER_NAME = "broker-test"
 
@@ -87,19 +87,7 @@ def sentinel_group(directory: Path) -> Iterator[SentinelGroup]:
     try:
         master_port, replica_port = free_port(), free_port()
         for port in (master_port, replica_port):
-            args = [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-            ]
+            args = redis_server(port, directory)
             if port == replica_port:
                 args += ["--replicaof", "127.0.0.1", str(master_port)]
             group.servers[port] = start(args, directory / f"redis-{port}.log")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,7 +24,7 @@ from tests.infra.redis_sentinels import (
     sentinel_group,
     server,
 )
-from tests.processes import PROJECT_ROOT, wait_until
+from tests.processes import python_output, wait_until
 from tests.test_settings import start
 
 pytestmark = pytest.mark.slow
@@ -136,16 +134,7 @@ def celery_put(group: SentinelGroup) -> dict[str, object]:
         "BROKER_REDIS_SENTINEL_MASTER": MASTER_NAME,
     }
     env.pop("CELERY_BROKER_URL", None)
-    done = subprocess.run(
-        [sys.executable, "-c", CELERY_PUT],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return dict(json.loads(python_output(CELERY_PUT, env)))
 
 
 def test_celery_sends_to_the_master_through_the_sentinels(sentinels: SentinelGroup):

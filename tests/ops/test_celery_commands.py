@@ -3,7 +3,6 @@ the worker logs each task run at INFO, and beat writes nothing into the checkout
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ def test_the_worker_without_a_log_level_logs_each_task_run_at_info(tmp_path):
     # hid the broker's one line per task run.
     log_file = tmp_path / "worker.log"
     worker = processes.start(
-        [sys.executable, "-m", "celery", "-A", "broker", "worker", "-c", "1"]
+        processes.celery("worker", "-c", "1")
         + ["-n", f"test-info-{tmp_path.name}@localhost", "--without-mingle", "--without-gossip"],
         log_file,
         env=subprocess_env(),

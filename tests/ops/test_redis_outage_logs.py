@@ -27,22 +27,7 @@ REDIS_SERVER = shutil.which("redis-server")
 
 
 def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    server = processes.start(
-        [
-            str(REDIS_SERVER),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        directory / "redis.log",
-    )
+    server = processes.start(processes.redis_server(port, directory), directory / "redis.log")
     processes.wait_until(lambda: processes.listening("127.0.0.1", port), 20, "redis-server")
     return server
 
@@ -66,16 +51,7 @@ def test_a_redis_outage_is_a_few_lines_without_tracebacks(tmp_path: Path):
     try:
         # As the README runs it: the prefork pool, gossip, mingle and heartbeats.
         worker = processes.start(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "broker",
-                "worker",
-                "--loglevel=INFO",
-                f"--hostname=outage-{port}@localhost",
-            ],
+            processes.celery("worker", "--loglevel=INFO", f"--hostname=outage-{port}@localhost"),
             worker_log,
             env=processes_env(**env),
         )
@@ -84,17 +60,7 @@ def test_a_redis_outage_is_a_few_lines_without_tracebacks(tmp_path: Path):
             lambda: b" ready." in worker_log.read_bytes(), 60, "the worker", process=worker
         )
         beat = processes.start(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "broker",
-                "beat",
-                "--loglevel=INFO",
-                "-s",
-                str(tmp_path / "beat-schedule"),
-            ],
+            processes.celery("beat", "--loglevel=INFO", "-s", str(tmp_path / "beat-schedule")),
             beat_log,
             env=processes_env(**env),
         )
