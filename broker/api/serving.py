@@ -265,6 +265,16 @@ def record_served(
         log.warning("metrics: token issue not counted (%s)", type(exc).__name__)
 
 
+def _record_served_to_caller(
+    request: ServiceRequest, grant: Grant, action: str, counted_as: str, **detail: Any
+) -> None:
+    """record_served for the service whose broker token made `request`."""
+    service = request.broker_token
+    record_served(
+        request, service.service_id, service.client_id, grant, action, counted_as, **detail
+    )
+
+
 def _fresh(grant: Grant, min_ttl: int, force_refresh: bool) -> Grant:
     """The stored token when it lasts min_ttl; otherwise the refresh engine's single flight.
 
@@ -361,11 +371,8 @@ def access_token(request: ServiceRequest) -> HttpResponse:
     grant, token, expires_at, scopes = serve_token(
         grant, permission, body.get("scopes"), min_ttl, force_refresh
     )
-    service = request.broker_token
-    record_served(
+    _record_served_to_caller(
         request,
-        service.service_id,
-        service.client_id,
         grant,
         "token.issued",
         "issued",
@@ -428,11 +435,8 @@ def sign(request: ServiceRequest) -> HttpResponse:
         raise ApiError(409, "reconnect_required", str(exc), **concerning) from None
     except oauth1_signing.SigningError as exc:
         raise ApiError(400, "invalid_request", str(exc), **concerning) from None
-    service = request.broker_token
-    record_served(
+    _record_served_to_caller(
         request,
-        service.service_id,
-        service.client_id,
         grant,
         "request.signed",
         "signed",
