@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -55,27 +56,18 @@ def service_sign_in(sandbox_sso) -> str:
     return SERVICE_SIGN_IN
 
 
-def test_the_printed_id_token_is_exchanged_for_the_users_provider_token(
-    sandbox_sso, sandbox_apps, live_server, service_sign_in
-):
-    with sso_sign_in(live_server, sandbox_sso, "alice"):  # links her IdP identity
-        alice = User.objects.get(username="alice")
-    connect_grant(sandbox_sso, alice)
-    service, secret = service_and_secret("assistant")
-    service.subject_audiences = [service_sign_in]
+def on_behalf_service(name: str, audience: str, app) -> tuple[Any, str]:
+    """A service registered for `audience`, allowed `app` on behalf of its users."""
+    service, secret = service_and_secret(name)
+    service.subject_audiences = [audience]
     service.save()
-    AccessRule.objects.create(
-        service=service, provider_app=sandbox_apps["sandbox"], on_behalf_of=True
-    )
+    AccessRule.objects.create(service=service, provider_app=app, on_behalf_of=True)
+    return service, secret
 
-    printed = sandbox_manage(
-        sandbox_sso, "sandbox_id_token", "alice", "--client-id", SERVICE_SIGN_IN
-    )
-    assert printed.returncode == 0, printed.stderr
-    id_token = printed.stdout.strip()
-    assert id_token.count(".") == 2
 
-    response = requests.post(
+def exchange(live_server, service, secret: str, id_token: str) -> requests.Response:
+    """Token exchange (RFC 8693) of `id_token` for the user's sandbox token, over HTTP."""
+    return requests.post(
         f"{live_server.url}/api/v1/oauth/token",
         data={
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -86,6 +78,24 @@ def test_the_printed_id_token_is_exchanged_for_the_users_provider_token(
         auth=(service.client_id, secret),
         timeout=TIMEOUT,
     )
+
+
+def test_the_printed_id_token_is_exchanged_for_the_users_provider_token(
+    sandbox_sso, sandbox_apps, live_server, service_sign_in
+):
+    with sso_sign_in(live_server, sandbox_sso, "alice"):  # links her IdP identity
+        alice = User.objects.get(username="alice")
+    connect_grant(sandbox_sso, alice)
+    service, secret = on_behalf_service("assistant", service_sign_in, sandbox_apps["sandbox"])
+
+    printed = sandbox_manage(
+        sandbox_sso, "sandbox_id_token", "alice", "--client-id", SERVICE_SIGN_IN
+    )
+    assert printed.returncode == 0, printed.stderr
+    id_token = printed.stdout.strip()
+    assert id_token.count(".") == 2
+
+    response = exchange(live_server, service, secret, id_token)
     assert response.status_code == 200, response.text
     me = requests.get(
         f"{sandbox_sso.url}/me",
@@ -100,27 +110,12 @@ def test_a_token_for_another_client_is_refused_by_the_service(
 ):
     """The command does not widen anything: the token carries the client it names, and a
     service registered for another audience gets nothing for it."""
-    service, secret = service_and_secret("elsewhere")
-    service.subject_audiences = ["some-other-client"]
-    service.save()
-    AccessRule.objects.create(
-        service=service, provider_app=sandbox_apps["sandbox"], on_behalf_of=True
-    )
+    service, secret = on_behalf_service("elsewhere", "some-other-client", sandbox_apps["sandbox"])
     printed = sandbox_manage(
         sandbox_sso, "sandbox_id_token", "alice", "--client-id", SERVICE_SIGN_IN
     )
     assert printed.returncode == 0, printed.stderr
-    response = requests.post(
-        f"{live_server.url}/api/v1/oauth/token",
-        data={
-            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": printed.stdout.strip(),
-            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
-            "audience": "sandbox",
-        },
-        auth=(service.client_id, secret),
-        timeout=TIMEOUT,
-    )
+    response = exchange(live_server, service, secret, printed.stdout.strip())
     assert response.status_code == 400 and "access_token" not in response.json()
     assert not AuditEvent.objects.filter(service=service.client_id, outcome="success").exists()
 
