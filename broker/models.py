@@ -361,8 +361,8 @@ class AuditEvent(models.Model):
     scopes = models.JSONField(default=list, blank=True)
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     detail = models.JSONField(default=dict, blank=True)
-    # Set by broker.audit.trail on every event: the two copies of a buffered event (Redis,
-    # the recording process's memory) are inserted as one row. Null on older rows.
+    # Set by broker.audit.trail on every event (unique: an event is one row, however it
+    # was written). Null on older rows.
     event_id = models.UUIDField(null=True, blank=True, unique=True, editable=False)
 
     class Meta:

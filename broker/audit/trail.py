@@ -89,7 +89,7 @@ def event_fields(
     if request_id is not None:
         detail["request_id"] = request_id
     # Callers may pass what a client sent (a claimed client id, a username): keep every
-    # value storable, so one odd event cannot block the buffer's bulk insert.
+    # value storable, so one odd event cannot fail its insert, and the answer with it.
     return {
         "event_id": str(uuid.uuid4()),
         "at": timezone.now(),

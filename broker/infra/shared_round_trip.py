@@ -8,10 +8,10 @@ theirs while a round trip is under way, and the next round trip carries them all
 alone goes at once, as before; under load a round trip carries many.
 
 Each caller still waits for its own replies, so nothing is acknowledged before Redis took
-it (an audit event counted as buffered is in Redis), and one caller's failing command
-(an error reply, or an argument that cannot be sent) is raised to that caller only. A lost
-connection fails every caller of that round trip, as it would have failed each of them
-alone.
+it (a request is let through only once its rate-limit count is in Redis), and one caller's
+failing command (an error reply, or an argument that cannot be sent) is raised to that
+caller only. A lost connection fails every caller of that round trip, as it would have
+failed each of them alone.
 """
 
 from __future__ import annotations
